@@ -1,0 +1,275 @@
+//! netcheck's kernel side: packet drops, TCP resets and ICMP errors, with the packet's flow.
+//!
+//! Hooks (BTF-typed tracepoints, so no tracefs is needed; checked against Linux 6.18):
+//! - `kfree_skb(skb, location, reason, rx_sk)`   include/trace/events/skb.h
+//! - `tcp_send_reset(sk, skb, reason)`           include/trace/events/tcp.h (skb or sk may be NULL)
+//! - `tcp_receive_reset(sk)`                     include/trace/events/tcp.h
+//! - `icmp_send(skb, type, code)`                include/trace/events/icmp.h (6.13+)
+//!
+//! Structure offsets come from userspace (read from the running kernel's BTF) through the
+//! `OFFSETS` global: aya-ebpf has no CO-RE field relocations, and a compiled-in layout would be
+//! wrong on the next kernel. Every read goes through `bpf_probe_read_kernel`, and every program
+//! fails open: a read that fails leaves the field empty, it never drops the event silently.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    macros::{btf_tracepoint, map},
+    maps::{PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use probe_common::{Event, Flow, KernelOffsets, counter, flags, kind};
+
+/// Filled in by userspace before load (see `probe_common::OFFSETS_GLOBAL`).
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets::UNSET;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// `skb->network_header` when it was never set (`(typeof(skb->network_header))~0U`).
+const HEADER_UNSET: u16 = 0xffff;
+
+/// Reads one offset of the global without letting the compiler fold in the default value.
+macro_rules! off {
+    ($field:ident) => {
+        // SAFETY: reading a field of a static.
+        unsafe { core::ptr::read_volatile(&raw const OFFSETS.$field) }
+    };
+}
+
+type Res<T> = Result<T, i64>;
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+fn read<T>(base: u64, off: u32) -> Res<T> {
+    if base == 0 || off == u32::MAX {
+        return Err(-1);
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).map_err(i64::from) }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u64 = ctx.arg(2);
+    emit(kind::DROP, reason as u32, skb, 0, location);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    let reason: u64 = ctx.arg(2);
+    emit(kind::RST_SENT, reason as u32, skb, sk, 0);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    emit(kind::RST_RECEIVED, 0, 0, sk, 0);
+    0
+}
+
+#[btf_tracepoint(function = "icmp_send")]
+pub fn icmp_send(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let icmp_type: u64 = ctx.arg(1);
+    let code: u64 = ctx.arg(2);
+    emit(kind::ICMP_SENT, ((icmp_type as u32 & 0xff) << 8) | (code as u32 & 0xff), skb, 0, 0);
+    0
+}
+
+/// Builds the event from the packet (preferred) or the socket and sends it to userspace.
+#[inline(always)]
+fn emit(event_kind: u32, reason: u32, skb: u64, sk: u64, location: u64) {
+    if off!(valid) == 0 {
+        return;
+    }
+    let mut ev = Event {
+        ts_ns: 0,
+        location,
+        kind: event_kind,
+        reason,
+        ifindex: 0,
+        netns: 0,
+        flags: 0,
+        len: 0,
+        dev: [0; 16],
+        outer: Flow::default(),
+        inner: Flow::default(),
+    };
+    // SAFETY: a helper without preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+
+    if skb != 0 {
+        ev.len = read::<u32>(skb, off!(skb_len)).unwrap_or(0);
+        if parse_skb(skb, &mut ev).is_ok() {
+            ev.flags |= flags::HAS_FLOW;
+        }
+        let dev: u64 = read(skb, off!(skb_dev)).unwrap_or(0);
+        if dev != 0 {
+            read_device(dev, &mut ev);
+        } else {
+            let owner: u64 = read(skb, off!(skb_sk)).unwrap_or(0);
+            ev.netns = sock_netns(owner);
+        }
+    }
+    if sk != 0 {
+        if ev.flags & flags::HAS_FLOW == 0 && sock_flow(sk, &mut ev.outer).is_ok() {
+            ev.flags |= flags::HAS_FLOW | flags::FROM_SOCKET;
+        }
+        if ev.netns == 0 {
+            ev.netns = sock_netns(sk);
+        }
+    }
+
+    if EVENTS.output::<Event>(&ev, 0).is_ok() {
+        bump(counter::SENT);
+    } else {
+        bump(counter::LOST);
+    }
+}
+
+#[inline(always)]
+fn read_device(dev: u64, ev: &mut Event) {
+    let name_off = off!(dev_name);
+    if name_off != u32::MAX {
+        // SAFETY: the helper checks the address.
+        let ok = unsafe {
+            bpf_probe_read_kernel_buf((dev + u64::from(name_off)) as *const u8, &mut ev.dev)
+        };
+        if ok.is_ok() {
+            ev.flags |= flags::HAS_DEVICE;
+        }
+    }
+    ev.ifindex = read::<u32>(dev, off!(dev_ifindex)).unwrap_or(0);
+    let net: u64 = read(dev, off!(dev_net)).unwrap_or(0);
+    ev.netns = read::<u32>(net, off!(net_inum)).unwrap_or(0);
+}
+
+#[inline(always)]
+fn sock_netns(sk: u64) -> u32 {
+    let net: u64 = read(sk, off!(sk_net)).unwrap_or(0);
+    read::<u32>(net, off!(net_inum)).unwrap_or(0)
+}
+
+/// The connection's flow from the socket: local address/port as source.
+#[inline(always)]
+fn sock_flow(sk: u64, flow: &mut Flow) -> Res<()> {
+    let family: u16 = read(sk, off!(sk_family))?;
+    let num: u16 = read(sk, off!(sk_num))?;
+    let dport: u16 = read(sk, off!(sk_dport))?;
+    match family {
+        AF_INET => {
+            let saddr: [u8; 4] = read(sk, off!(sk_rcv_saddr))?;
+            let daddr: [u8; 4] = read(sk, off!(sk_daddr))?;
+            flow.saddr[..4].copy_from_slice(&saddr);
+            flow.daddr[..4].copy_from_slice(&daddr);
+            flow.family = 4;
+        }
+        AF_INET6 => {
+            flow.saddr = read(sk, off!(sk_v6_rcv_saddr))?;
+            flow.daddr = read(sk, off!(sk_v6_daddr))?;
+            flow.family = 6;
+        }
+        _ => return Err(-1),
+    }
+    flow.sport = num;
+    flow.dport = u16::from_be(dport);
+    flow.proto = IPPROTO_TCP;
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_skb(skb: u64, ev: &mut Event) -> Res<()> {
+    let head: u64 = read(skb, off!(skb_head))?;
+    let network_header: u16 = read(skb, off!(skb_network_header))?;
+    if network_header == HEADER_UNSET || head == 0 {
+        return Err(-1);
+    }
+    let ip = head + u64::from(network_header);
+    let l4 = parse_ip(ip, &mut ev.outer)?;
+    let vxlan_port = off!(vxlan_port);
+    if ev.outer.proto == IPPROTO_UDP && u32::from(ev.outer.dport) == vxlan_port && l4 != 0 {
+        // UDP header (8) + VXLAN header (8) + inner Ethernet (14).
+        let ethertype: [u8; 2] = read(l4, 8 + 8 + 12)?;
+        let ethertype = u16::from_be_bytes(ethertype);
+        if ethertype == ETH_P_IP || ethertype == ETH_P_IPV6 {
+            if parse_ip(l4 + 8 + 8 + 14, &mut ev.inner).is_ok() {
+                ev.flags |= flags::HAS_INNER;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses an IPv4/IPv6 header at `ip` (and the TCP/UDP ports after it) into `flow`.
+/// Returns the address of the transport header, or 0 when there is none to read.
+#[inline(always)]
+fn parse_ip(ip: u64, flow: &mut Flow) -> Res<u64> {
+    let first: u8 = read(ip, 0)?;
+    let l4 = match first >> 4 {
+        4 => {
+            let header: [u8; 20] = read(ip, 0)?;
+            flow.family = 4;
+            flow.proto = header[9];
+            flow.saddr[..4].copy_from_slice(&header[12..16]);
+            flow.daddr[..4].copy_from_slice(&header[16..20]);
+            let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+            if fragment_offset != 0 {
+                return Ok(0);
+            }
+            ip + u64::from(header[0] & 0x0f) * 4
+        }
+        6 => {
+            let next: u8 = read(ip, 6)?;
+            flow.family = 6;
+            flow.proto = next;
+            flow.saddr = read(ip, 8)?;
+            flow.daddr = read(ip, 24)?;
+            // Extension headers are not walked: the flow keeps addresses and protocol only.
+            ip + 40
+        }
+        _ => return Err(-1),
+    };
+    if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP {
+        let ports: [u8; 4] = read(l4, 0)?;
+        flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
+        flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        return Ok(l4);
+    }
+    Ok(0)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,263 @@
+//! Kernel events decoded for people and scripts: names instead of numbers.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use probe_common::{Event, Flow, flags, kind};
+use serde::Serialize;
+
+use super::btf::ReasonNames;
+use crate::netns::NetnsNames;
+
+/// A 5-tuple as shown in evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct FlowView {
+    pub proto: Proto,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    #[serde(untagged)]
+    Other(u8),
+}
+
+impl Proto {
+    pub fn from_number(n: u8) -> Self {
+        match n {
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            1 => Self::Icmp,
+            58 => Self::Icmpv6,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("tcp"),
+            Self::Udp => f.write_str("udp"),
+            Self::Icmp => f.write_str("icmp"),
+            Self::Icmpv6 => f.write_str("icmpv6"),
+            Self::Other(n) => write!(f, "proto-{n}"),
+        }
+    }
+}
+
+impl std::fmt::Display for FlowView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} -> {}", self.proto, self.src, self.dst)
+    }
+}
+
+impl FlowView {
+    fn from_raw(flow: &Flow) -> Option<Self> {
+        let (src, dst) = match flow.family {
+            4 => {
+                let s: [u8; 4] = flow.saddr[..4].try_into().ok()?;
+                let d: [u8; 4] = flow.daddr[..4].try_into().ok()?;
+                (IpAddr::V4(Ipv4Addr::from(s)), IpAddr::V4(Ipv4Addr::from(d)))
+            }
+            6 => (
+                IpAddr::V6(Ipv6Addr::from(flow.saddr)),
+                IpAddr::V6(Ipv6Addr::from(flow.daddr)),
+            ),
+            _ => return None,
+        };
+        Some(Self {
+            proto: Proto::from_number(flow.proto),
+            src: SocketAddr::new(src, flow.sport),
+            dst: SocketAddr::new(dst, flow.dport),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Drop,
+    Rst,
+    Icmp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Sent,
+    Received,
+}
+
+/// One decoded kernel event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelEvent {
+    pub kind: EventKind,
+    /// Drop or reset reason name from the kernel's BTF; for ICMP a description of type/code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Namespace name (from /var/run/netns) or its inode number.
+    pub netns: String,
+    pub netns_inode: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowView>,
+    /// The encapsulated flow when `flow` is VXLAN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inner: Option<FlowView>,
+    #[serde(skip)]
+    pub ts_ns: u64,
+    #[serde(skip)]
+    pub from_socket: bool,
+}
+
+impl KernelEvent {
+    pub fn decode(ev: &Event, names: &ReasonNames, netns: &NetnsNames) -> Option<Self> {
+        let (kind, reason, direction, icmp) = match ev.kind {
+            kind::DROP => (EventKind::Drop, Some(names.drop_name(ev.reason)), None, None),
+            kind::RST_SENT => (
+                EventKind::Rst,
+                Some(names.reset_name(ev.reason)),
+                Some(Direction::Sent),
+                None,
+            ),
+            kind::RST_RECEIVED => (EventKind::Rst, None, Some(Direction::Received), None),
+            kind::ICMP_SENT => {
+                let (t, c) = ((ev.reason >> 8) as u8, (ev.reason & 0xff) as u8);
+                (EventKind::Icmp, Some(icmp_name(t, c).to_string()), Some(Direction::Sent), Some((t, c)))
+            }
+            _ => return None,
+        };
+        let device = (ev.flags & flags::HAS_DEVICE != 0).then(|| {
+            let end = ev.dev.iter().position(|&b| b == 0).unwrap_or(ev.dev.len());
+            String::from_utf8_lossy(&ev.dev[..end]).into_owned()
+        });
+        let flow = if ev.flags & flags::HAS_FLOW != 0 { FlowView::from_raw(&ev.outer) } else { None };
+        let inner = if ev.flags & flags::HAS_INNER != 0 { FlowView::from_raw(&ev.inner) } else { None };
+        Some(Self {
+            kind,
+            reason,
+            direction,
+            icmp_type: icmp.map(|(t, _)| t),
+            icmp_code: icmp.map(|(_, c)| c),
+            device,
+            netns: netns.name(ev.netns),
+            netns_inode: ev.netns,
+            flow,
+            inner,
+            ts_ns: ev.ts_ns,
+            from_socket: ev.flags & flags::FROM_SOCKET != 0,
+        })
+    }
+
+    /// One line for people: `drop NETFILTER_DROP dev eth0 netns n2 tcp a -> b (inner ...)`.
+    pub fn summary(&self) -> String {
+        let mut s = match self.kind {
+            EventKind::Drop => format!("drop {}", self.reason.as_deref().unwrap_or("?")),
+            EventKind::Rst => match self.direction {
+                Some(Direction::Received) => "rst received".to_string(),
+                _ => format!("rst sent ({})", self.reason.as_deref().unwrap_or("?")),
+            },
+            EventKind::Icmp => format!("icmp sent {}", self.reason.as_deref().unwrap_or("?")),
+        };
+        if let Some(d) = &self.device {
+            s.push_str(&format!(" dev {d}"));
+        }
+        s.push_str(&format!(" netns {}", self.netns));
+        if let Some(f) = &self.flow {
+            s.push_str(&format!(" {f}"));
+        }
+        if let Some(i) = &self.inner {
+            s.push_str(&format!(" [vxlan inner {i}]"));
+        }
+        s
+    }
+}
+
+/// Names of the ICMP (v4) destination-unreachable codes operators meet; others by number.
+pub fn icmp_name(icmp_type: u8, code: u8) -> &'static str {
+    match (icmp_type, code) {
+        (3, 0) => "net-unreachable",
+        (3, 1) => "host-unreachable",
+        (3, 2) => "protocol-unreachable",
+        (3, 3) => "port-unreachable",
+        (3, 4) => "fragmentation-needed",
+        (3, 9) => "net-prohibited",
+        (3, 10) => "host-prohibited",
+        (3, 13) => "admin-prohibited",
+        (3, _) => "destination-unreachable",
+        (11, _) => "time-exceeded",
+        (12, _) => "parameter-problem",
+        _ => "icmp",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: u32, reason: u32) -> Event {
+        let mut outer = Flow { family: 4, proto: 6, sport: 40000, dport: 80, ..Flow::default() };
+        outer.saddr[..4].copy_from_slice(&[10, 244, 1, 2]);
+        outer.daddr[..4].copy_from_slice(&[10, 244, 2, 2]);
+        let mut dev = [0u8; 16];
+        dev[..4].copy_from_slice(b"eth0");
+        Event {
+            ts_ns: 1,
+            location: 0,
+            kind,
+            reason,
+            ifindex: 2,
+            netns: 4_026_531_840,
+            flags: flags::HAS_FLOW | flags::HAS_DEVICE,
+            len: 60,
+            dev,
+            outer,
+            inner: Flow::default(),
+        }
+    }
+
+    #[test]
+    fn decodes_drop_with_names() {
+        let mut names = ReasonNames::default();
+        names.drop.insert(6, "NETFILTER_DROP".into());
+        let ev = KernelEvent::decode(&raw(kind::DROP, 6), &names, &NetnsNames::default()).unwrap();
+        assert_eq!(ev.reason.as_deref(), Some("NETFILTER_DROP"));
+        assert_eq!(ev.device.as_deref(), Some("eth0"));
+        assert_eq!(ev.netns, "4026531840");
+        assert_eq!(ev.flow.unwrap().to_string(), "tcp 10.244.1.2:40000 -> 10.244.2.2:80");
+        assert!(ev.inner.is_none());
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["kind"], "drop");
+        assert_eq!(json["flow"]["proto"], "tcp");
+    }
+
+    #[test]
+    fn decodes_icmp_type_and_code() {
+        let ev = KernelEvent::decode(
+            &raw(kind::ICMP_SENT, (3 << 8) | 10),
+            &ReasonNames::default(),
+            &NetnsNames::default(),
+        )
+        .unwrap();
+        assert_eq!(ev.reason.as_deref(), Some("host-prohibited"));
+        assert_eq!((ev.icmp_type, ev.icmp_code), (Some(3), Some(10)));
+    }
+
+    #[test]
+    fn unknown_kind_is_ignored() {
+        assert!(KernelEvent::decode(&raw(99, 0), &ReasonNames::default(), &NetnsNames::default()).is_none());
+    }
+}

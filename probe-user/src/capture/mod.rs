@@ -1,0 +1,345 @@
+//! eBPF capture: loads the programs of `probe-ebpf`, reads their ring buffer on a thread of its
+//! own and hands each event to whoever asked for it:
+//! - a probe's [`Watch`] gets the events of its own flow inside its time window (attribution by
+//!   flow, never by global counters: the machine's background drops never reach a probe);
+//! - a subscriber (`netcheck capture`) gets every event as it happens.
+
+pub mod btf;
+pub mod event;
+mod matcher;
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+};
+use probe_common::{Event, OFFSETS_GLOBAL, counter};
+use serde::Serialize;
+
+pub use self::matcher::FlowMatcher;
+use self::{btf::KernelBtf, event::KernelEvent};
+use crate::{
+    error::{Error, Result},
+    netns::NetnsNames,
+    privileges::{self, Requirement},
+};
+
+/// The eBPF object built by probe-user/build.rs, embedded once.
+static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netcheck-probe"));
+
+/// The programs and the tracepoints they attach to; the last is optional (icmp_send: 6.13+).
+const PROGRAMS: [(&str, bool); 4] = [
+    ("kfree_skb", true),
+    ("tcp_send_reset", true),
+    ("tcp_receive_reset", true),
+    ("icmp_send", false),
+];
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// UDP port whose payload is decoded as VXLAN (flannel: 8472).
+    pub vxlan_port: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { vxlan_port: 8472 }
+    }
+}
+
+/// Why capture is not running; probes still run without it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unavailable {
+    /// Capabilities or kernel features that are missing (may be empty when the cause is other).
+    pub missing: Vec<Requirement>,
+    pub detail: String,
+}
+
+/// Capture state for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub available: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<Requirement>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Events the kernel could not queue (ring buffer full): counted, not hidden.
+    pub lost: u64,
+}
+
+impl Status {
+    pub fn unavailable(u: &Unavailable) -> Self {
+        Self { available: false, missing: u.missing.clone(), detail: Some(u.detail.clone()), lost: 0 }
+    }
+}
+
+/// Counters kept by the programs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub sent: u64,
+    pub lost: u64,
+}
+
+struct WatchSlot {
+    id: u64,
+    matcher: FlowMatcher,
+    events: Vec<KernelEvent>,
+}
+
+#[derive(Default)]
+struct State {
+    watches: Vec<WatchSlot>,
+    next_id: u64,
+    /// Incremented after every pass that emptied the ring buffer.
+    drained: u64,
+    subscriber: Option<mpsc::Sender<KernelEvent>>,
+}
+
+struct Shared {
+    stop: AtomicBool,
+    state: Mutex<State>,
+    drained: Condvar,
+}
+
+/// Loaded and attached programs plus the thread that reads their events. Dropping it stops the
+/// thread and detaches everything (nothing is pinned).
+pub struct Capture {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    counters: PerCpuArray<MapData, u64>,
+    // Keeps the programs attached; dropped last.
+    _ebpf: Ebpf,
+}
+
+impl Capture {
+    /// Loads and attaches the programs, or says why it cannot (missing capability, no BTF, or
+    /// the kernel's own refusal).
+    pub fn start(opts: Options) -> Result<Self, Unavailable> {
+        let missing = privileges::capture_missing();
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+            return Err(Unavailable {
+                detail: format!("capture needs {} (missing here)", list.join(", ")),
+                missing,
+            });
+        }
+        Self::load(opts).map_err(|e| Unavailable { missing: Vec::new(), detail: error_chain(&e) })
+    }
+
+    fn load(opts: Options) -> Result<Self> {
+        let started = Instant::now();
+        let kernel = KernelBtf::load()?;
+        let offsets = kernel.offsets(opts.vxlan_port)?;
+        let names = kernel.reason_names();
+        drop(kernel);
+        let btf = aya::Btf::from_sys_fs().map_err(|e| ebpf_error("read kernel BTF", e))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .load(PROBE_OBJECT)
+            .map_err(|e| ebpf_error("load object", e))?;
+        for (name, required) in PROGRAMS {
+            let attached = (|| -> Result<()> {
+                let prog: &mut BtfTracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| ebpf_error(name, std::io::Error::other("not in object")))?
+                    .try_into()
+                    .map_err(|e| ebpf_error(name, e))?;
+                prog.load(name, &btf).map_err(|e| ebpf_error(&format!("load {name}"), e))?;
+                prog.attach().map_err(|e| ebpf_error(&format!("attach {name}"), e))?;
+                Ok(())
+            })();
+            match attached {
+                Ok(()) => {}
+                Err(e) if !required => tracing::warn!("optional hook {name} unavailable: {e}"),
+                Err(e) => return Err(e),
+            }
+        }
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| missing_map("EVENTS"))?)
+            .map_err(|e| ebpf_error("EVENTS", e))?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| missing_map("COUNTERS"))?)
+            .map_err(|e| ebpf_error("COUNTERS", e))?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            drained: Condvar::new(),
+        });
+        let decoder = Decoder { names, netns: NetnsNames::scan(), last_rescan: Instant::now() };
+        let reader = Reader { ring, decoder, shared: shared.clone() };
+        let thread = std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || reader.run())?;
+        tracing::debug!(elapsed = ?started.elapsed(), "capture attached");
+        Ok(Self { shared, thread: Some(thread), counters, _ebpf: ebpf })
+    }
+
+    /// Starts collecting the events of one flow. Call before the flow's first packet.
+    pub fn watch(&self, matcher: FlowMatcher) -> Watch<'_> {
+        let mut state = self.shared.state.lock().expect("capture state");
+        state.next_id += 1;
+        let id = state.next_id;
+        state.watches.push(WatchSlot { id, matcher, events: Vec::new() });
+        Watch { capture: self, id }
+    }
+
+    /// Every event from now on, as it happens.
+    pub fn subscribe(&self) -> mpsc::Receiver<KernelEvent> {
+        let (tx, rx) = mpsc::channel();
+        self.shared.state.lock().expect("capture state").subscriber = Some(tx);
+        rx
+    }
+
+    /// Waits until every event the kernel queued before this call has been read.
+    pub fn sync(&self) {
+        let state = self.shared.state.lock().expect("capture state");
+        // Two passes: the one running now may have started before our events were queued.
+        let target = state.drained + 2;
+        let _unused = self
+            .shared
+            .drained
+            .wait_timeout_while(state, Duration::from_secs(2), |s| s.drained < target)
+            .expect("capture state");
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn counters(&self) -> Counters {
+        let sum = |i: u32| self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        Counters { sent: sum(counter::SENT), lost: sum(counter::LOST) }
+    }
+
+    pub fn status(&self) -> Status {
+        Status { available: true, missing: Vec::new(), detail: None, lost: self.counters().lost }
+    }
+
+    /// Ids of the loaded programs (for `bpf_stats` in the benchmark).
+    pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
+        self._ebpf
+            .programs()
+            .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i)))
+            .collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A probe's claim on the events of its flow.
+pub struct Watch<'a> {
+    capture: &'a Capture,
+    id: u64,
+}
+
+impl Watch<'_> {
+    /// Waits for events already queued in the kernel, then returns this flow's events.
+    pub fn finish(self) -> Vec<KernelEvent> {
+        self.capture.sync();
+        let mut state = self.capture.shared.state.lock().expect("capture state");
+        let pos = state.watches.iter().position(|w| w.id == self.id);
+        pos.map(|p| state.watches.swap_remove(p).events).unwrap_or_default()
+    }
+}
+
+struct Reader {
+    ring: RingBuf<MapData>,
+    decoder: Decoder,
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        let fd = self.ring.as_fd().as_raw_fd();
+        loop {
+            let stopping = self.shared.stop.load(Ordering::Relaxed);
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd; a short timeout so stop and sync requests are served.
+            unsafe { libc::poll(&raw mut pfd, 1, 20) };
+            while let Some(item) = self.ring.next() {
+                if item.len() < std::mem::size_of::<Event>() {
+                    continue;
+                }
+                // SAFETY: the programs write exactly one Event per record; read unaligned.
+                let raw: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                drop(item);
+                self.decoder.dispatch(&self.shared, &raw);
+            }
+            self.shared.state.lock().expect("capture state").drained += 1;
+            self.shared.drained.notify_all();
+            if stopping {
+                break;
+            }
+        }
+    }
+}
+
+/// Turns raw events into named ones, only for events someone wants.
+struct Decoder {
+    names: btf::ReasonNames,
+    netns: NetnsNames,
+    last_rescan: Instant,
+}
+
+impl Decoder {
+    fn dispatch(&mut self, shared: &Shared, raw: &Event) {
+        let mut state = shared.state.lock().expect("capture state");
+        let watched = state.watches.iter().any(|w| w.matcher.matches(raw));
+        if !watched && state.subscriber.is_none() {
+            return;
+        }
+        if raw.netns != 0
+            && self.netns.name(raw.netns) == raw.netns.to_string()
+            && self.last_rescan.elapsed() > Duration::from_millis(500)
+        {
+            // A namespace created after we started (e.g. a new pod): look again, at most twice a second.
+            self.netns = NetnsNames::scan();
+            self.last_rescan = Instant::now();
+        }
+        let Some(ev) = KernelEvent::decode(raw, &self.names, &self.netns) else { return };
+        for w in state.watches.iter_mut().filter(|w| w.matcher.matches(raw)) {
+            w.events.push(ev.clone());
+        }
+        let gone = state.subscriber.as_ref().is_some_and(|tx| tx.send(ev).is_err());
+        if gone {
+            state.subscriber = None;
+        }
+    }
+}
+
+fn ebpf_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Ebpf { what: what.to_string(), source: Box::new(e) }
+}
+
+fn missing_map(name: &str) -> Error {
+    ebpf_error(name, std::io::Error::other("map not in object"))
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let text = src.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = src.source();
+    }
+    s
+}

@@ -1,0 +1,265 @@
+//! The `netcheck` command line. Exit codes: 0 nothing failed, 1 a check failed, 2 usage or
+//! environment error.
+
+use std::{
+    io::{IsTerminal, Write},
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    capture::{self, Capture, event::KernelEvent},
+    correlation,
+    netns,
+    output::{Format, Report},
+    probes::{Target, tcp},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "netcheck", version, about = "Where and why a Kubernetes network path is broken, with kernel evidence.")]
+pub struct Cli {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text", global = true)]
+    pub output: Format,
+    /// Run from inside this network namespace: a name under /var/run/netns or a path such as /proc/PID/ns/net.
+    #[arg(long, global = true, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// Deadline of each probe (e.g. 3s, 500ms; a bare number is seconds).
+    #[arg(long, global = true, default_value = "3s", value_parser = parse_duration, value_name = "DUR")]
+    pub timeout: Duration,
+    /// Do not load the eBPF capture (probes run without kernel evidence).
+    #[arg(long, global = true)]
+    pub no_capture: bool,
+    /// UDP port decoded as VXLAN in kernel evidence (flannel: 8472).
+    #[arg(long, global = true, default_value_t = 8472, value_name = "PORT")]
+    pub vxlan_port: u16,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run checks.
+    #[command(subcommand)]
+    Check(CheckCommand),
+    /// Stream packet drops, TCP resets and ICMP errors live, with kernel reason names.
+    Capture {
+        /// Stop after this long (default: until interrupted).
+        #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+        duration: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckCommand {
+    /// TCP connect to each HOST:PORT.
+    Tcp {
+        #[arg(required = true, value_name = "HOST:PORT")]
+        targets: Vec<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return if secs.is_finite() && secs > 0.0 && secs < 86_400.0 {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err("must be more than 0 and less than a day".to_string())
+        };
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 3s, 500ms)"))?;
+    if d.is_zero() {
+        return Err("must be more than 0".to_string());
+    }
+    Ok(d)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NETCHECK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("netcheck: {}", capture::error_chain(e.as_ref()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn run(cli: Cli) -> AnyResult<u8> {
+    // Validate everything before touching the system.
+    let targets = match &cli.command {
+        Command::Check(CheckCommand::Tcp { targets }) => {
+            targets.iter().map(|t| Target::parse(t)).collect::<Result<Vec<_>, _>>()?
+        }
+        Command::Capture { .. } => Vec::new(),
+    };
+    if let Some(ns) = &cli.netns {
+        // Before the runtime starts: its threads inherit the namespace.
+        netns::enter(ns)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let opts = capture::Options { vxlan_port: cli.vxlan_port };
+    match cli.command {
+        Command::Check(CheckCommand::Tcp { .. }) => {
+            let (capture, status) = if cli.no_capture {
+                (None, capture::Status { available: false, missing: vec![], detail: Some("disabled by --no-capture".into()), lost: 0 })
+            } else {
+                match Capture::start(opts) {
+                    Ok(c) => {
+                        let s = c.status();
+                        (Some(Arc::new(c)), s)
+                    }
+                    Err(u) => (None, capture::Status::unavailable(&u)),
+                }
+            };
+            let checks = runtime.block_on(run_tcp(targets, cli.timeout, capture.clone()));
+            let status = capture.as_ref().map_or(status, |c| c.status());
+            let report = Report::new(checks, status);
+            print_report(&report, cli.output)?;
+            Ok(report.exit_code())
+        }
+        Command::Capture { duration } => {
+            let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
+            stream(&capture, duration, cli.output)?;
+            Ok(0)
+        }
+    }
+}
+
+async fn run_tcp(targets: Vec<Target>, deadline: Duration, capture: Option<Arc<Capture>>) -> Vec<correlation::Check> {
+    let capture_on = capture.is_some();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, target) in targets.into_iter().enumerate() {
+        let capture = capture.clone();
+        set.spawn(async move { (i, tcp::probe(&target, deadline, capture.as_deref()).await) });
+    }
+    let mut done: Vec<(usize, correlation::Check)> = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, report)) = joined {
+            done.push((i, correlation::tcp_verdict(report, capture_on)));
+        }
+    }
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, c)| c).collect()
+}
+
+fn print_report(report: &Report, format: Format) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => writeln!(out, "{}", report.to_json()),
+        Format::Text => write!(out, "{}", report.to_text(std::io::stdout().is_terminal())),
+    }
+}
+
+/// `netcheck capture`: one line per event as it happens (JSON Lines with `-o json`).
+fn stream(capture: &Capture, duration: Option<Duration>, format: Format) -> std::io::Result<()> {
+    let rx = capture.subscribe();
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupted.clone())?;
+    }
+    let started = Instant::now();
+    let clock = Clock::now();
+    let mut out = std::io::stdout().lock();
+    if format == Format::Text {
+        writeln!(out, "capturing drops, resets and ICMP errors (Ctrl-C to stop)")?;
+    }
+    loop {
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(ev) => print_event(&mut out, &ev, &clock, format)?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let counters = capture.counters();
+    if counters.lost > 0 {
+        eprintln!("netcheck: {} kernel events lost (ring buffer full)", counters.lost);
+    }
+    Ok(())
+}
+
+fn print_event(out: &mut impl Write, ev: &KernelEvent, clock: &Clock, format: Format) -> std::io::Result<()> {
+    let at = clock.wall(ev.ts_ns);
+    match format {
+        Format::Json => {
+            let mut v = serde_json::to_value(ev).unwrap_or_default();
+            v["time"] = humantime::format_rfc3339_millis(at).to_string().into();
+            writeln!(out, "{v}")
+        }
+        Format::Text => writeln!(out, "{} {}", humantime::format_rfc3339_millis(at), ev.summary()),
+    }?;
+    out.flush()
+}
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+struct Clock {
+    wall: SystemTime,
+    mono_ns: u64,
+}
+
+impl Clock {
+    fn now() -> Self {
+        Self { wall: SystemTime::now(), mono_ns: monotonic_ns() }
+    }
+
+    fn wall(&self, ts_ns: u64) -> SystemTime {
+        if ts_ns >= self.mono_ns {
+            self.wall + Duration::from_nanos(ts_ns - self.mono_ns)
+        } else {
+            self.wall - Duration::from_nanos(self.mono_ns - ts_ns)
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_shape() {
+        let cli = Cli::try_parse_from(["netcheck", "-o", "json", "check", "tcp", "10.0.0.1:80", "--timeout", "2s"]).unwrap();
+        assert_eq!(cli.output, Format::Json);
+        assert_eq!(cli.timeout, Duration::from_secs(2));
+        assert!(Cli::try_parse_from(["netcheck", "check", "tcp"]).is_err());
+        assert!(Cli::try_parse_from(["netcheck", "-o", "yaml", "check", "tcp", "a:1"]).is_err());
+    }
+}

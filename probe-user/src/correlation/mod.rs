@@ -1,0 +1,186 @@
+//! Verdicts: a probe's outcome and the kernel's evidence for its flow, turned into a status, a
+//! cause code and one line a person reads.
+
+mod tcp;
+
+use serde::Serialize;
+
+pub use self::tcp::tcp_verdict;
+use crate::capture::event::{EventKind, KernelEvent};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+    Skip,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Warn => "warn",
+            Self::Fail => "fail",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+/// Cause codes (stable: scripts match on them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The peer (or something on the way) answered with a TCP RST.
+    Refused,
+    /// No answer within the deadline and no kernel evidence of why.
+    Timeout,
+    /// An ICMP destination-unreachable came back (incl. host/admin prohibited).
+    Unreachable,
+    /// No route from the probing namespace.
+    NoRoute,
+    /// The kernel says netfilter dropped the probe's packets.
+    NetfilterDrop,
+    /// The target's name did not resolve.
+    DnsError,
+    /// The probe could not run (e.g. a socket error).
+    ProbeError,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::NoRoute => "no_route",
+            Self::NetfilterDrop => "netfilter_drop",
+            Self::DnsError => "dns_error",
+            Self::ProbeError => "probe_error",
+        }
+    }
+}
+
+/// A kernel event attached to a check; identical events (e.g. a SYN and its retransmissions
+/// dropped by the same rule) are folded into one with a count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    #[serde(flatten)]
+    pub event: KernelEvent,
+    pub count: u32,
+}
+
+impl Evidence {
+    /// Folds identical events, keeping the order they first happened in.
+    pub fn fold(events: Vec<KernelEvent>) -> Vec<Self> {
+        let mut out: Vec<Self> = Vec::new();
+        for ev in events {
+            if let Some(e) = out.iter_mut().find(|e| same(&e.event, &ev)) {
+                e.count += 1;
+            } else {
+                out.push(Self { event: ev, count: 1 });
+            }
+        }
+        out
+    }
+}
+
+fn same(a: &KernelEvent, b: &KernelEvent) -> bool {
+    a.kind == b.kind
+        && a.reason == b.reason
+        && a.direction == b.direction
+        && a.device == b.device
+        && a.netns_inode == b.netns_inode
+        && a.flow == b.flow
+        && a.inner == b.inner
+}
+
+/// A hop of a path (filled by `netcheck path`; a single probe has none yet).
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    pub name: String,
+    pub netns: Option<String>,
+    pub device: Option<String>,
+    pub status: Status,
+    pub cause: Option<Cause>,
+    pub inferred: bool,
+    pub evidence: Vec<Evidence>,
+}
+
+/// One check's result: the unit of the JSON output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub probe: &'static str,
+    pub target: String,
+    pub status: Status,
+    pub cause: Option<Cause>,
+    pub detail: String,
+    pub duration_ms: u64,
+    pub evidence: Vec<Evidence>,
+    pub hops: Vec<Hop>,
+}
+
+/// Drops in the evidence, first the ones netfilter made.
+pub(crate) fn drops(evidence: &[Evidence]) -> impl Iterator<Item = &Evidence> {
+    evidence.iter().filter(|e| e.event.kind == EventKind::Drop)
+}
+
+/// "dropped by netfilter in netns n2 on flannel.1 (2 packets)" and the like.
+pub(crate) fn describe_drop(e: &Evidence) -> String {
+    let ev = &e.event;
+    let reason = ev.reason.as_deref().unwrap_or("unknown reason");
+    let mut s = if reason == "NETFILTER_DROP" {
+        "dropped by netfilter".to_string()
+    } else {
+        format!("dropped by the kernel ({reason})")
+    };
+    s.push_str(&format!(" in netns {}", ev.netns));
+    if let Some(dev) = &ev.device {
+        s.push_str(&format!(" on {dev}"));
+    }
+    if let (Some(outer), Some(_)) = (&ev.flow, &ev.inner) {
+        s.push_str(&format!(", as VXLAN {} {} -> {}", outer.proto, outer.src, outer.dst));
+    }
+    if e.count > 1 {
+        s.push_str(&format!(" ({} packets)", e.count));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::event::{Direction, EventKind};
+
+    pub(crate) fn ev(kind: EventKind, reason: &str, netns: &str) -> KernelEvent {
+        KernelEvent {
+            kind,
+            reason: Some(reason.to_string()),
+            direction: (kind != EventKind::Drop).then_some(Direction::Sent),
+            icmp_type: None,
+            icmp_code: None,
+            device: Some("eth0".into()),
+            netns: netns.into(),
+            netns_inode: 1,
+            flow: None,
+            inner: None,
+            ts_ns: 0,
+            from_socket: false,
+        }
+    }
+
+    #[test]
+    fn identical_events_fold_with_a_count() {
+        let a = ev(EventKind::Drop, "NETFILTER_DROP", "n2");
+        let b = ev(EventKind::Rst, "NOT_SPECIFIED", "n2");
+        let folded = Evidence::fold(vec![a.clone(), b, a.clone(), a]);
+        assert_eq!(folded.len(), 2);
+        assert_eq!(folded[0].count, 3);
+        assert_eq!(folded[1].count, 1);
+        let json = serde_json::to_value(&folded[0]).unwrap();
+        assert_eq!(json["reason"], "NETFILTER_DROP");
+        assert_eq!(json["count"], 3);
+        assert_eq!(describe_drop(&folded[0]), "dropped by netfilter in netns n2 on eth0 (3 packets)");
+    }
+}

@@ -1,0 +1,175 @@
+//! TCP connect verdicts.
+
+use std::io;
+
+use super::{Cause, Check, Evidence, Status, describe_drop, drops};
+use crate::{
+    capture::event::{Direction, EventKind},
+    probes::tcp::{Outcome, Report},
+};
+
+pub fn tcp_verdict(report: Report, capture_on: bool) -> Check {
+    let evidence = Evidence::fold(report.events);
+    let secs = report.elapsed.as_secs_f64();
+    let first_drop = drops(&evidence)
+        .find(|e| e.event.reason.as_deref() == Some("NETFILTER_DROP"))
+        .or_else(|| drops(&evidence).next());
+    let icmp = evidence.iter().find(|e| e.event.kind == EventKind::Icmp);
+    let rst_sent = evidence
+        .iter()
+        .find(|e| e.event.kind == EventKind::Rst && e.event.direction == Some(Direction::Sent));
+    let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
+
+    let (status, cause, detail) = match &report.outcome {
+        Outcome::Connected => {
+            let mut d = format!("connected in {:.0} ms", secs * 1000.0);
+            if let Some(e) = first_drop {
+                d.push_str(&format!(" after a retransmission: {}", describe_drop(e)));
+                (Status::Warn, None, d)
+            } else {
+                (Status::Pass, None, d)
+            }
+        }
+        Outcome::TimedOut => match first_drop {
+            Some(e) if e.event.reason.as_deref() == Some("NETFILTER_DROP") => (
+                Status::Fail,
+                Some(Cause::NetfilterDrop),
+                format!("no answer in {secs:.1} s: {}", describe_drop(e)),
+            ),
+            Some(e) => (Status::Fail, Some(Cause::Timeout), format!("no answer in {secs:.1} s: {}", describe_drop(e))),
+            None => (Status::Fail, Some(Cause::Timeout), format!("no answer in {secs:.1} s ({unseen})")),
+        },
+        Outcome::NoRoute(e) => (Status::Fail, Some(Cause::NoRoute), format!("no route to the target from this namespace ({e})")),
+        Outcome::Unresolved(e) => (Status::Fail, Some(Cause::DnsError), format!("name did not resolve: {e}")),
+        Outcome::Failed(e) => failed(e, first_drop, icmp, rst_sent),
+    };
+    Check {
+        probe: "tcp",
+        target: report.target.to_string(),
+        status,
+        cause,
+        detail,
+        duration_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+        evidence,
+        hops: Vec::new(),
+    }
+}
+
+fn failed(
+    e: &io::Error,
+    first_drop: Option<&Evidence>,
+    icmp: Option<&Evidence>,
+    rst_sent: Option<&Evidence>,
+) -> (Status, Option<Cause>, String) {
+    let with_drop = |mut s: String| {
+        if let Some(d) = first_drop {
+            s.push_str(&format!("; the SYN was {}", describe_drop(d)));
+        }
+        s
+    };
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => {
+            let d = match rst_sent {
+                Some(r) if r.event.reason.as_deref() == Some("NO_SOCKET") => {
+                    format!("connection refused: nothing listens there (RST sent by netns {})", r.event.netns)
+                }
+                Some(r) => format!(
+                    "connection refused: RST sent by netns {} ({})",
+                    r.event.netns,
+                    r.event.reason.as_deref().unwrap_or("?")
+                ),
+                None => "connection refused (RST)".to_string(),
+            };
+            (Status::Fail, Some(Cause::Refused), d)
+        }
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => {
+            let d = match icmp {
+                Some(i) => format!(
+                    "{e}: ICMP {} sent by netns {}{}",
+                    i.event.reason.as_deref().unwrap_or("unreachable"),
+                    i.event.netns,
+                    if first_drop.is_some_and(|d| d.event.reason.as_deref() == Some("NETFILTER_DROP")) {
+                        " (a netfilter REJECT rule)"
+                    } else {
+                        ""
+                    }
+                ),
+                None => format!("{e}: no ICMP seen on this machine (neighbour resolution failed, or the ICMP came from elsewhere)"),
+            };
+            (Status::Fail, Some(Cause::Unreachable), with_drop(d))
+        }
+        // connect() returns EPERM when a local netfilter OUTPUT rule drops the SYN.
+        Some(libc::EPERM) => (
+            Status::Fail,
+            Some(Cause::NetfilterDrop),
+            with_drop("blocked by netfilter on this host (connect: operation not permitted)".to_string()),
+        ),
+        _ => (Status::Fail, Some(Cause::ProbeError), with_drop(format!("connect failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{capture::event::KernelEvent, correlation::tests::ev, probes::Target};
+
+    fn report(outcome: Outcome, events: Vec<KernelEvent>) -> Report {
+        Report {
+            target: Target::parse("10.244.2.2:8080").unwrap(),
+            local: None,
+            remote: None,
+            outcome,
+            elapsed: Duration::from_millis(2000),
+            events,
+        }
+    }
+
+    #[test]
+    fn timeout_with_a_netfilter_drop_is_netfilter_drop() {
+        let drop = ev(EventKind::Drop, "NETFILTER_DROP", "n2");
+        let c = tcp_verdict(report(Outcome::TimedOut, vec![drop.clone(), drop]), true);
+        assert_eq!((c.status, c.cause), (Status::Fail, Some(Cause::NetfilterDrop)));
+        assert!(c.detail.contains("dropped by netfilter in netns n2 on eth0 (2 packets)"), "{}", c.detail);
+        assert_eq!(c.evidence.len(), 1);
+    }
+
+    #[test]
+    fn timeout_without_evidence_says_so() {
+        let c = tcp_verdict(report(Outcome::TimedOut, vec![]), true);
+        assert_eq!(c.cause, Some(Cause::Timeout));
+        assert!(c.detail.contains("no drop seen"), "{}", c.detail);
+        let c = tcp_verdict(report(Outcome::TimedOut, vec![]), false);
+        assert!(c.detail.contains("capture unavailable"), "{}", c.detail);
+    }
+
+    #[test]
+    fn refused_names_the_listener_side() {
+        let rst = ev(EventKind::Rst, "NO_SOCKET", "n2");
+        let c = tcp_verdict(report(Outcome::Failed(io::Error::from_raw_os_error(libc::ECONNREFUSED)), vec![rst]), true);
+        assert_eq!(c.cause, Some(Cause::Refused));
+        assert!(c.detail.contains("nothing listens"), "{}", c.detail);
+    }
+
+    #[test]
+    fn reject_is_unreachable_with_icmp_and_drop() {
+        let icmp = ev(EventKind::Icmp, "host-prohibited", "n1");
+        let drop = ev(EventKind::Drop, "NETFILTER_DROP", "n1");
+        let err = io::Error::from_raw_os_error(libc::EHOSTUNREACH);
+        let c = tcp_verdict(report(Outcome::Failed(err), vec![drop, icmp]), true);
+        assert_eq!(c.cause, Some(Cause::Unreachable));
+        assert!(c.detail.contains("host-prohibited sent by netns n1 (a netfilter REJECT rule)"), "{}", c.detail);
+    }
+
+    #[test]
+    fn pass_has_no_cause() {
+        let c = tcp_verdict(report(Outcome::Connected, vec![]), true);
+        assert_eq!((c.status, c.cause), (Status::Pass, None));
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["cause"], serde_json::Value::Null);
+        assert_eq!(json["status"], "pass");
+        assert_eq!(json["probe"], "tcp");
+        assert!(json["hops"].as_array().unwrap().is_empty());
+    }
+}

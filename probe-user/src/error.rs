@@ -1,0 +1,44 @@
+//! The library's error type. Errors keep their sources; the binary turns them into a message
+//! and exit code 2.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid target {input:?}: {why}")]
+    InvalidTarget { input: String, why: String },
+
+    #[error("network namespace {name:?}: {why}")]
+    Netns {
+        name: String,
+        why: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+
+    #[error("kernel BTF: {what}")]
+    Btf {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    #[error("eBPF: {what}")]
+    Ebpf {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

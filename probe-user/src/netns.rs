@@ -1,0 +1,108 @@
+//! Network namespaces: entering one (`--netns`) and naming them in evidence.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+use crate::error::{Error, Result};
+
+/// Where `ip netns` and CNI plugins bind-mount named namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// `NAME` (under /var/run/netns) or a path such as `/proc/PID/ns/net`.
+pub fn resolve(name_or_path: &str) -> PathBuf {
+    if name_or_path.contains('/') {
+        PathBuf::from(name_or_path)
+    } else {
+        Path::new(NETNS_DIR).join(name_or_path)
+    }
+}
+
+/// Moves the calling thread into the namespace. Threads it creates afterwards inherit it, so
+/// call this before starting the async runtime.
+pub fn enter(name_or_path: &str) -> Result<()> {
+    let path = resolve(name_or_path);
+    let file = File::open(&path).map_err(|e| Error::Netns {
+        name: name_or_path.to_string(),
+        why: format!("cannot open {}", path.display()),
+        source: Some(e),
+    })?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| Error::Netns {
+        name: name_or_path.to_string(),
+        why: if errno == nix::errno::Errno::EPERM {
+            "entering it needs CAP_SYS_ADMIN".to_string()
+        } else {
+            format!("setns: {errno}")
+        },
+        source: Some(std::io::Error::from(errno)),
+    })
+}
+
+/// Inode of the calling thread's network namespace.
+pub fn current_inode() -> Option<u64> {
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| m.ino())
+}
+
+/// Names of network namespaces by inode: the named ones under /var/run/netns, and "host" for
+/// the namespace of PID 1 when it has no other name.
+#[derive(Debug, Default, Clone)]
+pub struct NetnsNames {
+    by_inode: HashMap<u64, String>,
+}
+
+impl NetnsNames {
+    pub fn scan() -> Self {
+        let mut by_inode = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
+            for entry in entries.flatten() {
+                if let (Ok(meta), Some(name)) = (std::fs::metadata(entry.path()), entry.file_name().to_str()) {
+                    by_inode.insert(meta.ino(), name.to_string());
+                }
+            }
+        }
+        if let Ok(meta) = std::fs::metadata("/proc/1/ns/net") {
+            by_inode.entry(meta.ino()).or_insert_with(|| "host".to_string());
+        }
+        Self { by_inode }
+    }
+
+    /// The name, or the inode number as text when the namespace has none (0: unknown).
+    pub fn name(&self, inode: u32) -> String {
+        self.by_inode
+            .get(&u64::from(inode))
+            .cloned()
+            .unwrap_or_else(|| if inode == 0 { "unknown".to_string() } else { inode.to_string() })
+    }
+
+    /// Adds a namespace that appeared after the scan.
+    pub fn insert(&mut self, inode: u64, name: String) {
+        self.by_inode.insert(inode, name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths() {
+        assert_eq!(resolve("pod-a"), PathBuf::from("/var/run/netns/pod-a"));
+        assert_eq!(resolve("/proc/1/ns/net"), PathBuf::from("/proc/1/ns/net"));
+        let mut names = NetnsNames::default();
+        names.insert(42, "n2".into());
+        assert_eq!(names.name(42), "n2");
+        assert_eq!(names.name(7), "7");
+        assert_eq!(names.name(0), "unknown");
+    }
+
+    #[test]
+    fn missing_namespace_is_a_clear_error() {
+        let err = enter("netcheck-does-not-exist").unwrap_err();
+        assert!(err.to_string().contains("netcheck-does-not-exist"), "{err}");
+    }
+}

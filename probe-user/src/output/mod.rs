@@ -1,0 +1,170 @@
+//! Output: stable JSON for scripts, a table for people (colour only on a terminal).
+
+use std::fmt::Write as _;
+
+use anstyle::{AnsiColor, Style};
+use serde::Serialize;
+
+use crate::{
+    capture,
+    correlation::{Check, Status},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub pass: usize,
+    pub warn: usize,
+    pub fail: usize,
+    pub skip: usize,
+}
+
+/// What a run of checks prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    pub summary: Summary,
+    pub capture: capture::Status,
+}
+
+impl Report {
+    pub fn new(checks: Vec<Check>, capture: capture::Status) -> Self {
+        let mut summary = Summary::default();
+        for c in &checks {
+            match c.status {
+                Status::Pass => summary.pass += 1,
+                Status::Warn => summary.warn += 1,
+                Status::Fail => summary.fail += 1,
+                Status::Skip => summary.skip += 1,
+            }
+        }
+        Self { checks, summary, capture }
+    }
+
+    /// 1 when a check failed, else 0.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.summary.fail > 0)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    pub fn to_text(&self, colour: bool) -> String {
+        let paint = |style: Style, s: &str| {
+            if colour { format!("{}{s}{}", style.render(), style.render_reset()) } else { s.to_string() }
+        };
+        let rows: Vec<[String; 4]> = self
+            .checks
+            .iter()
+            .map(|c| {
+                [
+                    c.probe.to_string(),
+                    c.target.clone(),
+                    c.status.as_str().to_uppercase(),
+                    c.cause.map_or_else(|| "-".to_string(), |c| c.as_str().to_string()),
+                ]
+            })
+            .collect();
+        let header = ["PROBE", "TARGET", "STATUS", "CAUSE"];
+        let width = |i: usize| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0);
+        let widths = [width(0), width(1), width(2), width(3)];
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  DETAIL",
+            header[0], header[1], header[2], header[3],
+            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]
+        );
+        for (c, r) in self.checks.iter().zip(&rows) {
+            let status = format!("{:w$}", r[2], w = widths[2]);
+            let _ = writeln!(
+                out,
+                "{:w0$}  {:w1$}  {}  {:w3$}  {}",
+                r[0], r[1], paint(status_style(c.status), &status), r[3], c.detail,
+                w0 = widths[0], w1 = widths[1], w3 = widths[3]
+            );
+            for e in &c.evidence {
+                let times = if e.count > 1 { format!(" x{}", e.count) } else { String::new() };
+                let _ = writeln!(out, "    evidence: {}{times}", e.event.summary());
+            }
+        }
+        let s = &self.summary;
+        let _ = writeln!(out, "\n{} pass, {} warn, {} fail, {} skip", s.pass, s.warn, s.fail, s.skip);
+        if self.capture.available {
+            if self.capture.lost > 0 {
+                let _ = writeln!(out, "capture: {} kernel events lost (ring buffer full)", self.capture.lost);
+            }
+        } else {
+            let why = self.capture.detail.as_deref().unwrap_or("unavailable");
+            let _ = writeln!(out, "{}", paint(Style::new().fg_color(Some(AnsiColor::Yellow.into())), &format!("capture unavailable: {why}; probes ran without kernel evidence")));
+        }
+        out
+    }
+}
+
+fn status_style(s: Status) -> Style {
+    let colour = match s {
+        Status::Pass => AnsiColor::Green,
+        Status::Warn => AnsiColor::Yellow,
+        Status::Fail => AnsiColor::Red,
+        Status::Skip => AnsiColor::BrightBlack,
+    };
+    Style::new().fg_color(Some(colour.into())).bold()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlation::Cause;
+
+    fn check(status: Status, cause: Option<Cause>) -> Check {
+        Check {
+            probe: "tcp",
+            target: "10.0.0.1:80".into(),
+            status,
+            cause,
+            detail: "d".into(),
+            duration_ms: 3,
+            evidence: vec![],
+            hops: vec![],
+        }
+    }
+
+    fn unavailable() -> capture::Status {
+        capture::Status {
+            available: false,
+            missing: vec![crate::privileges::Requirement::CapBpf],
+            detail: Some("capture needs CAP_BPF (missing here)".into()),
+            lost: 0,
+        }
+    }
+
+    #[test]
+    fn json_shape_is_stable() {
+        let r = Report::new(vec![check(Status::Pass, None), check(Status::Fail, Some(Cause::Timeout))], unavailable());
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["summary"], serde_json::json!({"pass":1,"warn":0,"fail":1,"skip":0}));
+        assert_eq!(v["checks"][1]["cause"], "timeout");
+        assert_eq!(v["checks"][0]["duration_ms"], 3);
+        assert_eq!(v["capture"]["available"], false);
+        assert_eq!(v["capture"]["missing"][0], "CAP_BPF");
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn text_has_no_escape_codes_without_colour() {
+        let r = Report::new(vec![check(Status::Pass, None)], unavailable());
+        let plain = r.to_text(false);
+        assert!(!plain.contains('\u{1b}'));
+        assert!(plain.contains("PASS"));
+        assert!(plain.contains("capture unavailable: capture needs CAP_BPF"));
+        assert!(r.to_text(true).contains('\u{1b}'));
+        assert_eq!(r.exit_code(), 0);
+    }
+}
