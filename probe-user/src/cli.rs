@@ -181,9 +181,8 @@ fn stream(capture: &Capture, duration: Option<Duration>, format: Format) -> std:
     let started = Instant::now();
     let clock = Clock::now();
     let mut out = std::io::stdout().lock();
-    if format == Format::Text {
-        writeln!(out, "capturing drops, resets and ICMP errors (Ctrl-C to stop)")?;
-    }
+    // On stderr, so stdout stays one event per line; it also tells scripts capture is attached.
+    eprintln!("netcheck: capturing drops, resets and ICMP errors (Ctrl-C to stop)");
     loop {
         if interrupted.load(std::sync::atomic::Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d) {
             break;

@@ -26,6 +26,7 @@ pub fn resolve(name_or_path: &str) -> PathBuf {
 /// Moves the calling thread into the namespace. Threads it creates afterwards inherit it, so
 /// call this before starting the async runtime.
 pub fn enter(name_or_path: &str) -> Result<()> {
+    let _ = initial_inode();
     let path = resolve(name_or_path);
     let file = File::open(&path).map_err(|e| Error::Netns {
         name: name_or_path.to_string(),
@@ -41,6 +42,12 @@ pub fn enter(name_or_path: &str) -> Result<()> {
         },
         source: Some(std::io::Error::from(errno)),
     })
+}
+
+/// Inode of the namespace netcheck started in (recorded before any `enter`).
+pub fn initial_inode() -> Option<u64> {
+    static INITIAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *INITIAL.get_or_init(current_inode)
 }
 
 /// Inode of the calling thread's network namespace.
@@ -65,8 +72,11 @@ impl NetnsNames {
                 }
             }
         }
-        if let Ok(meta) = std::fs::metadata("/proc/1/ns/net") {
-            by_inode.entry(meta.ino()).or_insert_with(|| "host".to_string());
+        // The host's namespace: PID 1's, or (when /proc/1 is not ours to read) the one netcheck
+        // started in, which is the host's on a node and in a `kubectl debug node` pod.
+        let host = std::fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino()).or_else(initial_inode);
+        if let Some(ino) = host {
+            by_inode.entry(ino).or_insert_with(|| "host".to_string());
         }
         Self { by_inode }
     }

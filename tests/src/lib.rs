@@ -1,1 +1,424 @@
+//! The network lab: a flannel-style two-node cluster in network namespaces.
+//!
+//! ```text
+//!            underlay switch (ns <p>-ul, bridge br0, 192.168.50.0/24)
+//!              |                                   |
+//!   node n1 (ns <p>-n1) eth0 .11          node n2 (ns <p>-n2) eth0 .12
+//!     flannel.1 10.244.1.0/32 (VXLAN VNI 1, UDP 8472)   flannel.1 10.244.2.0/32
+//!     cni0 10.244.1.1/24                                cni0 10.244.2.1/24
+//!      |-- veth -- pod (ns <p>-n1-<pod>) 10.244.1.N      |-- veth -- pod 10.244.2.N
+//! ```
+//!
+//! Routes, neighbour and FDB entries are written the way flannel's vxlan backend writes them;
+//! each node masquerades pod traffic leaving the pod network, as flannel's iptables rules do.
+//! Everything lives in namespaces named after a prefix unique to this process and lab, so labs
+//! run in parallel; dropping the [`Lab`] deletes them (also when a test panics), and
+//! [`clean_stale`] removes what a killed process left behind.
 
+use std::{
+    fs::File,
+    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
+    path::Path,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sched::{CloneFlags, setns};
+
+pub mod netcheck;
+
+/// flannel's defaults (see shared/FIELD.md).
+pub const VXLAN_PORT: u16 = 8472;
+pub const VNI: u32 = 1;
+pub const OVERLAY_MTU: u32 = 1450;
+pub const UNDERLAY_MTU: u32 = 1500;
+pub const POD_CIDR: &str = "10.244.0.0/16";
+pub const KUBELET_PORT: u16 = 10250;
+
+const NETNS_DIR: &str = "/var/run/netns";
+/// Every lab namespace starts with this, then the owner's pid: `nclab<pid>x<n>-...`.
+const NAME_PREFIX: &str = "nclab";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A node of the lab (index 1 or 2).
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub index: u8,
+    pub netns: String,
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_mac: String,
+}
+
+impl Node {
+    pub fn pod_subnet(&self) -> String {
+        format!("10.244.{}.0/24", self.index)
+    }
+    pub fn flannel_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, self.index, 0)
+    }
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, self.index, 1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub node: u8,
+    pub ip: Ipv4Addr,
+}
+
+/// A server running on a thread inside a lab namespace; stops when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub switch: String,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    servers: Vec<Server>,
+    keep: bool,
+}
+
+impl Lab {
+    /// Two nodes, pod `a` (10.244.1.2) and `c` (10.244.1.3) on n1, pod `b` (10.244.2.2) on n2.
+    pub fn new() -> Result<Self> {
+        Self::with_prefix(&unique_prefix())
+    }
+
+    pub fn with_prefix(prefix: &str) -> Result<Self> {
+        let mut lab = Self {
+            prefix: prefix.to_string(),
+            switch: format!("{prefix}-ul"),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            servers: Vec::new(),
+            keep: false,
+        };
+        lab.build().with_context(|| format!("building lab {prefix}"))?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let sw = self.switch.clone();
+        add_netns(&sw)?;
+        ip(&sw, "link add br0 type bridge")?;
+        ip(&sw, "link set br0 up")?;
+        ip(&sw, "link set lo up")?;
+        for index in [1u8, 2] {
+            let node = Node {
+                index,
+                netns: format!("{}-n{index}", self.prefix),
+                underlay_ip: Ipv4Addr::new(192, 168, 50, 10 + index),
+                vtep_mac: format!("02:fa:00:00:00:0{index}"),
+            };
+            let ns = &node.netns;
+            add_netns(ns)?;
+            ip(&sw, &format!("link add n{index} type veth peer name eth0 netns {ns}"))?;
+            ip(&sw, &format!("link set n{index} master br0 up"))?;
+            ip(ns, "link set lo up")?;
+            ip(ns, &format!("addr add {}/24 dev eth0", node.underlay_ip))?;
+            ip(ns, &format!("link set eth0 mtu {UNDERLAY_MTU} up"))?;
+            ip(ns, &format!(
+                "link add flannel.1 type vxlan id {VNI} local {} dev eth0 dstport {VXLAN_PORT} nolearning",
+                node.underlay_ip
+            ))?;
+            ip(ns, &format!("link set flannel.1 address {} mtu {OVERLAY_MTU} up", node.vtep_mac))?;
+            ip(ns, &format!("addr add {}/32 dev flannel.1", node.flannel_ip()))?;
+            ip(ns, "link add cni0 type bridge")?;
+            ip(ns, &format!("addr add {}/24 dev cni0", node.gateway()))?;
+            ip(ns, &format!("link set cni0 mtu {OVERLAY_MTU} up"))?;
+            sysctl(ns, "net.ipv4.ip_forward", "1")?;
+            // flannel: masquerade pod traffic that leaves the pod network.
+            iptables(ns, &format!("-t nat -A POSTROUTING -s {POD_CIDR} ! -d {POD_CIDR} -j MASQUERADE"))?;
+            self.nodes.push(node);
+        }
+        // flannel's vxlan backend: a route per peer subnet via the peer's VTEP address (onlink),
+        // a permanent neighbour entry for it and an FDB entry pointing at the peer's underlay IP.
+        for node in &self.nodes {
+            for peer in self.nodes.iter().filter(|p| p.index != node.index) {
+                let ns = &node.netns;
+                ip(ns, &format!("route add {} via {} dev flannel.1 onlink", peer.pod_subnet(), peer.flannel_ip()))?;
+                ip(ns, &format!("neigh add {} lladdr {} dev flannel.1 nud permanent", peer.flannel_ip(), peer.vtep_mac))?;
+                run("bridge", &["-n", ns, "fdb", "append", &peer.vtep_mac, "dev", "flannel.1", "dst", &peer.underlay_ip.to_string(), "self", "permanent"])?;
+            }
+        }
+        self.add_pod(1, "a", 2)?;
+        self.add_pod(2, "b", 2)?;
+        self.add_pod(1, "c", 3)?;
+        Ok(())
+    }
+
+    /// A pod namespace on a node's cni0, with address 10.244.<node>.<host>.
+    pub fn add_pod(&mut self, node: u8, name: &str, host: u8) -> Result<Pod> {
+        let n = self.node(node).clone();
+        let pod = Pod {
+            name: name.to_string(),
+            netns: format!("{}-n{node}-{name}", self.prefix),
+            node,
+            ip: Ipv4Addr::new(10, 244, node, host),
+        };
+        add_netns(&pod.netns)?;
+        let veth = format!("veth{name}");
+        ip(&n.netns, &format!("link add {veth} type veth peer name eth0 netns {}", pod.netns))?;
+        ip(&n.netns, &format!("link set {veth} master cni0 mtu {OVERLAY_MTU} up"))?;
+        ip(&pod.netns, "link set lo up")?;
+        ip(&pod.netns, &format!("addr add {}/24 dev eth0", pod.ip))?;
+        ip(&pod.netns, &format!("link set eth0 mtu {OVERLAY_MTU} up"))?;
+        ip(&pod.netns, &format!("route add default via {}", n.gateway()))?;
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    pub fn node(&self, index: u8) -> &Node {
+        self.nodes.iter().find(|n| n.index == index).expect("lab node")
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).expect("lab pod")
+    }
+
+    /// Every namespace of the lab.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.switch.clone()];
+        v.extend(self.nodes.iter().map(|n| n.netns.clone()));
+        v.extend(self.pods.iter().map(|p| p.netns.clone()));
+        v
+    }
+
+    /// A TCP listener (accepts and closes) inside `netns`. Returns its index for `stop_server`.
+    pub fn serve_tcp(&mut self, netns: &str, addr: SocketAddr) -> Result<usize> {
+        let server = serve_tcp(netns, addr)?;
+        self.servers.push(server);
+        Ok(self.servers.len() - 1)
+    }
+
+    /// The listener in pod `b` on 8080, and the "kubelet" on each node's 10250.
+    pub fn start_servers(&mut self) -> Result<()> {
+        let b = self.pod("b").clone();
+        self.serve_tcp(&b.netns, SocketAddr::new(b.ip.into(), 8080))?;
+        for node in self.nodes.clone() {
+            self.serve_tcp(&node.netns, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), KUBELET_PORT))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every server listening on `port` (the "listener stopped" fault).
+    pub fn stop_servers_on(&mut self, port: u16) {
+        self.servers.retain(|s| s.addr.port() != port);
+    }
+
+    /// Runs an iptables command in a lab namespace (faults are injected this way).
+    pub fn iptables(&self, netns: &str, args: &str) -> Result<()> {
+        iptables(netns, args)
+    }
+
+    /// Fault: the destination node silently drops TCP to a pod port (FORWARD DROP).
+    pub fn drop_forwarded_tcp(&self, node: u8, dst: Ipv4Addr, port: u16) -> Result<()> {
+        iptables(&self.node(node).netns, &format!("-I FORWARD -d {dst} -p tcp --dport {port} -j DROP"))
+    }
+
+    /// Fault (FIELD.md case 1): the node's INPUT rejects pod sources to the kubelet with
+    /// icmp-host-prohibited, while node IPs are allowed.
+    pub fn reject_pods_to_kubelet(&self, node: u8) -> Result<()> {
+        iptables(
+            &self.node(node).netns,
+            &format!("-I INPUT -s {POD_CIDR} -p tcp --dport {KUBELET_PORT} -j REJECT --reject-with icmp-host-prohibited"),
+        )
+    }
+
+    /// Fault (FIELD.md case 4): the node drops VXLAN (UDP 8472) arriving on its underlay.
+    pub fn drop_vxlan(&self, node: u8) -> Result<()> {
+        iptables(&self.node(node).netns, &format!("-I INPUT -i eth0 -p udp --dport {VXLAN_PORT} -j DROP"))
+    }
+
+    /// Packets counted by the first rule of a chain (to prove a fault really fired).
+    pub fn rule_packets(&self, netns: &str, table: &str, chain: &str) -> Result<u64> {
+        let out = output("ip", &["netns", "exec", netns, "iptables", "-t", table, "-L", chain, "-v", "-n", "-x"])?;
+        out.lines()
+            .nth(2)
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .context("no rule in chain")
+    }
+
+    /// Leaves the namespaces in place when dropped (for `xtask lab up`).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Deletes every namespace of a lab by its prefix.
+    pub fn destroy(prefix: &str) -> Result<()> {
+        for name in list_netns()? {
+            if name.starts_with(&format!("{prefix}-")) {
+                let _ = run("ip", &["netns", "del", &name]);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.servers.clear();
+        if !self.keep {
+            let _ = Self::destroy(&self.prefix);
+        }
+    }
+}
+
+/// Sends `count` UDP datagrams from inside `netns` to `dst`, spread over at most `max_time`
+/// (bounded in count and time). Used to make background drops.
+pub fn udp_flood(netns: &str, dst: SocketAddr, count: u64, max_time: Duration) -> Result<u64> {
+    in_netns(netns, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        let started = Instant::now();
+        let payload = [0u8; 64];
+        let mut sent = 0;
+        while sent < count && started.elapsed() < max_time {
+            if sock.send_to(&payload, dst).is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    })
+}
+
+/// Runs `f` on a thread that has entered `netns` (sockets it makes live there).
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let path = Path::new(NETNS_DIR).join(netns);
+    std::thread::spawn(move || {
+        let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
+}
+
+fn serve_tcp(netns: &str, addr: SocketAddr) -> Result<Server> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = Path::new(NETNS_DIR).join(netns);
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let bound = (|| -> Result<TcpListener> {
+            let file = File::open(&path)?;
+            setns(&file, CloneFlags::CLONE_NEWNET)?;
+            let l = TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })();
+        let listener = match bound {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        while !flag.load(Ordering::Relaxed) {
+            match listener.accept() {
+                // Accept the handshake and close: enough for a connect probe.
+                Ok((stream, _)) => drop(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv().context("server thread")??;
+    Ok(Server { addr, stop, thread: Some(thread) })
+}
+
+/// A prefix unique to this process and lab: `nclab<pid>x<n>`.
+pub fn unique_prefix() -> String {
+    format!("{NAME_PREFIX}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Removes lab namespaces whose owning process is gone (a killed test, a crashed xtask).
+pub fn clean_stale() -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for name in list_netns()? {
+        let Some(rest) = name.strip_prefix(NAME_PREFIX) else { continue };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let alive = !pid.is_empty() && Path::new("/proc").join(&pid).exists();
+        if !alive || pid.is_empty() {
+            let _ = run("ip", &["netns", "del", &name]);
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// Names of every named network namespace on the machine.
+pub fn list_netns() -> Result<Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return Ok(Vec::new()) };
+    Ok(entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+}
+
+fn add_netns(name: &str) -> Result<()> {
+    run("ip", &["netns", "add", name])
+}
+
+fn ip(netns: &str, args: &str) -> Result<()> {
+    let mut v = vec!["-n", netns];
+    v.extend(args.split_whitespace());
+    run("ip", &v)
+}
+
+fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
+    run("ip", &["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")])
+}
+
+fn iptables(netns: &str, args: &str) -> Result<()> {
+    let mut v = vec!["netns", "exec", netns, "iptables", "-w"];
+    v.extend(args.split_whitespace());
+    run("ip", &v)
+}
+
+/// Runs a command, failing with its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    output(program, args).map(|_| ())
+}
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} (is it installed? `cargo xtask setup` installs it)"))?;
+    if !out.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// True when running as root (the lab needs it); otherwise says why the caller skips.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("{test}: skipped, the network lab needs root");
+    false
+}

@@ -62,7 +62,12 @@ pub async fn probe(target: &Target, deadline: Duration, capture: Option<&Capture
     let local = socket.local_addr().ok();
     let watch = local.and_then(|l| capture.map(|c| c.watch(FlowMatcher::tcp(l, remote))));
     let remaining = deadline.saturating_sub(started.elapsed());
-    let outcome = match tokio::time::timeout(remaining, socket.connect(remote)).await {
+    let result = tokio::time::timeout(remaining, socket.connect(remote)).await;
+    let elapsed = started.elapsed();
+    // The probe's window is the handshake: close it before closing the connection, whose
+    // teardown has drops of its own (e.g. QUEUE_PURGE when the server closes first).
+    let events = watch.map(crate::capture::Watch::finish).unwrap_or_default();
+    let outcome = match result {
         Ok(Ok(stream)) => {
             drop(stream);
             Outcome::Connected
@@ -71,8 +76,6 @@ pub async fn probe(target: &Target, deadline: Duration, capture: Option<&Capture
         Ok(Err(e)) => Outcome::Failed(e),
         Err(_elapsed) => Outcome::TimedOut,
     };
-    let elapsed = started.elapsed();
-    let events = watch.map(crate::capture::Watch::finish).unwrap_or_default();
     Report { elapsed, ..report(local, Some(remote), outcome, events) }
 }
 
