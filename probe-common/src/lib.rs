@@ -3,6 +3,7 @@
 //! Every type here is `#[repr(C)]` and padding-free (explicit `_pad` fields) so that the
 //! kernel and userspace agree on the layout byte for byte, whatever the compiler does.
 #![no_std]
+#![expect(clippy::pub_underscore_fields, reason = "explicit padding fields keep the layout identical on both sides")]
 
 /// What produced an [`Event`].
 pub mod kind {
@@ -49,7 +50,7 @@ pub struct Flow {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`).
     pub ts_ns: u64,
     /// Kernel address that freed the packet (drops only).
     pub location: u64,

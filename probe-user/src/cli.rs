@@ -12,14 +12,17 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     capture::{self, Capture, event::KernelEvent},
-    correlation,
-    netns,
+    correlation, netns,
     output::{Format, Report},
     probes::{Target, tcp},
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "netcheck", version, about = "Where and why a Kubernetes network path is broken, with kernel evidence.")]
+#[command(
+    name = "netcheck",
+    version,
+    about = "Where and why a Kubernetes network path is broken, with kernel evidence."
+)]
 pub struct Cli {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text", global = true)]
@@ -94,7 +97,7 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(cli) {
+    match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("netcheck: {}", capture::error_chain(e.as_ref()));
@@ -105,7 +108,7 @@ pub fn main() -> ExitCode {
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-fn run(cli: Cli) -> AnyResult<u8> {
+fn run(cli: &Cli) -> AnyResult<u8> {
     // Validate everything before touching the system.
     let targets = match &cli.command {
         Command::Check(CheckCommand::Tcp { targets }) => {
@@ -119,10 +122,18 @@ fn run(cli: Cli) -> AnyResult<u8> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let opts = capture::Options { vxlan_port: cli.vxlan_port };
-    match cli.command {
+    match &cli.command {
         Command::Check(CheckCommand::Tcp { .. }) => {
             let (capture, status) = if cli.no_capture {
-                (None, capture::Status { available: false, missing: vec![], detail: Some("disabled by --no-capture".into()), lost: 0 })
+                (
+                    None,
+                    capture::Status {
+                        available: false,
+                        missing: vec![],
+                        detail: Some("disabled by --no-capture".into()),
+                        lost: 0,
+                    },
+                )
             } else {
                 match Capture::start(opts) {
                     Ok(c) => {
@@ -140,7 +151,7 @@ fn run(cli: Cli) -> AnyResult<u8> {
         }
         Command::Capture { duration } => {
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
-            stream(&capture, duration, cli.output)?;
+            stream(&capture, *duration, cli.output)?;
             Ok(0)
         }
     }
@@ -235,7 +246,8 @@ impl Clock {
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    let ts =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0)
 }
 
@@ -255,7 +267,8 @@ mod tests {
 
     #[test]
     fn cli_shape() {
-        let cli = Cli::try_parse_from(["netcheck", "-o", "json", "check", "tcp", "10.0.0.1:80", "--timeout", "2s"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["netcheck", "-o", "json", "check", "tcp", "10.0.0.1:80", "--timeout", "2s"]).unwrap();
         assert_eq!(cli.output, Format::Json);
         assert_eq!(cli.timeout, Duration::from_secs(2));
         assert!(Cli::try_parse_from(["netcheck", "check", "tcp"]).is_err());

@@ -16,11 +16,7 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 
 /// `NAME` (under /var/run/netns) or a path such as `/proc/PID/ns/net`.
 pub fn resolve(name_or_path: &str) -> PathBuf {
-    if name_or_path.contains('/') {
-        PathBuf::from(name_or_path)
-    } else {
-        Path::new(NETNS_DIR).join(name_or_path)
-    }
+    if name_or_path.contains('/') { PathBuf::from(name_or_path) } else { Path::new(NETNS_DIR).join(name_or_path) }
 }
 
 /// Moves the calling thread into the namespace. Threads it creates afterwards inherit it, so

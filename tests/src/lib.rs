@@ -140,10 +140,13 @@ impl Lab {
             ip(ns, "link set lo up")?;
             ip(ns, &format!("addr add {}/24 dev eth0", node.underlay_ip))?;
             ip(ns, &format!("link set eth0 mtu {UNDERLAY_MTU} up"))?;
-            ip(ns, &format!(
-                "link add flannel.1 type vxlan id {VNI} local {} dev eth0 dstport {VXLAN_PORT} nolearning",
-                node.underlay_ip
-            ))?;
+            ip(
+                ns,
+                &format!(
+                    "link add flannel.1 type vxlan id {VNI} local {} dev eth0 dstport {VXLAN_PORT} nolearning",
+                    node.underlay_ip
+                ),
+            )?;
             ip(ns, &format!("link set flannel.1 address {} mtu {OVERLAY_MTU} up", node.vtep_mac))?;
             ip(ns, &format!("addr add {}/32 dev flannel.1", node.flannel_ip()))?;
             ip(ns, "link add cni0 type bridge")?;
@@ -160,8 +163,26 @@ impl Lab {
             for peer in self.nodes.iter().filter(|p| p.index != node.index) {
                 let ns = &node.netns;
                 ip(ns, &format!("route add {} via {} dev flannel.1 onlink", peer.pod_subnet(), peer.flannel_ip()))?;
-                ip(ns, &format!("neigh add {} lladdr {} dev flannel.1 nud permanent", peer.flannel_ip(), peer.vtep_mac))?;
-                run("bridge", &["-n", ns, "fdb", "append", &peer.vtep_mac, "dev", "flannel.1", "dst", &peer.underlay_ip.to_string(), "self", "permanent"])?;
+                ip(
+                    ns,
+                    &format!("neigh add {} lladdr {} dev flannel.1 nud permanent", peer.flannel_ip(), peer.vtep_mac),
+                )?;
+                run(
+                    "bridge",
+                    &[
+                        "-n",
+                        ns,
+                        "fdb",
+                        "append",
+                        &peer.vtep_mac,
+                        "dev",
+                        "flannel.1",
+                        "dst",
+                        &peer.underlay_ip.to_string(),
+                        "self",
+                        "permanent",
+                    ],
+                )?;
             }
         }
         self.add_pod(1, "a", 2)?;
@@ -244,7 +265,9 @@ impl Lab {
     pub fn reject_pods_to_kubelet(&self, node: u8) -> Result<()> {
         iptables(
             &self.node(node).netns,
-            &format!("-I INPUT -s {POD_CIDR} -p tcp --dport {KUBELET_PORT} -j REJECT --reject-with icmp-host-prohibited"),
+            &format!(
+                "-I INPUT -s {POD_CIDR} -p tcp --dport {KUBELET_PORT} -j REJECT --reject-with icmp-host-prohibited"
+            ),
         )
     }
 

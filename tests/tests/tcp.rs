@@ -66,7 +66,8 @@ fn drop_rule_on_destination_node_is_netfilter_drop() {
     let lab = lab();
     let b = lab.pod("b").clone();
     lab.drop_forwarded_tcp(2, b.ip, 8080).unwrap();
-    let r = netcheck::run_json_in(&lab.pod("a").netns, &["--timeout", "2s", "check", "tcp", &target(b.ip, 8080)]).unwrap();
+    let r =
+        netcheck::run_json_in(&lab.pod("a").netns, &["--timeout", "2s", "check", "tcp", &target(b.ip, 8080)]).unwrap();
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(r.check()["status"], "fail");
     assert_eq!(r.check()["cause"], "netfilter_drop", "{r:?}");
@@ -92,7 +93,8 @@ fn kubelet_rejected_for_pods_on_its_own_node_only() {
     let r = netcheck::run_json_in(&lab.pod("a").netns, &["--timeout", "2s", "check", "tcp", &kubelet]).unwrap();
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(r.check()["cause"], "unreachable", "{r:?}");
-    let drop = r.evidence("drop").into_iter().find(|e| e["reason"] == "NETFILTER_DROP").expect("NETFILTER_DROP evidence");
+    let drop =
+        r.evidence("drop").into_iter().find(|e| e["reason"] == "NETFILTER_DROP").expect("NETFILTER_DROP evidence");
     assert_eq!(drop["netns"], lab.node(1).netns.as_str());
     let icmp = r.evidence("icmp");
     assert_eq!(icmp.first().map(|i| i["icmp_code"].clone()), Some(10.into()), "ICMP host-prohibited: {r:?}");
@@ -115,7 +117,11 @@ fn vxlan_dropped_on_peer_names_the_encapsulated_packet() {
     let r = netcheck::run_json_in(&a.netns, &["--timeout", "2s", "check", "tcp", &target(b.ip, 8080)]).unwrap();
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(r.check()["cause"], "netfilter_drop", "{r:?}");
-    let drop = r.evidence("drop").into_iter().find(|e| e["inner"].is_object()).unwrap_or_else(|| panic!("no encapsulated drop: {r:?}"));
+    let drop = r
+        .evidence("drop")
+        .into_iter()
+        .find(|e| e["inner"].is_object())
+        .unwrap_or_else(|| panic!("no encapsulated drop: {r:?}"));
     assert_eq!(drop["reason"], "NETFILTER_DROP");
     assert_eq!(drop["netns"], lab.node(2).netns.as_str());
     assert_eq!(drop["device"], "eth0");
@@ -146,7 +152,10 @@ fn background_drops_are_not_attributed() {
     let r = netcheck::run_json_in(&a.netns, &["--timeout", "2s", "check", "tcp", &target(b.ip, 8080)]).unwrap();
     let sent = flood.join().unwrap();
     let flood_drops = lab.rule_packets(&lab.node(2).netns, "filter", "FORWARD").unwrap();
-    assert!(sent > 1000 && flood_drops > 1000, "the flood must really drop packets: sent {sent}, dropped {flood_drops}");
+    assert!(
+        sent > 1000 && flood_drops > 1000,
+        "the flood must really drop packets: sent {sent}, dropped {flood_drops}"
+    );
     assert_eq!(r.check()["cause"], "netfilter_drop", "{r:?}");
     let evidence = r.check()["evidence"].as_array().unwrap();
     assert!(!evidence.is_empty());
@@ -167,8 +176,18 @@ fn unprivileged_run_still_probes_and_names_missing_capabilities() {
     let lab = lab();
     let bin = netcheck::binary().unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &lab.pod("a").netns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-               "--inh-caps=-all", "--bounding-set=-all", "--"])
+        .args([
+            "netns",
+            "exec",
+            &lab.pod("a").netns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
         .arg(&bin)
         .args(["-o", "json", "check", "tcp", &target(lab.pod("b").ip, 8080)])
         .output()
@@ -177,13 +196,24 @@ fn unprivileged_run_still_probes_and_names_missing_capabilities() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.check()["status"], "pass");
     assert_eq!(r.json["capture"]["available"], false);
-    let missing: Vec<&str> = r.json["capture"]["missing"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let missing: Vec<&str> =
+        r.json["capture"]["missing"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
     assert!(missing.contains(&"CAP_BPF") && missing.contains(&"CAP_PERFMON"), "{missing:?}");
 
     // The human output says it too.
     let out = Command::new("ip")
-        .args(["netns", "exec", &lab.pod("a").netns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-               "--inh-caps=-all", "--bounding-set=-all", "--"])
+        .args([
+            "netns",
+            "exec",
+            &lab.pod("a").netns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
         .arg(&bin)
         .args(["check", "tcp", &target(lab.pod("b").ip, 8080)])
         .output()

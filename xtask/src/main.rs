@@ -1,1 +1,143 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|test|demo|lab|bench>`.
+//!
+//! Every task that builds starts with `setup`, which installs what a fresh machine lacks
+//! (idempotent: it checks before it installs), so `cargo xtask demo` and `cargo xtask test` are
+//! the only two commands a new machine needs.
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "netcheck's build, lab and release tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the lab need (apt packages, rust-src, bpf-linker).
+    Setup,
+    /// Set up, lint, build and run every test (unit, eBPF, lab scenarios) and a short benchmark.
+    Test,
+    /// Set up, build, bring up the lab and show real verdicts for each fault scenario.
+    Demo,
+    /// The lab for manual use.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+    /// Capture cost per event (kernel bpf_stats) and userspace events/s under a drop flood.
+    Bench {
+        /// A short run (seconds), as CI does.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Create the lab and keep it (with its servers) until Ctrl-C, then remove it.
+    Up,
+    /// Remove lab namespaces left by processes that are gone.
+    Clean,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Test => test(),
+        Task::Demo => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "probe-user"])?;
+            demo::run(&root().join("target/release/netcheck"))
+        }
+        Task::Lab { action: LabAction::Up } => demo::lab_up(),
+        Task::Lab { action: LabAction::Clean } => {
+            for ns in netlab::clean_stale()? {
+                println!("removed {ns}");
+            }
+            Ok(())
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", "capture"];
+            if quick {
+                args.extend(["--", "--quick"]);
+            }
+            cargo(&args)
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    setup::run()?;
+    step("format", || cargo(&["fmt", "--all", "--check"]))?;
+    step("clippy (host crates)", || {
+        cargo(&["clippy", "--workspace", "--exclude", "probe-ebpf", "--all-targets", "--", "-D", "warnings"])
+    })?;
+    step("clippy (eBPF crate)", || {
+        cargo(&[
+            "+nightly",
+            "clippy",
+            "-Z",
+            "build-std=core",
+            "--target",
+            "bpfel-unknown-none",
+            "-p",
+            "probe-ebpf",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    // The lab scenarios run the real binary, so build it before the tests.
+    step("build", || cargo(&["build", "-p", "probe-user"]))?;
+    let _ = netlab::clean_stale();
+    step("tests", || cargo(&["test", "--workspace"]))?;
+    step("benchmark (quick)", || cargo(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--quick"]))?;
+    let left: Vec<String> = netlab::list_netns()?.into_iter().filter(|n| n.starts_with("nclab")).collect();
+    if !left.is_empty() {
+        bail!("tests left network namespaces behind: {left:?}");
+    }
+    Ok(())
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("==> {name}");
+    let started = std::time::Instant::now();
+    f().with_context(|| format!("step {name:?} failed"))?;
+    println!("==> {name}: ok ({:.0?})", started.elapsed());
+    Ok(())
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Runs cargo (through rustup when the first argument is `+toolchain`) in the workspace root.
+fn cargo(args: &[&str]) -> Result<()> {
+    let (program, args): (&str, Vec<&str>) = match args.first() {
+        Some(tc) if tc.starts_with('+') => ("rustup", [&["run", &tc[1..], "cargo"], &args[1..]].concat()),
+        _ => ("cargo", args.to_vec()),
+    };
+    sh(Command::new(program).args(&args).current_dir(root()))
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}

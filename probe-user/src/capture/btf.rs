@@ -61,10 +61,7 @@ impl KernelBtf {
     /// Byte offset of `path` (nested member names) inside `struct name`. Anonymous struct and
     /// union members are searched through, as C does.
     pub fn offset_of(&self, name: &str, path: &[&str]) -> Result<u32> {
-        let missing = || Error::Btf {
-            what: format!("struct {name}: no member {}", path.join(".")),
-            source: None,
-        };
+        let missing = || Error::Btf { what: format!("struct {name}: no member {}", path.join(".")), source: None };
         let mut current = self.named_struct(name).ok_or_else(missing)?;
         let mut total_bits = 0u32;
         for (i, member_name) in path.iter().enumerate() {
@@ -81,14 +78,10 @@ impl KernelBtf {
     }
 
     fn named_struct(&self, name: &str) -> Option<btf_rs::Struct> {
-        self.btf
-            .resolve_types_by_name(name)
-            .ok()?
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if s.size() > 0 => Some(s),
-                _ => None,
-            })
+        self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+            Type::Struct(s) if s.size() > 0 => Some(s),
+            _ => None,
+        })
     }
 
     /// Bit offset and type of a member, descending into anonymous members.
@@ -169,21 +162,14 @@ impl ReasonNames {
         }
         let subsystem = value >> 16;
         if subsystem != 0 {
-            let sub = self
-                .drop_subsystems
-                .get(&subsystem)
-                .cloned()
-                .unwrap_or_else(|| format!("SUBSYS_{subsystem}"));
+            let sub = self.drop_subsystems.get(&subsystem).cloned().unwrap_or_else(|| format!("SUBSYS_{subsystem}"));
             return format!("{sub}:{}", value & 0xffff);
         }
         format!("REASON_{value}")
     }
 
     pub fn reset_name(&self, value: u32) -> String {
-        self.reset
-            .get(&value)
-            .cloned()
-            .unwrap_or_else(|| format!("REASON_{value}"))
+        self.reset.get(&value).cloned().unwrap_or_else(|| format!("REASON_{value}"))
     }
 }
 

@@ -1,6 +1,9 @@
 //! Kernel events decoded for people and scripts: names instead of numbers.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use probe_common::{Event, Flow, flags, kind};
 use serde::Serialize;
@@ -65,10 +68,7 @@ impl FlowView {
                 let d: [u8; 4] = flow.daddr[..4].try_into().ok()?;
                 (IpAddr::V4(Ipv4Addr::from(s)), IpAddr::V4(Ipv4Addr::from(d)))
             }
-            6 => (
-                IpAddr::V6(Ipv6Addr::from(flow.saddr)),
-                IpAddr::V6(Ipv6Addr::from(flow.daddr)),
-            ),
+            6 => (IpAddr::V6(Ipv6Addr::from(flow.saddr)), IpAddr::V6(Ipv6Addr::from(flow.daddr))),
             _ => return None,
         };
         Some(Self {
@@ -127,15 +127,10 @@ impl KernelEvent {
     pub fn decode(ev: &Event, names: &ReasonNames, netns: &NetnsNames) -> Option<Self> {
         let (kind, reason, direction, icmp) = match ev.kind {
             kind::DROP => (EventKind::Drop, Some(names.drop_name(ev.reason)), None, None),
-            kind::RST_SENT => (
-                EventKind::Rst,
-                Some(names.reset_name(ev.reason)),
-                Some(Direction::Sent),
-                None,
-            ),
+            kind::RST_SENT => (EventKind::Rst, Some(names.reset_name(ev.reason)), Some(Direction::Sent), None),
             kind::RST_RECEIVED => (EventKind::Rst, None, Some(Direction::Received), None),
             kind::ICMP_SENT => {
-                let (t, c) = ((ev.reason >> 8) as u8, (ev.reason & 0xff) as u8);
+                let [_, _, t, c] = ev.reason.to_be_bytes();
                 (EventKind::Icmp, Some(icmp_name(t, c).to_string()), Some(Direction::Sent), Some((t, c)))
             }
             _ => return None,
@@ -173,14 +168,14 @@ impl KernelEvent {
             EventKind::Icmp => format!("icmp sent {}", self.reason.as_deref().unwrap_or("?")),
         };
         if let Some(d) = &self.device {
-            s.push_str(&format!(" dev {d}"));
+            let _ = write!(s, " dev {d}");
         }
-        s.push_str(&format!(" netns {}", self.netns));
+        let _ = write!(s, " netns {}", self.netns);
         if let Some(f) = &self.flow {
-            s.push_str(&format!(" {f}"));
+            let _ = write!(s, " {f}");
         }
         if let Some(i) = &self.inner {
-            s.push_str(&format!(" [vxlan inner {i}]"));
+            let _ = write!(s, " [vxlan inner {i}]");
         }
         s
     }
@@ -246,12 +241,8 @@ mod tests {
 
     #[test]
     fn decodes_icmp_type_and_code() {
-        let ev = KernelEvent::decode(
-            &raw(kind::ICMP_SENT, (3 << 8) | 10),
-            &ReasonNames::default(),
-            &NetnsNames::default(),
-        )
-        .unwrap();
+        let ev = KernelEvent::decode(&raw(kind::ICMP_SENT, 0x030a), &ReasonNames::default(), &NetnsNames::default())
+            .unwrap();
         assert_eq!(ev.reason.as_deref(), Some("host-prohibited"));
         assert_eq!((ev.icmp_type, ev.icmp_code), (Some(3), Some(10)));
     }

@@ -71,10 +71,7 @@ impl FlowMatcher {
             return false;
         }
         let (l, r) = (&self.local, &self.remote);
-        l.is_src(f)
-            || l.is_dst(f)
-            || (r.is_dst(f) && f.sport == l.port)
-            || (r.is_src(f) && f.dport == l.port)
+        l.is_src(f) || l.is_dst(f) || (r.is_dst(f) && f.sport == l.port) || (r.is_src(f) && f.dport == l.port)
     }
 
     pub fn matches(&self, ev: &Event) -> bool {

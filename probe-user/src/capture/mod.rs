@@ -39,12 +39,8 @@ use crate::{
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netcheck-probe"));
 
 /// The programs and the tracepoints they attach to; the last is optional (icmp_send: 6.13+).
-const PROGRAMS: [(&str, bool); 4] = [
-    ("kfree_skb", true),
-    ("tcp_send_reset", true),
-    ("tcp_receive_reset", true),
-    ("icmp_send", false),
-];
+const PROGRAMS: [(&str, bool); 4] =
+    [("kfree_skb", true), ("tcp_send_reset", true), ("tcp_receive_reset", true), ("icmp_send", false)];
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -119,7 +115,7 @@ pub struct Capture {
     thread: Option<JoinHandle<()>>,
     counters: PerCpuArray<MapData, u64>,
     // Keeps the programs attached; dropped last.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl Capture {
@@ -129,10 +125,7 @@ impl Capture {
         let missing = privileges::capture_missing();
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
-            return Err(Unavailable {
-                detail: format!("capture needs {} (missing here)", list.join(", ")),
-                missing,
-            });
+            return Err(Unavailable { detail: format!("capture needs {} (missing here)", list.join(", ")), missing });
         }
         Self::load(opts).map_err(|e| Unavailable { missing: Vec::new(), detail: error_chain(&e) })
     }
@@ -177,11 +170,9 @@ impl Capture {
         });
         let decoder = Decoder { names, netns: NetnsNames::scan(), last_rescan: Instant::now() };
         let reader = Reader { ring, decoder, shared: shared.clone() };
-        let thread = std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || reader.run())?;
+        let thread = std::thread::Builder::new().name("capture".into()).spawn(move || reader.run())?;
         tracing::debug!(elapsed = ?started.elapsed(), "capture attached");
-        Ok(Self { shared, thread: Some(thread), counters, _ebpf: ebpf })
+        Ok(Self { shared, thread: Some(thread), counters, ebpf })
     }
 
     /// Starts collecting the events of one flow. Call before the flow's first packet.
@@ -214,7 +205,7 @@ impl Capture {
 
     /// The programs' counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
-        let sum = |i: u32| self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        let sum = |i: u32| self.counters.get(&i, 0).map_or(0, |v| v.iter().sum());
         Counters { sent: sum(counter::SENT), lost: sum(counter::LOST) }
     }
 
@@ -224,10 +215,7 @@ impl Capture {
 
     /// Ids of the loaded programs (for `bpf_stats` in the benchmark).
     pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
-        self._ebpf
-            .programs()
-            .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i)))
-            .collect()
+        self.ebpf.programs().filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i))).collect()
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod tcp;
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 pub use self::tcp::tcp_verdict;
@@ -135,15 +137,15 @@ pub(crate) fn describe_drop(e: &Evidence) -> String {
     } else {
         format!("dropped by the kernel ({reason})")
     };
-    s.push_str(&format!(" in netns {}", ev.netns));
+    let _ = write!(s, " in netns {}", ev.netns);
     if let Some(dev) = &ev.device {
-        s.push_str(&format!(" on {dev}"));
+        let _ = write!(s, " on {dev}");
     }
     if let (Some(outer), Some(_)) = (&ev.flow, &ev.inner) {
-        s.push_str(&format!(", as VXLAN {} {} -> {}", outer.proto, outer.src, outer.dst));
+        let _ = write!(s, ", as VXLAN {} {} -> {}", outer.proto, outer.src, outer.dst);
     }
     if e.count > 1 {
-        s.push_str(&format!(" ({} packets)", e.count));
+        let _ = write!(s, " ({} packets)", e.count);
     }
     s
 }

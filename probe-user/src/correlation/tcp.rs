@@ -1,6 +1,6 @@
 //! TCP connect verdicts.
 
-use std::io;
+use std::{fmt::Write as _, io};
 
 use super::{Cause, Check, Evidence, Status, describe_drop, drops};
 use crate::{
@@ -15,31 +15,30 @@ pub fn tcp_verdict(report: Report, capture_on: bool) -> Check {
         .find(|e| e.event.reason.as_deref() == Some("NETFILTER_DROP"))
         .or_else(|| drops(&evidence).next());
     let icmp = evidence.iter().find(|e| e.event.kind == EventKind::Icmp);
-    let rst_sent = evidence
-        .iter()
-        .find(|e| e.event.kind == EventKind::Rst && e.event.direction == Some(Direction::Sent));
+    let rst_sent =
+        evidence.iter().find(|e| e.event.kind == EventKind::Rst && e.event.direction == Some(Direction::Sent));
     let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
 
     let (status, cause, detail) = match &report.outcome {
         Outcome::Connected => {
             let mut d = format!("connected in {:.0} ms", secs * 1000.0);
             if let Some(e) = first_drop {
-                d.push_str(&format!(" after a retransmission: {}", describe_drop(e)));
+                let _ = write!(d, " after a retransmission: {}", describe_drop(e));
                 (Status::Warn, None, d)
             } else {
                 (Status::Pass, None, d)
             }
         }
         Outcome::TimedOut => match first_drop {
-            Some(e) if e.event.reason.as_deref() == Some("NETFILTER_DROP") => (
-                Status::Fail,
-                Some(Cause::NetfilterDrop),
-                format!("no answer in {secs:.1} s: {}", describe_drop(e)),
-            ),
+            Some(e) if e.event.reason.as_deref() == Some("NETFILTER_DROP") => {
+                (Status::Fail, Some(Cause::NetfilterDrop), format!("no answer in {secs:.1} s: {}", describe_drop(e)))
+            }
             Some(e) => (Status::Fail, Some(Cause::Timeout), format!("no answer in {secs:.1} s: {}", describe_drop(e))),
             None => (Status::Fail, Some(Cause::Timeout), format!("no answer in {secs:.1} s ({unseen})")),
         },
-        Outcome::NoRoute(e) => (Status::Fail, Some(Cause::NoRoute), format!("no route to the target from this namespace ({e})")),
+        Outcome::NoRoute(e) => {
+            (Status::Fail, Some(Cause::NoRoute), format!("no route to the target from this namespace ({e})"))
+        }
         Outcome::Unresolved(e) => (Status::Fail, Some(Cause::DnsError), format!("name did not resolve: {e}")),
         Outcome::Failed(e) => failed(e, first_drop, icmp, rst_sent),
     };
@@ -63,7 +62,7 @@ fn failed(
 ) -> (Status, Option<Cause>, String) {
     let with_drop = |mut s: String| {
         if let Some(d) = first_drop {
-            s.push_str(&format!("; the SYN was {}", describe_drop(d)));
+            let _ = write!(s, "; the SYN was {}", describe_drop(d));
         }
         s
     };
@@ -94,7 +93,9 @@ fn failed(
                         ""
                     }
                 ),
-                None => format!("{e}: no ICMP seen on this machine (neighbour resolution failed, or the ICMP came from elsewhere)"),
+                None => format!(
+                    "{e}: no ICMP seen on this machine (neighbour resolution failed, or the ICMP came from elsewhere)"
+                ),
             };
             (Status::Fail, Some(Cause::Unreachable), with_drop(d))
         }
@@ -121,7 +122,7 @@ mod tests {
             local: None,
             remote: None,
             outcome,
-            elapsed: Duration::from_millis(2000),
+            elapsed: Duration::from_secs(2),
             events,
         }
     }

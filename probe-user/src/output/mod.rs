@@ -78,16 +78,28 @@ impl Report {
         let _ = writeln!(
             out,
             "{:w0$}  {:w1$}  {:w2$}  {:w3$}  DETAIL",
-            header[0], header[1], header[2], header[3],
-            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]
+            header[0],
+            header[1],
+            header[2],
+            header[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
         );
         for (c, r) in self.checks.iter().zip(&rows) {
             let status = format!("{:w$}", r[2], w = widths[2]);
             let _ = writeln!(
                 out,
                 "{:w0$}  {:w1$}  {}  {:w3$}  {}",
-                r[0], r[1], paint(status_style(c.status), &status), r[3], c.detail,
-                w0 = widths[0], w1 = widths[1], w3 = widths[3]
+                r[0],
+                r[1],
+                paint(status_style(c.status), &status),
+                r[3],
+                c.detail,
+                w0 = widths[0],
+                w1 = widths[1],
+                w3 = widths[3]
             );
             for e in &c.evidence {
                 let times = if e.count > 1 { format!(" x{}", e.count) } else { String::new() };
@@ -102,7 +114,14 @@ impl Report {
             }
         } else {
             let why = self.capture.detail.as_deref().unwrap_or("unavailable");
-            let _ = writeln!(out, "{}", paint(Style::new().fg_color(Some(AnsiColor::Yellow.into())), &format!("capture unavailable: {why}; probes ran without kernel evidence")));
+            let _ = writeln!(
+                out,
+                "{}",
+                paint(
+                    Style::new().fg_color(Some(AnsiColor::Yellow.into())),
+                    &format!("capture unavailable: {why}; probes ran without kernel evidence")
+                )
+            );
         }
         out
     }

@@ -1,0 +1,82 @@
+//! Installs what a fresh machine lacks; each step checks first, so a second run does nothing.
+//! The recipe is the one verified in shared/TOOLCHAIN.md.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::sh;
+
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the lab drives.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev", // bpf-linker 0.13 links against it (rustc's LLVM is 22)
+    "iproute2",    // ip, bridge: namespaces, veth, bridges, VXLAN
+    "iptables",    // fault injection (iptables-nft)
+    "procps",      // sysctl inside lab namespaces
+    "util-linux",  // setpriv: the unprivileged scenario
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> Result<()> {
+    apt()?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("missing Debian packages {missing:?}: run as root, or install them with apt-get");
+    }
+    println!("setup: apt-get install {}", missing.join(" "));
+    sh(Command::new("apt-get").args(["update", "-qq"]))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", package])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
+}
+
+fn rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("rustup (the machine's Rust toolchain manager) is needed")?;
+    if !installed.status.success() {
+        bail!("the nightly toolchain is not installed: `rustup toolchain install nightly` (the eBPF build needs it)");
+    }
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    println!("setup: rustup component add rust-src --toolchain nightly");
+    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    // Its default feature is llvm-23; this machine's rustc uses LLVM 22 (shared/TOOLCHAIN.md).
+    println!("setup: cargo install bpf-linker {BPF_LINKER_VERSION} (LLVM 22)");
+    sh(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
+        .args(["--features", "llvm-22"])
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
