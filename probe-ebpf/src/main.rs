@@ -48,6 +48,9 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_DSTOPTS: u8 = 60;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// `skb->network_header` when it was never set (`(typeof(skb->network_header))~0U`).
@@ -261,13 +264,20 @@ fn parse_ip(ip: u64, flow: &mut Flow) -> Res<u64> {
             ip + u64::from(header[0] & 0x0f) * 4
         }
         6 => {
-            let next: u8 = read(ip, 6)?;
+            let mut next: u8 = read(ip, 6)?;
             flow.family = 6;
-            flow.proto = next;
             flow.saddr = read(ip, 8)?;
             flow.daddr = read(ip, 24)?;
-            // Extension headers are not walked: the flow keeps addresses and protocol only.
-            ip + 40
+            let mut l4 = ip + 40;
+            // One extension header is skipped (hop-by-hop carries every MLD report); deeper
+            // chains keep the extension header as the protocol.
+            if matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS) {
+                let ext: [u8; 2] = read(l4, 0)?;
+                next = ext[0];
+                l4 += (u64::from(ext[1]) + 1) * 8;
+            }
+            flow.proto = next;
+            l4
         }
         _ => return Err(-1),
     };

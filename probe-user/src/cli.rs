@@ -53,6 +53,18 @@ pub enum Command {
         /// Stop after this long (default: until interrupted).
         #[arg(long, value_parser = parse_duration, value_name = "DUR")]
         duration: Option<Duration>,
+        /// Only events whose flow (or VXLAN inner flow) has this address (repeatable).
+        #[arg(long = "host", value_name = "IP")]
+        hosts: Vec<std::net::IpAddr>,
+        /// Only events whose flow (or VXLAN inner flow) has this port (repeatable).
+        #[arg(long = "port", value_name = "PORT")]
+        ports: Vec<u16>,
+        /// Only these reasons, as the kernel names them, e.g. NETFILTER_DROP (repeatable).
+        #[arg(long = "reason", value_name = "NAME")]
+        reasons: Vec<String>,
+        /// Hide these reasons, e.g. NOT_SPECIFIED (repeatable).
+        #[arg(long = "exclude-reason", value_name = "NAME")]
+        exclude_reasons: Vec<String>,
     },
 }
 
@@ -149,9 +161,16 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             print_report(&report, cli.output)?;
             Ok(report.exit_code())
         }
-        Command::Capture { duration } => {
+        Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
+            let filter = capture::filter::Filter {
+                hosts: hosts.clone(),
+                ports: ports.clone(),
+                reasons: reasons.clone(),
+                exclude_reasons: exclude_reasons.clone(),
+                kinds: Vec::new(),
+            };
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
-            stream(&capture, *duration, cli.output)?;
+            stream(&capture, *duration, &filter, cli.output)?;
             Ok(0)
         }
     }
@@ -183,7 +202,12 @@ fn print_report(report: &Report, format: Format) -> std::io::Result<()> {
 }
 
 /// `netcheck capture`: one line per event as it happens (JSON Lines with `-o json`).
-fn stream(capture: &Capture, duration: Option<Duration>, format: Format) -> std::io::Result<()> {
+fn stream(
+    capture: &Capture,
+    duration: Option<Duration>,
+    filter: &capture::filter::Filter,
+    format: Format,
+) -> std::io::Result<()> {
     let rx = capture.subscribe();
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -199,8 +223,8 @@ fn stream(capture: &Capture, duration: Option<Duration>, format: Format) -> std:
             break;
         }
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(ev) => print_event(&mut out, &ev, &clock, format)?,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(ev) if filter.matches(&ev) => print_event(&mut out, &ev, &clock, format)?,
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }

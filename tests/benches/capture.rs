@@ -8,6 +8,8 @@
 //!
 //! `cargo xtask bench` (or `cargo bench -p netcheck-tests --bench capture [-- --quick]`); root.
 
+#![expect(clippy::cast_precision_loss, reason = "rates and averages printed for people")]
+
 use std::{
     net::SocketAddr,
     sync::{

@@ -26,10 +26,6 @@ fn show(bin: &Path, netns: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn title(t: &str) {
-    println!("\n=== {t} ===");
-}
-
 pub fn run(bin: &Path) -> Result<()> {
     if !netlab::require_root("demo") {
         bail!("the demo builds network namespaces: run it as root");
@@ -40,72 +36,99 @@ pub fn run(bin: &Path) -> Result<()> {
         "     pod a 10.244.1.2 and pod c 10.244.1.3 on n1 (192.168.50.11), pod b 10.244.2.2 on n2 (192.168.50.12)"
     );
 
-    title("1. healthy: pod a (n1) -> pod b (n2) across the overlay");
-    let lab = fresh_lab()?;
-    let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
-    let pod_b = format!("{}:8080", b.ip);
-    show(bin, &a.netns, &["check", "tcp", &pod_b])?;
-    drop(lab);
+    scenario(
+        "1. healthy: pod a (n1) -> pod b (n2) across the overlay",
+        |_| Ok(()),
+        |lab| show(bin, &lab.pod("a").netns, &["check", "tcp", &pod_b(lab)]),
+    )?;
+    scenario(
+        "2. the listener in pod b stopped (FIELD.md case 8: nothing listens)",
+        |lab| {
+            lab.stop_servers_on(8080);
+            Ok(())
+        },
+        |lab| show(bin, &lab.pod("a").netns, &["check", "tcp", &pod_b(lab)]),
+    )?;
+    scenario(
+        "3. n2 silently DROPs forwarded TCP to pod b",
+        |lab| lab.drop_forwarded_tcp(2, lab.pod("b").ip, 8080),
+        |lab| show(bin, &lab.pod("a").netns, &["--timeout", "2s", "check", "tcp", &pod_b(lab)]),
+    )?;
+    scenario(
+        "4. n1 REJECTs pod sources to its kubelet (FIELD.md case 1): pods on n1 fail, pods on n2 pass",
+        |lab| lab.reject_pods_to_kubelet(1),
+        |lab| {
+            let kubelet = format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip);
+            show(bin, &lab.pod("a").netns, &["--timeout", "2s", "check", "tcp", &kubelet])?;
+            show(bin, &lab.pod("b").netns, &["--timeout", "2s", "check", "tcp", &kubelet])
+        },
+    )?;
+    scenario(
+        "5. n2 drops VXLAN (UDP 8472) on its underlay (FIELD.md case 4): TCP sees a timeout, netcheck names the overlay",
+        |lab| lab.drop_vxlan(2),
+        |lab| {
+            show(bin, &lab.pod("a").netns, &["--timeout", "2s", "check", "tcp", &pod_b(lab)])?;
+            show(bin, &lab.pod("a").netns, &["-o", "json", "--timeout", "2s", "check", "tcp", &pod_b(lab)])
+        },
+    )?;
+    scenario(
+        "6. netcheck capture: live drops with the kernel's reason names",
+        |_| Ok(()),
+        |lab| {
+            let host = lab.pod("b").ip.to_string();
+            println!(
+                "$ netcheck capture --duration 3s --host {host}   (meanwhile pod a connects to a closed port of pod b)"
+            );
+            let child = Command::new(bin)
+                .args(["capture", "--duration", "3s", "--host", &host])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            std::thread::sleep(Duration::from_millis(1500));
+            let closed = SocketAddr::new(lab.pod("b").ip.into(), 7);
+            netlab::in_netns(&lab.pod("a").netns, move || {
+                Ok(TcpStream::connect_timeout(&closed, Duration::from_secs(1)).is_ok())
+            })?;
+            let out = child.wait_with_output()?;
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            Ok(())
+        },
+    )?;
+    scenario(
+        "7. unprivileged (`kubectl debug node` without --profile=sysadmin): probes run, capture says what it lacks",
+        |_| Ok(()),
+        |lab| {
+            let target = pod_b(lab);
+            println!(
+                "$ setpriv --reuid=65534 --inh-caps=-all --bounding-set=-all netcheck check tcp {target}   (in pod a)"
+            );
+            let out = Command::new("ip")
+                .args(["netns", "exec", &lab.pod("a").netns, "setpriv", "--reuid=65534", "--regid=65534"])
+                .args(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
+                .arg(bin)
+                .args(["check", "tcp", &target])
+                .output()?;
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            println!("(exit code {})", out.status.code().unwrap_or(-1));
+            Ok(())
+        },
+    )
+}
 
-    title("2. the listener in pod b stopped (FIELD.md case 8: nothing listens)");
+fn pod_b(lab: &Lab) -> String {
+    format!("{}:8080", lab.pod("b").ip)
+}
+
+/// One scenario on a lab of its own, removed afterwards.
+fn scenario(
+    title: &str,
+    fault: impl FnOnce(&mut Lab) -> Result<()>,
+    show: impl FnOnce(&Lab) -> Result<()>,
+) -> Result<()> {
+    println!("\n=== {title} ===");
     let mut lab = fresh_lab()?;
-    lab.stop_servers_on(8080);
-    show(bin, &a.netns, &["check", "tcp", &pod_b])?;
-    drop(lab);
-
-    title("3. n2 silently DROPs forwarded TCP to pod b");
-    let lab = fresh_lab()?;
-    lab.drop_forwarded_tcp(2, b.ip, 8080)?;
-    show(bin, &a.netns, &["--timeout", "2s", "check", "tcp", &pod_b])?;
-    drop(lab);
-
-    title("4. n1 REJECTs pod sources to its kubelet (FIELD.md case 1): pods on n1 fail, pods on n2 pass");
-    let lab = fresh_lab()?;
-    lab.reject_pods_to_kubelet(1)?;
-    let kubelet = format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip);
-    show(bin, &a.netns, &["--timeout", "2s", "check", "tcp", &kubelet])?;
-    show(bin, &b.netns, &["--timeout", "2s", "check", "tcp", &kubelet])?;
-    drop(lab);
-
-    title(
-        "5. n2 drops VXLAN (UDP 8472) on its underlay (FIELD.md case 4): TCP only sees a timeout, netcheck names the overlay",
-    );
-    let lab = fresh_lab()?;
-    lab.drop_vxlan(2)?;
-    show(bin, &a.netns, &["--timeout", "2s", "check", "tcp", &pod_b])?;
-    show(bin, &a.netns, &["-o", "json", "--timeout", "2s", "check", "tcp", &pod_b])?;
-    drop(lab);
-
-    title("6. netcheck capture: live drops with the kernel's reason names");
-    let lab = fresh_lab()?;
-    println!("$ netcheck capture --duration 3s   (meanwhile pod a connects to a closed port of pod b)");
-    let child =
-        Command::new(bin).args(["capture", "--duration", "3s"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-    std::thread::sleep(Duration::from_millis(1500));
-    let closed = SocketAddr::new(b.ip.into(), 7);
-    netlab::in_netns(&a.netns, move || Ok(TcpStream::connect_timeout(&closed, Duration::from_secs(1)).is_ok()))?;
-    let out = child.wait_with_output()?;
-    // Other drops of this machine show up too; the demo shows the lab's.
-    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&lab.prefix)) {
-        println!("{line}");
-    }
-    drop(lab);
-
-    title(
-        "7. unprivileged (as in `kubectl debug node` without --profile=sysadmin): probes run, capture says what it lacks",
-    );
-    let lab = fresh_lab()?;
-    println!("$ setpriv --reuid=65534 --inh-caps=-all --bounding-set=-all netcheck check tcp {pod_b}   (inside pod a)");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &a.netns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
-        .arg(bin)
-        .args(["check", "tcp", &pod_b])
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    println!("(exit code {})", out.status.code().unwrap_or(-1));
-    drop(lab);
-    Ok(())
+    fault(&mut lab)?;
+    show(&lab)
 }
 
 /// `cargo xtask lab up`: the lab and its servers until Ctrl-C.

@@ -5,20 +5,21 @@ use std::net::{IpAddr, SocketAddr};
 
 use probe_common::{Event, Flow, flags};
 
-/// A probe's flow: its protocol, its own (bound) endpoint and the endpoint it dialled.
+/// A probe's flow: its protocol and its own (bound) endpoint.
 ///
-/// An event belongs to the probe when its packet (or the VXLAN packet's inner packet):
-/// - carries the probe's local endpoint as source or destination (exact match, and DNAT such
-///   as a Service IP rewritten to a pod: the local side is untouched), or
-/// - carries the remote endpoint with the probe's local port on the other side (SNAT, such
-///   as flannel's masquerade of pod traffic leaving the node, keeps the port).
+/// An event belongs to the probe when its packet (or the VXLAN packet's inner packet) carries
+/// the probe's local endpoint as source or destination: the exact flow in both directions, and
+/// DNAT such as a Service IP rewritten to a pod (the local side is untouched). Local endpoints
+/// are unique while the probe's socket is open, so no other flow matches.
 ///
-/// Local endpoints are unique while the probe's socket is open, so no other flow matches.
+/// Not matched: packets after SNAT (e.g. flannel's masquerade of pod traffic to node IPs).
+/// Guessing them from "remote endpoint + our port" also matches other clients that happen to
+/// use the same port towards a busy server, so it is not done; reading the original tuple from
+/// conntrack in the kernel is the exact way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowMatcher {
     proto: u8,
     local: Endpoint,
-    remote: Endpoint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,24 +55,23 @@ impl Endpoint {
 }
 
 impl FlowMatcher {
-    pub fn tcp(local: SocketAddr, remote: SocketAddr) -> Self {
-        Self::new(6, local, remote)
+    pub fn tcp(local: SocketAddr) -> Self {
+        Self::new(6, local)
     }
 
-    pub fn udp(local: SocketAddr, remote: SocketAddr) -> Self {
-        Self::new(17, local, remote)
+    pub fn udp(local: SocketAddr) -> Self {
+        Self::new(17, local)
     }
 
-    pub fn new(proto: u8, local: SocketAddr, remote: SocketAddr) -> Self {
-        Self { proto, local: Endpoint::new(local), remote: Endpoint::new(remote) }
+    pub fn new(proto: u8, local: SocketAddr) -> Self {
+        Self { proto, local: Endpoint::new(local) }
     }
 
     fn matches_flow(&self, f: &Flow) -> bool {
         if f.proto != self.proto {
             return false;
         }
-        let (l, r) = (&self.local, &self.remote);
-        l.is_src(f) || l.is_dst(f) || (r.is_dst(f) && f.sport == l.port) || (r.is_src(f) && f.dport == l.port)
+        self.local.is_src(f) || self.local.is_dst(f)
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
@@ -107,7 +107,7 @@ mod tests {
     }
 
     fn probe() -> FlowMatcher {
-        FlowMatcher::tcp("10.244.1.2:40000".parse().unwrap(), "10.244.2.2:8080".parse().unwrap())
+        FlowMatcher::tcp("10.244.1.2:40000".parse().unwrap())
     }
 
     #[test]
@@ -128,13 +128,13 @@ mod tests {
     }
 
     #[test]
-    fn nat_rewrites_still_match() {
+    fn dnat_still_matches_snat_does_not() {
         let m = probe();
         // DNAT: a Service IP rewritten to the pod, the local side untouched.
         assert!(m.matches(&event(flow(6, "10.244.1.2:40000", "10.244.3.9:9090"), None)));
-        // SNAT (masquerade): our port kept, our address replaced by the node's.
-        assert!(m.matches(&event(flow(6, "192.168.50.11:40000", "10.244.2.2:8080"), None)));
-        assert!(m.matches(&event(flow(6, "10.244.2.2:8080", "192.168.50.11:40000"), None)));
+        assert!(m.matches(&event(flow(6, "10.244.3.9:9090", "10.244.1.2:40000"), None)));
+        // After SNAT our address is gone: indistinguishable from another client with our port.
+        assert!(!m.matches(&event(flow(6, "192.168.50.11:40000", "10.244.2.2:8080"), None)));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod btf;
 pub mod event;
+pub mod filter;
 mod matcher;
 
 use std::{

@@ -88,14 +88,21 @@ impl Evidence {
     }
 }
 
+/// Same event, for folding. For VXLAN packets the outer source port is ignored: Linux derives
+/// it from the inner flow's hash, which TCP changes on every retransmission timeout, so the
+/// retransmitted SYNs of one probe leave with different outer ports.
 fn same(a: &KernelEvent, b: &KernelEvent) -> bool {
+    let outer_same = match (&a.flow, &b.flow, &a.inner) {
+        (Some(x), Some(y), Some(_)) => x.proto == y.proto && x.src.ip() == y.src.ip() && x.dst == y.dst,
+        _ => a.flow == b.flow,
+    };
     a.kind == b.kind
         && a.reason == b.reason
         && a.direction == b.direction
         && a.device == b.device
         && a.netns_inode == b.netns_inode
-        && a.flow == b.flow
         && a.inner == b.inner
+        && outer_same
 }
 
 /// A hop of a path (filled by `netcheck path`; a single probe has none yet).
@@ -184,5 +191,22 @@ mod tests {
         assert_eq!(json["reason"], "NETFILTER_DROP");
         assert_eq!(json["count"], 3);
         assert_eq!(describe_drop(&folded[0]), "dropped by netfilter in netns n2 on eth0 (3 packets)");
+    }
+
+    #[test]
+    fn vxlan_retransmissions_fold_despite_new_outer_ports() {
+        use crate::capture::event::{FlowView, Proto};
+        let flow = |s: &str, d: &str, proto| FlowView { proto, src: s.parse().unwrap(), dst: d.parse().unwrap() };
+        let mut a = ev(EventKind::Drop, "NETFILTER_DROP", "n2");
+        a.flow = Some(flow("192.168.50.11:39629", "192.168.50.12:8472", Proto::Udp));
+        a.inner = Some(flow("10.244.1.2:38165", "10.244.2.2:8080", Proto::Tcp));
+        let mut b = a.clone();
+        b.flow = Some(flow("192.168.50.11:55421", "192.168.50.12:8472", Proto::Udp));
+        assert_eq!(Evidence::fold(vec![a.clone(), b]).len(), 1);
+        // Without an inner flow the ports are the flow's identity.
+        a.inner = None;
+        let mut c = a.clone();
+        c.flow = Some(flow("192.168.50.11:1", "192.168.50.12:8472", Proto::Udp));
+        assert_eq!(Evidence::fold(vec![a, c]).len(), 2);
     }
 }

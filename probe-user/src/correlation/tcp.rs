@@ -84,7 +84,8 @@ fn failed(
         Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => {
             let d = match icmp {
                 Some(i) => format!(
-                    "{e}: ICMP {} sent by netns {}{}",
+                    "{}: ICMP {} sent by netns {}{}",
+                    errno_text(e),
                     i.event.reason.as_deref().unwrap_or("unreachable"),
                     i.event.netns,
                     if first_drop.is_some_and(|d| d.event.reason.as_deref() == Some("NETFILTER_DROP")) {
@@ -94,7 +95,8 @@ fn failed(
                     }
                 ),
                 None => format!(
-                    "{e}: no ICMP seen on this machine (neighbour resolution failed, or the ICMP came from elsewhere)"
+                    "{}: no ICMP seen on this machine (neighbour resolution failed, or the ICMP came from elsewhere)",
+                    errno_text(e)
                 ),
             };
             (Status::Fail, Some(Cause::Unreachable), with_drop(d))
@@ -106,6 +108,15 @@ fn failed(
             with_drop("blocked by netfilter on this host (connect: operation not permitted)".to_string()),
         ),
         _ => (Status::Fail, Some(Cause::ProbeError), with_drop(format!("connect failed: {e}"))),
+    }
+}
+
+/// What a client such as curl or Go's net package prints for the connect error.
+fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EHOSTUNREACH) => "connect: no route to host".to_string(),
+        Some(libc::ENETUNREACH) => "connect: network is unreachable".to_string(),
+        _ => format!("connect: {e}"),
     }
 }
 

@@ -15,6 +15,9 @@ impl Target {
     pub fn parse(input: &str) -> Result<Self> {
         let bad = |why: &str| Error::InvalidTarget { input: input.to_string(), why: why.to_string() };
         if let Ok(sa) = input.parse::<SocketAddr>() {
+            if sa.port() == 0 {
+                return Err(bad("port must be a number from 1 to 65535"));
+            }
             return Ok(Self { host: sa.ip().to_string(), port: sa.port() });
         }
         let (host, port) = input.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT"))?;

@@ -60,7 +60,7 @@ pub async fn probe(target: &Target, deadline: Duration, capture: Option<&Capture
         Err(e) => return report(None, Some(remote), Outcome::Failed(e), Vec::new()),
     };
     let local = socket.local_addr().ok();
-    let watch = local.and_then(|l| capture.map(|c| c.watch(FlowMatcher::tcp(l, remote))));
+    let watch = local.and_then(|l| capture.map(|c| c.watch(FlowMatcher::tcp(l))));
     let remaining = deadline.saturating_sub(started.elapsed());
     let result = tokio::time::timeout(remaining, socket.connect(remote)).await;
     let elapsed = started.elapsed();
