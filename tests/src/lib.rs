@@ -17,7 +17,7 @@
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::Path,
     process::Command,
     sync::{
@@ -32,6 +32,7 @@ use anyhow::{Context as _, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
 pub mod netcheck;
+pub mod pki;
 
 /// flannel's defaults (see shared/FIELD.md).
 pub const VXLAN_PORT: u16 = 8472;
@@ -66,6 +67,10 @@ impl Node {
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 244, self.index, 1)
     }
+    /// The node's name (as a kubelet would register it).
+    pub fn name(&self) -> String {
+        format!("n{}", self.index)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +102,8 @@ pub struct Lab {
     pub switch: String,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
+    /// The lab's cluster CA; it signs the kubelets' serving certificates.
+    pub pki: pki::Pki,
     servers: Vec<Server>,
     keep: bool,
 }
@@ -113,6 +120,7 @@ impl Lab {
             switch: format!("{prefix}-ul"),
             nodes: Vec::new(),
             pods: Vec::new(),
+            pki: pki::Pki::new("netcheck-lab-ca")?,
             servers: Vec::new(),
             keep: false,
         };
@@ -229,18 +237,41 @@ impl Lab {
     }
 
     /// A TCP listener (accepts and closes) inside `netns`. Returns its index for `stop_server`.
-    pub fn serve_tcp(&mut self, netns: &str, addr: SocketAddr) -> Result<usize> {
-        let server = serve_tcp(netns, addr)?;
-        self.servers.push(server);
-        Ok(self.servers.len() - 1)
+    /// A TCP listener inside `netns` that accepts and closes (enough for a connect probe).
+    pub fn serve_tcp(&mut self, netns: &str, addr: SocketAddr) -> Result<()> {
+        self.servers.push(serve(netns, addr, drop)?);
+        Ok(())
     }
 
-    /// The listener in pod `b` on 8080, and the "kubelet" on each node's 10250.
+    /// An HTTPS "kubelet" on the node's 10250 with a serving certificate from the lab CA for
+    /// the node's name and (when `ip_san`) its underlay IP.
+    pub fn serve_kubelet(&mut self, node: u8, ip_san: bool) -> Result<()> {
+        let n = self.node(node).clone();
+        let name = n.name();
+        let ips: Vec<IpAddr> = if ip_san { vec![n.underlay_ip.into()] } else { Vec::new() };
+        let leaf = self.pki.serving(&name, &[&name], &ips)?;
+        let config = pki::tls_config(&leaf)?;
+        let addr = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), KUBELET_PORT);
+        self.servers.push(serve(&n.netns, addr, move |s| pki::serve_kubelet_connection(config.clone(), s))?);
+        Ok(())
+    }
+
+    /// The listener in pod `b` on 8080, and the HTTPS kubelet (with IP SAN) on each node.
     pub fn start_servers(&mut self) -> Result<()> {
         let b = self.pod("b").clone();
         self.serve_tcp(&b.netns, SocketAddr::new(b.ip.into(), 8080))?;
-        for node in self.nodes.clone() {
-            self.serve_tcp(&node.netns, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), KUBELET_PORT))?;
+        for index in [1, 2] {
+            self.serve_kubelet(index, true)?;
+        }
+        Ok(())
+    }
+
+    /// Fault: the underlay's MTU shrinks (node uplinks and switch ports) while the overlay
+    /// still assumes 1500 - 50.
+    pub fn set_underlay_mtu(&self, mtu: u32) -> Result<()> {
+        for node in &self.nodes {
+            ip(&self.switch, &format!("link set n{} mtu {mtu}", node.index))?;
+            ip(&node.netns, &format!("link set eth0 mtu {mtu}"))?;
         }
         Ok(())
     }
@@ -340,7 +371,9 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> Result<T> + 
     .map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
 }
 
-fn serve_tcp(netns: &str, addr: SocketAddr) -> Result<Server> {
+/// A listener inside `netns`; each accepted connection goes to `handle` on a thread of its own.
+fn serve(netns: &str, addr: SocketAddr, handle: impl Fn(TcpStream) + Send + Sync + 'static) -> Result<Server> {
+    let handle = Arc::new(handle);
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
     let path = Path::new(NETNS_DIR).join(netns);
@@ -365,8 +398,10 @@ fn serve_tcp(netns: &str, addr: SocketAddr) -> Result<Server> {
         };
         while !flag.load(Ordering::Relaxed) {
             match listener.accept() {
-                // Accept the handshake and close: enough for a connect probe.
-                Ok((stream, _)) => drop(stream),
+                Ok((stream, _)) => {
+                    let handle = handle.clone();
+                    std::thread::spawn(move || handle(stream));
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }

@@ -77,6 +77,24 @@ fn drop_rule_on_destination_node_is_netfilter_drop() {
     assert_eq!(drop["device"], "flannel.1");
     assert_eq!(drop["flow"]["dst"], target(b.ip, 8080));
     assert!(drop["count"].as_u64().unwrap() >= 1);
+    // A black-holed target ends at the deadline.
+    let ms = r.check()["duration_ms"].as_u64().unwrap();
+    assert!((1900..2500).contains(&ms), "duration {ms} ms for a 2 s deadline");
+}
+
+/// No route from the pod: `no_route`, decided locally without sending anything.
+#[test]
+fn no_route_is_reported_as_such() {
+    if !require_root("no_route_is_reported_as_such") {
+        return;
+    }
+    let lab = lab();
+    let a = lab.pod("a").clone();
+    netlab::run("ip", &["-n", &a.netns, "route", "del", "default"]).unwrap();
+    let r = netcheck::run_json_in(&a.netns, &["check", "tcp", &target(lab.pod("b").ip, 8080)]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "no_route", "{r:?}");
+    assert!(r.check()["evidence"].as_array().unwrap().is_empty());
 }
 
 /// Acceptance 4 (FIELD.md case 1): REJECT icmp-host-prohibited on n1's INPUT for pod sources:

@@ -1,0 +1,100 @@
+//! The lab's PKI: a cluster CA and the serving certificates it signs (real certificates,
+//! made with rcgen), and a small HTTPS server that answers like a kubelet.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, TcpStream},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A certificate authority for the lab (the role of a cluster's `ca.crt`).
+pub struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A leaf certificate with its key.
+pub struct Leaf {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key_der: Vec<u8>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Pki {
+    pub fn new(common_name: &str) -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        Ok(Self { ca })
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// A serving certificate for these DNS names and IP addresses, signed by the CA.
+    pub fn serving(&self, common_name: &str, dns: &[&str], ips: &[IpAddr]) -> Result<Leaf> {
+        let mut params = CertificateParams::new(dns.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        Ok(Leaf {
+            chain: vec![cert.der().clone(), self.ca_der()],
+            key_der: key.serialize_der(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// The server side of a kubelet's HTTPS port: `/healthz` answers `ok`, anything else `401`
+/// as a kubelet does without credentials.
+pub fn tls_config(leaf: &Leaf) -> Result<Arc<rustls::ServerConfig>> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_der.clone()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain.clone(), key)
+        .context("serving certificate")?;
+    Ok(Arc::new(config))
+}
+
+/// Serves one HTTPS connection (bounded by a 2 s read/write deadline).
+pub fn serve_kubelet_connection(config: Arc<rustls::ServerConfig>, stream: TcpStream) {
+    let _ = (|| -> Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+        let conn = rustls::ServerConnection::new(config)?;
+        let mut tls = rustls::StreamOwned::new(conn, stream);
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 << 10 {
+            let n = tls.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        let response: &[u8] = if request.starts_with(b"GET /healthz ") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        } else {
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\nConnection: close\r\n\r\nUnauthorized"
+        };
+        tls.write_all(response)?;
+        tls.conn.send_close_notify();
+        tls.flush()?;
+        Ok(())
+    })();
+}

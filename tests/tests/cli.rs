@@ -1,0 +1,52 @@
+//! The command line contract that needs no root: usage and environment errors exit 2 with a
+//! one-line message, never a panic.
+
+use netlab::netcheck;
+
+fn assert_usage_error(args: &[&str], message: &str) {
+    let r = netcheck::run(args).unwrap();
+    assert_eq!(r.code, 2, "{args:?}: {r:?}");
+    assert!(r.stderr.contains(message), "{args:?}: stderr {:?}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{args:?}: {r:?}");
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message() {
+    assert_usage_error(&["check", "tcp", "10.0.0.1"], "expected HOST:PORT");
+    assert_usage_error(&["check", "tcp", "10.0.0.1:0"], "port must be");
+    assert_usage_error(&["check", "tcp", "[::1:80"], "invalid target");
+    assert_usage_error(&["check", "tcp"], "required");
+    assert_usage_error(&["-o", "yaml", "check", "tcp", "127.0.0.1:1"], "invalid value");
+    assert_usage_error(&["--timeout", "0", "check", "tcp", "127.0.0.1:1"], "more than 0");
+    assert_usage_error(&["--timeout", "soon", "check", "tcp", "127.0.0.1:1"], "invalid value");
+    assert_usage_error(&["--netns", "netcheck-no-such-ns", "check", "tcp", "127.0.0.1:1"], "netcheck-no-such-ns");
+    assert_usage_error(&["frobnicate"], "unrecognized subcommand");
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for args in [["--help"], ["--version"]] {
+        let r = netcheck::run(&args).unwrap();
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        assert!(!r.stdout.is_empty());
+    }
+}
+
+#[test]
+fn loopback_refused_and_pass_without_capture() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().to_string();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let r = netcheck::run(&["-o", "json", "--no-capture", "check", "tcp", &open, &closed]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    let checks = r.json["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["target"], open.as_str(), "order of the command line is kept");
+    assert_eq!(checks[0]["status"], "pass");
+    assert_eq!(checks[1]["cause"], "refused");
+    assert_eq!(r.json["summary"]["fail"], 1);
+    assert_eq!(r.json["capture"]["available"], false);
+    assert_eq!(r.json["capture"]["detail"], "disabled by --no-capture");
+}
