@@ -456,6 +456,16 @@ fn iptables(netns: &str, args: &str) -> Result<()> {
     run("ip", &v)
 }
 
+/// `program` run inside `netns` as nobody, with every capability dropped (what an unprivileged
+/// `kubectl debug` pod gets): `ip netns exec NETNS setpriv ... -- PROGRAM`.
+pub fn unprivileged(netns: &str, program: &Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(program);
+    cmd
+}
+
 /// Runs a command, failing with its stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<()> {
     output(program, args).map(|_| ())

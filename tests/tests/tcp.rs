@@ -192,23 +192,10 @@ fn unprivileged_run_still_probes_and_names_missing_capabilities() {
         return;
     }
     let lab = lab();
-    let unprivileged = UnprivilegedCopy::new();
-    let bin = unprivileged.path.clone();
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.pod("a").netns,
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--",
-        ])
-        .arg(&bin)
-        .args(["-o", "json", "check", "tcp", &target(lab.pod("b").ip, 8080)])
+    let copy = UnprivilegedCopy::new();
+    let target = target(lab.pod("b").ip, 8080);
+    let out = netlab::unprivileged(&lab.pod("a").netns, &copy.path)
+        .args(["-o", "json", "check", "tcp", &target])
         .output()
         .unwrap();
     let r = netcheck::Run::from_output(&out);
@@ -220,23 +207,7 @@ fn unprivileged_run_still_probes_and_names_missing_capabilities() {
     assert!(missing.contains(&"CAP_BPF") && missing.contains(&"CAP_PERFMON"), "{missing:?}");
 
     // The human output says it too.
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.pod("a").netns,
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--",
-        ])
-        .arg(&bin)
-        .args(["check", "tcp", &target(lab.pod("b").ip, 8080)])
-        .output()
-        .unwrap();
+    let out = netlab::unprivileged(&lab.pod("a").netns, &copy.path).args(["check", "tcp", &target]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("capture unavailable") && text.contains("CAP_BPF"), "{text}");
 }

@@ -102,12 +102,7 @@ pub fn run(bin: &Path) -> Result<()> {
             println!(
                 "$ setpriv --reuid=65534 --inh-caps=-all --bounding-set=-all netcheck check tcp {target}   (in pod a)"
             );
-            let out = Command::new("ip")
-                .args(["netns", "exec", &lab.pod("a").netns, "setpriv", "--reuid=65534", "--regid=65534"])
-                .args(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
-                .arg(bin)
-                .args(["check", "tcp", &target])
-                .output()?;
+            let out = netlab::unprivileged(&lab.pod("a").netns, bin).args(["check", "tcp", &target]).output()?;
             print!("{}", String::from_utf8_lossy(&out.stdout));
             println!("(exit code {})", out.status.code().unwrap_or(-1));
             Ok(())
