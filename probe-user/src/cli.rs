@@ -3,6 +3,7 @@
 
 use std::{
     io::{IsTerminal, Write},
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -10,11 +11,13 @@ use std::{
 
 use clap::{Parser, Subcommand};
 
+use rustls::pki_types::CertificateDer;
+
 use crate::{
     capture::{self, Capture, event::KernelEvent},
     correlation, netns,
     output::{Format, Report},
-    probes::{Target, tcp},
+    probes::{Target, cert, tcp},
 };
 
 #[derive(Debug, Parser)]
@@ -75,6 +78,20 @@ pub enum CheckCommand {
         #[arg(required = true, value_name = "HOST:PORT")]
         targets: Vec<String>,
     },
+    /// Certificates of TLS endpoints (HOST:PORT) and PEM files: expiry, name, trust.
+    Cert {
+        #[arg(required = true, value_name = "HOST:PORT|FILE")]
+        targets: Vec<String>,
+        /// Name the endpoint's certificate must be valid for (default: the host dialled).
+        #[arg(long, value_name = "NAME")]
+        server_name: Option<String>,
+        /// PEM file of the CA(s) to trust; without it trust is not judged.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Warn when a certificate expires within this many days.
+        #[arg(long, default_value_t = 30, value_name = "DAYS")]
+        warn_days: u32,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -120,13 +137,51 @@ pub fn main() -> ExitCode {
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// One unit of work of a `check` command; a PEM file yields a check per certificate.
+enum Job {
+    Tcp(Target),
+    CertEndpoint(Target),
+    CertFile(PathBuf, Vec<CertificateDer<'static>>),
+}
+
+/// Options of `check cert`, shared by its jobs.
+#[derive(Clone, Default)]
+struct CertOptions {
+    server_name: Option<String>,
+    roots: Option<Arc<Vec<CertificateDer<'static>>>>,
+    warn_days: u32,
+}
+
+/// Reads and checks every input before anything touches the system.
+fn plan(command: &CheckCommand) -> AnyResult<(Vec<Job>, CertOptions)> {
+    match command {
+        CheckCommand::Tcp { targets } => {
+            let jobs = targets.iter().map(|t| Target::parse(t).map(Job::Tcp)).collect::<Result<_, _>>()?;
+            Ok((jobs, CertOptions::default()))
+        }
+        CheckCommand::Cert { targets, server_name, ca, warn_days } => {
+            let roots = ca.as_deref().map(cert::load_pem).transpose()?.map(Arc::new);
+            let mut jobs = Vec::new();
+            for t in targets {
+                let path = Path::new(t);
+                if path.is_file() {
+                    jobs.push(Job::CertFile(path.to_path_buf(), cert::load_pem(path)?));
+                } else if path.exists() || t.starts_with('/') || t.starts_with('.') {
+                    return Err(format!("{t}: not a readable file").into());
+                } else {
+                    jobs.push(Job::CertEndpoint(Target::parse(t)?));
+                }
+            }
+            Ok((jobs, CertOptions { server_name: server_name.clone(), roots, warn_days: *warn_days }))
+        }
+    }
+}
+
 fn run(cli: &Cli) -> AnyResult<u8> {
     // Validate everything before touching the system.
-    let targets = match &cli.command {
-        Command::Check(CheckCommand::Tcp { targets }) => {
-            targets.iter().map(|t| Target::parse(t)).collect::<Result<Vec<_>, _>>()?
-        }
-        Command::Capture { .. } => Vec::new(),
+    let jobs = match &cli.command {
+        Command::Check(check) => Some(plan(check)?),
+        Command::Capture { .. } => None,
     };
     if let Some(ns) = &cli.netns {
         // Before the runtime starts: its threads inherit the namespace.
@@ -134,34 +189,16 @@ fn run(cli: &Cli) -> AnyResult<u8> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let opts = capture::Options { vxlan_port: cli.vxlan_port };
-    match &cli.command {
-        Command::Check(CheckCommand::Tcp { .. }) => {
-            let (capture, status) = if cli.no_capture {
-                (
-                    None,
-                    capture::Status {
-                        available: false,
-                        missing: vec![],
-                        detail: Some("disabled by --no-capture".into()),
-                        lost: 0,
-                    },
-                )
-            } else {
-                match Capture::start(opts) {
-                    Ok(c) => {
-                        let s = c.status();
-                        (Some(Arc::new(c)), s)
-                    }
-                    Err(u) => (None, capture::Status::unavailable(&u)),
-                }
-            };
-            let checks = runtime.block_on(run_tcp(targets, cli.timeout, capture.clone()));
+    match (&cli.command, jobs) {
+        (Command::Check(_), Some((jobs, cert_options))) => {
+            let (capture, status) = start_capture(cli.no_capture, opts);
+            let checks = runtime.block_on(run_jobs(jobs, &cert_options, cli.timeout, capture.clone()));
             let status = capture.as_ref().map_or(status, |c| c.status());
             let report = Report::new(checks, status);
             print_report(&report, cli.output)?;
             Ok(report.exit_code())
         }
-        Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
+        (Command::Capture { duration, hosts, ports, reasons, exclude_reasons }, _) => {
             let filter = capture::filter::Filter {
                 hosts: hosts.clone(),
                 ports: ports.clone(),
@@ -173,24 +210,68 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             stream(&capture, *duration, &filter, cli.output)?;
             Ok(0)
         }
+        (Command::Check(_), None) => unreachable!("checks are planned above"),
     }
 }
 
-async fn run_tcp(targets: Vec<Target>, deadline: Duration, capture: Option<Arc<Capture>>) -> Vec<correlation::Check> {
+/// Loads the capture unless told not to; its absence is reported, never fatal.
+fn start_capture(disabled: bool, opts: capture::Options) -> (Option<Arc<Capture>>, capture::Status) {
+    if disabled {
+        let status = capture::Status {
+            available: false,
+            missing: vec![],
+            detail: Some("disabled by --no-capture".into()),
+            lost: 0,
+        };
+        return (None, status);
+    }
+    match Capture::start(opts) {
+        Ok(c) => {
+            let s = c.status();
+            (Some(Arc::new(c)), s)
+        }
+        Err(u) => (None, capture::Status::unavailable(&u)),
+    }
+}
+
+/// Runs every job concurrently; checks come out in command-line order.
+async fn run_jobs(
+    jobs: Vec<Job>,
+    cert_options: &CertOptions,
+    deadline: Duration,
+    capture: Option<Arc<Capture>>,
+) -> Vec<correlation::Check> {
     let capture_on = capture.is_some();
     let mut set = tokio::task::JoinSet::new();
-    for (i, target) in targets.into_iter().enumerate() {
+    for (i, job) in jobs.into_iter().enumerate() {
         let capture = capture.clone();
-        set.spawn(async move { (i, tcp::probe(&target, deadline, capture.as_deref()).await) });
+        let opts = cert_options.clone();
+        set.spawn(async move {
+            let checks = match job {
+                Job::Tcp(target) => {
+                    vec![correlation::tcp_verdict(tcp::probe(&target, deadline, capture.as_deref()).await, capture_on)]
+                }
+                Job::CertEndpoint(target) => {
+                    let report = cert::fetch(&target, opts.server_name.as_deref(), deadline, capture.as_deref()).await;
+                    let roots = opts.roots.as_deref().map(Vec::as_slice);
+                    vec![correlation::cert::endpoint_verdict(report, roots, opts.warn_days, capture_on)]
+                }
+                Job::CertFile(path, certs) => {
+                    let roots = opts.roots.as_deref().map(Vec::as_slice);
+                    correlation::cert::file_verdicts(&path, &certs, roots, opts.warn_days)
+                }
+            };
+            (i, checks)
+        });
     }
-    let mut done: Vec<(usize, correlation::Check)> = Vec::new();
+    let mut done: Vec<(usize, Vec<correlation::Check>)> = Vec::new();
     while let Some(joined) = set.join_next().await {
-        if let Ok((i, report)) = joined {
-            done.push((i, correlation::tcp_verdict(report, capture_on)));
+        if let Ok(item) = joined {
+            done.push(item);
         }
     }
     done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, c)| c).collect()
+    done.into_iter().flat_map(|(_, c)| c).collect()
 }
 
 fn print_report(report: &Report, format: Format) -> std::io::Result<()> {

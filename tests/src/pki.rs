@@ -44,7 +44,23 @@ impl Pki {
 
     /// A serving certificate for these DNS names and IP addresses, signed by the CA.
     pub fn serving(&self, common_name: &str, dns: &[&str], ips: &[IpAddr]) -> Result<Leaf> {
+        self.serving_valid(common_name, dns, ips, None)
+    }
+
+    /// As [`Pki::serving`], valid between two Unix times when given.
+    pub fn serving_valid(
+        &self,
+        common_name: &str,
+        dns: &[&str],
+        ips: &[IpAddr],
+        validity: Option<(u64, u64)>,
+    ) -> Result<Leaf> {
         let mut params = CertificateParams::new(dns.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        if let Some((from, to)) = validity {
+            let epoch = rcgen::date_time_ymd(1970, 1, 1);
+            params.not_before = epoch + Duration::from_secs(from);
+            params.not_after = epoch + Duration::from_secs(to);
+        }
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         let key = KeyPair::generate()?;

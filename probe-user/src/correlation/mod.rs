@@ -1,6 +1,7 @@
 //! Verdicts: a probe's outcome and the kernel's evidence for its flow, turned into a status, a
 //! cause code and one line a person reads.
 
+pub mod cert;
 mod tcp;
 
 use std::fmt::Write as _;
@@ -48,6 +49,18 @@ pub enum Cause {
     DnsError,
     /// The probe could not run (e.g. a socket error).
     ProbeError,
+    /// The certificate's notAfter has passed.
+    CertExpired,
+    /// The certificate expires within the warning window (`--warn-days`).
+    CertExpiring,
+    /// The certificate's notBefore is still ahead.
+    CertNotYetValid,
+    /// The chain does not lead to the given CA.
+    CertUntrusted,
+    /// The certificate is not valid for the name or IP dialled.
+    CertNameMismatch,
+    /// The TLS handshake failed before a certificate could be judged.
+    TlsHandshake,
 }
 
 impl Cause {
@@ -60,6 +73,12 @@ impl Cause {
             Self::NetfilterDrop => "netfilter_drop",
             Self::DnsError => "dns_error",
             Self::ProbeError => "probe_error",
+            Self::CertExpired => "cert_expired",
+            Self::CertExpiring => "cert_expiring",
+            Self::CertNotYetValid => "cert_not_yet_valid",
+            Self::CertUntrusted => "cert_untrusted",
+            Self::CertNameMismatch => "cert_name_mismatch",
+            Self::TlsHandshake => "tls_handshake",
         }
     }
 }

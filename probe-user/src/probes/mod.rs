@@ -1,6 +1,7 @@
 //! Probes: each sends real traffic under a deadline and reports what happened, with the
 //! kernel events of its own flow. Turning that into a verdict is `correlation`'s job.
 
+pub mod cert;
 pub mod target;
 pub mod tcp;
 

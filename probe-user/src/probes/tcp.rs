@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::Target;
 use crate::capture::{Capture, FlowMatcher, event::KernelEvent};
@@ -38,6 +38,11 @@ pub struct Report {
 }
 
 pub async fn probe(target: &Target, deadline: Duration, capture: Option<&Capture>) -> Report {
+    connect(target, deadline, capture).await.0
+}
+
+/// The handshake of [`probe`], keeping the connection for probes that speak over it (TLS).
+pub async fn connect(target: &Target, deadline: Duration, capture: Option<&Capture>) -> (Report, Option<TcpStream>) {
     let started = Instant::now();
     let report = |local, remote, outcome, events| Report {
         target: target.clone(),
@@ -49,15 +54,15 @@ pub async fn probe(target: &Target, deadline: Duration, capture: Option<&Capture
     };
     let remote = match resolve(target, deadline).await {
         Ok(r) => r,
-        Err(e) => return report(None, None, Outcome::Unresolved(e), Vec::new()),
+        Err(e) => return (report(None, None, Outcome::Unresolved(e), Vec::new()), None),
     };
     let local_ip = match source_address(remote) {
         Ok(ip) => ip,
-        Err(e) => return report(None, Some(remote), Outcome::NoRoute(e), Vec::new()),
+        Err(e) => return (report(None, Some(remote), Outcome::NoRoute(e), Vec::new()), None),
     };
     let socket = match bind(SocketAddr::new(local_ip, 0)) {
         Ok(s) => s,
-        Err(e) => return report(None, Some(remote), Outcome::Failed(e), Vec::new()),
+        Err(e) => return (report(None, Some(remote), Outcome::Failed(e), Vec::new()), None),
     };
     let local = socket.local_addr().ok();
     let watch = local.and_then(|l| capture.map(|c| c.watch(FlowMatcher::tcp(l))));
@@ -67,16 +72,13 @@ pub async fn probe(target: &Target, deadline: Duration, capture: Option<&Capture
     // The probe's window is the handshake: close it before closing the connection, whose
     // teardown has drops of its own (e.g. QUEUE_PURGE when the server closes first).
     let events = watch.map(crate::capture::Watch::finish).unwrap_or_default();
-    let outcome = match result {
-        Ok(Ok(stream)) => {
-            drop(stream);
-            Outcome::Connected
-        }
-        Ok(Err(e)) if e.raw_os_error() == Some(libc::ETIMEDOUT) => Outcome::TimedOut,
-        Ok(Err(e)) => Outcome::Failed(e),
-        Err(_elapsed) => Outcome::TimedOut,
+    let (outcome, stream) = match result {
+        Ok(Ok(stream)) => (Outcome::Connected, Some(stream)),
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::ETIMEDOUT) => (Outcome::TimedOut, None),
+        Ok(Err(e)) => (Outcome::Failed(e), None),
+        Err(_elapsed) => (Outcome::TimedOut, None),
     };
-    Report { elapsed, ..report(local, Some(remote), outcome, events) }
+    (Report { elapsed, ..report(local, Some(remote), outcome, events) }, stream)
 }
 
 async fn resolve(target: &Target, deadline: Duration) -> io::Result<SocketAddr> {

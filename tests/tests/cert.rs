@@ -1,0 +1,185 @@
+//! `netcheck check cert` against real TLS servers on the lab (the HTTPS kubelet) and real PEM
+//! files, with certificates made by rcgen.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use netlab::{KUBELET_PORT, Lab, netcheck, pki::Pki, require_root};
+
+const DAY: u64 = 86_400;
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A directory of PEM files, removed at the end.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("netcheck-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn lab_with_kubelet(ip_san: bool) -> Lab {
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    lab.serve_kubelet(1, ip_san).unwrap();
+    lab
+}
+
+/// The kubelet's serving certificate, dialled by IP, trusted by the cluster CA: pass.
+#[test]
+fn kubelet_certificate_with_ip_san_passes() {
+    if !require_root("kubelet_certificate_with_ip_san_passes") {
+        return;
+    }
+    let lab = lab_with_kubelet(true);
+    let dir = Dir::new("ca-ok");
+    let ca = dir.write("ca.crt", &lab.pki.ca_pem());
+    let kubelet = format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip);
+    let r = netcheck::run_json_in(&lab.pod("b").netns, &["check", "cert", &kubelet, "--ca", &ca]).unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.check()["probe"], "cert");
+    assert_eq!(r.check()["status"], "pass", "{r:?}");
+    assert!(r.check()["detail"].as_str().unwrap().contains("trusted by the given CA"), "{r:?}");
+}
+
+/// FIELD.md case 2: the kubelet's certificate has no IP SAN; dialling the node by IP fails with
+/// Go's exact message.
+#[test]
+fn kubelet_certificate_without_ip_san_is_a_name_mismatch() {
+    if !require_root("kubelet_certificate_without_ip_san_is_a_name_mismatch") {
+        return;
+    }
+    let lab = lab_with_kubelet(false);
+    let ip = lab.node(1).underlay_ip;
+    let r = netcheck::run_json_in(&lab.pod("b").netns, &["check", "cert", &format!("{ip}:{KUBELET_PORT}")]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "cert_name_mismatch", "{r:?}");
+    let expected = format!("x509: cannot validate certificate for {ip} because it doesn't contain any IP SANs");
+    assert!(r.check()["detail"].as_str().unwrap().contains(&expected), "{r:?}");
+
+    // By its name (what the certificate does hold) it is fine.
+    let r = netcheck::run_json_in(
+        &lab.pod("b").netns,
+        &["check", "cert", &format!("{ip}:{KUBELET_PORT}"), "--server-name", "n1"],
+    )
+    .unwrap();
+    assert_eq!(r.check()["status"], "pass", "{r:?}");
+}
+
+/// A CA that did not sign the kubelet's certificate: untrusted.
+#[test]
+fn foreign_ca_is_untrusted() {
+    if !require_root("foreign_ca_is_untrusted") {
+        return;
+    }
+    let lab = lab_with_kubelet(true);
+    let dir = Dir::new("ca-foreign");
+    let ca = dir.write("other-ca.crt", &Pki::new("another-cluster-ca").unwrap().ca_pem());
+    let kubelet = format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip);
+    let r = netcheck::run_json_in(&lab.pod("b").netns, &["check", "cert", &kubelet, "--ca", &ca]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "cert_untrusted", "{r:?}");
+}
+
+/// Nothing listens: the TCP cause (and its RST evidence), not a TLS one. Probed from the peer
+/// node: from a pod the SYN is masqueraded, and the RST after SNAT is not attributed yet.
+#[test]
+fn kubelet_down_is_refused() {
+    if !require_root("kubelet_down_is_refused") {
+        return;
+    }
+    let _ = netlab::clean_stale();
+    let lab = Lab::new().unwrap();
+    let kubelet = format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip);
+    let r = netcheck::run_json_in(&lab.node(2).netns, &["check", "cert", &kubelet]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["probe"], "cert");
+    assert_eq!(r.check()["cause"], "refused", "{r:?}");
+    assert!(r.evidence("rst").iter().any(|e| e["direction"] == "sent"), "{r:?}");
+}
+
+/// PEM files (no root needed): each validity problem has its code; a bundle gives a check per
+/// certificate.
+#[test]
+fn pem_files_expired_expiring_not_yet_valid() {
+    let pki = Pki::new("kubernetes").unwrap();
+    let n = now();
+    let leaf = |validity| pki.serving_valid("kubelet", &["n1"], &[], Some(validity)).unwrap().cert_pem;
+    let dir = Dir::new("pem");
+    let expired = dir.write("expired.crt", &leaf((n - 30 * DAY, n - 2 * DAY)));
+    let expiring = dir.write("expiring.crt", &leaf((n - DAY, n + 10 * DAY)));
+    let future = dir.write("future.crt", &leaf((n + 5 * DAY, n + 50 * DAY)));
+    let fine = dir.write("fine.crt", &leaf((n - DAY, n + 300 * DAY)));
+    let bundle =
+        dir.write("bundle.crt", &format!("{}{}", leaf((n - DAY, n + 300 * DAY)), leaf((n - 9 * DAY, n - DAY))));
+    let ca = dir.write("ca.crt", &pki.ca_pem());
+
+    let r = netcheck::run(&[
+        "-o",
+        "json",
+        "--no-capture",
+        "check",
+        "cert",
+        &expired,
+        &expiring,
+        &future,
+        &fine,
+        &bundle,
+        "--ca",
+        &ca,
+    ])
+    .unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    let checks = r.json["checks"].as_array().unwrap();
+    let causes: Vec<&serde_json::Value> = checks.iter().map(|c| &c["cause"]).collect();
+    assert_eq!(
+        causes,
+        [
+            &serde_json::json!("cert_expired"),
+            &serde_json::json!("cert_expiring"),
+            &serde_json::json!("cert_not_yet_valid"),
+            &serde_json::Value::Null,
+            &serde_json::Value::Null,
+            &serde_json::json!("cert_expired"),
+        ],
+        "{r:?}"
+    );
+    assert_eq!(checks[1]["status"], "warn");
+    assert_eq!(checks[4]["target"], format!("{bundle}#1"));
+    assert_eq!(checks[5]["target"], format!("{bundle}#2"));
+    assert_eq!(r.json["summary"], serde_json::json!({"pass": 2, "warn": 1, "fail": 3, "skip": 0}));
+
+    // --warn-days moves the line.
+    let r = netcheck::run(&["-o", "json", "--no-capture", "check", "cert", &expiring, "--warn-days", "5"]).unwrap();
+    assert_eq!((r.code, &r.check()["status"]), (0, &serde_json::json!("pass")), "{r:?}");
+}
+
+#[test]
+fn unreadable_inputs_exit_2() {
+    let dir = Dir::new("bad");
+    let not_pem = dir.write("notes.txt", "hello");
+    for args in [
+        vec!["check", "cert", &not_pem],
+        vec!["check", "cert", "/nonexistent/ca.crt"],
+        vec!["check", "cert", "127.0.0.1:1", "--ca", &not_pem],
+    ] {
+        let r = netcheck::run(&args).unwrap();
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.starts_with("netcheck: "), "{r:?}");
+    }
+}
