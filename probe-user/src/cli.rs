@@ -78,9 +78,9 @@ pub enum CheckCommand {
         #[arg(required = true, value_name = "HOST:PORT")]
         targets: Vec<String>,
     },
-    /// Certificates of TLS endpoints (HOST:PORT) and PEM files: expiry, name, trust.
+    /// Certificates of TLS endpoints (HOST:PORT), PEM files and kubeconfigs: expiry, name, trust.
     Cert {
-        #[arg(required = true, value_name = "HOST:PORT|FILE")]
+        #[arg(required = true, value_name = "HOST:PORT|FILE|KUBECONFIG")]
         targets: Vec<String>,
         /// Name the endpoint's certificate must be valid for (default: the host dialled).
         #[arg(long, value_name = "NAME")]
@@ -142,6 +142,7 @@ enum Job {
     Tcp(Target),
     CertEndpoint(Target),
     CertFile(PathBuf, Vec<CertificateDer<'static>>),
+    Kubeconfig(PathBuf, Vec<cert::KubeconfigItem>),
 }
 
 /// Options of `check cert`, shared by its jobs.
@@ -165,7 +166,11 @@ fn plan(command: &CheckCommand) -> AnyResult<(Vec<Job>, CertOptions)> {
             for t in targets {
                 let path = Path::new(t);
                 if path.is_file() {
-                    jobs.push(Job::CertFile(path.to_path_buf(), cert::load_pem(path)?));
+                    // PEM first; a file without certificates may be a kubeconfig.
+                    jobs.push(match cert::load_pem(path) {
+                        Ok(certs) => Job::CertFile(path.to_path_buf(), certs),
+                        Err(_) => Job::Kubeconfig(path.to_path_buf(), cert::kubeconfig_items(path)?),
+                    });
                 } else if path.exists() || t.starts_with('/') || t.starts_with('.') {
                     return Err(format!("{t}: not a readable file").into());
                 } else {
@@ -260,6 +265,7 @@ async fn run_jobs(
                     let roots = opts.roots.as_deref().map(Vec::as_slice);
                     correlation::cert::file_verdicts(&path, &certs, roots, opts.warn_days)
                 }
+                Job::Kubeconfig(path, items) => correlation::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
             };
             (i, checks)
         });

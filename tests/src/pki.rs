@@ -74,6 +74,27 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A client certificate (clientAuth), as kubeconfigs and kubelets hold, valid between two
+    /// Unix times.
+    pub fn client(&self, common_name: &str, validity: (u64, u64)) -> Result<Leaf> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        params.not_before = epoch + Duration::from_secs(validity.0);
+        params.not_after = epoch + Duration::from_secs(validity.1);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        Ok(Leaf {
+            chain: vec![cert.der().clone()],
+            key_der: key.serialize_der(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 /// The server side of a kubelet's HTTPS port: `/healthz` answers `ok`, anything else `401`
 /// as a kubelet does without credentials.
 pub fn tls_config(leaf: &Leaf) -> Result<Arc<rustls::ServerConfig>> {

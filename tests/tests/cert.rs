@@ -183,3 +183,81 @@ fn unreadable_inputs_exit_2() {
         assert!(r.stderr.starts_with("netcheck: "), "{r:?}");
     }
 }
+
+/// A kubeconfig with inline (`*-data`) and file-referenced certificates (a relative path,
+/// resolved against the kubeconfig's folder), a missing file, and a client certificate from a
+/// re-created CA of the same name.
+#[test]
+fn kubeconfig_inline_and_file_references() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let pki = Pki::new("kubernetes").unwrap();
+    let recreated = Pki::new("kubernetes").unwrap();
+    let n = now();
+    let dir = Dir::new("kubeconfig");
+    std::fs::create_dir_all(dir.0.join("pki")).unwrap();
+    dir.write("pki/kubelet-client.crt", &pki.client("system:node:n1", (n - DAY, n + 10 * DAY)).unwrap().cert_pem);
+    let admin = pki.client("kubernetes-admin", (n - DAY, n + 300 * DAY)).unwrap().cert_pem;
+    let stale = recreated.client("old-admin", (n - DAY, n + 300 * DAY)).unwrap().cert_pem;
+    let kubeconfig = dir.write(
+        "kubeconfig.yaml",
+        &format!(
+            r"apiVersion: v1
+kind: Config
+current-context: admin@lab
+clusters:
+- name: lab
+  cluster:
+    server: https://192.168.50.11:6443
+    certificate-authority-data: {ca}
+contexts:
+- name: admin@lab
+  context: {{cluster: lab, user: kubernetes-admin}}
+- name: kubelet@lab
+  context: {{cluster: lab, user: kubelet}}
+- name: old@lab
+  context: {{cluster: lab, user: old-admin}}
+users:
+- name: kubernetes-admin
+  user:
+    client-certificate-data: {admin}
+- name: kubelet
+  user:
+    client-certificate: pki/kubelet-client.crt
+- name: old-admin
+  user:
+    client-certificate-data: {stale}
+- name: gone
+  user:
+    client-certificate: pki/missing.crt
+- name: token-user
+  user:
+    token: abc
+",
+            ca = b64(&pki.ca_pem()),
+            admin = b64(&admin),
+            stale = b64(&stale),
+        ),
+    );
+    let r = netcheck::run(&["-o", "json", "--no-capture", "check", "cert", &kubeconfig]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    let by_target = |label: &str| {
+        r.json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["target"] == format!("{kubeconfig} ({label})"))
+            .unwrap_or_else(|| panic!("no check for {label}: {r:?}"))
+            .clone()
+    };
+    assert_eq!(by_target("cluster lab CA")["status"], "pass");
+    let admin = by_target("user kubernetes-admin client certificate");
+    assert_eq!(admin["status"], "pass", "{admin}");
+    assert!(admin["detail"].as_str().unwrap().contains("trusted by the given CA"), "{admin}");
+    assert_eq!(by_target("user kubelet client certificate")["cause"], "cert_expiring");
+    assert_eq!(by_target("user old-admin client certificate")["cause"], "cert_untrusted");
+    let gone = by_target("user gone client certificate");
+    assert_eq!(gone["cause"], "cert_unreadable");
+    assert!(gone["detail"].as_str().unwrap().contains("missing.crt"), "{gone}");
+    assert_eq!(r.json["checks"].as_array().unwrap().len(), 5, "token users have no certificate to check");
+}

@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
 use super::{Cause, Check, Evidence, Status, tcp_verdict};
-use crate::probes::cert::{EndpointReport, Name};
+use crate::probes::cert::{EndpointReport, KubeconfigItem, Name};
 
 const DAY: i64 = 86_400;
 
@@ -65,6 +65,8 @@ pub struct Policy<'a> {
     /// Unix seconds.
     pub now: i64,
     pub warn_days: u32,
+    /// Judge as a client certificate (clientAuth) rather than a server's (serverAuth).
+    pub client: bool,
 }
 
 /// Status, cause (the most severe problem) and a detail naming every problem found.
@@ -90,7 +92,7 @@ pub fn judge(chain: &[CertificateDer<'_>], policy: Policy<'_>) -> (Status, Optio
         ));
     }
     if let Some(roots) = policy.roots
-        && let Err(e) = trusted(leaf, &chain[1..], roots, now.clamp(f.not_before, f.not_after))
+        && let Err(e) = trusted(leaf, &chain[1..], roots, now.clamp(f.not_before, f.not_after), policy.client)
     {
         problems.push((Cause::CertUntrusted, format!("not trusted by the given CA: {e} (issuer {})", f.issuer)));
     }
@@ -132,6 +134,7 @@ fn trusted(
     intermediates: &[CertificateDer<'_>],
     roots: &[CertificateDer<'static>],
     at: i64,
+    client: bool,
 ) -> Result<(), String> {
     let anchors: Vec<_> = roots.iter().filter_map(|r| webpki::anchor_from_trusted_cert(r).ok()).collect();
     if anchors.is_empty() {
@@ -144,7 +147,7 @@ fn trusted(
         &anchors,
         intermediates,
         time,
-        webpki::KeyUsage::server_auth(),
+        if client { webpki::KeyUsage::client_auth() } else { webpki::KeyUsage::server_auth() },
         None,
         None,
     )
@@ -226,7 +229,7 @@ pub fn endpoint_verdict(
     };
     let (status, cause, detail) = match handshake {
         Err(e) => (Status::Fail, Some(Cause::TlsHandshake), format!("TLS handshake failed: {e}")),
-        Ok(chain) => judge(&chain, Policy { name: Some(&name), roots, now: now(), warn_days }),
+        Ok(chain) => judge(&chain, Policy { name: Some(&name), roots, now: now(), warn_days, client: false }),
     };
     Check {
         probe: "cert",
@@ -253,9 +256,39 @@ pub fn file_verdicts(
         .enumerate()
         .map(|(i, cert)| {
             let (status, cause, detail) =
-                judge(std::slice::from_ref(cert), Policy { name: None, roots, now, warn_days });
+                judge(std::slice::from_ref(cert), Policy { name: None, roots, now, warn_days, client: false });
             let target =
                 if certs.len() == 1 { path.display().to_string() } else { format!("{}#{}", path.display(), i + 1) };
+            Check {
+                probe: "cert",
+                target,
+                status,
+                cause,
+                detail,
+                duration_ms: 0,
+                evidence: Vec::new(),
+                hops: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+/// `check cert KUBECONFIG`: a check per cluster CA and per client certificate (judged against
+/// the CA of the cluster its context uses).
+pub fn kubeconfig_verdicts(path: &std::path::Path, items: Vec<KubeconfigItem>, warn_days: u32) -> Vec<Check> {
+    let now = now();
+    items
+        .into_iter()
+        .map(|item| {
+            let target = format!("{} ({})", path.display(), item.label);
+            let (status, cause, detail) = match &item.certs {
+                Err(e) => (Status::Fail, Some(Cause::CertUnreadable), e.clone()),
+                Ok(certs) => {
+                    let policy =
+                        Policy { name: None, roots: item.roots.as_deref(), now, warn_days, client: item.client };
+                    judge(&certs[..1], policy)
+                }
+            };
             Check {
                 probe: "cert",
                 target,
@@ -313,7 +346,7 @@ mod tests {
         roots: Option<&[CertificateDer<'static>]>,
     ) -> (Status, Option<Cause>, String) {
         let name = name.map(Name::parse);
-        judge(chain, Policy { name: name.as_ref(), roots, now: NOW, warn_days: 30 })
+        judge(chain, Policy { name: name.as_ref(), roots, now: NOW, warn_days: 30, client: false })
     }
 
     #[test]
@@ -397,8 +430,10 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_certificate() {
-        let (s, c, d) =
-            judge(&[CertificateDer::from(vec![1, 2, 3])], Policy { name: None, roots: None, now: NOW, warn_days: 30 });
+        let (s, c, d) = judge(
+            &[CertificateDer::from(vec![1, 2, 3])],
+            Policy { name: None, roots: None, now: NOW, warn_days: 30, client: false },
+        );
         assert_eq!((s, c), (Status::Fail, Some(Cause::TlsHandshake)));
         assert!(d.contains("not an X.509 certificate"), "{d}");
     }

@@ -61,6 +61,8 @@ pub enum Cause {
     CertNameMismatch,
     /// The TLS handshake failed before a certificate could be judged.
     TlsHandshake,
+    /// A certificate a file names could not be read (missing file, bad base64 or PEM).
+    CertUnreadable,
 }
 
 impl Cause {
@@ -79,6 +81,7 @@ impl Cause {
             Self::CertUntrusted => "cert_untrusted",
             Self::CertNameMismatch => "cert_name_mismatch",
             Self::TlsHandshake => "tls_handshake",
+            Self::CertUnreadable => "cert_unreadable",
         }
     }
 }

@@ -196,3 +196,79 @@ mod tests {
         assert!(pem_certificates(key.serialize_pem().as_bytes()).is_err());
     }
 }
+
+/// Certificates named by a kubeconfig, each with the CA it must chain to.
+#[derive(Debug)]
+pub struct KubeconfigItem {
+    /// e.g. `user kubernetes-admin client certificate`, `cluster kind CA`.
+    pub label: String,
+    pub certs: Result<Vec<CertificateDer<'static>>, String>,
+    /// The cluster CA a client certificate must be signed by.
+    pub roots: Option<Vec<CertificateDer<'static>>>,
+    pub client: bool,
+}
+
+/// Reads a kubeconfig: every cluster's CA and every user's client certificate, inline
+/// (`*-data`, base64 PEM) or by file (relative paths are resolved against the kubeconfig's
+/// folder, as kubectl does).
+pub fn kubeconfig_items(path: &Path) -> Result<Vec<KubeconfigItem>> {
+    let config = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| Error::File { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    if config.clusters.is_empty() && config.auth_infos.is_empty() {
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("neither PEM certificates nor a kubeconfig with clusters or users"),
+        });
+    }
+    let cluster_ca = |name: &str| -> Option<Result<Vec<CertificateDer<'static>>, String>> {
+        let c = config.clusters.iter().find(|c| c.name == name)?.cluster.as_ref()?;
+        material(c.certificate_authority_data.as_deref(), c.certificate_authority.as_deref())
+    };
+    let mut items = Vec::new();
+    for named in &config.clusters {
+        if let Some(certs) = cluster_ca(&named.name) {
+            items.push(KubeconfigItem {
+                label: format!("cluster {} CA", named.name),
+                certs,
+                roots: None,
+                client: false,
+            });
+        }
+    }
+    for named in &config.auth_infos {
+        let Some(auth) = &named.auth_info else { continue };
+        let Some(certs) = material(auth.client_certificate_data.as_deref(), auth.client_certificate.as_deref()) else {
+            continue;
+        };
+        // The cluster this user is used with: the current context's first, then any context's.
+        let contexts = config.contexts.iter().filter_map(|c| c.context.as_ref().map(|ctx| (&c.name, ctx)));
+        let mut with_user: Vec<_> =
+            contexts.filter(|(_, ctx)| ctx.user.as_deref() == Some(named.name.as_str())).collect();
+        with_user.sort_by_key(|(n, _)| config.current_context.as_deref() != Some(n.as_str()));
+        let roots = with_user.first().and_then(|(_, ctx)| cluster_ca(&ctx.cluster)).and_then(Result::ok);
+        items.push(KubeconfigItem {
+            label: format!("user {} client certificate", named.name),
+            certs,
+            roots,
+            client: true,
+        });
+    }
+    Ok(items)
+}
+
+/// Inline base64 PEM wins over a file reference, as in kubectl.
+fn material(data: Option<&str>, file: Option<&str>) -> Option<Result<Vec<CertificateDer<'static>>, String>> {
+    use base64::Engine as _;
+    if let Some(data) = data {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| format!("inline data is not base64: {e}"));
+        return Some(decoded.and_then(|pem| pem_certificates(&pem)));
+    }
+    let file = file?;
+    Some(
+        std::fs::read(file)
+            .map_err(|e| format!("{file}: {e}"))
+            .and_then(|pem| pem_certificates(&pem).map_err(|e| format!("{file}: {e}"))),
+    )
+}
