@@ -251,56 +251,42 @@ pub fn file_verdicts(
     warn_days: u32,
 ) -> Vec<Check> {
     let now = now();
+    let policy = Policy { name: None, roots, now, warn_days, client: false };
     certs
         .iter()
         .enumerate()
         .map(|(i, cert)| {
-            let (status, cause, detail) =
-                judge(std::slice::from_ref(cert), Policy { name: None, roots, now, warn_days, client: false });
             let target =
                 if certs.len() == 1 { path.display().to_string() } else { format!("{}#{}", path.display(), i + 1) };
-            Check {
-                probe: "cert",
-                target,
-                status,
-                cause,
-                detail,
-                duration_ms: 0,
-                evidence: Vec::new(),
-                hops: Vec::new(),
-            }
+            Check::file("cert", target, judge(std::slice::from_ref(cert), policy))
         })
         .collect()
 }
 
-/// `check cert KUBECONFIG`: a check per cluster CA and per client certificate (judged against
-/// the CA of the cluster its context uses).
+/// `check cert KUBECONFIG`: a check per client certificate (its chain judged against the CA of
+/// the cluster its context uses) and per cluster CA certificate.
 pub fn kubeconfig_verdicts(path: &std::path::Path, items: Vec<KubeconfigItem>, warn_days: u32) -> Vec<Check> {
     let now = now();
-    items
-        .into_iter()
-        .map(|item| {
-            let target = format!("{} ({})", path.display(), item.label);
-            let (status, cause, detail) = match &item.certs {
-                Err(e) => (Status::Fail, Some(Cause::CertUnreadable), e.clone()),
-                Ok(certs) => {
-                    let policy =
-                        Policy { name: None, roots: item.roots.as_deref(), now, warn_days, client: item.client };
-                    judge(&certs[..1], policy)
-                }
-            };
-            Check {
-                probe: "cert",
-                target,
-                status,
-                cause,
-                detail,
-                duration_ms: 0,
-                evidence: Vec::new(),
-                hops: Vec::new(),
+    let mut checks = Vec::new();
+    for item in items {
+        let target = format!("{} ({})", path.display(), item.label);
+        match &item.certs {
+            Err(e) => checks.push(Check::file("cert", target, (Status::Fail, Some(Cause::CertUnreadable), e.clone()))),
+            Ok(chain) if item.client => {
+                let policy = Policy { name: None, roots: item.roots.as_deref(), now, warn_days, client: true };
+                checks.push(Check::file("cert", target, judge(chain, policy)));
             }
-        })
-        .collect()
+            // A CA bundle: every CA on its own.
+            Ok(cas) => {
+                let policy = Policy { name: None, roots: None, now, warn_days, client: false };
+                for (i, ca) in cas.iter().enumerate() {
+                    let t = if cas.len() == 1 { target.clone() } else { format!("{target}#{}", i + 1) };
+                    checks.push(Check::file("cert", t, judge(std::slice::from_ref(ca), policy)));
+                }
+            }
+        }
+    }
+    checks
 }
 
 #[cfg(test)]

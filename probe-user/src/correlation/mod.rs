@@ -152,6 +152,13 @@ pub struct Check {
     pub hops: Vec<Hop>,
 }
 
+impl Check {
+    /// A check that sent nothing (a file was read): no duration, evidence or hops.
+    pub fn file(probe: &'static str, target: String, (status, cause, detail): (Status, Option<Cause>, String)) -> Self {
+        Self { probe, target, status, cause, detail, duration_ms: 0, evidence: Vec::new(), hops: Vec::new() }
+    }
+}
+
 /// Drops in the evidence, first the ones netfilter made.
 pub(crate) fn drops(evidence: &[Evidence]) -> impl Iterator<Item = &Evidence> {
     evidence.iter().filter(|e| e.event.kind == EventKind::Drop)
