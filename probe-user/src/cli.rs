@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 
 use crate::{
     capture::{self, Capture, event::KernelEvent},
-    correlation, netns,
+    correlation, discovery, netns,
     output::{Format, Report},
     probes::{Target, cert, tcp},
 };
@@ -39,6 +39,10 @@ pub struct Cli {
     /// Do not load the eBPF capture (probes run without kernel evidence).
     #[arg(long, global = true)]
     pub no_capture: bool,
+    /// The node's root filesystem for discovery (default: /host when it holds one, as in a
+    /// `kubectl debug node` pod, else /).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub host_root: Option<PathBuf>,
     /// UDP port decoded as VXLAN in kernel evidence (flannel: 8472).
     #[arg(long, global = true, default_value_t = 8472, value_name = "PORT")]
     pub vxlan_port: u16,
@@ -80,8 +84,12 @@ pub enum CheckCommand {
     },
     /// Certificates of TLS endpoints (HOST:PORT), PEM files and kubeconfigs: expiry, name, trust.
     Cert {
-        #[arg(required = true, value_name = "HOST:PORT|FILE|KUBECONFIG")]
+        #[arg(required_unless_present = "node_pki", value_name = "HOST:PORT|FILE|KUBECONFIG")]
         targets: Vec<String>,
+        /// Also every certificate and kubeconfig in the node's well-known places (kubeadm,
+        /// kubelet, k3s) under the host root.
+        #[arg(long)]
+        node_pki: bool,
         /// Name the endpoint's certificate must be valid for (default: the host dialled).
         #[arg(long, value_name = "NAME")]
         server_name: Option<String>,
@@ -143,6 +151,8 @@ enum Job {
     CertEndpoint(Target),
     CertFile(PathBuf, Vec<CertificateDer<'static>>),
     Kubeconfig(PathBuf, Vec<cert::KubeconfigItem>),
+    /// Judged while planning (e.g. a discovered file that could not be read).
+    Done(Vec<correlation::Check>),
 }
 
 /// Options of `check cert`, shared by its jobs.
@@ -154,13 +164,13 @@ struct CertOptions {
 }
 
 /// Reads and checks every input before anything touches the system.
-fn plan(command: &CheckCommand) -> AnyResult<(Vec<Job>, CertOptions)> {
+fn plan(command: &CheckCommand, host_root: Option<&Path>) -> AnyResult<(Vec<Job>, CertOptions)> {
     match command {
         CheckCommand::Tcp { targets } => {
             let jobs = targets.iter().map(|t| Target::parse(t).map(Job::Tcp)).collect::<Result<_, _>>()?;
             Ok((jobs, CertOptions::default()))
         }
-        CheckCommand::Cert { targets, server_name, ca, warn_days } => {
+        CheckCommand::Cert { targets, node_pki, server_name, ca, warn_days } => {
             let roots = ca.as_deref().map(cert::load_pem).transpose()?.map(Arc::new);
             let mut jobs = Vec::new();
             for t in targets {
@@ -177,15 +187,52 @@ fn plan(command: &CheckCommand) -> AnyResult<(Vec<Job>, CertOptions)> {
                     jobs.push(Job::CertEndpoint(Target::parse(t)?));
                 }
             }
+            if *node_pki {
+                jobs.extend(node_pki_jobs(&discovery::host_root(host_root)));
+            }
             Ok((jobs, CertOptions { server_name: server_name.clone(), roots, warn_days: *warn_days }))
         }
     }
 }
 
+/// The node's certificate files; what cannot be read is a failed check, not a usage error.
+fn node_pki_jobs(root: &Path) -> Vec<Job> {
+    let unreadable = |path: &Path, e: crate::error::Error| {
+        let why = capture::error_chain(&e);
+        Job::Done(vec![correlation::Check::file(
+            "cert",
+            path.display().to_string(),
+            (correlation::Status::Fail, Some(correlation::Cause::CertUnreadable), why),
+        )])
+    };
+    let found = discovery::pki::scan(root);
+    if found.is_empty() {
+        let detail = format!("no kubeadm, kubelet or k3s certificates under {}", root.display());
+        return vec![Job::Done(vec![correlation::Check::file(
+            "cert",
+            format!("node PKI ({})", root.display()),
+            (correlation::Status::Skip, None, detail),
+        )])];
+    }
+    found
+        .into_iter()
+        .map(|f| match f {
+            discovery::pki::Found::Pem(p) => match cert::load_pem(&p) {
+                Ok(certs) => Job::CertFile(p, certs),
+                Err(e) => unreadable(&p, e),
+            },
+            discovery::pki::Found::Kubeconfig(p) => match cert::kubeconfig_items(&p) {
+                Ok(items) => Job::Kubeconfig(p, items),
+                Err(e) => unreadable(&p, e),
+            },
+        })
+        .collect()
+}
+
 fn run(cli: &Cli) -> AnyResult<u8> {
     // Validate everything before touching the system.
     let jobs = match &cli.command {
-        Command::Check(check) => Some(plan(check)?),
+        Command::Check(check) => Some(plan(check, cli.host_root.as_deref())?),
         Command::Capture { .. } => None,
     };
     if let Some(ns) = &cli.netns {
@@ -266,6 +313,7 @@ async fn run_jobs(
                     correlation::cert::file_verdicts(&path, &certs, roots, opts.warn_days)
                 }
                 Job::Kubeconfig(path, items) => correlation::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
+                Job::Done(checks) => checks,
             };
             (i, checks)
         });

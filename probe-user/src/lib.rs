@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod cli;
 pub mod correlation;
+pub mod discovery;
 pub mod error;
 pub mod netns;
 pub mod output;

@@ -261,3 +261,67 @@ users:
     assert!(gone["detail"].as_str().unwrap().contains("missing.crt"), "{gone}");
     assert_eq!(r.json["checks"].as_array().unwrap().len(), 5, "token users have no certificate to check");
 }
+
+/// `--node-pki` under a host root laid out like a kubeadm node (and its kubelet): every
+/// certificate and kubeconfig found and judged; an unreadable one fails on its own.
+#[test]
+fn node_pki_under_a_host_root() {
+    use base64::Engine as _;
+    let pki = Pki::new("kubernetes").unwrap();
+    let n = now();
+    let root = Dir::new("hostroot");
+    for d in ["etc/kubernetes/pki", "var/lib/kubelet/pki"] {
+        std::fs::create_dir_all(root.0.join(d)).unwrap();
+    }
+    let leaf = |v| pki.serving_valid("x", &["x"], &[], Some(v)).unwrap().cert_pem;
+    root.write("etc/kubernetes/pki/ca.crt", &pki.ca_pem());
+    root.write("etc/kubernetes/pki/apiserver.crt", &leaf((n - DAY, n + 20 * DAY)));
+    root.write("etc/kubernetes/pki/apiserver-kubelet-client.crt", &leaf((n - 400 * DAY, n - DAY)));
+    root.write("etc/kubernetes/pki/front-proxy-client.crt", "not a certificate");
+    root.write("var/lib/kubelet/pki/kubelet.crt", &leaf((n - DAY, n + 300 * DAY)));
+    let admin = pki.client("kubernetes-admin", (n - DAY, n + 300 * DAY)).unwrap().cert_pem;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    root.write(
+        "etc/kubernetes/admin.conf",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster: {{server: 'https://10.0.0.1:6443', certificate-authority-data: {}}}\n\
+             contexts:\n- name: a\n  context: {{cluster: k, user: admin}}\ncurrent-context: a\n\
+             users:\n- name: admin\n  user: {{client-certificate-data: {}}}\n",
+            b64(&pki.ca_pem()),
+            b64(&admin)
+        ),
+    );
+    let host_root = root.0.display().to_string();
+    let r = netcheck::run(&["-o", "json", "--no-capture", "--host-root", &host_root, "check", "cert", "--node-pki"])
+        .unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    let cause_of = |suffix: &str| {
+        let checks = r.json["checks"].as_array().unwrap();
+        let c = checks.iter().find(|c| c["target"].as_str().unwrap().ends_with(suffix));
+        c.unwrap_or_else(|| panic!("no check for {suffix}: {r:?}"))["cause"].clone()
+    };
+    assert_eq!(cause_of("pki/ca.crt"), serde_json::Value::Null);
+    assert_eq!(cause_of("pki/apiserver.crt"), "cert_expiring");
+    assert_eq!(cause_of("pki/apiserver-kubelet-client.crt"), "cert_expired");
+    assert_eq!(cause_of("pki/front-proxy-client.crt"), "cert_unreadable");
+    assert_eq!(cause_of("kubelet/pki/kubelet.crt"), serde_json::Value::Null);
+    assert_eq!(cause_of("admin.conf (user admin client certificate)"), serde_json::Value::Null);
+    assert_eq!(cause_of("admin.conf (cluster k CA)"), serde_json::Value::Null);
+    assert_eq!(r.json["checks"].as_array().unwrap().len(), 7, "{r:?}");
+
+    // Nothing there: a skip that says where it looked, and exit 0.
+    let empty = Dir::new("emptyroot");
+    let r = netcheck::run(&[
+        "-o",
+        "json",
+        "--no-capture",
+        "--host-root",
+        &empty.0.display().to_string(),
+        "check",
+        "cert",
+        "--node-pki",
+    ])
+    .unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.check()["status"], "skip");
+}
