@@ -17,7 +17,7 @@ use crate::{
     capture::{self, Capture, event::KernelEvent},
     correlation, discovery, netns,
     output::{Format, Report},
-    probes::{Target, cert, tcp},
+    probes::{Target, cert, kubelet, tcp},
 };
 
 #[derive(Debug, Parser)]
@@ -81,6 +81,23 @@ pub enum CheckCommand {
     Tcp {
         #[arg(required = true, value_name = "HOST:PORT")]
         targets: Vec<String>,
+    },
+    /// Kubelet reachability: TCP, TLS, the serving certificate for the address used, and
+    /// /healthz on the local healthz port when the address is this node's.
+    Kubelet {
+        #[arg(required = true, value_name = "NODE_IP|NODE_NAME")]
+        nodes: Vec<String>,
+        #[arg(long, default_value_t = kubelet::PORT)]
+        port: u16,
+        /// The kubelet's local health port (healthzBindAddress, on 127.0.0.1).
+        #[arg(long, default_value_t = kubelet::HEALTHZ_PORT)]
+        healthz_port: u16,
+        /// PEM file of the CA that signs kubelet serving certificates; without it trust is not judged.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Warn when the serving certificate expires within this many days.
+        #[arg(long, default_value_t = 30, value_name = "DAYS")]
+        warn_days: u32,
     },
     /// Certificates of TLS endpoints (HOST:PORT), PEM files and kubeconfigs: expiry, name, trust.
     Cert {
@@ -153,6 +170,10 @@ enum Job {
     Kubeconfig(PathBuf, Vec<cert::KubeconfigItem>),
     /// Judged while planning (e.g. a discovered file that could not be read).
     Done(Vec<correlation::Check>),
+    Kubelet {
+        target: Target,
+        healthz_port: u16,
+    },
 }
 
 /// Options of `check cert`, shared by its jobs.
@@ -169,6 +190,16 @@ fn plan(command: &CheckCommand, host_root: Option<&Path>) -> AnyResult<(Vec<Job>
         CheckCommand::Tcp { targets } => {
             let jobs = targets.iter().map(|t| Target::parse(t).map(Job::Tcp)).collect::<Result<_, _>>()?;
             Ok((jobs, CertOptions::default()))
+        }
+        CheckCommand::Kubelet { nodes, port, healthz_port, ca, warn_days } => {
+            let roots = ca.as_deref().map(cert::load_pem).transpose()?.map(Arc::new);
+            let mut jobs = Vec::new();
+            for node in nodes {
+                let host = if node.parse::<std::net::Ipv6Addr>().is_ok() { format!("[{node}]") } else { node.clone() };
+                let target = Target::parse(&format!("{host}:{port}"))?;
+                jobs.push(Job::Kubelet { target, healthz_port: *healthz_port });
+            }
+            Ok((jobs, CertOptions { server_name: None, roots, warn_days: *warn_days }))
         }
         CheckCommand::Cert { targets, node_pki, server_name, ca, warn_days } => {
             let roots = ca.as_deref().map(cert::load_pem).transpose()?.map(Arc::new);
@@ -306,7 +337,7 @@ async fn run_jobs(
                 Job::CertEndpoint(target) => {
                     let report = cert::fetch(&target, opts.server_name.as_deref(), deadline, capture.as_deref()).await;
                     let roots = opts.roots.as_deref().map(Vec::as_slice);
-                    vec![correlation::cert::endpoint_verdict(report, roots, opts.warn_days, capture_on)]
+                    vec![correlation::cert::endpoint_verdict("cert", report, roots, opts.warn_days, capture_on)]
                 }
                 Job::CertFile(path, certs) => {
                     let roots = opts.roots.as_deref().map(Vec::as_slice);
@@ -314,6 +345,16 @@ async fn run_jobs(
                 }
                 Job::Kubeconfig(path, items) => correlation::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
                 Job::Done(checks) => checks,
+                Job::Kubelet { target, healthz_port } => {
+                    let report = cert::fetch(&target, None, deadline, capture.as_deref()).await;
+                    let roots = opts.roots.as_deref().map(Vec::as_slice);
+                    let mut checks = vec![correlation::kubelet::endpoint(report, roots, opts.warn_days, capture_on)];
+                    if target.ip().is_some_and(kubelet::is_local) {
+                        let h = kubelet::healthz(healthz_port, deadline).await;
+                        checks.push(correlation::kubelet::healthz(healthz_port, &h));
+                    }
+                    checks
+                }
             };
             (i, checks)
         });

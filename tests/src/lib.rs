@@ -41,6 +41,7 @@ pub const OVERLAY_MTU: u32 = 1450;
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const POD_CIDR: &str = "10.244.0.0/16";
 pub const KUBELET_PORT: u16 = 10250;
+pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
 
 const NETNS_DIR: &str = "/var/run/netns";
 /// Every lab namespace starts with this, then the owner's pid: `nclab<pid>x<n>-...`.
@@ -253,6 +254,9 @@ impl Lab {
         let config = pki::tls_config(&leaf)?;
         let addr = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), KUBELET_PORT);
         self.servers.push(serve(&n.netns, addr, move |s| pki::serve_kubelet_connection(config.clone(), s))?);
+        // healthzBindAddress: plain HTTP on the node's loopback.
+        let healthz = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), KUBELET_HEALTHZ_PORT);
+        self.servers.push(serve(&n.netns, healthz, pki::serve_healthz_connection)?);
         Ok(())
     }
 
@@ -276,9 +280,11 @@ impl Lab {
         Ok(())
     }
 
-    /// Stops every server listening on `port` (the "listener stopped" fault).
+    /// Stops every server listening on `port` (the "listener stopped" fault; the kubelet's
+    /// healthz port goes with 10250, as when the kubelet stops).
     pub fn stop_servers_on(&mut self, port: u16) {
-        self.servers.retain(|s| s.addr.port() != port);
+        let also = if port == KUBELET_PORT { KUBELET_HEALTHZ_PORT } else { port };
+        self.servers.retain(|s| s.addr.port() != port && s.addr.port() != also);
     }
 
     /// Runs an iptables command in a lab namespace (faults are injected this way).

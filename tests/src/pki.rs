@@ -107,6 +107,37 @@ pub fn tls_config(leaf: &Leaf) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// The kubelet's answers: `/healthz` is `ok`, anything else needs credentials.
+fn kubelet_response(request: &[u8]) -> &'static [u8] {
+    if request.starts_with(b"GET /healthz ") {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    } else {
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\nConnection: close\r\n\r\nUnauthorized"
+    }
+}
+
+/// Reads an HTTP request head (at most 16 KiB); `None` when the peer went away first.
+fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 1024];
+    let mut request = Vec::new();
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 << 10 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(request)
+}
+
+/// Serves one plain-HTTP connection (the kubelet's healthz port), bounded by a 2 s deadline.
+pub fn serve_healthz_connection(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if let Some(request) = read_request(&mut stream) {
+        let _ = stream.write_all(kubelet_response(&request));
+    }
+}
+
 /// Serves one HTTPS connection (bounded by a 2 s read/write deadline).
 pub fn serve_kubelet_connection(config: Arc<rustls::ServerConfig>, stream: TcpStream) {
     let _ = (|| -> Result<()> {
@@ -115,21 +146,8 @@ pub fn serve_kubelet_connection(config: Arc<rustls::ServerConfig>, stream: TcpSt
         stream.set_write_timeout(Some(Duration::from_secs(2)))?;
         let conn = rustls::ServerConnection::new(config)?;
         let mut tls = rustls::StreamOwned::new(conn, stream);
-        let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 << 10 {
-            let n = tls.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            request.extend_from_slice(&buf[..n]);
-        }
-        let response: &[u8] = if request.starts_with(b"GET /healthz ") {
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-        } else {
-            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\nConnection: close\r\n\r\nUnauthorized"
-        };
-        tls.write_all(response)?;
+        let Some(request) = read_request(&mut tls) else { return Ok(()) };
+        tls.write_all(kubelet_response(&request))?;
         tls.conn.send_close_notify();
         tls.flush()?;
         Ok(())

@@ -215,8 +215,10 @@ pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// The verdict of `check cert HOST:PORT`: TCP problems keep the TCP probe's causes and evidence.
+/// The verdict of `check cert HOST:PORT` (and of `check kubelet`, named by `probe`): TCP
+/// problems keep the TCP probe's causes and evidence.
 pub fn endpoint_verdict(
+    probe: &'static str,
     report: EndpointReport,
     roots: Option<&[CertificateDer<'static>]>,
     warn_days: u32,
@@ -225,14 +227,14 @@ pub fn endpoint_verdict(
     let EndpointReport { tcp, name, handshake, elapsed } = report;
     let target = tcp.target.to_string();
     let Some(handshake) = handshake else {
-        return Check { probe: "cert", ..tcp_verdict(tcp, capture_on) };
+        return Check { probe, ..tcp_verdict(tcp, capture_on) };
     };
     let (status, cause, detail) = match handshake {
         Err(e) => (Status::Fail, Some(Cause::TlsHandshake), format!("TLS handshake failed: {e}")),
         Ok(chain) => judge(&chain, Policy { name: Some(&name), roots, now: now(), warn_days, client: false }),
     };
     Check {
-        probe: "cert",
+        probe,
         target,
         status,
         cause,

@@ -2,6 +2,7 @@
 //! cause code and one line a person reads.
 
 pub mod cert;
+pub mod kubelet;
 mod tcp;
 
 use std::fmt::Write as _;
@@ -63,6 +64,8 @@ pub enum Cause {
     TlsHandshake,
     /// A certificate a file names could not be read (missing file, bad base64 or PEM).
     CertUnreadable,
+    /// The kubelet answered its health check with something other than `200 ok`.
+    KubeletUnhealthy,
 }
 
 impl Cause {
@@ -82,6 +85,7 @@ impl Cause {
             Self::CertNameMismatch => "cert_name_mismatch",
             Self::TlsHandshake => "tls_handshake",
             Self::CertUnreadable => "cert_unreadable",
+            Self::KubeletUnhealthy => "kubelet_unhealthy",
         }
     }
 }

@@ -1,0 +1,82 @@
+//! Kubelet verdicts: the serving endpoint (TCP, TLS, certificate) and, on the node itself, the
+//! kubelet's own health check.
+
+use rustls::pki_types::CertificateDer;
+
+use super::{Cause, Check, Status, cert::endpoint_verdict};
+use crate::{
+    capture::event::EventKind,
+    probes::{cert::EndpointReport, kubelet::Healthz},
+};
+
+/// ICMP destination-unreachable codes a firewall's REJECT sends: net/host prohibited (9, 10)
+/// and communication administratively prohibited (13).
+const PROHIBITED: [u8; 3] = [9, 10, 13];
+
+pub fn endpoint(
+    report: EndpointReport,
+    roots: Option<&[CertificateDer<'static>]>,
+    warn_days: u32,
+    capture_on: bool,
+) -> Check {
+    let mut check = endpoint_verdict("kubelet", report, roots, warn_days, capture_on);
+    let rejected = check.cause == Some(Cause::Unreachable)
+        && check.evidence.iter().any(|e| {
+            e.event.kind == EventKind::Icmp
+                && e.event.icmp_type == Some(3)
+                && e.event.icmp_code.is_some_and(|c| PROHIBITED.contains(&c))
+        });
+    if rejected {
+        check.detail.push_str(
+            "; the node's firewall rejects this source: typically an INPUT rule that admits node IPs but not pod IPs, \
+             so pods on that node cannot reach its kubelet while other nodes can",
+        );
+    }
+    check
+}
+
+pub fn healthz(port: u16, h: &Healthz) -> Check {
+    let target = format!("127.0.0.1:{port}/healthz");
+    let (status, cause, detail) = match &h.result {
+        Ok((200, body)) if body == "ok" => (Status::Pass, None, "ok".to_string()),
+        Ok((code, body)) => (Status::Fail, Some(Cause::KubeletUnhealthy), format!("HTTP {code}: {}", first_line(body))),
+        Err(e) if e.contains("refused") => {
+            (Status::Fail, Some(Cause::Refused), format!("nothing listens on the kubelet's healthz port ({e})"))
+        }
+        Err(e) if e.contains("no answer") => (Status::Fail, Some(Cause::Timeout), e.clone()),
+        Err(e) => (Status::Fail, Some(Cause::KubeletUnhealthy), e.clone()),
+    };
+    Check {
+        duration_ms: u64::try_from(h.elapsed.as_millis()).unwrap_or(u64::MAX),
+        ..Check::file("kubelet-healthz", target, (status, cause, detail))
+    }
+}
+
+fn first_line(body: &str) -> &str {
+    body.lines().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn h(result: Result<(u16, String), String>) -> Healthz {
+        Healthz { result, elapsed: Duration::from_millis(3) }
+    }
+
+    #[test]
+    fn healthz_verdicts() {
+        assert_eq!(healthz(10248, &h(Ok((200, "ok".into())))).status, Status::Pass);
+        let c = healthz(10248, &h(Ok((500, "[-]syncloop failed\nmore".into()))));
+        assert_eq!(c.cause, Some(Cause::KubeletUnhealthy));
+        assert_eq!(c.detail, "HTTP 500: [-]syncloop failed");
+        assert_eq!(
+            healthz(10248, &h(Err("connect: Connection refused (os error 111)".into()))).cause,
+            Some(Cause::Refused)
+        );
+        assert_eq!(healthz(10248, &h(Err("no answer within 3.0 s".into()))).cause, Some(Cause::Timeout));
+        assert_eq!(c.probe, "kubelet-healthz");
+    }
+}

@@ -1,0 +1,97 @@
+//! `netcheck check kubelet` on the lab: the HTTPS kubelet on each node's 10250 (serving
+//! certificate from the lab CA) and its plain-HTTP healthz on the node's 127.0.0.1:10248.
+
+use netlab::{Lab, netcheck, require_root};
+
+fn lab(ip_san: bool) -> Lab {
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    lab.serve_kubelet(1, ip_san).unwrap();
+    lab
+}
+
+fn ca_file(lab: &Lab) -> (std::path::PathBuf, String) {
+    let path = std::env::temp_dir().join(format!("netcheck-kubelet-ca-{}-{}", std::process::id(), lab.prefix));
+    std::fs::write(&path, lab.pki.ca_pem()).unwrap();
+    let s = path.display().to_string();
+    (path, s)
+}
+
+/// Acceptance 5, healthy: from the peer node (endpoint only) and on the node itself (endpoint
+/// and its local /healthz).
+#[test]
+fn healthy_kubelet_from_peer_and_from_its_node() {
+    if !require_root("healthy_kubelet_from_peer_and_from_its_node") {
+        return;
+    }
+    let lab = lab(true);
+    let (path, ca) = ca_file(&lab);
+    let ip = lab.node(1).underlay_ip.to_string();
+    let r = netcheck::run_json_in(&lab.node(2).netns, &["check", "kubelet", &ip, "--ca", &ca]).unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    let checks = r.json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 1, "no healthz from another node: {r:?}");
+    assert_eq!(checks[0]["probe"], "kubelet");
+    assert_eq!(checks[0]["status"], "pass");
+
+    let r = netcheck::run_json_in(&lab.node(1).netns, &["check", "kubelet", &ip, "--ca", &ca]).unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    let checks = r.json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{r:?}");
+    assert_eq!(checks[1]["probe"], "kubelet-healthz");
+    assert_eq!(checks[1]["target"], "127.0.0.1:10248/healthz");
+    assert_eq!(checks[1]["status"], "pass");
+    std::fs::remove_file(path).unwrap();
+}
+
+/// Acceptance 5, FIELD.md case 2: the serving certificate has no IP SAN.
+#[test]
+fn kubelet_certificate_without_ip_san() {
+    if !require_root("kubelet_certificate_without_ip_san") {
+        return;
+    }
+    let lab = lab(false);
+    let ip = lab.node(1).underlay_ip.to_string();
+    let r = netcheck::run_json_in(&lab.node(2).netns, &["check", "kubelet", &ip]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "cert_name_mismatch", "{r:?}");
+    assert!(r.check()["detail"].as_str().unwrap().contains("doesn't contain any IP SANs"), "{r:?}");
+}
+
+/// Acceptance 5, FIELD.md case 1: the node rejects pod sources; its own pods fail with the
+/// REJECT named, the other node's pods pass.
+#[test]
+fn pods_on_the_node_rejected() {
+    if !require_root("pods_on_the_node_rejected") {
+        return;
+    }
+    let lab = lab(true);
+    lab.reject_pods_to_kubelet(1).unwrap();
+    let ip = lab.node(1).underlay_ip.to_string();
+    let r = netcheck::run_json_in(&lab.pod("a").netns, &["--timeout", "2s", "check", "kubelet", &ip]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "unreachable", "{r:?}");
+    let detail = r.check()["detail"].as_str().unwrap();
+    assert!(detail.contains("admits node IPs but not pod IPs"), "{detail}");
+    assert!(r.evidence("drop").iter().any(|d| d["reason"] == "NETFILTER_DROP"), "{r:?}");
+
+    let r = netcheck::run_json_in(&lab.pod("b").netns, &["--timeout", "2s", "check", "kubelet", &ip]).unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+/// Acceptance 5, FIELD.md case 8: the kubelet is down; on its node both ports say so.
+#[test]
+fn kubelet_down() {
+    if !require_root("kubelet_down") {
+        return;
+    }
+    let mut lab = lab(true);
+    lab.stop_servers_on(netlab::KUBELET_PORT);
+    let ip = lab.node(1).underlay_ip.to_string();
+    let r = netcheck::run_json_in(&lab.node(1).netns, &["check", "kubelet", &ip]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    let checks = r.json["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["cause"], "refused", "{r:?}");
+    assert_eq!(checks[1]["cause"], "refused", "{r:?}");
+    assert!(checks[1]["detail"].as_str().unwrap().contains("healthz port"), "{r:?}");
+}
