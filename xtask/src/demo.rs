@@ -95,7 +95,15 @@ pub fn run(bin: &Path) -> Result<()> {
         },
     )?;
     scenario(
-        "7. unprivileged (`kubectl debug node` without --profile=sysadmin): probes run, capture says what it lacks",
+        "7. the kubelet's serving certificate has no IP SAN (FIELD.md case 2); checked from the other node",
+        |lab| {
+            lab.stop_servers_on(KUBELET_PORT);
+            lab.serve_kubelet(1, false)
+        },
+        |lab| show(bin, &lab.node(2).netns, &["check", "kubelet", &lab.node(1).underlay_ip.to_string()]),
+    )?;
+    scenario(
+        "8. unprivileged (`kubectl debug node` without --profile=sysadmin): probes run, capture says what it lacks",
         |_| Ok(()),
         |lab| {
             let target = pod_b(lab);
