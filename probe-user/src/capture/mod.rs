@@ -37,7 +37,11 @@ use crate::{
 };
 
 /// The eBPF object built by probe-user/build.rs, embedded once.
+#[cfg(feature = "ebpf")]
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netcheck-probe"));
+/// Built without the `ebpf` feature (e.g. for fuzzing): no programs to load.
+#[cfg(not(feature = "ebpf"))]
+static PROBE_OBJECT: &[u8] = &[];
 
 /// The programs and the tracepoints they attach to; the last is optional (icmp_send: 6.13+).
 const PROGRAMS: [(&str, bool); 4] =
@@ -132,6 +136,12 @@ impl Capture {
     }
 
     fn load(opts: Options) -> Result<Self> {
+        if PROBE_OBJECT.is_empty() {
+            return Err(ebpf_error(
+                "load",
+                std::io::Error::other("this build has no eBPF programs (built without the `ebpf` feature)"),
+            ));
+        }
         let started = Instant::now();
         let kernel = KernelBtf::load()?;
         let offsets = kernel.offsets(opts.vxlan_port)?;
