@@ -35,6 +35,12 @@ enum Task {
         #[command(subcommand)]
         action: LabAction,
     },
+    /// Run every fuzz target (cargo fuzz, nightly) for a while each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Capture cost per event (kernel bpf_stats) and userspace events/s under a drop flood.
     Bench {
         /// A short run (seconds), as CI does.
@@ -68,6 +74,10 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz(seconds)
+        }
         Task::Bench { quick } => {
             setup::run()?;
             let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", "capture"];
@@ -81,7 +91,10 @@ fn main() -> Result<()> {
 
 fn test() -> Result<()> {
     setup::run()?;
-    step("format", || cargo(&["fmt", "--all", "--check"]))?;
+    step("format", || {
+        cargo(&["fmt", "--all", "--check"])?;
+        cargo(&["fmt", "--check", "--manifest-path", "probe-user/fuzz/Cargo.toml"])
+    })?;
     step("clippy (host crates)", || {
         cargo(&["clippy", "--workspace", "--exclude", "probe-ebpf", "--all-targets", "--", "-D", "warnings"])
     })?;
@@ -105,9 +118,26 @@ fn test() -> Result<()> {
     let _ = netlab::clean_stale();
     step("tests", || cargo(&["test", "--workspace", "--exclude", "probe-ebpf"]))?;
     step("benchmark (quick)", || cargo(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--quick"]))?;
+    step("fuzz (10 s per target)", || fuzz(10))?;
     let left: Vec<String> = netlab::list_netns()?.into_iter().filter(|n| n.starts_with("nclab")).collect();
     if !left.is_empty() {
         bail!("tests left network namespaces behind: {left:?}");
+    }
+    Ok(())
+}
+
+/// The parsers netcheck owns, each a cargo-fuzz target in probe-user/fuzz.
+const FUZZ_TARGETS: &[&str] = &["target", "pem", "http_response", "kubeconfig", "event"];
+
+fn fuzz(seconds: u32) -> Result<()> {
+    let dir = root().join("probe-user/fuzz");
+    for target in FUZZ_TARGETS {
+        println!("fuzz {target}: {seconds} s");
+        sh(Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fuzz", "run", "-O", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-rss_limit_mb=2048", "-print_final_stats=1"])
+            .current_dir(&dir))?;
     }
     Ok(())
 }

@@ -22,7 +22,17 @@ pub fn run() -> Result<()> {
     apt()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     Ok(())
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let installed = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if installed {
+        return Ok(());
+    }
+    println!("setup: cargo install cargo-fuzz");
+    sh(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 fn apt() -> Result<()> {

@@ -220,6 +220,11 @@ pub fn kubeconfig_items(path: &Path) -> Result<Vec<KubeconfigItem>> {
             source: std::io::Error::other("neither PEM certificates nor a kubeconfig with clusters or users"),
         });
     }
+    Ok(items_of(&config))
+}
+
+/// The certificates of a parsed kubeconfig (file references already made absolute).
+pub fn items_of(config: &kube::config::Kubeconfig) -> Vec<KubeconfigItem> {
     let cluster_ca = |name: &str| -> Option<Result<Vec<CertificateDer<'static>>, String>> {
         let c = config.clusters.iter().find(|c| c.name == name)?.cluster.as_ref()?;
         material(c.certificate_authority_data.as_deref(), c.certificate_authority.as_deref())
@@ -253,7 +258,7 @@ pub fn kubeconfig_items(path: &Path) -> Result<Vec<KubeconfigItem>> {
             client: true,
         });
     }
-    Ok(items)
+    items
 }
 
 /// Inline base64 PEM wins over a file reference, as in kubectl.

@@ -1,0 +1,12 @@
+//! Kubeconfigs: whatever kube's YAML model accepts, netcheck's extraction of CAs and client
+//! certificates (base64, PEM, file references) must handle without panicking.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    if let Ok(config) = kube::config::Kubeconfig::from_yaml(s) {
+        let _ = netcheck::probes::cert::items_of(&config);
+    }
+});
