@@ -148,7 +148,7 @@ pub fn lab_up() -> Result<()> {
     for p in &lab.pods {
         println!("pod {} on n{}: {} (netns {})", p.name, p.node, p.ip, p.netns);
     }
-    println!("servers: pod b 8080/tcp, kubelet 10250/tcp on both nodes");
+    println!("servers: pod b 8080/tcp; on each node the HTTPS kubelet on 10250 and its healthz on 127.0.0.1:10248");
     println!("try: netcheck --netns {} check tcp {}:8080", lab.pod("a").netns, lab.pod("b").ip);
     println!("Ctrl-C removes it.");
     let (tx, rx) = std::sync::mpsc::channel();
