@@ -224,7 +224,7 @@ impl Capture {
         Status { available: true, missing: Vec::new(), detail: None, lost: self.counters().lost }
     }
 
-    /// Ids of the loaded programs (for `bpf_stats` in the benchmark).
+    /// Name and kernel info (run_time_ns, run_cnt under `bpf_stats`) of each loaded program.
     pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
         self.ebpf.programs().filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i))).collect()
     }
