@@ -154,7 +154,7 @@ pub fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("netcheck: {}", capture::error_chain(e.as_ref()));
+            eprintln!("netcheck: {}", crate::error::chain(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -229,7 +229,7 @@ fn plan(command: &CheckCommand, host_root: Option<&Path>) -> AnyResult<(Vec<Job>
 /// The node's certificate files; what cannot be read is a failed check, not a usage error.
 fn node_pki_jobs(root: &Path) -> Vec<Job> {
     let unreadable = |path: &Path, e: crate::error::Error| {
-        let why = capture::error_chain(&e);
+        let why = crate::error::chain(&e);
         Job::Done(vec![correlation::Check::file(
             "cert",
             path.display().to_string(),

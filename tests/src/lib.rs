@@ -472,6 +472,34 @@ pub fn unprivileged(netns: &str, program: &Path) -> Command {
     cmd
 }
 
+/// A scratch folder under the system temp dir, removed when dropped.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// `netcheck-<name>-<pid>`, created empty.
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("netcheck-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self { path }
+    }
+
+    /// Writes `text` to `name` inside (folders must exist) and returns the file's path.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let p = self.path.join(name);
+        std::fs::write(&p, text).expect("temp file");
+        p.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// Runs a command, failing with its stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<()> {
     output(program, args).map(|_| ())

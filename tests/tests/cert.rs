@@ -3,34 +3,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use netlab::{KUBELET_PORT, Lab, netcheck, pki::Pki, require_root};
+use netlab::{KUBELET_PORT, Lab, TempDir, netcheck, pki::Pki, require_root};
 
 const DAY: u64 = 86_400;
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// A directory of PEM files, removed at the end.
-struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("netcheck-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn lab_with_kubelet(ip_san: bool) -> Lab {
@@ -47,7 +25,7 @@ fn kubelet_certificate_with_ip_san_passes() {
         return;
     }
     let lab = lab_with_kubelet(true);
-    let dir = Dir::new("ca-ok");
+    let dir = TempDir::new("ca-ok");
     let ca = dir.write("ca.crt", &lab.pki.ca_pem());
     let kubelet = format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip);
     let r = netcheck::run_json_in(&lab.pod("b").netns, &["check", "cert", &kubelet, "--ca", &ca]).unwrap();
@@ -88,7 +66,7 @@ fn foreign_ca_is_untrusted() {
         return;
     }
     let lab = lab_with_kubelet(true);
-    let dir = Dir::new("ca-foreign");
+    let dir = TempDir::new("ca-foreign");
     let ca = dir.write("other-ca.crt", &Pki::new("another-cluster-ca").unwrap().ca_pem());
     let kubelet = format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip);
     let r = netcheck::run_json_in(&lab.pod("b").netns, &["check", "cert", &kubelet, "--ca", &ca]).unwrap();
@@ -120,7 +98,7 @@ fn pem_files_expired_expiring_not_yet_valid() {
     let pki = Pki::new("kubernetes").unwrap();
     let n = now();
     let leaf = |validity| pki.serving_valid("kubelet", &["n1"], &[], Some(validity)).unwrap().cert_pem;
-    let dir = Dir::new("pem");
+    let dir = TempDir::new("pem");
     let expired = dir.write("expired.crt", &leaf((n - 30 * DAY, n - 2 * DAY)));
     let expiring = dir.write("expiring.crt", &leaf((n - DAY, n + 10 * DAY)));
     let future = dir.write("future.crt", &leaf((n + 5 * DAY, n + 50 * DAY)));
@@ -171,7 +149,7 @@ fn pem_files_expired_expiring_not_yet_valid() {
 
 #[test]
 fn unreadable_inputs_exit_2() {
-    let dir = Dir::new("bad");
+    let dir = TempDir::new("bad");
     let not_pem = dir.write("notes.txt", "hello");
     for args in [
         vec!["check", "cert", &not_pem],
@@ -194,8 +172,8 @@ fn kubeconfig_inline_and_file_references() {
     let pki = Pki::new("kubernetes").unwrap();
     let recreated = Pki::new("kubernetes").unwrap();
     let n = now();
-    let dir = Dir::new("kubeconfig");
-    std::fs::create_dir_all(dir.0.join("pki")).unwrap();
+    let dir = TempDir::new("kubeconfig");
+    std::fs::create_dir_all(dir.path.join("pki")).unwrap();
     dir.write("pki/kubelet-client.crt", &pki.client("system:node:n1", (n - DAY, n + 10 * DAY)).unwrap().cert_pem);
     let admin = pki.client("kubernetes-admin", (n - DAY, n + 300 * DAY)).unwrap().cert_pem;
     let stale = recreated.client("old-admin", (n - DAY, n + 300 * DAY)).unwrap().cert_pem;
@@ -269,9 +247,9 @@ fn node_pki_under_a_host_root() {
     use base64::Engine as _;
     let pki = Pki::new("kubernetes").unwrap();
     let n = now();
-    let root = Dir::new("hostroot");
+    let root = TempDir::new("hostroot");
     for d in ["etc/kubernetes/pki", "var/lib/kubelet/pki"] {
-        std::fs::create_dir_all(root.0.join(d)).unwrap();
+        std::fs::create_dir_all(root.path.join(d)).unwrap();
     }
     let leaf = |v| pki.serving_valid("x", &["x"], &[], Some(v)).unwrap().cert_pem;
     root.write("etc/kubernetes/pki/ca.crt", &pki.ca_pem());
@@ -291,7 +269,7 @@ fn node_pki_under_a_host_root() {
             b64(&admin)
         ),
     );
-    let host_root = root.0.display().to_string();
+    let host_root = root.path.display().to_string();
     let r = netcheck::run(&["-o", "json", "--no-capture", "--host-root", &host_root, "check", "cert", "--node-pki"])
         .unwrap();
     assert_eq!(r.code, 1, "{r:?}");
@@ -310,13 +288,13 @@ fn node_pki_under_a_host_root() {
     assert_eq!(r.json["checks"].as_array().unwrap().len(), 7, "{r:?}");
 
     // Nothing there: a skip that says where it looked, and exit 0.
-    let empty = Dir::new("emptyroot");
+    let empty = TempDir::new("emptyroot");
     let r = netcheck::run(&[
         "-o",
         "json",
         "--no-capture",
         "--host-root",
-        &empty.0.display().to_string(),
+        &empty.path.display().to_string(),
         "check",
         "cert",
         "--node-pki",

@@ -1,7 +1,7 @@
 //! `netcheck check kubelet` on the lab: the HTTPS kubelet on each node's 10250 (serving
 //! certificate from the lab CA) and its plain-HTTP healthz on the node's 127.0.0.1:10248.
 
-use netlab::{Lab, netcheck, require_root};
+use netlab::{Lab, TempDir, netcheck, require_root};
 
 fn lab(ip_san: bool) -> Lab {
     let _ = netlab::clean_stale();
@@ -10,11 +10,11 @@ fn lab(ip_san: bool) -> Lab {
     lab
 }
 
-fn ca_file(lab: &Lab) -> (std::path::PathBuf, String) {
-    let path = std::env::temp_dir().join(format!("netcheck-kubelet-ca-{}-{}", std::process::id(), lab.prefix));
-    std::fs::write(&path, lab.pki.ca_pem()).unwrap();
-    let s = path.display().to_string();
-    (path, s)
+/// The lab CA in a file, for `--ca`.
+fn ca_file(lab: &Lab) -> (TempDir, String) {
+    let dir = TempDir::new(&format!("kubelet-ca-{}", lab.prefix));
+    let path = dir.write("ca.crt", &lab.pki.ca_pem());
+    (dir, path)
 }
 
 /// Acceptance 5, healthy: from the peer node (endpoint only) and on the node itself (endpoint
@@ -25,7 +25,7 @@ fn healthy_kubelet_from_peer_and_from_its_node() {
         return;
     }
     let lab = lab(true);
-    let (path, ca) = ca_file(&lab);
+    let (_dir, ca) = ca_file(&lab);
     let ip = lab.node(1).underlay_ip.to_string();
     let r = netcheck::run_json_in(&lab.node(2).netns, &["check", "kubelet", &ip, "--ca", &ca]).unwrap();
     assert_eq!(r.code, 0, "{r:?}");
@@ -41,7 +41,6 @@ fn healthy_kubelet_from_peer_and_from_its_node() {
     assert_eq!(checks[1]["probe"], "kubelet-healthz");
     assert_eq!(checks[1]["target"], "127.0.0.1:10248/healthz");
     assert_eq!(checks[1]["status"], "pass");
-    std::fs::remove_file(path).unwrap();
 }
 
 /// Acceptance 5, FIELD.md case 2: the serving certificate has no IP SAN.

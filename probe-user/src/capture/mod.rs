@@ -132,7 +132,7 @@ impl Capture {
             let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
             return Err(Unavailable { detail: format!("capture needs {} (missing here)", list.join(", ")), missing });
         }
-        Self::load(opts).map_err(|e| Unavailable { missing: Vec::new(), detail: error_chain(&e) })
+        Self::load(opts).map_err(|e| Unavailable { missing: Vec::new(), detail: crate::error::chain(&e) })
     }
 
     fn load(opts: Options) -> Result<Self> {
@@ -326,19 +326,4 @@ fn ebpf_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> 
 
 fn missing_map(name: &str) -> Error {
     ebpf_error(name, std::io::Error::other("map not in object"))
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let text = src.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = src.source();
-    }
-    s
 }
