@@ -260,20 +260,36 @@ fn node_pki_jobs(root: &Path) -> Vec<Job> {
         .collect()
 }
 
+/// What a command line asks for, read and checked before anything touches the system.
+enum Work {
+    Checks(Vec<Job>, CertOptions),
+    Capture(capture::filter::Filter, Option<Duration>),
+}
+
 fn run(cli: &Cli) -> AnyResult<u8> {
-    // Validate everything before touching the system.
-    let jobs = match &cli.command {
-        Command::Check(check) => Some(plan(check, cli.host_root.as_deref())?),
-        Command::Capture { .. } => None,
+    let work = match &cli.command {
+        Command::Check(check) => {
+            let (jobs, cert_options) = plan(check, cli.host_root.as_deref())?;
+            Work::Checks(jobs, cert_options)
+        }
+        Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
+            let filter = capture::filter::Filter {
+                hosts: hosts.clone(),
+                ports: ports.clone(),
+                reasons: reasons.clone(),
+                exclude_reasons: exclude_reasons.clone(),
+            };
+            Work::Capture(filter, *duration)
+        }
     };
     if let Some(ns) = &cli.netns {
         // Before the runtime starts: its threads inherit the namespace.
         netns::enter(ns)?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let opts = capture::Options { vxlan_port: cli.vxlan_port };
-    match (&cli.command, jobs) {
-        (Command::Check(_), Some((jobs, cert_options))) => {
+    match work {
+        Work::Checks(jobs, cert_options) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let (capture, status) = start_capture(cli.no_capture, opts);
             let checks = runtime.block_on(run_jobs(jobs, &cert_options, cli.timeout, capture.clone()));
             let status = capture.as_ref().map_or(status, |c| c.status());
@@ -281,19 +297,11 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             print_report(&report, cli.output)?;
             Ok(report.exit_code())
         }
-        (Command::Capture { duration, hosts, ports, reasons, exclude_reasons }, _) => {
-            let filter = capture::filter::Filter {
-                hosts: hosts.clone(),
-                ports: ports.clone(),
-                reasons: reasons.clone(),
-                exclude_reasons: exclude_reasons.clone(),
-                kinds: Vec::new(),
-            };
+        Work::Capture(filter, duration) => {
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
-            stream(&capture, *duration, &filter, cli.output)?;
+            stream(&capture, duration, &filter, cli.output)?;
             Ok(0)
         }
-        (Command::Check(_), None) => unreachable!("checks are planned above"),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::event::{EventKind, FlowView, KernelEvent};
+use super::event::{FlowView, KernelEvent};
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -15,15 +15,13 @@ pub struct Filter {
     pub reasons: Vec<String>,
     /// Never these reasons (e.g. NOT_SPECIFIED, the kernel's unlabelled frees).
     pub exclude_reasons: Vec<String>,
-    pub kinds: Vec<EventKind>,
 }
 
 impl Filter {
     pub fn matches(&self, ev: &KernelEvent) -> bool {
         let flows = || ev.flow.iter().chain(ev.inner.iter());
         let reason = ev.reason.as_deref().unwrap_or("");
-        (self.kinds.is_empty() || self.kinds.contains(&ev.kind))
-            && (self.hosts.is_empty() || flows().any(|f| has_host(f, &self.hosts)))
+        (self.hosts.is_empty() || flows().any(|f| has_host(f, &self.hosts)))
             && (self.ports.is_empty()
                 || flows().any(|f| self.ports.contains(&f.src.port()) || self.ports.contains(&f.dst.port())))
             && (self.reasons.is_empty() || self.reasons.iter().any(|r| r.eq_ignore_ascii_case(reason)))
@@ -38,7 +36,7 @@ fn has_host(f: &FlowView, hosts: &[IpAddr]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::event::Proto;
+    use crate::capture::event::{EventKind, Proto};
 
     fn ev(reason: &str, src: &str, dst: &str, inner: Option<(&str, &str)>) -> KernelEvent {
         let fv = |s: &str, d: &str, proto| FlowView { proto, src: s.parse().unwrap(), dst: d.parse().unwrap() };
