@@ -17,7 +17,7 @@ use crate::{
     capture::{self, Capture, event::KernelEvent},
     correlation, discovery, netns,
     output::{Format, Report},
-    probes::{Target, cert, kubelet, tcp},
+    probes::{Target, cert, dns, kubelet, tcp},
 };
 
 #[derive(Debug, Parser)]
@@ -99,6 +99,31 @@ pub enum CheckCommand {
         #[arg(long, default_value_t = 30, value_name = "DAYS")]
         warn_days: u32,
     },
+    /// DNS the way a pod resolves (resolv.conf search list and ndots), then every rung of the
+    /// ladder asked directly over UDP and TCP: servers (kube-dns Service IP), CoreDNS
+    /// endpoints, upstream resolvers.
+    Dns {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// Also ask this server as a rung (resolv.conf's nameservers always are) (repeatable).
+        #[arg(long = "server", value_name = "IP")]
+        servers: Vec<std::net::IpAddr>,
+        /// A CoreDNS endpoint (pod IP) behind the Service, asked directly (repeatable).
+        #[arg(long = "endpoint", value_name = "IP")]
+        endpoints: Vec<std::net::IpAddr>,
+        /// An upstream resolver CoreDNS forwards to; asked for names outside the cluster domain (repeatable).
+        #[arg(long = "upstream", value_name = "IP")]
+        upstreams: Vec<std::net::IpAddr>,
+        /// The resolver configuration to apply.
+        #[arg(long, default_value = "/etc/resolv.conf", value_name = "FILE")]
+        resolv_conf: PathBuf,
+        /// Record type to ask for.
+        #[arg(long = "type", default_value = "A", value_name = "TYPE")]
+        rtype: String,
+        /// The cluster's DNS domain (kubelet clusterDomain): its names are not asked upstream.
+        #[arg(long, default_value = "cluster.local", value_name = "DOMAIN")]
+        cluster_domain: String,
+    },
     /// Certificates of TLS endpoints (HOST:PORT), PEM files and kubeconfigs: expiry, name, trust.
     Cert {
         #[arg(required_unless_present = "node_pki", value_name = "HOST:PORT|FILE|KUBECONFIG")]
@@ -174,6 +199,7 @@ enum Job {
         target: Target,
         healthz_port: u16,
     },
+    Dns(Box<dns::Spec>),
 }
 
 /// Options of `check cert`, shared by its jobs.
@@ -200,6 +226,25 @@ fn plan(command: &CheckCommand, host_root: Option<&Path>) -> AnyResult<(Vec<Job>
                 jobs.push(Job::Kubelet { target, healthz_port: *healthz_port });
             }
             Ok((jobs, CertOptions { server_name: None, roots, warn_days: *warn_days }))
+        }
+        CheckCommand::Dns { names, servers, endpoints, upstreams, resolv_conf, rtype, cluster_domain } => {
+            let conf = dns::ResolvConf::read(resolv_conf)?;
+            let rtype: hickory_proto::rr::RecordType =
+                rtype.to_ascii_uppercase().parse().map_err(|_| format!("--type {rtype}: not a DNS record type"))?;
+            let mut jobs = Vec::new();
+            for name in names {
+                dns::check_name(name).map_err(|why| format!("invalid name {name:?}: {why}"))?;
+                jobs.push(Job::Dns(Box::new(dns::Spec {
+                    name: name.clone(),
+                    rtype,
+                    conf: conf.clone(),
+                    servers: servers.clone(),
+                    endpoints: endpoints.clone(),
+                    upstreams: upstreams.clone(),
+                    cluster_domain: cluster_domain.clone(),
+                })));
+            }
+            Ok((jobs, CertOptions::default()))
         }
         CheckCommand::Cert { targets, node_pki, server_name, ca, warn_days } => {
             let roots = ca.as_deref().map(cert::load_pem).transpose()?.map(Arc::new);
@@ -363,6 +408,7 @@ async fn run_jobs(
                     }
                     checks
                 }
+                Job::Dns(spec) => correlation::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
             };
             (i, checks)
         });

@@ -42,6 +42,14 @@ pub const UNDERLAY_MTU: u32 = 1500;
 pub const POD_CIDR: &str = "10.244.0.0/16";
 pub const KUBELET_PORT: u16 = 10250;
 pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
+/// kubeadm's kube-dns Service IP.
+pub const DNS_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The upstream resolver CoreDNS forwards to (a host on the underlay).
+pub const UPSTREAM_DNS_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 53);
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// What the lab's DNS knows: a cluster name (CoreDNS) and an external one (the upstream).
+pub const CLUSTER_NAME: (&str, Ipv4Addr) = ("kubernetes.default.svc.cluster.local", Ipv4Addr::new(10, 96, 0, 1));
+pub const EXTERNAL_NAME: (&str, Ipv4Addr) = ("www.example.com", Ipv4Addr::new(203, 0, 113, 10));
 
 const NETNS_DIR: &str = "/var/run/netns";
 /// Every lab namespace starts with this, then the owner's pid: `nclab<pid>x<n>-...`.
@@ -106,7 +114,18 @@ pub struct Lab {
     /// The lab's cluster CA; it signs the kubelets' serving certificates.
     pub pki: pki::Pki,
     servers: Vec<Server>,
+    /// Daemons (dnsmasq) running inside lab namespaces, by name; killed when dropped.
+    daemons: Vec<(String, std::process::Child)>,
     keep: bool,
+}
+
+/// The lab's cluster DNS (see [`Lab::start_dns`]).
+#[derive(Debug, Clone)]
+pub struct Dns {
+    pub service: Ipv4Addr,
+    /// The CoreDNS pods behind the Service: one per node.
+    pub endpoints: Vec<Ipv4Addr>,
+    pub upstream: Ipv4Addr,
 }
 
 impl Lab {
@@ -123,6 +142,7 @@ impl Lab {
             pods: Vec::new(),
             pki: pki::Pki::new("netcheck-lab-ca")?,
             servers: Vec::new(),
+            daemons: Vec::new(),
             keep: false,
         };
         lab.build().with_context(|| format!("building lab {prefix}"))?;
@@ -270,6 +290,131 @@ impl Lab {
         Ok(())
     }
 
+    /// The cluster DNS as kubeadm sets it up, with dnsmasq standing in for CoreDNS:
+    /// - a CoreDNS pod on each node (10.244.N.10), authoritative for cluster.local (unknown
+    ///   names are NXDOMAIN) and forwarding everything else to the upstream, without a cache;
+    /// - the upstream resolver on the underlay (192.168.50.53), knowing www.example.com;
+    /// - the kube-dns Service IP 10.96.0.10, DNATed by each node to a random endpoint the way
+    ///   kube-proxy's iptables mode does (UDP and TCP 53).
+    pub fn start_dns(&mut self) -> Result<Dns> {
+        let up = format!("{}-up", self.prefix);
+        add_netns(&up)?;
+        ip(&self.switch, &format!("link add up0 type veth peer name eth0 netns {up}"))?;
+        ip(&self.switch, "link set up0 master br0 up")?;
+        ip(&up, "link set lo up")?;
+        ip(&up, &format!("addr add {UPSTREAM_DNS_IP}/24 dev eth0"))?;
+        ip(&up, "link set eth0 up")?;
+        let (external, external_ip) = EXTERNAL_NAME;
+        self.dnsmasq(
+            "upstream",
+            &up,
+            UPSTREAM_DNS_IP,
+            // Authoritative for every name: what it does not know is NXDOMAIN, as on the Internet.
+            &["--local=/#/", &format!("--host-record={external},{external_ip}")],
+        )?;
+        let mut endpoints = Vec::new();
+        for node in [1u8, 2] {
+            let pod = self.add_pod(node, &format!("dns{node}"), 10)?;
+            let (cluster, cluster_ip) = CLUSTER_NAME;
+            self.dnsmasq(
+                &format!("coredns-{node}"),
+                &pod.netns,
+                pod.ip,
+                &[
+                    &format!("--local=/{CLUSTER_DOMAIN}/"),
+                    &format!("--host-record={cluster},{cluster_ip}"),
+                    &format!("--host-record=kube-dns.kube-system.svc.{CLUSTER_DOMAIN},{DNS_SERVICE_IP}"),
+                    &format!("--server={UPSTREAM_DNS_IP}"),
+                ],
+            )?;
+            endpoints.push(pod.ip);
+        }
+        for node in &self.nodes {
+            let ns = &node.netns;
+            iptables(ns, "-t nat -N KUBE-SVC-DNS")?;
+            iptables(
+                ns,
+                &format!(
+                    "-t nat -A KUBE-SVC-DNS -m statistic --mode random --probability 0.5 -j DNAT --to-destination {}",
+                    endpoints[0]
+                ),
+            )?;
+            iptables(ns, &format!("-t nat -A KUBE-SVC-DNS -j DNAT --to-destination {}", endpoints[1]))?;
+            for proto in ["udp", "tcp"] {
+                for chain in ["PREROUTING", "OUTPUT"] {
+                    iptables(
+                        ns,
+                        &format!("-t nat -A {chain} -d {DNS_SERVICE_IP}/32 -p {proto} --dport 53 -j KUBE-SVC-DNS"),
+                    )?;
+                }
+            }
+        }
+        Ok(Dns { service: DNS_SERVICE_IP, endpoints, upstream: UPSTREAM_DNS_IP })
+    }
+
+    /// A pod's resolv.conf as the kubelet writes it (ClusterFirst, namespace default).
+    pub fn pod_resolv_conf() -> String {
+        format!(
+            "nameserver {DNS_SERVICE_IP}\nsearch default.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\noptions ndots:5\n"
+        )
+    }
+
+    /// Fault: the CoreDNS pod on `node` is unreachable (its node drops DNS forwarded to it).
+    pub fn block_dns_endpoint(&self, node: u8) -> Result<()> {
+        let ip = Ipv4Addr::new(10, 244, node, 10);
+        for proto in ["udp", "tcp"] {
+            iptables(&self.node(node).netns, &format!("-I FORWARD -d {ip} -p {proto} --dport 53 -j DROP"))?;
+        }
+        Ok(())
+    }
+
+    /// Fault: the upstream resolver is down (its host answers with ICMP port unreachable).
+    pub fn stop_upstream_dns(&mut self) {
+        self.daemons.retain_mut(|(name, child)| {
+            if name == "upstream" {
+                let _ = child.kill();
+                let _ = child.wait();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// dnsmasq on `addr`:53 inside `netns`: no config file, no hosts file, no cache, no
+    /// resolv.conf; `extra` says what it knows and where it forwards.
+    fn dnsmasq(&mut self, name: &str, netns: &str, addr: Ipv4Addr, extra: &[&str]) -> Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null"])
+            .args(["--no-hosts", "--no-resolv", "--cache-size=0", "--pid-file=", "--user=root", "--group=root"])
+            .args(["--bind-interfaces", &format!("--listen-address={addr}")])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().context("starting dnsmasq (is it installed? `cargo xtask setup` installs it)")?;
+        // Ready when it answers on TCP 53 (it binds UDP and TCP together).
+        let target = SocketAddr::new(addr.into(), 53);
+        let ns = netns.to_string();
+        let up = in_netns(&ns, move || {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) {
+                if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(false)
+        })?;
+        if !up {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!("dnsmasq {name} did not start: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        self.daemons.push((name.to_string(), child));
+        Ok(())
+    }
+
     /// Fault: the underlay's MTU shrinks (node uplinks and switch ports) while the overlay
     /// still assumes 1500 - 50.
     pub fn set_underlay_mtu(&self, mtu: u32) -> Result<()> {
@@ -332,6 +477,7 @@ impl Lab {
     pub fn destroy(prefix: &str) -> Result<()> {
         for name in list_netns()? {
             if name.starts_with(&format!("{prefix}-")) {
+                kill_netns_processes(&name);
                 let _ = run("ip", &["netns", "del", &name]);
             }
         }
@@ -342,6 +488,10 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.servers.clear();
+        for (_, child) in &mut self.daemons {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if !self.keep {
             let _ = Self::destroy(&self.prefix);
         }
@@ -429,6 +579,7 @@ pub fn clean_stale() -> Result<Vec<String>> {
         let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
         let alive = !pid.is_empty() && Path::new("/proc").join(&pid).exists();
         if !alive || pid.is_empty() {
+            kill_netns_processes(&name);
             let _ = run("ip", &["netns", "del", &name]);
             removed.push(name);
         }
@@ -440,6 +591,15 @@ pub fn clean_stale() -> Result<Vec<String>> {
 pub fn list_netns() -> Result<Vec<String>> {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return Ok(Vec::new()) };
     Ok(entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+}
+
+/// Kills what still runs inside a lab namespace (a daemon whose lab was killed).
+fn kill_netns_processes(name: &str) {
+    if let Ok(pids) = output("ip", &["netns", "pids", name]) {
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 fn add_netns(name: &str) -> Result<()> {

@@ -253,6 +253,14 @@ impl Watch<'_> {
         let pos = state.watches.iter().position(|w| w.id == self.id);
         pos.map(|p| state.watches.swap_remove(p).events).unwrap_or_default()
     }
+
+    /// [`Self::finish`] from async code: on a multi-threaded runtime the wait (up to two reader
+    /// passes) leaves the worker thread, so concurrent probes go on meanwhile.
+    pub fn finish_in_task(self) -> Vec<KernelEvent> {
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi { tokio::task::block_in_place(|| self.finish()) } else { self.finish() }
+    }
 }
 
 struct Reader {

@@ -242,6 +242,7 @@ pub fn endpoint_verdict(
         duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         evidence: Evidence::fold(tcp.events),
         hops: Vec::new(),
+        data: None,
     }
 }
 

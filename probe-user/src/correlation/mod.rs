@@ -2,6 +2,7 @@
 //! cause code and one line a person reads.
 
 pub mod cert;
+pub mod dns;
 pub mod kubelet;
 mod tcp;
 
@@ -66,6 +67,16 @@ pub enum Cause {
     CertUnreadable,
     /// The kubelet answered its health check with something other than `200 ok`.
     KubeletUnhealthy,
+    /// The name does not exist (every expansion of the search list answered NXDOMAIN).
+    Nxdomain,
+    /// The name exists but has no record of the type asked.
+    Nodata,
+    /// The DNS server answered SERVFAIL (e.g. CoreDNS could not reach its upstream).
+    Servfail,
+    /// No DNS answer within the deadline and no kernel evidence of why.
+    DnsTimeout,
+    /// Some queries or endpoints answer and some do not: lookups fail intermittently.
+    Partial,
 }
 
 impl Cause {
@@ -86,6 +97,11 @@ impl Cause {
             Self::TlsHandshake => "tls_handshake",
             Self::CertUnreadable => "cert_unreadable",
             Self::KubeletUnhealthy => "kubelet_unhealthy",
+            Self::Nxdomain => "nxdomain",
+            Self::Nodata => "nodata",
+            Self::Servfail => "servfail",
+            Self::DnsTimeout => "dns_timeout",
+            Self::Partial => "partial",
         }
     }
 }
@@ -154,12 +170,32 @@ pub struct Check {
     pub duration_ms: u64,
     pub evidence: Vec<Evidence>,
     pub hops: Vec<Hop>,
+    /// What a probe measured beyond the verdict (e.g. `{"dns": {...}}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Data>,
+}
+
+/// Probe-specific results, keyed by probe in JSON.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Data {
+    Dns(dns::DnsData),
 }
 
 impl Check {
     /// A check that sent nothing (a file was read): no duration, evidence or hops.
     pub fn file(probe: &'static str, target: String, (status, cause, detail): (Status, Option<Cause>, String)) -> Self {
-        Self { probe, target, status, cause, detail, duration_ms: 0, evidence: Vec::new(), hops: Vec::new() }
+        Self {
+            probe,
+            target,
+            status,
+            cause,
+            detail,
+            duration_ms: 0,
+            evidence: Vec::new(),
+            hops: Vec::new(),
+            data: None,
+        }
     }
 }
 

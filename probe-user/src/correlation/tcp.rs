@@ -51,6 +51,7 @@ pub fn tcp_verdict(report: Report, capture_on: bool) -> Check {
         duration_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
         evidence,
         hops: Vec::new(),
+        data: None,
     }
 }
 

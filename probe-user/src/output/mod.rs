@@ -152,6 +152,7 @@ mod tests {
             duration_ms: 3,
             evidence: vec![],
             hops: vec![],
+            data: None,
         }
     }
 

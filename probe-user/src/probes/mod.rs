@@ -2,6 +2,7 @@
 //! kernel events of its own flow. Turning that into a verdict is `correlation`'s job.
 
 pub mod cert;
+pub mod dns;
 pub mod kubelet;
 pub mod target;
 pub mod tcp;

@@ -71,7 +71,7 @@ pub async fn connect(target: &Target, deadline: Duration, capture: Option<&Captu
     let elapsed = started.elapsed();
     // The probe's window is the handshake: close it before closing the connection, whose
     // teardown has drops of its own (e.g. QUEUE_PURGE when the server closes first).
-    let events = watch.map(crate::capture::Watch::finish).unwrap_or_default();
+    let events = watch.map(crate::capture::Watch::finish_in_task).unwrap_or_default();
     let (outcome, stream) = match result {
         Ok(Ok(stream)) => (Outcome::Connected, Some(stream)),
         Ok(Err(e)) if e.raw_os_error() == Some(libc::ETIMEDOUT) => (Outcome::TimedOut, None),
