@@ -98,6 +98,10 @@ pub enum CheckCommand {
         /// Warn when the serving certificate expires within this many days.
         #[arg(long, default_value_t = 30, value_name = "DAYS")]
         warn_days: u32,
+        /// Resolve a NODE_NAME the way a pod does, with this resolv.conf (cluster DNS, search
+        /// list), instead of the system resolver.
+        #[arg(long, value_name = "FILE")]
+        resolv_conf: Option<PathBuf>,
     },
     /// DNS the way a pod resolves (resolv.conf search list and ndots), then every rung of the
     /// ladder asked directly over UDP and TCP: servers (kube-dns Service IP), CoreDNS
@@ -198,6 +202,7 @@ enum Job {
     Kubelet {
         target: Target,
         healthz_port: u16,
+        resolver: Option<Arc<dns::ResolvConf>>,
     },
     Dns(Box<dns::Spec>),
 }
@@ -217,13 +222,14 @@ fn plan(command: &CheckCommand, host_root: Option<&Path>) -> AnyResult<(Vec<Job>
             let jobs = targets.iter().map(|t| Target::parse(t).map(Job::Tcp)).collect::<Result<_, _>>()?;
             Ok((jobs, CertOptions::default()))
         }
-        CheckCommand::Kubelet { nodes, port, healthz_port, ca, warn_days } => {
+        CheckCommand::Kubelet { nodes, port, healthz_port, ca, warn_days, resolv_conf } => {
             let roots = ca.as_deref().map(cert::load_pem).transpose()?.map(Arc::new);
+            let resolver = resolv_conf.as_deref().map(dns::ResolvConf::read).transpose()?.map(Arc::new);
             let mut jobs = Vec::new();
             for node in nodes {
                 let host = if node.parse::<std::net::Ipv6Addr>().is_ok() { format!("[{node}]") } else { node.clone() };
                 let target = Target::parse(&format!("{host}:{port}"))?;
-                jobs.push(Job::Kubelet { target, healthz_port: *healthz_port });
+                jobs.push(Job::Kubelet { target, healthz_port: *healthz_port, resolver: resolver.clone() });
             }
             Ok((jobs, CertOptions { server_name: None, roots, warn_days: *warn_days }))
         }
@@ -398,11 +404,27 @@ async fn run_jobs(
                 }
                 Job::Kubeconfig(path, items) => correlation::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
                 Job::Done(checks) => checks,
-                Job::Kubelet { target, healthz_port } => {
-                    let report = cert::fetch(&target, None, deadline, capture.as_deref()).await;
+                Job::Kubelet { target, healthz_port, resolver } => {
+                    let started = Instant::now();
+                    let mut checks = Vec::new();
+                    let (mut dial, mut server_name) = (target.clone(), None);
+                    if let (Some(conf), None) = (resolver, target.ip()) {
+                        // Half the deadline for the name, the rest for the kubelet.
+                        let (lookup, ip) =
+                            resolve(&target.host, &conf, deadline / 2, capture.clone(), capture_on).await;
+                        let Some(ip) = ip else {
+                            let failed = correlation::kubelet::unresolved(&target, &lookup);
+                            return (i, vec![lookup, failed]);
+                        };
+                        checks.push(lookup);
+                        dial = Target { host: ip.to_string(), port: target.port };
+                        server_name = Some(target.host.clone());
+                    }
+                    let remaining = deadline.saturating_sub(started.elapsed());
+                    let report = cert::fetch(&dial, server_name.as_deref(), remaining, capture.as_deref()).await;
                     let roots = opts.roots.as_deref().map(Vec::as_slice);
-                    let mut checks = vec![correlation::kubelet::endpoint(report, roots, opts.warn_days, capture_on)];
-                    if target.ip().is_some_and(kubelet::is_local) {
+                    checks.push(correlation::kubelet::endpoint(report, roots, opts.warn_days, capture_on));
+                    if dial.ip().is_some_and(kubelet::is_local) {
                         let h = kubelet::healthz(healthz_port, deadline).await;
                         checks.push(correlation::kubelet::healthz(healthz_port, &h));
                     }
@@ -421,6 +443,33 @@ async fn run_jobs(
     }
     done.sort_by_key(|(i, _)| *i);
     done.into_iter().flat_map(|(_, c)| c).collect()
+}
+
+/// A name resolved through netcheck's resolver (as a pod would): the lookup's check and the
+/// first address answered.
+async fn resolve(
+    name: &str,
+    conf: &dns::ResolvConf,
+    budget: Duration,
+    capture: Option<Arc<Capture>>,
+    capture_on: bool,
+) -> (correlation::Check, Option<std::net::IpAddr>) {
+    let spec = dns::Spec {
+        name: name.to_string(),
+        rtype: hickory_proto::rr::RecordType::A,
+        conf: conf.clone(),
+        servers: Vec::new(),
+        endpoints: Vec::new(),
+        upstreams: Vec::new(),
+        cluster_domain: String::new(),
+    };
+    let report = dns::run(spec, budget, capture).await;
+    let ip = report.lookup.answer().and_then(|a| match &a.outcome {
+        dns::Outcome::Answer(records) => records.iter().find_map(|r| r.parse().ok()),
+        _ => None,
+    });
+    let lookup = correlation::dns::verdicts(&report, capture_on).swap_remove(0);
+    (lookup, ip)
 }
 
 fn print_report(report: &Report, format: Format) -> std::io::Result<()> {

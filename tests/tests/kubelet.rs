@@ -94,3 +94,31 @@ fn kubelet_down() {
     assert_eq!(checks[1]["cause"], "refused", "{r:?}");
     assert!(checks[1]["detail"].as_str().unwrap().contains("healthz port"), "{r:?}");
 }
+
+/// FIELD.md case 3: from a pod, the node's name goes through cluster DNS (resolv.conf search
+/// list, the kube-dns Service), where node names do not exist.
+#[test]
+fn node_name_does_not_resolve_through_cluster_dns() {
+    if !require_root("node_name_does_not_resolve_through_cluster_dns") {
+        return;
+    }
+    let mut lab = lab(true);
+    lab.start_dns().unwrap();
+    let dir = TempDir::new(&format!("kubelet-dns-{}", lab.prefix));
+    let conf = dir.write("resolv.conf", &Lab::pod_resolv_conf());
+    let name = lab.node(1).name();
+    let r = netcheck::run_json_in(&lab.pod("a").netns, &["check", "kubelet", &name, "--resolv-conf", &conf]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    let checks = r.json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{r:?}");
+    assert_eq!((checks[0]["probe"].as_str(), checks[0]["cause"].as_str()), (Some("dns"), Some("nxdomain")), "{r:?}");
+    let kubelet = &checks[1];
+    assert_eq!(kubelet["probe"], "kubelet");
+    assert_eq!(kubelet["cause"], "nxdomain");
+    let detail = kubelet["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("dial tcp: lookup {name} on {}:53: no such host", netlab::DNS_SERVICE_IP)),
+        "{detail}"
+    );
+    assert!(detail.contains(&format!("{name}.default.svc.cluster.local. (NXDOMAIN)")), "{detail}");
+}

@@ -35,6 +35,21 @@ pub fn endpoint(
     check
 }
 
+/// The node's name did not resolve the way a pod resolves it (FIELD.md case 3): what Go
+/// clients print, and the usual way out.
+pub fn unresolved(target: &crate::probes::Target, lookup: &Check) -> Check {
+    let detail = format!(
+        "dial tcp: {}; node names are usually not in cluster DNS: dial the node's InternalIP instead \
+         (e.g. metrics-server --kubelet-preferred-address-types=InternalIP)",
+        lookup.detail
+    );
+    let cause = lookup.cause.or(Some(Cause::DnsError));
+    Check {
+        duration_ms: lookup.duration_ms,
+        ..Check::file("kubelet", target.to_string(), (Status::Fail, cause, detail))
+    }
+}
+
 pub fn healthz(port: u16, h: &Healthz) -> Check {
     let target = format!("127.0.0.1:{port}/healthz");
     let (status, cause, detail) = match &h.result {

@@ -92,7 +92,15 @@ impl ResolvConf {
         if name.ends_with('.') {
             return Ok(vec![absolute(name)?]);
         }
-        let searched: Vec<Name> = self.search.iter().filter_map(|d| absolute(&format!("{name}.{d}")).ok()).collect();
+        // A search domain that is no DNS name (e.g. one ending in a backslash, which would
+        // escape the final dot) is left out.
+        let searched: Vec<Name> = self
+            .search
+            .iter()
+            .map(|d| format!("{name}.{d}"))
+            .filter(|n| check_name(n).is_ok())
+            .filter_map(|n| absolute(&n).ok())
+            .collect();
         let as_is = absolute(name)?;
         let dots = u32::try_from(name.matches('.').count()).unwrap_or(u32::MAX);
         Ok(if dots >= self.ndots {
@@ -652,6 +660,9 @@ mod tests {
         let c = ResolvConf::parse(b"nameserver 10.0.0.1\nnameserver not-an-ip\nbogus line\n");
         assert_eq!(c.nameservers.len(), 1);
         assert!(!c.ignored.is_empty());
+        // Found by fuzzing: a search domain ending in a backslash escaped the final dot.
+        let c = ResolvConf::parse(b"search ok.lab bad\\\n");
+        assert_eq!(names(&c.expansions("a").unwrap()), ["a.ok.lab.", "a."]);
     }
 
     #[test]
