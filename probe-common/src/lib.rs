@@ -30,7 +30,8 @@ pub mod flags {
     pub const HAS_DEVICE: u32 = 1 << 3;
 }
 
-/// An IPv4 or IPv6 5-tuple as seen in a packet. Ports are in host byte order; addresses are
+/// An IPv4 or IPv6 5-tuple as seen in a packet. Ports are in host byte order (for ICMP echo
+/// request/reply both hold the identifier, for other ICMP they are 0); addresses are
 /// in network byte order (IPv4 uses the first 4 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -48,6 +48,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_DSTOPTS: u8 = 60;
@@ -286,6 +288,16 @@ fn parse_ip(ip: u64, flow: &mut Flow) -> Res<u64> {
         flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
         flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
         return Ok(l4);
+    }
+    if flow.proto == IPPROTO_ICMP || flow.proto == IPPROTO_ICMPV6 {
+        // Echo request/reply: the identifier stands in for both ports, so a ping-style probe
+        // is matched by (address, identifier) like a socket by (address, port).
+        let header: [u8; 6] = read(l4, 0)?;
+        if matches!((flow.proto, header[0]), (IPPROTO_ICMP, 0 | 8) | (IPPROTO_ICMPV6, 128 | 129)) {
+            let id = u16::from_be_bytes([header[4], header[5]]);
+            flow.sport = id;
+            flow.dport = id;
+        }
     }
     Ok(0)
 }

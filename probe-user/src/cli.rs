@@ -17,7 +17,7 @@ use crate::{
     capture::{self, Capture, event::KernelEvent},
     correlation, discovery, netns,
     output::{Format, Report},
-    probes::{Target, cert, dns, kubelet, tcp},
+    probes::{Target, cert, dns, kubelet, mtu, tcp},
 };
 
 #[derive(Debug, Parser)]
@@ -128,6 +128,19 @@ pub enum CheckCommand {
         #[arg(long, default_value = "cluster.local", value_name = "DOMAIN")]
         cluster_domain: String,
     },
+    /// Path MTU to each host: the largest packet that really gets through (DF pings searched
+    /// to the byte), a black hole told apart from a smaller MTU the path signals.
+    Mtu {
+        #[arg(required = true, value_name = "IPV4")]
+        hosts: Vec<std::net::Ipv4Addr>,
+        /// Largest size to try (default: the MTU of the interface the route uses).
+        #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(84..))]
+        max: Option<u16>,
+        /// flannel's subnet.env, for the MTU the CNI configured (default: run/flannel/subnet.env
+        /// under the host root, when it exists).
+        #[arg(long, value_name = "FILE")]
+        subnet_env: Option<PathBuf>,
+    },
     /// Certificates of TLS endpoints (HOST:PORT), PEM files and kubeconfigs: expiry, name, trust.
     Cert {
         #[arg(required_unless_present = "node_pki", value_name = "HOST:PORT|FILE|KUBECONFIG")]
@@ -205,6 +218,7 @@ enum Job {
         resolver: Option<Arc<dns::ResolvConf>>,
     },
     Dns(Box<dns::Spec>),
+    Mtu(mtu::Spec),
 }
 
 /// Options of `check cert`, shared by its jobs.
@@ -250,6 +264,17 @@ fn plan(command: &CheckCommand, host_root: Option<&Path>) -> AnyResult<(Vec<Job>
                     cluster_domain: cluster_domain.clone(),
                 })));
             }
+            Ok((jobs, CertOptions::default()))
+        }
+        CheckCommand::Mtu { hosts, max, subnet_env } => {
+            let default = discovery::host_root(host_root).join(discovery::flannel::SUBNET_ENV);
+            let path = subnet_env.clone().or_else(|| default.exists().then_some(default));
+            let cni_mtu = match path {
+                Some(p) => discovery::flannel::SubnetEnv::read(&p)?.mtu.map(|m| (m, p)),
+                None => None,
+            };
+            let jobs =
+                hosts.iter().map(|h| Job::Mtu(mtu::Spec { host: *h, max: *max, cni_mtu: cni_mtu.clone() })).collect();
             Ok((jobs, CertOptions::default()))
         }
         CheckCommand::Cert { targets, node_pki, server_name, ca, warn_days } => {
@@ -430,6 +455,7 @@ async fn run_jobs(
                     }
                     checks
                 }
+                Job::Mtu(spec) => vec![correlation::mtu::verdict(&mtu::run(spec, deadline, capture).await, capture_on)],
                 Job::Dns(spec) => correlation::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
             };
             (i, checks)

@@ -415,12 +415,19 @@ impl Lab {
         Ok(())
     }
 
-    /// Fault: the underlay's MTU shrinks (node uplinks and switch ports) while the overlay
-    /// still assumes 1500 - 50.
-    pub fn set_underlay_mtu(&self, mtu: u32) -> Result<()> {
+    /// Fault, signalled: node `node`'s flannel.1 gets a smaller MTU than its pods (a CNI MTU
+    /// changed on the overlay but not in the pods). The node, forwarding a pod's oversized DF
+    /// packet into flannel.1, answers with ICMP fragmentation-needed: PMTUD works.
+    pub fn set_overlay_mtu(&self, node: u8, mtu: u32) -> Result<()> {
+        ip(&self.node(node).netns, &format!("link set flannel.1 mtu {mtu}"))
+    }
+
+    /// Fault, silent (a black hole): the switch between the nodes carries only `mtu`-byte
+    /// frames while the nodes' uplinks keep 1500, as when a provider's network is smaller than
+    /// the node's interface says. Bigger frames are dropped on the way and nobody sends ICMP.
+    pub fn shrink_switch_mtu(&self, mtu: u32) -> Result<()> {
         for node in &self.nodes {
             ip(&self.switch, &format!("link set n{} mtu {mtu}", node.index))?;
-            ip(&node.netns, &format!("link set eth0 mtu {mtu}"))?;
         }
         Ok(())
     }

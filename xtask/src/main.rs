@@ -127,7 +127,8 @@ fn test() -> Result<()> {
 }
 
 /// The parsers netcheck owns, each a cargo-fuzz target in probe-user/fuzz.
-const FUZZ_TARGETS: &[&str] = &["target", "pem", "http_response", "kubeconfig", "event", "resolv_conf", "dns_response"];
+const FUZZ_TARGETS: &[&str] =
+    &["target", "pem", "http_response", "kubeconfig", "event", "resolv_conf", "dns_response", "subnet_env", "icmp"];
 
 fn fuzz(seconds: u32) -> Result<()> {
     let dir = root().join("probe-user/fuzz");

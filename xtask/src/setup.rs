@@ -9,12 +9,14 @@ use crate::sh;
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the lab drives.
 const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",  // bpf-linker 0.13 links against it (rustc's LLVM is 22)
-    "iproute2",     // ip, bridge: namespaces, veth, bridges, VXLAN
-    "iptables",     // fault injection (iptables-nft)
-    "procps",       // sysctl inside lab namespaces
-    "util-linux",   // setpriv: the unprivileged scenario
-    "dnsmasq-base", // the lab's CoreDNS stand-ins and upstream resolver
+    "llvm-22-dev",       // bpf-linker 0.13 links against it (rustc's LLVM is 22)
+    "iproute2",          // ip, bridge: namespaces, veth, bridges, VXLAN
+    "iptables",          // fault injection (iptables-nft)
+    "procps",            // sysctl inside lab namespaces
+    "util-linux",        // setpriv: the unprivileged scenario
+    "dnsmasq-base",      // the lab's CoreDNS stand-ins and upstream resolver
+    "iputils-ping",      // ping -M do: the MTU tests' independent check
+    "iputils-tracepath", // the MTU test shows tracepath's wrong answer
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -4,6 +4,7 @@
 pub mod cert;
 pub mod dns;
 pub mod kubelet;
+pub mod mtu;
 mod tcp;
 
 use std::fmt::Write as _;
@@ -77,6 +78,10 @@ pub enum Cause {
     DnsTimeout,
     /// Some queries or endpoints answer and some do not: lookups fail intermittently.
     Partial,
+    /// Packets above a size vanish without an ICMP fragmentation-needed (a path MTU black hole).
+    MtuBlackhole,
+    /// The path MTU is smaller than the interface or CNI MTU assumes (signalled correctly).
+    MtuMismatch,
 }
 
 impl Cause {
@@ -102,6 +107,8 @@ impl Cause {
             Self::Servfail => "servfail",
             Self::DnsTimeout => "dns_timeout",
             Self::Partial => "partial",
+            Self::MtuBlackhole => "mtu_blackhole",
+            Self::MtuMismatch => "mtu_mismatch",
         }
     }
 }
@@ -180,6 +187,7 @@ pub struct Check {
 #[serde(rename_all = "snake_case")]
 pub enum Data {
     Dns(dns::DnsData),
+    Mtu(mtu::MtuData),
 }
 
 impl Check {

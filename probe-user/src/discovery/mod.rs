@@ -1,5 +1,6 @@
 //! What netcheck learns about the node it runs on, without the cluster API.
 
+pub mod flannel;
 pub mod pki;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 pub mod cert;
 pub mod dns;
 pub mod kubelet;
+pub mod mtu;
 pub mod target;
 pub mod tcp;
 
