@@ -17,7 +17,7 @@ use crate::{
     capture::{self, Capture, event::KernelEvent},
     correlation, discovery, netns,
     output::{Format, Report},
-    probes::{Target, cert, dns, kubelet, mtu, tcp},
+    probes::{Target, cert, dns, kubelet, mtu, tcp, vxlan},
 };
 
 #[derive(Debug, Parser)]
@@ -141,6 +141,22 @@ pub enum CheckCommand {
         #[arg(long, value_name = "FILE")]
         subnet_env: Option<PathBuf>,
     },
+    /// The VXLAN datapath to each peer node: the local device's FDB and neighbour entries for
+    /// it, then a real encapsulated echo to the peer's VTEP, answered through the overlay.
+    /// Run it in a node's network namespace.
+    Vxlan {
+        #[arg(required = true, value_name = "PEER_UNDERLAY_IP")]
+        peers: Vec<std::net::Ipv4Addr>,
+        /// The VXLAN UDP port (flannel: 8472); also the port capture decodes.
+        #[arg(long, default_value_t = 8472)]
+        port: u16,
+        /// The VNI the device must have (flannel: 1).
+        #[arg(long, value_name = "N")]
+        vni: Option<u32>,
+        /// The VXLAN device (default: the only one, or flannel.1).
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
+    },
     /// Certificates of TLS endpoints (HOST:PORT), PEM files and kubeconfigs: expiry, name, trust.
     Cert {
         #[arg(required_unless_present = "node_pki", value_name = "HOST:PORT|FILE|KUBECONFIG")]
@@ -219,6 +235,7 @@ enum Job {
     },
     Dns(Box<dns::Spec>),
     Mtu(mtu::Spec),
+    Vxlan(vxlan::Spec),
 }
 
 /// Options of `check cert`, shared by its jobs.
@@ -275,6 +292,13 @@ fn plan(command: &CheckCommand, host_root: Option<&Path>) -> AnyResult<(Vec<Job>
             };
             let jobs =
                 hosts.iter().map(|h| Job::Mtu(mtu::Spec { host: *h, max: *max, cni_mtu: cni_mtu.clone() })).collect();
+            Ok((jobs, CertOptions::default()))
+        }
+        CheckCommand::Vxlan { peers, port, vni, device } => {
+            let jobs = peers
+                .iter()
+                .map(|p| Job::Vxlan(vxlan::Spec { peer: *p, port: *port, vni: *vni, device: device.clone() }))
+                .collect();
             Ok((jobs, CertOptions::default()))
         }
         CheckCommand::Cert { targets, node_pki, server_name, ca, warn_days } => {
@@ -362,7 +386,12 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         // Before the runtime starts: its threads inherit the namespace.
         netns::enter(ns)?;
     }
-    let opts = capture::Options { vxlan_port: cli.vxlan_port };
+    // `check vxlan --port` is also the port whose payload capture decodes.
+    let vxlan_port = match &cli.command {
+        Command::Check(CheckCommand::Vxlan { port, .. }) => *port,
+        _ => cli.vxlan_port,
+    };
+    let opts = capture::Options { vxlan_port };
     match work {
         Work::Checks(jobs, cert_options) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -456,6 +485,9 @@ async fn run_jobs(
                     checks
                 }
                 Job::Mtu(spec) => vec![correlation::mtu::verdict(&mtu::run(spec, deadline, capture).await, capture_on)],
+                Job::Vxlan(spec) => {
+                    vec![correlation::vxlan::verdict(&vxlan::run(spec, deadline, capture).await, capture_on)]
+                }
                 Job::Dns(spec) => correlation::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
             };
             (i, checks)

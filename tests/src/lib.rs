@@ -465,6 +465,27 @@ impl Lab {
         iptables(&self.node(node).netns, &format!("-I INPUT -i eth0 -p udp --dport {VXLAN_PORT} -j DROP"))
     }
 
+    /// Fault: node `node` loses its FDB entry for `peer` (as when flannel's subnet watch
+    /// missed the peer): frames for the peer's VTEP MAC have nowhere to go.
+    pub fn delete_fdb(&self, node: u8, peer: u8) -> Result<()> {
+        let p = self.node(peer).clone();
+        run(
+            "bridge",
+            &[
+                "-n",
+                &self.node(node).netns,
+                "fdb",
+                "del",
+                &p.vtep_mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                &p.underlay_ip.to_string(),
+                "self",
+            ],
+        )
+    }
+
     /// Packets counted by the first rule of a chain (to prove a fault really fired).
     pub fn rule_packets(&self, netns: &str, table: &str, chain: &str) -> Result<u64> {
         let out = output("ip", &["netns", "exec", netns, "iptables", "-t", table, "-L", chain, "-v", "-n", "-x"])?;

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use netcheck::probes::mtu::{Answer, classify};
+use netcheck::probes::icmp::{Answer, classify};
 
 fuzz_target!(|data: &[u8]| {
     let Some((id, packet)) = data.split_first_chunk::<2>() else { return };

@@ -6,6 +6,7 @@ pub mod dns;
 pub mod kubelet;
 pub mod mtu;
 mod tcp;
+pub mod vxlan;
 
 use std::fmt::Write as _;
 
@@ -82,6 +83,11 @@ pub enum Cause {
     MtuBlackhole,
     /// The path MTU is smaller than the interface or CNI MTU assumes (signalled correctly).
     MtuMismatch,
+    /// An encapsulated echo to the peer's VTEP got no reply.
+    VxlanNoReply,
+    /// The local VXLAN device cannot carry traffic to the peer (no FDB or neighbour entry,
+    /// wrong VNI or port, device down).
+    VxlanMisconfigured,
 }
 
 impl Cause {
@@ -109,6 +115,8 @@ impl Cause {
             Self::Partial => "partial",
             Self::MtuBlackhole => "mtu_blackhole",
             Self::MtuMismatch => "mtu_mismatch",
+            Self::VxlanNoReply => "vxlan_no_reply",
+            Self::VxlanMisconfigured => "vxlan_misconfigured",
         }
     }
 }
@@ -188,6 +196,7 @@ pub struct Check {
 pub enum Data {
     Dns(dns::DnsData),
     Mtu(mtu::MtuData),
+    Vxlan(vxlan::VxlanData),
 }
 
 impl Check {

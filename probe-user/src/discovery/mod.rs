@@ -1,6 +1,7 @@
 //! What netcheck learns about the node it runs on, without the cluster API.
 
 pub mod flannel;
+pub mod netlink;
 pub mod pki;
 
 use std::path::{Path, PathBuf};

@@ -3,9 +3,11 @@
 
 pub mod cert;
 pub mod dns;
+pub mod icmp;
 pub mod kubelet;
 pub mod mtu;
 pub mod target;
 pub mod tcp;
+pub mod vxlan;
 
 pub use target::Target;
