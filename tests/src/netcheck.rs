@@ -68,3 +68,42 @@ pub fn run_json_in(netns: &str, args: &[&str]) -> Result<Run> {
     all.extend_from_slice(args);
     run(&all)
 }
+
+/// The binary copied where an unprivileged user can run it (the checkout may be under a
+/// directory only root can enter, such as /root); removed when dropped.
+pub struct UnprivilegedCopy {
+    dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl UnprivilegedCopy {
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("netcheck-unpriv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path = dir.join("netcheck");
+        std::fs::copy(binary().expect("netcheck binary"), &path).expect("copy netcheck");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self { dir, path }
+    }
+
+    /// `netcheck -o json ARGS...` as nobody without capabilities inside `netns`.
+    pub fn run_json_in(&self, netns: &str, args: &[&str]) -> Run {
+        let out =
+            crate::unprivileged(netns, &self.path).args(["-o", "json"]).args(args).output().expect("run netcheck");
+        Run::from_output(&out)
+    }
+}
+
+impl Default for UnprivilegedCopy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for UnprivilegedCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -192,7 +192,7 @@ fn unprivileged_run_still_probes_and_names_missing_capabilities() {
         return;
     }
     let lab = lab();
-    let copy = UnprivilegedCopy::new();
+    let copy = netcheck::UnprivilegedCopy::new();
     let target = target(lab.pod("b").ip, 8080);
     let out = netlab::unprivileged(&lab.pod("a").netns, &copy.path)
         .args(["-o", "json", "check", "tcp", &target])
@@ -210,32 +210,6 @@ fn unprivileged_run_still_probes_and_names_missing_capabilities() {
     let out = netlab::unprivileged(&lab.pod("a").netns, &copy.path).args(["check", "tcp", &target]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("capture unavailable") && text.contains("CAP_BPF"), "{text}");
-}
-
-/// The binary copied where an unprivileged user can run it (the checkout may be under a
-/// directory only root can enter, such as /root).
-struct UnprivilegedCopy {
-    dir: std::path::PathBuf,
-    path: std::path::PathBuf,
-}
-
-impl UnprivilegedCopy {
-    fn new() -> Self {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("netcheck-unpriv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = dir.join("netcheck");
-        std::fs::copy(netcheck::binary().unwrap(), &path).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self { dir, path }
-    }
-}
-
-impl Drop for UnprivilegedCopy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Acceptance 8: `netcheck capture` shows a live drop with its reason name within a second.

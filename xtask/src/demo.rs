@@ -9,12 +9,28 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use netlab::{KUBELET_PORT, Lab};
+use netlab::{EXTERNAL_NAME, KUBELET_PORT, Lab, TempDir};
 
 fn fresh_lab() -> Result<Lab> {
     let mut lab = Lab::new()?;
     lab.start_servers()?;
+    lab.start_dns()?;
     Ok(lab)
+}
+
+/// `check dns NAME` from pod a with a pod's resolv.conf and the whole ladder.
+fn show_dns(bin: &Path, lab: &Lab, name: &str) -> Result<()> {
+    let dir = TempDir::new(&format!("demo-{}", lab.prefix));
+    let conf = dir.write("resolv.conf", &Lab::pod_resolv_conf());
+    let endpoints: Vec<String> = [1u8, 2].iter().map(|n| format!("10.244.{n}.10")).collect();
+    let upstream = netlab::UPSTREAM_DNS_IP.to_string();
+    let mut args = vec!["--timeout", "2s", "check", "dns", name, "--resolv-conf", &conf];
+    for e in &endpoints {
+        args.extend(["--endpoint", e.as_str()]);
+    }
+    args.extend(["--upstream", upstream.as_str()]);
+    println!("(pod a's resolv.conf: {})", Lab::pod_resolv_conf().trim().replace('\n', "; "));
+    show(bin, &lab.pod("a").netns, &args)
 }
 
 fn show(bin: &Path, netns: &str, args: &[&str]) -> Result<()> {
@@ -115,6 +131,83 @@ pub fn run(bin: &Path) -> Result<()> {
             println!("(exit code {})", out.status.code().unwrap_or(-1));
             Ok(())
         },
+    )?;
+    dns_scenarios(bin)?;
+    mtu_and_vxlan_scenarios(bin)
+}
+
+fn dns_scenarios(bin: &Path) -> Result<()> {
+    scenario(
+        "9. DNS, healthy: a short name through the search list (ndots:5), then every rung of the ladder",
+        |_| Ok(()),
+        |lab| show_dns(bin, lab, "kubernetes.default"),
+    )?;
+    scenario(
+        "10. one CoreDNS replica unreachable (FIELD.md case 5): the Service answers only sometimes",
+        |lab| lab.block_dns_endpoint(2),
+        |lab| show_dns(bin, lab, "kubernetes.default"),
+    )?;
+    scenario(
+        "11. the upstream resolver is down: cluster names resolve, external names fail at the upstream rung",
+        |lab| {
+            lab.stop_upstream_dns();
+            Ok(())
+        },
+        |lab| {
+            show_dns(bin, lab, "kubernetes.default")?;
+            show_dns(bin, lab, EXTERNAL_NAME.0)
+        },
+    )?;
+    scenario(
+        "12. a pod dials the kubelet by node name (FIELD.md case 3): node names are not in cluster DNS",
+        |_| Ok(()),
+        |lab| {
+            let dir = TempDir::new(&format!("demo-kubelet-{}", lab.prefix));
+            let conf = dir.write("resolv.conf", &Lab::pod_resolv_conf());
+            show(bin, &lab.pod("a").netns, &["check", "kubelet", &lab.node(1).name(), "--resolv-conf", &conf])
+        },
+    )
+}
+
+fn mtu_and_vxlan_scenarios(bin: &Path) -> Result<()> {
+    scenario(
+        "13. path MTU, healthy: pod a -> pod b carries flannel's 1450",
+        |_| Ok(()),
+        |lab| show(bin, &lab.pod("a").netns, &["check", "mtu", &lab.pod("b").ip.to_string()]),
+    )?;
+    scenario(
+        "14. the switch between the nodes carries smaller frames and says nothing (FIELD.md case 6): a black hole",
+        |lab| lab.shrink_switch_mtu(1400),
+        |lab| {
+            let b = lab.pod("b").ip.to_string();
+            show(bin, &lab.pod("a").netns, &["check", "mtu", &b])?;
+            println!("$ tracepath -n -m 3 {b}   (in pod a, for comparison: it trusts ICMP)");
+            let out = Command::new("timeout")
+                .args(["60", "ip", "netns", "exec", &lab.pod("a").netns, "tracepath", "-n", "-m", "3", &b])
+                .output()?;
+            println!("{}", String::from_utf8_lossy(&out.stdout));
+            Ok(())
+        },
+    )?;
+    scenario(
+        "15. n1's flannel.1 is smaller than its pods' MTU: signalled with ICMP, not a black hole",
+        |lab| lab.set_overlay_mtu(1, 1400),
+        |lab| show(bin, &lab.pod("a").netns, &["check", "mtu", &lab.pod("b").ip.to_string()]),
+    )?;
+    scenario(
+        "16. VXLAN from node n1 to n2: healthy, then UDP 8472 dropped on n2 (FIELD.md case 4)",
+        |_| Ok(()),
+        |lab| {
+            let peer = lab.node(2).underlay_ip.to_string();
+            show(bin, &lab.node(1).netns, &["check", "vxlan", &peer])?;
+            lab.drop_vxlan(2)?;
+            show(bin, &lab.node(1).netns, &["--timeout", "2s", "check", "vxlan", &peer])
+        },
+    )?;
+    scenario(
+        "17. n1 lost its FDB entry for n2: the VXLAN device cannot send there",
+        |lab| lab.delete_fdb(1, 2),
+        |lab| show(bin, &lab.node(1).netns, &["check", "vxlan", &lab.node(2).underlay_ip.to_string()]),
     )
 }
 
@@ -149,6 +242,12 @@ pub fn lab_up() -> Result<()> {
         println!("pod {} on n{}: {} (netns {})", p.name, p.node, p.ip, p.netns);
     }
     println!("servers: pod b 8080/tcp; on each node the HTTPS kubelet on 10250 and its healthz on 127.0.0.1:10248");
+    println!(
+        "DNS: kube-dns Service {} -> CoreDNS (dnsmasq) pods dns1 10.244.1.10, dns2 10.244.2.10 -> upstream {}",
+        netlab::DNS_SERVICE_IP,
+        netlab::UPSTREAM_DNS_IP
+    );
+    println!("a pod's resolv.conf: {}", Lab::pod_resolv_conf().trim().replace('\n', "; "));
     println!("try: netcheck --netns {} check tcp {}:8080", lab.pod("a").netns, lab.pod("b").ip);
     println!("Ctrl-C removes it.");
     let (tx, rx) = std::sync::mpsc::channel();

@@ -93,11 +93,12 @@ pub fn verdicts(report: &Report, capture_on: bool) -> Vec<Check> {
     // The deepest failing rung is where the fault is.
     if let Some((_, root)) = rung_checks.iter().rev().find(|(_, c)| c.status == Status::Fail) {
         let _ = write!(detail, "; failing rung: {}: {}", root.target, root.detail);
-        if status == Status::Pass {
-            // Resolved this time; the failing rung will make some lookups fail.
+        if report.lookup.answer().is_some() {
+            // Resolved this time; the failing rung makes some lookups fail (a Service with a
+            // dead endpoint: intermittently).
             let partial = rung_checks.iter().any(|(r, c)| *r == Role::Server && c.cause == Some(Cause::Partial));
             status = Status::Warn;
-            cause = if partial { Some(Cause::Partial) } else { root.cause };
+            cause = if partial { Some(Cause::Partial) } else { cause.or(root.cause) };
         }
     }
     let lookup_check = Check {
@@ -164,7 +165,11 @@ fn rung_verdict(r: &Rung, capture_on: bool) -> (Status, Option<Cause>, String) {
     let counts = format!("udp {udp_ok}/{udp_n}, tcp {tcp_ok}/{tcp_n}");
     let name = r.name.to_ascii();
     let ok: Vec<&QueryReport> = r.queries.iter().filter(|q| answered(q)).collect();
-    let failed: Vec<&QueryReport> = r.queries.iter().filter(|q| !answered(q)).collect();
+    let mut failed: Vec<&QueryReport> = r.queries.iter().filter(|q| !answered(q)).collect();
+    // The most telling failure speaks for the rest: an explicit refusal or unreachable (ICMP
+    // replies are rate-limited, so some of a burst of queries only time out), then kernel
+    // evidence, then plain silence.
+    failed.sort_by_key(|q| telling(q));
     let Some(first_failure) = failed.first() else {
         let fastest = ok.iter().map(|q| q.elapsed).min().unwrap_or_default();
         let answer = ok.first().map(|q| q.outcome.to_string()).unwrap_or_default();
@@ -182,6 +187,17 @@ fn rung_verdict(r: &Rung, capture_on: bool) -> (Status, Option<Cause>, String) {
     }
     let detail = format!("{} of {} queries answered ({counts}); the others: {why}", ok.len(), r.queries.len());
     (Status::Fail, Some(Cause::Partial), detail)
+}
+
+/// Lower is more telling (see `rung_verdict`).
+fn telling(q: &QueryReport) -> u8 {
+    match q.outcome {
+        Outcome::PortRefused | Outcome::Unreachable(_) | Outcome::NoRoute(_) | Outcome::Blocked => 0,
+        Outcome::ServFail | Outcome::Refused | Outcome::Rcode(_) => 1,
+        Outcome::TimedOut if q.events.iter().any(|e| e.kind == EventKind::Drop) => 2,
+        Outcome::TimedOut => 4,
+        _ => 3,
+    }
 }
 
 /// The cause of a query that got no usable answer, and a sentence naming what the kernel saw.
