@@ -43,6 +43,10 @@ pub struct Cli {
     /// `kubectl debug node` pod, else /).
     #[arg(long, global = true, value_name = "DIR")]
     pub host_root: Option<PathBuf>,
+    /// Kubeconfig for the Kubernetes API (default: $KUBECONFIG, ~/.kube/config, or the pod's
+    /// service account). The API is optional: without it discovery says what it could not learn.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// UDP port decoded as VXLAN in kernel evidence (flannel: 8472).
     #[arg(long, global = true, default_value_t = 8472, value_name = "PORT")]
     pub vxlan_port: u16,
@@ -112,7 +116,8 @@ pub enum CheckCommand {
         /// Also ask this server as a rung (resolv.conf's nameservers always are) (repeatable).
         #[arg(long = "server", value_name = "IP")]
         servers: Vec<std::net::IpAddr>,
-        /// A CoreDNS endpoint (pod IP) behind the Service, asked directly (repeatable).
+        /// A CoreDNS endpoint (pod IP) behind the Service, asked directly (repeatable; default:
+        /// the kube-dns Service's EndpointSlices, when the API is reachable).
         #[arg(long = "endpoint", value_name = "IP")]
         endpoints: Vec<std::net::IpAddr>,
         /// An upstream resolver CoreDNS forwards to; asked for names outside the cluster domain (repeatable).
@@ -247,7 +252,11 @@ struct CertOptions {
 }
 
 /// Reads and checks every input before anything touches the system.
-fn plan(command: &CheckCommand, host_root: Option<&Path>) -> AnyResult<(Vec<Job>, CertOptions)> {
+fn plan(
+    command: &CheckCommand,
+    host_root: Option<&Path>,
+    kubeconfig: Option<&Path>,
+) -> AnyResult<(Vec<Job>, CertOptions)> {
     match command {
         CheckCommand::Tcp { targets } => {
             let jobs = targets.iter().map(|t| Target::parse(t).map(Job::Tcp)).collect::<Result<_, _>>()?;
@@ -279,6 +288,9 @@ fn plan(command: &CheckCommand, host_root: Option<&Path>) -> AnyResult<(Vec<Job>
                     endpoints: endpoints.clone(),
                     upstreams: upstreams.clone(),
                     cluster_domain: cluster_domain.clone(),
+                    discover: endpoints
+                        .is_empty()
+                        .then(|| dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf) }),
                 })));
             }
             Ok((jobs, CertOptions::default()))
@@ -369,7 +381,7 @@ enum Work {
 fn run(cli: &Cli) -> AnyResult<u8> {
     let work = match &cli.command {
         Command::Check(check) => {
-            let (jobs, cert_options) = plan(check, cli.host_root.as_deref())?;
+            let (jobs, cert_options) = plan(check, cli.host_root.as_deref(), cli.kubeconfig.as_deref())?;
             Work::Checks(jobs, cert_options)
         }
         Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
@@ -520,6 +532,7 @@ async fn resolve(
         endpoints: Vec::new(),
         upstreams: Vec::new(),
         cluster_domain: String::new(),
+        discover: None,
     };
     let report = dns::run(spec, budget, capture).await;
     let ip = report.lookup.answer().and_then(|a| match &a.outcome {

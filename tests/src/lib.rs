@@ -42,6 +42,7 @@ pub const UNDERLAY_MTU: u32 = 1500;
 pub const POD_CIDR: &str = "10.244.0.0/16";
 pub const KUBELET_PORT: u16 = 10250;
 pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
+pub const API_PORT: u16 = 6443;
 /// kubeadm's kube-dns Service IP.
 pub const DNS_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// The upstream resolver CoreDNS forwards to (a host on the underlay).
@@ -352,6 +353,28 @@ impl Lab {
         Ok(Dns { service: DNS_SERVICE_IP, endpoints, upstream: UPSTREAM_DNS_IP })
     }
 
+    /// A stand-in for the Kubernetes API on node `node`'s 6443 (HTTPS, serving certificate from
+    /// the lab CA with the node's IP): it answers the one request netcheck makes for DNS, the
+    /// kube-dns Service's EndpointSlices, with a list of `endpoints` in the API's JSON shape,
+    /// and 404 (a Status) to anything else. Returns a kubeconfig for it (token user).
+    pub fn serve_api(&mut self, node: u8, endpoints: &[Ipv4Addr]) -> Result<String> {
+        let n = self.node(node).clone();
+        let leaf = self.pki.serving("kube-apiserver", &["kubernetes"], &[n.underlay_ip.into()])?;
+        let config = pki::tls_config(&leaf)?;
+        let body = endpoint_slice_list(endpoints);
+        let addr = SocketAddr::new(n.underlay_ip.into(), API_PORT);
+        self.servers.push(serve(&n.netns, addr, move |s| {
+            let body = body.clone();
+            pki::serve_https_connection(config.clone(), s, move |request| api_response(request, &body));
+        })?);
+        let ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.pki.ca_pem());
+        Ok(format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{addr}\n    \
+             certificate-authority-data: {ca}\nusers:\n- name: netcheck\n  user:\n    token: lab-token\n\
+             contexts:\n- name: lab\n  context:\n    cluster: lab\n    user: netcheck\ncurrent-context: lab\n"
+        ))
+    }
+
     /// A pod's resolv.conf as the kubelet writes it (ClusterFirst, namespace default).
     pub fn pod_resolv_conf() -> String {
         format!(
@@ -524,6 +547,51 @@ impl Drop for Lab {
             let _ = Self::destroy(&self.prefix);
         }
     }
+}
+
+/// The kube-dns Service's EndpointSlices as `GET .../endpointslices?labelSelector=...` returns
+/// them (discovery.k8s.io/v1).
+fn endpoint_slice_list(endpoints: &[Ipv4Addr]) -> String {
+    let eps: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|ip| serde_json::json!({"addresses": [ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}))
+        .collect();
+    serde_json::json!({
+        "kind": "EndpointSliceList",
+        "apiVersion": "discovery.k8s.io/v1",
+        "metadata": {"resourceVersion": "1042"},
+        "items": [{
+            "metadata": {
+                "name": "kube-dns-7x2kq",
+                "namespace": "kube-system",
+                "labels": {"kubernetes.io/service-name": "kube-dns"}
+            },
+            "addressType": "IPv4",
+            "endpoints": eps,
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
+            ]
+        }]
+    })
+    .to_string()
+}
+
+fn api_response(request: &[u8], endpoint_slices: &str) -> Vec<u8> {
+    let wanted = b"GET /apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices?";
+    let (status, body) = if request.starts_with(wanted)
+        && String::from_utf8_lossy(request).contains("kubernetes.io%2Fservice-name%3Dkube-dns")
+    {
+        ("200 OK", endpoint_slices.to_string())
+    } else {
+        let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+        ("404 Not Found", status.to_string())
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Sends `count` UDP datagrams from inside `netns` to `dst`, spread over at most `max_time`

@@ -138,8 +138,18 @@ pub fn serve_healthz_connection(mut stream: TcpStream) {
     }
 }
 
-/// Serves one HTTPS connection (bounded by a 2 s read/write deadline).
+/// Serves one HTTPS kubelet connection (bounded by a 2 s read/write deadline).
 pub fn serve_kubelet_connection(config: Arc<rustls::ServerConfig>, stream: TcpStream) {
+    serve_https_connection(config, stream, |request| kubelet_response(request).to_vec());
+}
+
+/// Serves one HTTPS connection: reads a request head and writes what `respond` makes of it
+/// (bounded by a 2 s read/write deadline).
+pub fn serve_https_connection(
+    config: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+    respond: impl Fn(&[u8]) -> Vec<u8>,
+) {
     let _ = (|| -> Result<()> {
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -147,7 +157,7 @@ pub fn serve_kubelet_connection(config: Arc<rustls::ServerConfig>, stream: TcpSt
         let conn = rustls::ServerConnection::new(config)?;
         let mut tls = rustls::StreamOwned::new(conn, stream);
         let Some(request) = read_request(&mut tls) else { return Ok(()) };
-        tls.write_all(kubelet_response(&request))?;
+        tls.write_all(&respond(&request))?;
         tls.conn.send_close_notify();
         tls.flush()?;
         Ok(())

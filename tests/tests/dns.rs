@@ -156,3 +156,34 @@ fn upstream_down_fails_only_external_names() {
         "{r:?}"
     );
 }
+
+/// Without `--endpoint` the CoreDNS endpoints come from the kube-dns Service's EndpointSlices
+/// (the API stand-in answers the real request with the API's JSON); a blocked one is named as
+/// before. Without an API the endpoints are a `skip` that says why.
+#[test]
+fn endpoints_are_discovered_from_the_api() {
+    if !require_root("endpoints_are_discovered_from_the_api") {
+        return;
+    }
+    let (mut lab, dns, dir, conf) = lab();
+    let kubeconfig = dir.write("kubeconfig", &lab.serve_api(1, &dns.endpoints).unwrap());
+    lab.block_dns_endpoint(2).unwrap();
+    let blocked = dns.endpoints[1];
+    let args =
+        ["--timeout", "3s", "--kubeconfig", &kubeconfig, "check", "dns", "kubernetes.default", "--resolv-conf", &conf];
+    let r = netcheck::run_json_in(&lab.pod("a").netns, &args).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&r.json).unwrap_or_default());
+    assert_eq!(by_target(&r, &format!("endpoint {}:53", dns.endpoints[0]))["status"], "pass", "{r:?}");
+    assert_eq!(by_target(&r, &format!("endpoint {blocked}:53"))["cause"], "netfilter_drop", "{r:?}");
+    assert_eq!(by_target(&r, &format!("server {}:53", dns.service))["cause"], "partial", "{r:?}");
+
+    let missing = dir.path.join("absent").display().to_string();
+    let args = ["--kubeconfig", &missing, "check", "dns", "kubernetes.default", "--resolv-conf", &conf];
+    let r = netcheck::run_json_in(&lab.pod("c").netns, &args).unwrap();
+    let skip = by_target(&r, "endpoints of kube-system/kube-dns");
+    assert_eq!(skip["status"], "skip", "{r:?}");
+    assert!(skip["detail"].as_str().unwrap().starts_with("not discovered from the API: "), "{r:?}");
+    assert!(
+        r.json["checks"].as_array().unwrap().iter().all(|c| !c["target"].as_str().unwrap().starts_with("endpoint "))
+    );
+}

@@ -87,7 +87,19 @@ pub fn verdicts(report: &Report, capture_on: bool) -> Vec<Check> {
             (r.role, check)
         })
         .collect();
-    endpoints_behind_servers(&mut rung_checks);
+    // Where each server rung's unanswered queries were really sent (after the Service's DNAT).
+    let sent_to: Vec<Vec<SocketAddr>> = report
+        .rungs
+        .iter()
+        .map(|r| {
+            r.queries
+                .iter()
+                .filter(|q| !answered(q))
+                .filter_map(|q| q.local.and_then(|l| dnat_target(&q.events, l, q.server)))
+                .collect()
+        })
+        .collect();
+    endpoints_behind_servers(&mut rung_checks, &sent_to);
 
     let (mut status, mut cause, mut detail) = lookup_verdict(report, capture_on);
     // The deepest failing rung is where the fault is.
@@ -112,12 +124,19 @@ pub fn verdicts(report: &Report, capture_on: bool) -> Vec<Check> {
         hops: Vec::new(),
         data: data("lookup", &report.lookup.queries),
     };
-    std::iter::once(lookup_check).chain(rung_checks.into_iter().map(|(_, c)| c)).collect()
+    let mut checks: Vec<Check> = std::iter::once(lookup_check).chain(rung_checks.into_iter().map(|(_, c)| c)).collect();
+    if let Some(why) = &report.discovery_failed {
+        let (ns, name) = crate::discovery::api::DNS_SERVICE;
+        let detail = format!("not discovered from the API: {why}; --endpoint asks CoreDNS pods directly");
+        checks.push(Check::file("dns", format!("endpoints of {ns}/{name}"), (Status::Skip, None, detail)));
+    }
+    checks
 }
 
 /// A Service whose endpoints partly fail is itself partial, even when the queries it got
-/// happened to land on the healthy ones (kube-proxy picks an endpoint per flow).
-fn endpoints_behind_servers(rungs: &mut [(Role, Check)]) {
+/// happened to land only on the healthy ones, or only on the failing ones (kube-proxy picks an
+/// endpoint per flow; the kernel shows where each unanswered query was sent).
+fn endpoints_behind_servers(rungs: &mut [(Role, Check)], sent_to: &[Vec<SocketAddr>]) {
     let endpoints: Vec<&Check> = rungs.iter().filter(|(r, _)| *r == Role::Endpoint).map(|(_, c)| c).collect();
     let failing: Vec<String> = endpoints
         .iter()
@@ -136,13 +155,20 @@ fn endpoints_behind_servers(rungs: &mut [(Role, Check)]) {
         failing.len(),
         total
     );
-    for (role, c) in rungs.iter_mut() {
-        if *role == Role::Server && matches!(c.status, Status::Pass | Status::Warn) {
+    for ((role, c), sent) in rungs.iter_mut().zip(sent_to) {
+        if *role != Role::Server {
+            continue;
+        }
+        let only_to_failing = !sent.is_empty() && sent.iter().all(|a| failing.contains(&a.to_string()));
+        if matches!(c.status, Status::Pass | Status::Warn) {
             c.status = Status::Fail;
             c.cause = Some(Cause::Partial);
             c.detail = format!("{}, but {note}", c.detail);
-        } else if *role == Role::Server && c.cause == Some(Cause::Partial) {
+        } else if c.cause == Some(Cause::Partial) {
             let _ = write!(c.detail, "; {note}");
+        } else if only_to_failing {
+            c.cause = Some(Cause::Partial);
+            let _ = write!(c.detail, "; every unanswered query was sent to a failing endpoint; {note}");
         }
     }
 }
@@ -374,11 +400,13 @@ mod tests {
                 endpoints: vec![],
                 upstreams: vec![],
                 cluster_domain: "cluster.local".into(),
+                discover: None,
             },
             expansions: vec![],
             lookup: Lookup { queries: lookup, answered, out_of_time: false },
             rungs,
             elapsed: Duration::from_millis(10),
+            discovery_failed: None,
         }
     }
 
@@ -432,6 +460,29 @@ mod tests {
         assert!(checks[1].detail.contains("endpoint 10.244.2.10:53 behind it does not answer"), "{}", checks[1].detail);
         assert_eq!((checks[2].status, checks[3].status), (Status::Pass, Status::Fail));
         assert!(checks[0].detail.contains("failing rung: endpoint 10.244.2.10:53"), "{}", checks[0].detail);
+    }
+
+    #[test]
+    fn a_service_whose_samples_all_hit_the_dead_endpoint_is_still_partial() {
+        use crate::capture::event::{FlowView, Proto};
+        let mut dropped = crate::correlation::tests::ev(EventKind::Drop, "NETFILTER_DROP", "n2");
+        dropped.flow = Some(FlowView {
+            proto: Proto::Udp,
+            src: "10.244.1.2:40000".parse().unwrap(),
+            dst: "10.244.2.10:53".parse().unwrap(),
+        });
+        let mut server = rung(Role::Server, "10.96.0.10:53", &[(UDP, Outcome::TimedOut), (UDP, Outcome::TimedOut)]);
+        for q in &mut server.queries {
+            q.events = vec![dropped.clone()];
+        }
+        let rungs = vec![
+            server,
+            rung(Role::Endpoint, "10.244.1.10:53", &[(UDP, answer())]),
+            rung(Role::Endpoint, "10.244.2.10:53", &[(UDP, Outcome::TimedOut)]),
+        ];
+        let checks = verdicts(&report(vec![], None, rungs), true);
+        assert_eq!(checks[1].cause, Some(Cause::Partial), "{}", checks[1].detail);
+        assert!(checks[1].detail.contains("every unanswered query was sent to a failing endpoint"));
     }
 
     #[test]

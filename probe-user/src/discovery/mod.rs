@@ -1,5 +1,6 @@
 //! What netcheck learns about the node it runs on, without the cluster API.
 
+pub mod api;
 pub mod flannel;
 pub mod netlink;
 pub mod pki;

@@ -517,6 +517,14 @@ pub struct Spec {
     pub endpoints: Vec<IpAddr>,
     pub upstreams: Vec<IpAddr>,
     pub cluster_domain: String,
+    /// Ask the Kubernetes API for the CoreDNS endpoints (when none were given).
+    pub discover: Option<Discover>,
+}
+
+/// Where the API is: `--kubeconfig`, else the usual places (see `discovery::api::client`).
+#[derive(Debug, Clone, Default)]
+pub struct Discover {
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 /// Everything the verdicts need.
@@ -527,6 +535,8 @@ pub struct Report {
     pub lookup: Lookup,
     pub rungs: Vec<Rung>,
     pub elapsed: Duration,
+    /// Why the API gave no endpoints, when it was asked and could not.
+    pub discovery_failed: Option<String>,
 }
 
 impl Spec {
@@ -563,10 +573,33 @@ pub fn in_domain(name: &Name, domain: &str) -> bool {
 pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) -> Report {
     let started = Instant::now();
     let expansions = spec.conf.expansions(&spec.name).unwrap_or_default();
-    let has_rungs = !spec.server_rungs().is_empty() || !spec.endpoints.is_empty() || !spec.upstreams.is_empty();
+    let has_rungs = !spec.server_rungs().is_empty()
+        || !spec.endpoints.is_empty()
+        || spec.discover.is_some()
+        || !spec.upstreams.is_empty();
     // Half the time for the resolver's walk, the rest (at least half) for the rungs.
     let budget = if has_rungs { deadline / 2 } else { deadline };
-    let lookup = lookup(&spec.conf, &expansions, spec.rtype, budget, capture.as_deref()).await;
+    // The API is asked while the resolver walks (both within the first half).
+    let discovery = async {
+        let d = spec.discover.as_ref()?;
+        let asked = async {
+            let client = crate::discovery::api::client(d.kubeconfig.as_deref(), budget).await?;
+            crate::discovery::api::service_endpoints(client, crate::discovery::api::DNS_SERVICE).await
+        };
+        Some(tokio::time::timeout(budget, asked).await.unwrap_or_else(|_| Err("the API did not answer in time".into())))
+    };
+    let (lookup, discovered) =
+        tokio::join!(lookup(&spec.conf, &expansions, spec.rtype, budget, capture.as_deref()), discovery);
+    let mut spec = spec;
+    let discovery_failed = match discovered {
+        Some(Ok(ips)) if !ips.is_empty() => {
+            spec.endpoints = ips;
+            None
+        }
+        Some(Ok(_)) => Some("the kube-dns Service has no ready endpoints in its EndpointSlices".to_string()),
+        Some(Err(why)) => Some(why),
+        None => None,
+    };
     let name = rung_name(&expansions, &lookup);
     let mut rungs = Vec::new();
     if let Some(name) = name {
@@ -615,7 +648,7 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
             r.queries.sort_by_key(|q| (q.transport == Transport::Tcp, q.local.map(|l| l.port())));
         }
     }
-    Report { spec, expansions, lookup, rungs, elapsed: started.elapsed() }
+    Report { spec, expansions, lookup, rungs, elapsed: started.elapsed(), discovery_failed }
 }
 
 #[cfg(test)]
