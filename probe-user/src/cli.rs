@@ -120,7 +120,8 @@ pub enum CheckCommand {
         /// the kube-dns Service's EndpointSlices, when the API is reachable).
         #[arg(long = "endpoint", value_name = "IP")]
         endpoints: Vec<std::net::IpAddr>,
-        /// An upstream resolver CoreDNS forwards to; asked for names outside the cluster domain (repeatable).
+        /// An upstream resolver CoreDNS forwards to; asked for names outside the cluster domain
+        /// (repeatable; default: the nameservers of the node's resolv.conf under --host-root).
         #[arg(long = "upstream", value_name = "IP")]
         upstreams: Vec<std::net::IpAddr>,
         /// The resolver configuration to apply.
@@ -275,6 +276,12 @@ fn plan(
         }
         CheckCommand::Dns { names, servers, endpoints, upstreams, resolv_conf, rtype, cluster_domain } => {
             let conf = dns::ResolvConf::read(resolv_conf)?;
+            // Without --upstream: the node's own resolvers, when a node root is mounted.
+            let upstreams = if upstreams.is_empty() {
+                discovery::node_upstreams(&discovery::host_root(host_root))
+            } else {
+                upstreams.clone()
+            };
             let rtype: hickory_proto::rr::RecordType =
                 rtype.to_ascii_uppercase().parse().map_err(|_| format!("--type {rtype}: not a DNS record type"))?;
             let mut jobs = Vec::new();

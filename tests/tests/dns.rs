@@ -73,6 +73,25 @@ fn healthy_cluster_and_external_names() {
     assert_eq!(queries.len(), 4, "three search domains, then the name as it is: {r:?}");
     assert_eq!(queries[3]["answer"][0], EXTERNAL_NAME.1.to_string());
     assert_eq!(by_target(&r, &format!("upstream {}:53", dns.upstream))["status"], "pass", "{r:?}");
+
+    // Without --upstream, the node's resolv.conf under --host-root names the upstream.
+    let root = TempDir::new(&format!("dns-root-{}", lab.prefix));
+    std::fs::create_dir_all(root.path.join("etc")).unwrap();
+    root.write("etc/resolv.conf", &format!("nameserver {}\n", dns.upstream));
+    let host_root = root.path.display().to_string();
+    let args = [
+        "--host-root",
+        &host_root,
+        "check",
+        "dns",
+        EXTERNAL_NAME.0,
+        "--resolv-conf",
+        &conf,
+        "--endpoint",
+        "10.244.1.10",
+    ];
+    let r = netcheck::run_json_in(&lab.pod("a").netns, &args).unwrap();
+    assert_eq!(by_target(&r, &format!("upstream {}:53", dns.upstream))["status"], "pass", "{r:?}");
 }
 
 /// Acceptance 1: NXDOMAIN, with every expansion that was asked listed.

@@ -19,3 +19,41 @@ pub fn host_root(arg: Option<&Path>) -> PathBuf {
     }
     PathBuf::from("/")
 }
+
+/// The node's upstream resolvers: the nameservers of the resolv.conf that pods with
+/// `dnsPolicy: Default` (CoreDNS among them) get from the kubelet, under a node root mounted
+/// somewhere (never `/` itself: there it would be this process's own resolv.conf, which in a pod
+/// names the cluster DNS). systemd-resolved's real list comes before the 127.0.0.53 stub; loopback
+/// servers are left out (they are the node's own stub, not reachable from CoreDNS).
+pub fn node_upstreams(root: &Path) -> Vec<std::net::IpAddr> {
+    if root == Path::new("/") {
+        return Vec::new();
+    }
+    for file in ["run/systemd/resolve/resolv.conf", "etc/resolv.conf"] {
+        if let Ok(conf) = crate::probes::dns::ResolvConf::read(&root.join(file)) {
+            let servers: Vec<_> = conf.nameservers.into_iter().filter(|ip| !ip.is_loopback()).collect();
+            if !servers.is_empty() {
+                return servers;
+            }
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_come_from_the_node_root_and_skip_the_stub() {
+        let root = std::env::temp_dir().join(format!("netcheck-upstreams-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("run/systemd/resolve")).unwrap();
+        std::fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+        assert!(node_upstreams(&root).is_empty(), "the stub alone is no upstream");
+        std::fs::write(root.join("run/systemd/resolve/resolv.conf"), "nameserver 192.168.50.53\n").unwrap();
+        assert_eq!(node_upstreams(&root), vec!["192.168.50.53".parse::<std::net::IpAddr>().unwrap()]);
+        assert!(node_upstreams(Path::new("/")).is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
