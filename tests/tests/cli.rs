@@ -21,6 +21,20 @@ fn bad_input_exits_2_with_a_message() {
     assert_usage_error(&["--timeout", "soon", "check", "tcp", "127.0.0.1:1"], "invalid value");
     assert_usage_error(&["--netns", "netcheck-no-such-ns", "check", "tcp", "127.0.0.1:1"], "netcheck-no-such-ns");
     assert_usage_error(&["frobnicate"], "unrecognized subcommand");
+    let conf = std::env::temp_dir().join(format!("netcheck-cli-resolv-{}", std::process::id()));
+    std::fs::write(&conf, "nameserver 127.0.0.1\n").unwrap();
+    let conf = conf.display().to_string();
+    assert_usage_error(&["check", "dns", "a b", "--resolv-conf", &conf], "invalid name \"a b\"");
+    assert_usage_error(&["check", "dns", "a..b", "--resolv-conf", &conf], "two dots");
+    assert_usage_error(&["check", "dns", "x", "--resolv-conf", &conf, "--type", "BOGUS"], "not a DNS record type");
+    assert_usage_error(&["check", "dns", "x", "--resolv-conf", "/nonexistent/resolv.conf"], "/nonexistent/resolv.conf");
+    assert_usage_error(&["check", "dns", "x", "--server", "dns.example"], "invalid value");
+    assert_usage_error(&["check", "mtu", "node-2"], "invalid value");
+    assert_usage_error(&["check", "mtu", "10.0.0.1", "--max", "40"], "invalid value");
+    assert_usage_error(&["check", "mtu", "10.0.0.1", "--subnet-env", "/nonexistent/subnet.env"], "/nonexistent");
+    assert_usage_error(&["check", "vxlan", "fd00::1"], "invalid value");
+    assert_usage_error(&["check", "kubelet", "n1", "--resolv-conf", "/nonexistent/resolv.conf"], "/nonexistent");
+    let _ = std::fs::remove_file(&conf);
 }
 
 #[test]
