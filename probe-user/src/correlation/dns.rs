@@ -3,11 +3,11 @@
 //! upstream makes CoreDNS answer SERVFAIL, a dead CoreDNS replica makes the Service fail
 //! for the share of flows kube-proxy sends to it.
 
-use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+use std::{fmt::Write as _, net::SocketAddr};
 
 use serde::Serialize;
 
-use super::{Cause, Check, Data, Evidence, Status, describe_drop, drops};
+use super::{Cause, Check, Data, Evidence, Status, describe_drop, drops, millis as ms};
 use crate::{
     capture::event::{EventKind, KernelEvent},
     probes::dns::{Lookup, Outcome, QueryReport, Report, Role, Rung, Transport},
@@ -37,10 +37,6 @@ pub struct QueryData {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub answer: Vec<String>,
     pub ms: u64,
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn query_data(q: &QueryReport) -> QueryData {
@@ -371,6 +367,8 @@ fn asked(lookup: &Lookup) -> String {
 #[cfg(test)]
 mod tests {
     use hickory_proto::rr::{Name, RecordType};
+
+    use std::time::Duration;
 
     use super::*;
     use crate::probes::dns::{ResolvConf, Spec};

@@ -200,6 +200,27 @@ pub enum Data {
 }
 
 impl Check {
+    /// A probe's check: its verdict, how long it took and what the kernel saw; no hops or data.
+    pub fn probed(
+        probe: &'static str,
+        target: String,
+        (status, cause, detail): (Status, Option<Cause>, String),
+        elapsed: std::time::Duration,
+        evidence: Vec<Evidence>,
+    ) -> Self {
+        Self {
+            probe,
+            target,
+            status,
+            cause,
+            detail,
+            duration_ms: millis(elapsed),
+            evidence,
+            hops: Vec::new(),
+            data: None,
+        }
+    }
+
     /// A check that sent nothing (a file was read): no duration, evidence or hops.
     pub fn file(probe: &'static str, target: String, (status, cause, detail): (Status, Option<Cause>, String)) -> Self {
         Self {
@@ -214,6 +235,11 @@ impl Check {
             data: None,
         }
     }
+}
+
+/// Whole milliseconds, saturating.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Drops in the evidence, first the ones netfilter made.

@@ -62,16 +62,10 @@ pub fn verdict(report: &Report, capture_on: bool) -> Check {
             .map(|s| StepData { size: s.size, result: s.answer.code(), probes: s.probes })
             .collect(),
     };
+    let verdict = (status, cause, detail);
     Check {
-        probe: "mtu",
-        target: report.spec.host.to_string(),
-        status,
-        cause,
-        detail,
-        duration_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
-        evidence,
-        hops: Vec::new(),
         data: Some(Data::Mtu(data)),
+        ..Check::probed("mtu", report.spec.host.to_string(), verdict, report.elapsed, evidence)
     }
 }
 

@@ -42,17 +42,7 @@ pub fn tcp_verdict(report: Report, capture_on: bool) -> Check {
         Outcome::Unresolved(e) => (Status::Fail, Some(Cause::DnsError), format!("name did not resolve: {e}")),
         Outcome::Failed(e) => failed(e, first_drop, icmp, rst_sent),
     };
-    Check {
-        probe: "tcp",
-        target: report.target.to_string(),
-        status,
-        cause,
-        detail,
-        duration_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
-        evidence,
-        hops: Vec::new(),
-        data: None,
-    }
+    Check::probed("tcp", report.target.to_string(), (status, cause, detail), report.elapsed, evidence)
 }
 
 fn failed(

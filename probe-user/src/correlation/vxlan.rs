@@ -93,15 +93,9 @@ pub fn verdict(report: &Report, capture_on: bool) -> Check {
             _ => None,
         },
     };
+    let verdict = (status, cause, detail);
     Check {
-        probe: "vxlan",
-        target: format!("{peer}:{port}"),
-        status,
-        cause,
-        detail,
-        duration_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
-        evidence,
-        hops: Vec::new(),
         data: Some(Data::Vxlan(data)),
+        ..Check::probed("vxlan", format!("{peer}:{port}"), verdict, report.elapsed, evidence)
     }
 }
