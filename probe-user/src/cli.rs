@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+mod node;
+
 use clap::{Parser, Subcommand};
 
 use rustls::pki_types::CertificateDer;
@@ -59,6 +61,16 @@ pub enum Command {
     /// Run checks.
     #[command(subcommand)]
     Check(CheckCommand),
+    /// Every check for the node netcheck runs on, found by discovery and run concurrently:
+    /// cluster DNS (clusterDNS from the kubelet config), the API server (from the kubelet's
+    /// kubeconfig), the local kubelet, VXLAN, path MTU and kubelet of each peer in the VXLAN
+    /// device's FDB, and every certificate in the node's PKI. Run it in the node's network
+    /// namespace with the node's root at --host-root (/host in a `kubectl debug node` pod).
+    Node {
+        /// Warn when a certificate expires within this many days.
+        #[arg(long, default_value_t = 30, value_name = "DAYS")]
+        warn_days: u32,
+    },
     /// Stream packet drops, TCP resets and ICMP errors live, with kernel reason names.
     Capture {
         /// Stop after this long (default: until interrupted).
@@ -240,6 +252,11 @@ enum Job {
         resolver: Option<Arc<dns::ResolvConf>>,
     },
     Dns(Box<dns::Spec>),
+    /// The API server's endpoint, judged against the kubeconfig's CA.
+    ApiServer {
+        target: Target,
+        roots: Option<Arc<Vec<CertificateDer<'static>>>>,
+    },
     Mtu(mtu::Spec),
     Vxlan(vxlan::Spec),
 }
@@ -383,6 +400,7 @@ fn node_pki_jobs(root: &Path) -> Vec<Job> {
 enum Work {
     Checks(Vec<Job>, CertOptions),
     Capture(capture::filter::Filter, Option<Duration>),
+    Node(CertOptions),
 }
 
 fn run(cli: &Cli) -> AnyResult<u8> {
@@ -391,6 +409,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             let (jobs, cert_options) = plan(check, cli.host_root.as_deref(), cli.kubeconfig.as_deref())?;
             Work::Checks(jobs, cert_options)
         }
+        Command::Node { warn_days } => Work::Node(CertOptions { warn_days: *warn_days, ..CertOptions::default() }),
         Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
             let filter = capture::filter::Filter {
                 hosts: hosts.clone(),
@@ -412,14 +431,10 @@ fn run(cli: &Cli) -> AnyResult<u8> {
     };
     let opts = capture::Options { vxlan_port };
     match work {
-        Work::Checks(jobs, cert_options) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let (capture, status) = start_capture(cli.no_capture, opts);
-            let checks = runtime.block_on(run_jobs(jobs, &cert_options, cli.timeout, capture.clone()));
-            let status = capture.as_ref().map_or(status, |c| c.status());
-            let report = Report::new(checks, status);
-            print_report(&report, cli.output)?;
-            Ok(report.exit_code())
+        Work::Checks(jobs, cert_options) => run_checks(cli, opts, &cert_options, async { jobs }),
+        Work::Node(cert_options) => {
+            let root = discovery::host_root(cli.host_root.as_deref());
+            run_checks(cli, opts, &cert_options, node::plan(&root, cli.kubeconfig.as_deref()))
         }
         Work::Capture(filter, duration) => {
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
@@ -427,6 +442,23 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             Ok(0)
         }
     }
+}
+
+/// Plans (inside the runtime: discovery may ask netlink or the API), runs the jobs with capture
+/// attached, prints the report; the exit code says whether a check failed.
+fn run_checks(
+    cli: &Cli,
+    opts: capture::Options,
+    cert_options: &CertOptions,
+    plan: impl std::future::Future<Output = Vec<Job>>,
+) -> AnyResult<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (capture, status) = start_capture(cli.no_capture, opts);
+    let checks = runtime.block_on(async { run_jobs(plan.await, cert_options, cli.timeout, capture.clone()).await });
+    let status = capture.as_ref().map_or(status, |c| c.status());
+    let report = Report::new(checks, status);
+    print_report(&report, cli.output)?;
+    Ok(report.exit_code())
 }
 
 /// Loads the capture unless told not to; its absence is reported, never fatal.
@@ -506,6 +538,11 @@ async fn run_jobs(
                 Job::Mtu(spec) => vec![correlation::mtu::verdict(&mtu::run(spec, deadline, capture).await, capture_on)],
                 Job::Vxlan(spec) => {
                     vec![correlation::vxlan::verdict(&vxlan::run(spec, deadline, capture).await, capture_on)]
+                }
+                Job::ApiServer { target, roots } => {
+                    let report = cert::fetch(&target, None, deadline, capture.as_deref()).await;
+                    let roots = roots.as_deref().map(Vec::as_slice);
+                    vec![correlation::cert::endpoint_verdict("apiserver", report, roots, opts.warn_days, capture_on)]
                 }
                 Job::Dns(spec) => correlation::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
             };

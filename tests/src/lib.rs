@@ -48,6 +48,7 @@ pub const DNS_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// The upstream resolver CoreDNS forwards to (a host on the underlay).
 pub const UPSTREAM_DNS_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 53);
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// What the lab's DNS knows: a cluster name (CoreDNS) and an external one (the upstream).
 pub const CLUSTER_NAME: (&str, Ipv4Addr) = ("kubernetes.default.svc.cluster.local", Ipv4Addr::new(10, 96, 0, 1));
 pub const EXTERNAL_NAME: (&str, Ipv4Addr) = ("www.example.com", Ipv4Addr::new(203, 0, 113, 10));
@@ -332,6 +333,10 @@ impl Lab {
         }
         for node in &self.nodes {
             let ns = &node.netns;
+            // Nodes reach Service IPs through their default route (kube-proxy DNATs in OUTPUT,
+            // then the packet is routed again); the lab has no default route, so the Service
+            // CIDR gets one of its own.
+            ip(ns, &format!("route add {SERVICE_CIDR} dev eth0"))?;
             iptables(ns, "-t nat -N KUBE-SVC-DNS")?;
             iptables(
                 ns,
@@ -373,6 +378,37 @@ impl Lab {
              certificate-authority-data: {ca}\nusers:\n- name: netcheck\n  user:\n    token: lab-token\n\
              contexts:\n- name: lab\n  context:\n    cluster: lab\n    user: netcheck\ncurrent-context: lab\n"
         ))
+    }
+
+    /// A node root for node `node` in `dir`, as kubeadm and flannel leave it: the kubelet's
+    /// config.yaml (clusterDNS, clusterDomain, healthz), its kubeconfig naming the API server
+    /// on n1 with the lab CA, flannel's subnet.env, the node's resolv.conf (the upstream) and
+    /// the kubelet's serving certificate under var/lib/kubelet/pki.
+    pub fn write_host_root(&self, node: u8, dir: &TempDir, kubeconfig: &str) -> Result<()> {
+        let n = self.node(node);
+        for folder in ["var/lib/kubelet/pki", "etc/kubernetes", "run/flannel", "etc"] {
+            std::fs::create_dir_all(dir.path.join(folder))?;
+        }
+        dir.write(
+            "var/lib/kubelet/config.yaml",
+            &format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDNS:\n- {DNS_SERVICE_IP}\n\
+                 clusterDomain: {CLUSTER_DOMAIN}\nhealthzBindAddress: 127.0.0.1\nhealthzPort: {KUBELET_HEALTHZ_PORT}\n"
+            ),
+        );
+        dir.write("etc/kubernetes/kubelet.conf", kubeconfig);
+        dir.write(
+            "run/flannel/subnet.env",
+            &format!(
+                "FLANNEL_NETWORK={POD_CIDR}\nFLANNEL_SUBNET={}/24\nFLANNEL_MTU={OVERLAY_MTU}\nFLANNEL_IPMASQ=true\n",
+                n.gateway()
+            ),
+        );
+        dir.write("etc/resolv.conf", &format!("nameserver {UPSTREAM_DNS_IP}\n"));
+        let name = n.name();
+        let serving = self.pki.serving(&name, &[&name], &[n.underlay_ip.into()])?;
+        dir.write("var/lib/kubelet/pki/kubelet.crt", &serving.cert_pem);
+        Ok(())
     }
 
     /// A pod's resolv.conf as the kubelet writes it (ClusterFirst, namespace default).

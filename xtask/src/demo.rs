@@ -2,7 +2,7 @@
 //! command an operator would type and netcheck's real answer.
 
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -208,6 +208,18 @@ fn mtu_and_vxlan_scenarios(bin: &Path) -> Result<()> {
         "17. n1 lost its FDB entry for n2: the VXLAN device cannot send there",
         |lab| lab.delete_fdb(1, 2),
         |lab| show(bin, &lab.node(1).netns, &["check", "vxlan", &lab.node(2).underlay_ip.to_string()]),
+    )?;
+    scenario(
+        "18. netcheck node on n1: everything discovery finds, at once (node root as kubeadm and flannel leave it)",
+        |_| Ok(()),
+        |lab| {
+            let kubeconfig = lab.serve_api(1, &[Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10)])?;
+            let root = TempDir::new(&format!("demo-node-{}", lab.prefix));
+            lab.write_host_root(1, &root, &kubeconfig)?;
+            let host_root = root.path.display().to_string();
+            let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+            show(bin, &lab.node(1).netns, &["--host-root", &host_root, "--kubeconfig", &kubeconfig, "node"])
+        },
     )
 }
 
@@ -219,12 +231,12 @@ fn pod_b(lab: &Lab) -> String {
 fn scenario(
     title: &str,
     fault: impl FnOnce(&mut Lab) -> Result<()>,
-    show: impl FnOnce(&Lab) -> Result<()>,
+    show: impl FnOnce(&mut Lab) -> Result<()>,
 ) -> Result<()> {
     println!("\n=== {title} ===");
     let mut lab = fresh_lab()?;
     fault(&mut lab)?;
-    show(&lab)
+    show(&mut lab)
 }
 
 /// `cargo xtask lab up`: the lab and its servers until Ctrl-C.

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod flannel;
 pub mod netlink;
+pub mod node;
 pub mod pki;
 
 use std::path::{Path, PathBuf};

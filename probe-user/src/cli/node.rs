@@ -1,0 +1,143 @@
+//! `netcheck node`: every check that concerns the node netcheck runs on, planned from what
+//! discovery finds (the node's files under the host root, its VXLAN device's FDB and neighbour
+//! entries, the API when reachable), then run concurrently like any `check`.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use super::Job;
+use crate::{
+    correlation::{Check, Status},
+    discovery::{self, netlink::VxlanDevice, node::NodeFiles},
+    probes::{Target, cert, dns, kubelet, mtu, vxlan},
+};
+
+/// The jobs for this node, and a `skip` check for each thing discovery could not find.
+pub async fn plan(root: &Path, kubeconfig: Option<&Path>) -> Vec<Job> {
+    let files = discovery::node::read(root);
+    let mut jobs = Vec::new();
+    let mut skipped = Vec::new();
+    let devices = match discovery::netlink::vxlan_devices().await {
+        Ok(d) => d,
+        Err(e) => {
+            skipped.push(("overlay", format!("VXLAN devices not read: {e}")));
+            Vec::new()
+        }
+    };
+    match dns_spec(&files, kubeconfig) {
+        Some(spec) => jobs.push(Job::Dns(Box::new(spec))),
+        None => skipped.push(("dns", format!("no clusterDNS: {}", files.notes.first().cloned().unwrap_or_default()))),
+    }
+    match &files.api_server {
+        Some(api) => match Target::parse(&api.address) {
+            Ok(target) => {
+                let roots = cert::kubeconfig_items(&api.kubeconfig)
+                    .ok()
+                    .and_then(|items| items.into_iter().find(|i| !i.client))
+                    .and_then(|i| i.certs.ok())
+                    .map(Arc::new);
+                jobs.push(Job::ApiServer { target, roots });
+            }
+            Err(e) => skipped.push(("apiserver", e.to_string())),
+        },
+        None => skipped.push(("apiserver", "no kubelet kubeconfig names the API server".to_string())),
+    }
+    let kubelet_port = files.kubelet.as_ref().and_then(|k| k.port).unwrap_or(kubelet::PORT);
+    let healthz_port = files.kubelet.as_ref().and_then(|k| k.healthz_port).unwrap_or(kubelet::HEALTHZ_PORT);
+    let overlay = devices.iter().find(|d| d.name == "flannel.1").or_else(|| devices.first());
+    match overlay.and_then(|d| d.local) {
+        Some(local) => jobs.push(kubelet_job(local, kubelet_port, healthz_port)),
+        None => {
+            skipped.push(("kubelet", "this node's address is unknown (no VXLAN device with a local address)".into()));
+        }
+    }
+    match overlay {
+        Some(dev) => jobs.extend(peer_jobs(dev, &files, kubelet_port, healthz_port)),
+        None => skipped.push(("vxlan", "no VXLAN device in this namespace: no peers to check".into())),
+    }
+    jobs.extend(super::node_pki_jobs(root));
+    if !skipped.is_empty() {
+        let checks = skipped
+            .into_iter()
+            .map(|(probe, why)| Check::file(probe, "node".into(), (Status::Skip, None, format!("not checked: {why}"))))
+            .collect();
+        jobs.push(Job::Done(checks));
+    }
+    jobs
+}
+
+/// The cluster DNS as a pod on this node sees it: clusterDNS and clusterDomain from the
+/// kubelet's configuration, the kubelet's search list and ndots:5.
+fn dns_spec(files: &NodeFiles, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
+    let k = files.kubelet.as_ref()?;
+    let servers = k.dns_servers();
+    if servers.is_empty() {
+        return None;
+    }
+    let domain = k.cluster_domain.clone().unwrap_or_else(|| "cluster.local".into());
+    let conf = dns::ResolvConf {
+        nameservers: servers,
+        search: vec![format!("default.svc.{domain}"), format!("svc.{domain}"), domain.clone()],
+        ndots: 5,
+        timeout: Duration::from_secs(5),
+        attempts: 2,
+        ignored: Vec::new(),
+    };
+    Some(dns::Spec {
+        name: "kubernetes.default".into(),
+        rtype: hickory_proto::rr::RecordType::A,
+        conf,
+        servers: Vec::new(),
+        endpoints: Vec::new(),
+        upstreams: discovery::node_upstreams(&files.root),
+        cluster_domain: domain,
+        discover: Some(dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf) }),
+    })
+}
+
+fn kubelet_job(ip: Ipv4Addr, port: u16, healthz_port: u16) -> Job {
+    Job::Kubelet { target: Target { host: ip.to_string(), port }, healthz_port, resolver: None }
+}
+
+/// For each peer the VXLAN device's FDB sends to: the tunnel, the path MTU to its VTEP and its
+/// kubelet.
+fn peer_jobs(dev: &VxlanDevice, files: &NodeFiles, kubelet_port: u16, healthz_port: u16) -> Vec<Job> {
+    let cni_mtu = files.subnet_env.as_ref().and_then(|(env, path)| env.mtu.map(|m| (m, path.clone())));
+    let mut peers: Vec<Ipv4Addr> = dev
+        .fdb
+        .iter()
+        .filter_map(|(_, ip)| match ip {
+            IpAddr::V4(v4) if Some(*v4) != dev.local && !v4.is_unspecified() && !v4.is_multicast() => Some(*v4),
+            _ => None,
+        })
+        .collect();
+    peers.sort_unstable();
+    peers.dedup();
+    let mut jobs = Vec::new();
+    for peer in peers {
+        jobs.push(Job::Vxlan(vxlan::Spec {
+            peer,
+            port: dev.port.unwrap_or(8472),
+            vni: dev.vni,
+            device: Some(dev.name.clone()),
+        }));
+        let vtep = dev
+            .fdb
+            .iter()
+            .find(|(_, ip)| *ip == IpAddr::V4(peer))
+            .and_then(|(mac, _)| dev.neighbours.iter().find(|(_, m)| m == mac))
+            .and_then(|(ip, _)| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            });
+        if let Some(vtep) = vtep {
+            jobs.push(Job::Mtu(mtu::Spec { host: vtep, max: None, cni_mtu: cni_mtu.clone() }));
+        }
+        jobs.push(kubelet_job(peer, kubelet_port, healthz_port));
+    }
+    jobs
+}
