@@ -70,6 +70,10 @@ pub enum Command {
         /// Warn when a certificate expires within this many days.
         #[arg(long, default_value_t = 30, value_name = "DAYS")]
         warn_days: u32,
+        /// Run the checks one after another instead of at once (to measure what concurrency
+        /// saves; see `cargo xtask bench`).
+        #[arg(long, hide = true)]
+        one_by_one: bool,
     },
     /// Stream packet drops, TCP resets and ICMP errors live, with kernel reason names.
     Capture {
@@ -400,7 +404,7 @@ fn node_pki_jobs(root: &Path) -> Vec<Job> {
 enum Work {
     Checks(Vec<Job>, CertOptions),
     Capture(capture::filter::Filter, Option<Duration>),
-    Node(CertOptions),
+    Node(CertOptions, bool),
 }
 
 fn run(cli: &Cli) -> AnyResult<u8> {
@@ -409,7 +413,9 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             let (jobs, cert_options) = plan(check, cli.host_root.as_deref(), cli.kubeconfig.as_deref())?;
             Work::Checks(jobs, cert_options)
         }
-        Command::Node { warn_days } => Work::Node(CertOptions { warn_days: *warn_days, ..CertOptions::default() }),
+        Command::Node { warn_days, one_by_one } => {
+            Work::Node(CertOptions { warn_days: *warn_days, ..CertOptions::default() }, *one_by_one)
+        }
         Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
             let filter = capture::filter::Filter {
                 hosts: hosts.clone(),
@@ -431,10 +437,10 @@ fn run(cli: &Cli) -> AnyResult<u8> {
     };
     let opts = capture::Options { vxlan_port };
     match work {
-        Work::Checks(jobs, cert_options) => run_checks(cli, opts, &cert_options, async { jobs }),
-        Work::Node(cert_options) => {
+        Work::Checks(jobs, cert_options) => run_checks(cli, opts, &cert_options, async { jobs }, false),
+        Work::Node(cert_options, one_by_one) => {
             let root = discovery::host_root(cli.host_root.as_deref());
-            run_checks(cli, opts, &cert_options, node::plan(&root, cli.kubeconfig.as_deref()))
+            run_checks(cli, opts, &cert_options, node::plan(&root, cli.kubeconfig.as_deref()), one_by_one)
         }
         Work::Capture(filter, duration) => {
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
@@ -451,10 +457,12 @@ fn run_checks(
     opts: capture::Options,
     cert_options: &CertOptions,
     plan: impl std::future::Future<Output = Vec<Job>>,
+    one_by_one: bool,
 ) -> AnyResult<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (capture, status) = start_capture(cli.no_capture, opts);
-    let checks = runtime.block_on(async { run_jobs(plan.await, cert_options, cli.timeout, capture.clone()).await });
+    let checks =
+        runtime.block_on(async { run_jobs(plan.await, cert_options, cli.timeout, capture.clone(), one_by_one).await });
     let status = capture.as_ref().map_or(status, |c| c.status());
     let report = Report::new(checks, status);
     print_report(&report, cli.output)?;
@@ -481,73 +489,26 @@ fn start_capture(disabled: bool, opts: capture::Options) -> (Option<Arc<Capture>
     }
 }
 
-/// Runs every job concurrently; checks come out in command-line order.
+/// Runs the jobs, concurrently unless `one_by_one` (kept for measuring what concurrency
+/// saves); checks come out in job order either way.
 async fn run_jobs(
     jobs: Vec<Job>,
     cert_options: &CertOptions,
     deadline: Duration,
     capture: Option<Arc<Capture>>,
+    one_by_one: bool,
 ) -> Vec<correlation::Check> {
-    let capture_on = capture.is_some();
+    if one_by_one {
+        let mut checks = Vec::new();
+        for job in jobs {
+            checks.extend(run_job(job, cert_options.clone(), deadline, capture.clone()).await);
+        }
+        return checks;
+    }
     let mut set = tokio::task::JoinSet::new();
     for (i, job) in jobs.into_iter().enumerate() {
-        let capture = capture.clone();
-        let opts = cert_options.clone();
-        set.spawn(async move {
-            let checks = match job {
-                Job::Tcp(target) => {
-                    vec![correlation::tcp_verdict(tcp::probe(&target, deadline, capture.as_deref()).await, capture_on)]
-                }
-                Job::CertEndpoint(target) => {
-                    let report = cert::fetch(&target, opts.server_name.as_deref(), deadline, capture.as_deref()).await;
-                    let roots = opts.roots.as_deref().map(Vec::as_slice);
-                    vec![correlation::cert::endpoint_verdict("cert", report, roots, opts.warn_days, capture_on)]
-                }
-                Job::CertFile(path, certs) => {
-                    let roots = opts.roots.as_deref().map(Vec::as_slice);
-                    correlation::cert::file_verdicts(&path, &certs, roots, opts.warn_days)
-                }
-                Job::Kubeconfig(path, items) => correlation::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
-                Job::Done(checks) => checks,
-                Job::Kubelet { target, healthz_port, resolver } => {
-                    let started = Instant::now();
-                    let mut checks = Vec::new();
-                    let (mut dial, mut server_name) = (target.clone(), None);
-                    if let (Some(conf), None) = (resolver, target.ip()) {
-                        // Half the deadline for the name, the rest for the kubelet.
-                        let (lookup, ip) =
-                            resolve(&target.host, &conf, deadline / 2, capture.clone(), capture_on).await;
-                        let Some(ip) = ip else {
-                            let failed = correlation::kubelet::unresolved(&target, &lookup);
-                            return (i, vec![lookup, failed]);
-                        };
-                        checks.push(lookup);
-                        dial = Target { host: ip.to_string(), port: target.port };
-                        server_name = Some(target.host.clone());
-                    }
-                    let remaining = deadline.saturating_sub(started.elapsed());
-                    let report = cert::fetch(&dial, server_name.as_deref(), remaining, capture.as_deref()).await;
-                    let roots = opts.roots.as_deref().map(Vec::as_slice);
-                    checks.push(correlation::kubelet::endpoint(report, roots, opts.warn_days, capture_on));
-                    if dial.ip().is_some_and(kubelet::is_local) {
-                        let h = kubelet::healthz(healthz_port, deadline).await;
-                        checks.push(correlation::kubelet::healthz(healthz_port, &h));
-                    }
-                    checks
-                }
-                Job::Mtu(spec) => vec![correlation::mtu::verdict(&mtu::run(spec, deadline, capture).await, capture_on)],
-                Job::Vxlan(spec) => {
-                    vec![correlation::vxlan::verdict(&vxlan::run(spec, deadline, capture).await, capture_on)]
-                }
-                Job::ApiServer { target, roots } => {
-                    let report = cert::fetch(&target, None, deadline, capture.as_deref()).await;
-                    let roots = roots.as_deref().map(Vec::as_slice);
-                    vec![correlation::cert::endpoint_verdict("apiserver", report, roots, opts.warn_days, capture_on)]
-                }
-                Job::Dns(spec) => correlation::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
-            };
-            (i, checks)
-        });
+        let (capture, opts) = (capture.clone(), cert_options.clone());
+        set.spawn(async move { (i, run_job(job, opts, deadline, capture).await) });
     }
     let mut done: Vec<(usize, Vec<correlation::Check>)> = Vec::new();
     while let Some(joined) = set.join_next().await {
@@ -557,6 +518,67 @@ async fn run_jobs(
     }
     done.sort_by_key(|(i, _)| *i);
     done.into_iter().flat_map(|(_, c)| c).collect()
+}
+
+/// One job's probes and verdicts.
+async fn run_job(
+    job: Job,
+    opts: CertOptions,
+    deadline: Duration,
+    capture: Option<Arc<Capture>>,
+) -> Vec<correlation::Check> {
+    let capture_on = capture.is_some();
+    match job {
+        Job::Tcp(target) => {
+            vec![correlation::tcp_verdict(tcp::probe(&target, deadline, capture.as_deref()).await, capture_on)]
+        }
+        Job::CertEndpoint(target) => {
+            let report = cert::fetch(&target, opts.server_name.as_deref(), deadline, capture.as_deref()).await;
+            let roots = opts.roots.as_deref().map(Vec::as_slice);
+            vec![correlation::cert::endpoint_verdict("cert", report, roots, opts.warn_days, capture_on)]
+        }
+        Job::CertFile(path, certs) => {
+            let roots = opts.roots.as_deref().map(Vec::as_slice);
+            correlation::cert::file_verdicts(&path, &certs, roots, opts.warn_days)
+        }
+        Job::Kubeconfig(path, items) => correlation::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
+        Job::Done(checks) => checks,
+        Job::Kubelet { target, healthz_port, resolver } => {
+            let started = Instant::now();
+            let mut checks = Vec::new();
+            let (mut dial, mut server_name) = (target.clone(), None);
+            if let (Some(conf), None) = (resolver, target.ip()) {
+                // Half the deadline for the name, the rest for the kubelet.
+                let (lookup, ip) = resolve(&target.host, &conf, deadline / 2, capture.clone(), capture_on).await;
+                let Some(ip) = ip else {
+                    let failed = correlation::kubelet::unresolved(&target, &lookup);
+                    return vec![lookup, failed];
+                };
+                checks.push(lookup);
+                dial = Target { host: ip.to_string(), port: target.port };
+                server_name = Some(target.host.clone());
+            }
+            let remaining = deadline.saturating_sub(started.elapsed());
+            let report = cert::fetch(&dial, server_name.as_deref(), remaining, capture.as_deref()).await;
+            let roots = opts.roots.as_deref().map(Vec::as_slice);
+            checks.push(correlation::kubelet::endpoint(report, roots, opts.warn_days, capture_on));
+            if dial.ip().is_some_and(kubelet::is_local) {
+                let h = kubelet::healthz(healthz_port, deadline).await;
+                checks.push(correlation::kubelet::healthz(healthz_port, &h));
+            }
+            checks
+        }
+        Job::Mtu(spec) => vec![correlation::mtu::verdict(&mtu::run(spec, deadline, capture).await, capture_on)],
+        Job::Vxlan(spec) => {
+            vec![correlation::vxlan::verdict(&vxlan::run(spec, deadline, capture).await, capture_on)]
+        }
+        Job::ApiServer { target, roots } => {
+            let report = cert::fetch(&target, None, deadline, capture.as_deref()).await;
+            let roots = roots.as_deref().map(Vec::as_slice);
+            vec![correlation::cert::endpoint_verdict("apiserver", report, roots, opts.warn_days, capture_on)]
+        }
+        Job::Dns(spec) => correlation::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
+    }
 }
 
 /// A name resolved through netcheck's resolver (as a pod would): the lookup's check and the

@@ -84,7 +84,15 @@ fn main() -> Result<()> {
             if quick {
                 args.extend(["--", "--quick"]);
             }
-            cargo(&args)
+            cargo(&args)?;
+            // `node` runs the real binary: the release one, as users get it.
+            cargo(&["build", "--release", "-p", "probe-user"])?;
+            let bin = root().join("target/release/netcheck");
+            let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", "node"];
+            if quick {
+                args.extend(["--", "--quick"]);
+            }
+            cargo_with_bin(&args, &bin)
         }
     }
 }
@@ -117,7 +125,12 @@ fn test() -> Result<()> {
     step("build", || cargo(&["build", "-p", "probe-user"]))?;
     let _ = netlab::clean_stale();
     step("tests", || cargo(&["test", "--workspace", "--exclude", "probe-ebpf"]))?;
-    step("benchmark (quick)", || cargo(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--quick"]))?;
+    step("benchmark (quick)", || {
+        cargo(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--quick"])?;
+        // The debug binary the tests used: no release build in CI just for this.
+        let bin = root().join("target/debug/netcheck");
+        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "node", "--", "--quick"], &bin)
+    })?;
     step("fuzz (10 s per target)", || fuzz(10))?;
     let left: Vec<String> = netlab::list_netns()?.into_iter().filter(|n| n.starts_with("nclab")).collect();
     if !left.is_empty() {
@@ -163,6 +176,11 @@ fn cargo(args: &[&str]) -> Result<()> {
         _ => ("cargo", args.to_vec()),
     };
     sh(Command::new(program).args(&args).current_dir(root()))
+}
+
+/// `cargo ARGS` with `NETCHECK_BIN` set: lab tests and benches run that netcheck binary.
+fn cargo_with_bin(args: &[&str], bin: &std::path::Path) -> Result<()> {
+    sh(Command::new("cargo").args(args).env("NETCHECK_BIN", bin).current_dir(root()))
 }
 
 fn sh(cmd: &mut Command) -> Result<()> {
