@@ -192,6 +192,7 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
         }
     };
     let remaining = deadline.saturating_sub(started.elapsed());
+    let fallback = spec.clone();
     let joined = tokio::task::spawn_blocking(move || send_and_wait(&spec, &plan, remaining, capture.as_deref())).await;
     match joined {
         Ok(mut r) => {
@@ -199,9 +200,8 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
             r
         }
         Err(e) => {
-            let spec = Spec { peer: Ipv4Addr::UNSPECIFIED, port: 0, vni: None, device: None };
             let outcome = Outcome::Failed(format!("probe thread: {e}"));
-            Report { spec, plan: None, outcome, probes: 0, elapsed: started.elapsed(), events: Vec::new() }
+            Report { spec: fallback, plan: None, outcome, probes: 0, elapsed: started.elapsed(), events: Vec::new() }
         }
     }
 }
