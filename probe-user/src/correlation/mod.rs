@@ -222,18 +222,8 @@ impl Check {
     }
 
     /// A check that sent nothing (a file was read): no duration, evidence or hops.
-    pub fn file(probe: &'static str, target: String, (status, cause, detail): (Status, Option<Cause>, String)) -> Self {
-        Self {
-            probe,
-            target,
-            status,
-            cause,
-            detail,
-            duration_ms: 0,
-            evidence: Vec::new(),
-            hops: Vec::new(),
-            data: None,
-        }
+    pub fn file(probe: &'static str, target: String, verdict: (Status, Option<Cause>, String)) -> Self {
+        Self::probed(probe, target, verdict, std::time::Duration::ZERO, Vec::new())
     }
 }
 
