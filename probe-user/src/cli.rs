@@ -309,9 +309,7 @@ fn plan(
             for name in names {
                 dns::check_name(name).map_err(|why| format!("invalid name {name:?}: {why}"))?;
                 jobs.push(Job::Dns(Box::new(dns::Spec {
-                    name: name.clone(),
                     rtype,
-                    conf: conf.clone(),
                     servers: servers.clone(),
                     endpoints: endpoints.clone(),
                     upstreams: upstreams.clone(),
@@ -319,6 +317,7 @@ fn plan(
                     discover: endpoints
                         .is_empty()
                         .then(|| dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf) }),
+                    ..dns::Spec::new(name, conf.clone())
                 })));
             }
             Ok((jobs, CertOptions::default()))
@@ -590,17 +589,7 @@ async fn resolve(
     capture: Option<Arc<Capture>>,
     capture_on: bool,
 ) -> (correlation::Check, Option<std::net::IpAddr>) {
-    let spec = dns::Spec {
-        name: name.to_string(),
-        rtype: hickory_proto::rr::RecordType::A,
-        conf: conf.clone(),
-        servers: Vec::new(),
-        endpoints: Vec::new(),
-        upstreams: Vec::new(),
-        cluster_domain: String::new(),
-        discover: None,
-    };
-    let report = dns::run(spec, budget, capture).await;
+    let report = dns::run(dns::Spec::new(name, conf.clone()), budget, capture).await;
     let ip = report.lookup.answer().and_then(|a| match &a.outcome {
         dns::Outcome::Answer(records) => records.iter().find_map(|r| r.parse().ok()),
         _ => None,

@@ -88,14 +88,10 @@ fn dns_spec(files: &NodeFiles, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
         ignored: Vec::new(),
     };
     Some(dns::Spec {
-        name: "kubernetes.default".into(),
-        rtype: hickory_proto::rr::RecordType::A,
-        conf,
-        servers: Vec::new(),
-        endpoints: Vec::new(),
         upstreams: discovery::node_upstreams(&files.root),
         cluster_domain: domain,
         discover: Some(dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf) }),
+        ..dns::Spec::new("kubernetes.default", conf)
     })
 }
 

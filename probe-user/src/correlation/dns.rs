@@ -366,7 +366,7 @@ fn asked(lookup: &Lookup) -> String {
 
 #[cfg(test)]
 mod tests {
-    use hickory_proto::rr::{Name, RecordType};
+    use hickory_proto::rr::Name;
 
     use std::time::Duration;
 
@@ -390,16 +390,7 @@ mod tests {
             b"nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
         );
         Report {
-            spec: Spec {
-                name: "kubernetes.default".into(),
-                rtype: RecordType::A,
-                conf,
-                servers: vec![],
-                endpoints: vec![],
-                upstreams: vec![],
-                cluster_domain: "cluster.local".into(),
-                discover: None,
-            },
+            spec: Spec::new("kubernetes.default", conf),
             expansions: vec![],
             lookup: Lookup { queries: lookup, answered, out_of_time: false },
             rungs,

@@ -156,7 +156,6 @@ mod tests {
     fn report(steps: &[(u16, Answer)], path_mtu: u16) -> Report {
         Report {
             spec: Spec { host: "10.244.2.2".parse().unwrap(), max: None, cni_mtu: Some((1450, "subnet.env".into())) },
-            source: Some("10.244.1.2".parse().unwrap()),
             interface: Some(("eth0".into(), 1450)),
             steps: steps.iter().map(|(size, answer)| Step { size: *size, answer: *answer, probes: 1 }).collect(),
             outcome: Outcome::Measured { path_mtu, exact: true, upper: path_mtu },

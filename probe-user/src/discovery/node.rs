@@ -1,6 +1,6 @@
 //! What a node's own files say, read under the host root: the kubelet's configuration
 //! (clusterDNS, clusterDomain, healthz), the API server the kubelet talks to (its kubeconfig),
-//! flannel's subnet.env and the CNI configuration. Every file is optional; what is missing or
+//! and flannel's subnet.env. Every file is optional; what is missing or
 //! unreadable is remembered as a note, never an error.
 
 use std::{
@@ -17,7 +17,6 @@ pub const KUBELET_CONFIG: &str = "var/lib/kubelet/config.yaml";
 /// The kubelet's kubeconfig: kubeadm, then k3s's agent.
 pub const KUBELET_KUBECONFIGS: &[&str] =
     &["etc/kubernetes/kubelet.conf", "var/lib/rancher/k3s/agent/kubelet.kubeconfig"];
-pub const CNI_DIR: &str = "etc/cni/net.d";
 
 /// The fields of a KubeletConfiguration netcheck uses (kubelet.config.k8s.io/v1beta1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -27,7 +26,6 @@ pub struct KubeletConfig {
     pub cluster_dns: Vec<String>,
     pub cluster_domain: Option<String>,
     pub healthz_port: Option<u16>,
-    pub healthz_bind_address: Option<String>,
     pub port: Option<u16>,
     pub resolv_conf: Option<String>,
 }
@@ -58,7 +56,6 @@ pub struct NodeFiles {
     pub kubelet: Option<KubeletConfig>,
     pub api_server: Option<ApiServer>,
     pub subnet_env: Option<(SubnetEnv, PathBuf)>,
-    pub cni_configs: Vec<PathBuf>,
     /// What could not be learnt, and why.
     pub notes: Vec<String>,
 }
@@ -90,15 +87,6 @@ pub fn read(root: &Path) -> NodeFiles {
     match SubnetEnv::read(&env_path) {
         Ok(env) => files.subnet_env = Some((env, env_path)),
         Err(e) => files.notes.push(crate::error::chain(&e)),
-    }
-    if let Ok(entries) = std::fs::read_dir(root.join(CNI_DIR)) {
-        let mut found: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "conf" || x == "conflist"))
-            .collect();
-        found.sort();
-        files.cni_configs = found;
     }
     files
 }

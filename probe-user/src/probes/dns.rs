@@ -12,10 +12,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicU16, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -249,16 +246,6 @@ pub struct QueryReport {
     pub events: Vec<KernelEvent>,
 }
 
-static NEXT_ID: AtomicU16 = AtomicU16::new(0);
-
-fn message_id() -> u16 {
-    // Unpredictable enough for a probe (not a cache): clock bits mixed with a counter.
-    let ns = crate::cli::monotonic_ns();
-    #[allow(clippy::cast_possible_truncation)]
-    let clock = (ns ^ (ns >> 16) ^ (ns >> 32)) as u16;
-    clock ^ NEXT_ID.fetch_add(40_503, Ordering::Relaxed)
-}
-
 /// Asks `server` for `name`/`rtype` once over `transport`, within `deadline`.
 pub async fn query(
     server: SocketAddr,
@@ -269,7 +256,7 @@ pub async fn query(
     capture: Option<&Capture>,
 ) -> QueryReport {
     let started = Instant::now();
-    let id = message_id();
+    let id = super::fresh_id();
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;
     msg.add_query(Query::query(name.clone(), rtype));
@@ -540,6 +527,21 @@ pub struct Report {
 }
 
 impl Spec {
+    /// An A lookup of `name` with `conf` and nothing else: no extra servers, endpoints,
+    /// upstreams or API discovery, cluster domain `cluster.local`.
+    pub fn new(name: &str, conf: ResolvConf) -> Self {
+        Self {
+            name: name.to_string(),
+            rtype: RecordType::A,
+            conf,
+            servers: Vec::new(),
+            endpoints: Vec::new(),
+            upstreams: Vec::new(),
+            cluster_domain: "cluster.local".to_string(),
+            discover: None,
+        }
+    }
+
     /// The servers asked as the `server` rung: resolv.conf's and `--server`'s, once each.
     pub fn server_rungs(&self) -> Vec<IpAddr> {
         let mut v = self.conf.nameservers.clone();

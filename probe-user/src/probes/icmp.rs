@@ -199,14 +199,6 @@ pub fn classify(packet: &[u8], dst: Ipv4Addr, id: u16) -> Option<(u16, Answer)> 
     }
 }
 
-/// An echo identifier for a probe (the kernel does not pick one for raw sockets).
-pub fn identifier() -> u16 {
-    let ns = crate::cli::monotonic_ns();
-    #[allow(clippy::cast_possible_truncation)]
-    let mixed = (ns ^ (ns >> 20) ^ u64::from(std::process::id()) << 3) as u16;
-    mixed | 1
-}
-
 /// Echo replies reach a raw socket as copies; the kernel's own ICMP handler then frees the
 /// original with NO_SOCKET (no ping socket wants it). That is delivery, not loss.
 pub fn without_delivered_replies(mut events: Vec<KernelEvent>, local: Ipv4Addr) -> Vec<KernelEvent> {

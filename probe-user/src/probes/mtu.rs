@@ -66,7 +66,6 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub spec: Spec,
-    pub source: Option<Ipv4Addr>,
     /// The interface holding the source address and its MTU: what the sender assumes.
     pub interface: Option<(String, u16)>,
     pub steps: Vec<Step>,
@@ -90,7 +89,6 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     let started = Instant::now();
     tokio::task::spawn_blocking(move || probe(spec, deadline, capture.as_deref())).await.unwrap_or_else(|e| Report {
         spec: fallback,
-        source: None,
         interface: None,
         steps: Vec::new(),
         outcome: Outcome::Failed(format!("probe thread: {e}")),
@@ -104,7 +102,6 @@ pub fn probe(spec: Spec, deadline: Duration, capture: Option<&Capture>) -> Repor
     let started = Instant::now();
     let mut report = Report {
         spec,
-        source: None,
         interface: None,
         steps: Vec::new(),
         outcome: Outcome::Failed(String::new()),
@@ -123,9 +120,8 @@ pub fn probe(spec: Spec, deadline: Duration, capture: Option<&Capture>) -> Repor
             return report;
         }
     };
-    report.source = Some(source);
     report.interface = interface_mtu(source);
-    let mut pinger = match Pinger::new(dst, icmp::identifier()) {
+    let mut pinger = match Pinger::new(dst, super::fresh_id()) {
         Ok(p) => p,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
             report.outcome = Outcome::NoPrivilege(format!("a raw ICMP socket needs CAP_NET_RAW ({e})"));

@@ -217,7 +217,7 @@ fn send_and_wait(spec: &Spec, plan: &Plan, deadline: Duration, capture: Option<&
         elapsed: Duration::ZERO,
         events: Vec::new(),
     };
-    let id = icmp::identifier();
+    let id = super::fresh_id();
     // Receiving the echo reply (the kernel delivers it to raw sockets) needs CAP_NET_RAW.
     let pinger = match Pinger::new(plan.peer_vtep, id) {
         Ok(p) => p,
