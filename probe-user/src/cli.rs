@@ -75,6 +75,20 @@ pub enum Command {
         #[arg(long, hide = true)]
         one_by_one: bool,
     },
+    /// Which hop of a path is broken and why: follows the packet from a pod's namespace (or
+    /// the node) through veth, bridge, routing, the VXLAN overlay and the underlay to the
+    /// destination using the kernel's tables, tests each hop it can while capture runs, and
+    /// places every drop, reset and ICMP error on its hop. Run it on the source's node.
+    Path {
+        /// Where the packet starts: a pod's network namespace (name under /var/run/netns, as
+        /// CNI plugins create them, or /proc/PID/ns/net) or `host` (the namespace netcheck runs in).
+        #[arg(long, default_value = "host", value_name = "NETNS|host")]
+        from: String,
+        /// The destination: an IPv4 address, with :PORT for a TCP connect as the final probe
+        /// (without a port, an ICMP echo).
+        #[arg(value_name = "DST[:PORT]")]
+        destination: String,
+    },
     /// Stream packet drops, TCP resets and ICMP errors live, with kernel reason names.
     Capture {
         /// Stop after this long (default: until interrupted).
@@ -404,6 +418,7 @@ enum Work {
     Checks(Vec<Job>, CertOptions),
     Capture(capture::filter::Filter, Option<Duration>),
     Node(CertOptions, bool),
+    Path(crate::probes::path::Spec),
 }
 
 fn run(cli: &Cli) -> AnyResult<u8> {
@@ -414,6 +429,23 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         }
         Command::Node { warn_days, one_by_one } => {
             Work::Node(CertOptions { warn_days: *warn_days, ..CertOptions::default() }, *one_by_one)
+        }
+        Command::Path { from, destination } => {
+            let (dst, port) = crate::probes::path::parse_destination(destination)?;
+            let from = if from == "host" {
+                crate::probes::path::Source::Host
+            } else {
+                let path = netns::resolve(from);
+                if !path.exists() {
+                    return Err(format!(
+                        "--from {from}: no such network namespace ({} does not exist; `ip netns list` shows the named ones)",
+                        path.display()
+                    )
+                    .into());
+                }
+                crate::probes::path::Source::Netns(from.clone())
+            };
+            Work::Path(crate::probes::path::Spec { from, dst, port })
         }
         Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
             let filter = capture::filter::Filter {
@@ -441,6 +473,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             let root = discovery::host_root(cli.host_root.as_deref());
             run_checks(cli, opts, &cert_options, node::plan(&root, cli.kubeconfig.as_deref()), one_by_one)
         }
+        Work::Path(spec) => run_path(cli, opts, spec),
         Work::Capture(filter, duration) => {
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
             stream(&capture, duration, &filter, cli.output)?;
@@ -464,6 +497,23 @@ fn run_checks(
         runtime.block_on(async { run_jobs(plan.await, cert_options, cli.timeout, capture.clone(), one_by_one).await });
     let status = capture.as_ref().map_or(status, |c| c.status());
     let report = Report::new(checks, status);
+    print_report(&report, cli.output)?;
+    Ok(report.exit_code())
+}
+
+/// `netcheck path`: the path's check with its hops, and the verdict line.
+fn run_path(cli: &Cli, opts: capture::Options, spec: crate::probes::path::Spec) -> AnyResult<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (capture, status) = start_capture(cli.no_capture, opts);
+    let capture_on = capture.is_some();
+    let report = runtime.block_on(crate::probes::path::run(spec, cli.timeout, capture.clone()))?;
+    let node_netns = netns::current_inode()
+        .and_then(|i| u32::try_from(i).ok())
+        .map_or_else(|| "host".to_string(), |i| netns::NetnsNames::scan().name(i));
+    let (check, line) = correlation::path::verdict(&report, capture_on, &node_netns);
+    let status = capture.as_ref().map_or(status, |c| c.status());
+    let mut report = Report::new(vec![check], status);
+    report.verdict = Some(line);
     print_report(&report, cli.output)?;
     Ok(report.exit_code())
 }

@@ -40,6 +40,40 @@ pub fn enter(name_or_path: &str) -> Result<()> {
     })
 }
 
+/// Runs `work` on a thread of its own inside the namespace (`None`: the caller's), on a
+/// single-threaded runtime; sockets, netlink and threads it creates belong to that namespace.
+/// The rest of the process stays where it is, so one run can look at two namespaces.
+pub async fn run_in<T, F, Fut>(netns: Option<String>, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let label = netns.clone().unwrap_or_else(|| "current".into());
+    let spawned = std::thread::Builder::new().name("netcheck-netns".into()).spawn(move || {
+        let result = (|| {
+            if let Some(ns) = &netns {
+                enter(ns)?;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+                Error::Netns { name: netns.clone().unwrap_or_default(), why: "runtime".into(), source: Some(e) }
+            })?;
+            Ok(runtime.block_on(work()))
+        })();
+        let _ = tx.send(result);
+    });
+    if let Err(e) = spawned {
+        return Err(Error::Netns { name: label, why: "cannot start a thread".into(), source: Some(e) });
+    }
+    rx.await.unwrap_or_else(|_| Err(Error::Netns { name: label, why: "its thread panicked".into(), source: None }))
+}
+
+/// Inode of a namespace given as for [`enter`] (`None` when it cannot be read).
+pub fn inode_of(name_or_path: &str) -> Option<u64> {
+    std::fs::metadata(resolve(name_or_path)).ok().map(|m| m.ino())
+}
+
 /// Inode of the namespace netcheck started in (recorded before any `enter`).
 pub fn initial_inode() -> Option<u64> {
     static INITIAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();

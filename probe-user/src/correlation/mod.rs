@@ -5,6 +5,7 @@ pub mod cert;
 pub mod dns;
 pub mod kubelet;
 pub mod mtu;
+pub mod path;
 mod tcp;
 pub mod vxlan;
 
@@ -49,6 +50,8 @@ pub enum Cause {
     NoRoute,
     /// The kernel says netfilter dropped the probe's packets.
     NetfilterDrop,
+    /// The kernel dropped the probe's packets for another reason (named in the evidence).
+    KernelDrop,
     /// The target's name did not resolve.
     DnsError,
     /// The probe could not run (e.g. a socket error).
@@ -98,6 +101,7 @@ impl Cause {
             Self::Unreachable => "unreachable",
             Self::NoRoute => "no_route",
             Self::NetfilterDrop => "netfilter_drop",
+            Self::KernelDrop => "kernel_drop",
             Self::DnsError => "dns_error",
             Self::ProbeError => "probe_error",
             Self::CertExpired => "cert_expired",
@@ -162,15 +166,19 @@ fn same(a: &KernelEvent, b: &KernelEvent) -> bool {
         && outer_same
 }
 
-/// A hop of a path (filled by `netcheck path`; a single probe has none yet).
+/// A hop of a path (filled by `netcheck path`; other checks have none).
 #[derive(Debug, Clone, Serialize)]
 pub struct Hop {
+    /// source, veth, bridge, routing, input, overlay, underlay, peer-underlay, peer-overlay,
+    /// peer-bridge, destination.
     pub name: String,
     pub netns: Option<String>,
     pub device: Option<String>,
     pub status: Status,
     pub cause: Option<Cause>,
+    /// Not visible from here (the peer's side): judged only by probes and evidence.
     pub inferred: bool,
+    pub detail: String,
     pub evidence: Vec<Evidence>,
 }
 
@@ -197,6 +205,7 @@ pub enum Data {
     Dns(dns::DnsData),
     Mtu(mtu::MtuData),
     Vxlan(vxlan::VxlanData),
+    Path(path::PathData),
 }
 
 impl Check {

@@ -137,3 +137,172 @@ fn destination(n: &NeighbourMessage) -> Option<IpAddr> {
         _ => None,
     })
 }
+
+/// An interface of the current namespace, with what the path needs to follow it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `veth`, `bridge`, `vxlan`, ... (`None` for a plain device such as a NIC or `lo`).
+    pub kind: Option<String>,
+    /// Administratively up (`ip link set up`).
+    pub up: bool,
+    /// Carrier: for a veth, whether its peer is up too.
+    pub lower_up: bool,
+    pub mtu: Option<u32>,
+    /// The bridge it is enslaved to.
+    pub master: Option<u32>,
+    /// For a veth: its peer's ifindex, in the namespace `peer_netnsid` names (or this one).
+    pub peer_index: Option<u32>,
+    /// Set when the peer lives in another namespace (its id as this namespace knows it).
+    pub peer_netnsid: Option<i32>,
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+}
+
+/// Every interface of the current namespace with its IPv4 addresses.
+pub async fn links() -> std::io::Result<Vec<Link>> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(connection);
+    let result = read_links(&handle).await;
+    task.abort();
+    result.map_err(|e| std::io::Error::other(format!("netlink: {e}")))
+}
+
+async fn read_links(handle: &rtnetlink::Handle) -> Result<Vec<Link>, rtnetlink::Error> {
+    use netlink_packet_route::link::LinkFlags;
+    let mut out = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await? {
+        let flags = msg.header.flags;
+        let mut link = Link {
+            index: msg.header.index,
+            up: flags.contains(LinkFlags::Up),
+            lower_up: flags.contains(LinkFlags::LowerUp),
+            ..Link::default()
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name.clone_from(n),
+                LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+                LinkAttribute::Controller(m) => link.master = Some(*m),
+                LinkAttribute::Link(i) => link.peer_index = Some(*i),
+                LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.kind = infos.iter().find_map(|i| match i {
+                        LinkInfo::Kind(k) => Some(kind_name(k)),
+                        _ => None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        out.push(link);
+    }
+    let mut addrs = handle.address().get().execute();
+    while let Some(a) = addrs.try_next().await? {
+        if let Some(link) = out.iter_mut().find(|l| l.index == a.header.index) {
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(v4)) = attr
+                    && !link.addresses.iter().any(|(x, _)| x == v4)
+                {
+                    link.addresses.push((*v4, a.header.prefix_len));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Veth => "veth".into(),
+        InfoKind::Bridge => "bridge".into(),
+        InfoKind::Vxlan => "vxlan".into(),
+        InfoKind::Other(s) => s.clone(),
+        other => format!("{other:?}").to_ascii_lowercase(),
+    }
+}
+
+/// What the kernel's routing decision is for a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub kind: RouteKind,
+    /// The output interface's index.
+    pub oif: Option<u32>,
+    pub gateway: Option<IpAddr>,
+    /// The source address the kernel picks.
+    pub source: Option<IpAddr>,
+    pub table: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// Sent on (directly or through a gateway).
+    Unicast,
+    /// Delivered to this namespace (the destination is one of its addresses).
+    Local,
+    /// `unreachable`, `prohibit`, `blackhole` or another type that sends nothing.
+    Reject(&'static str),
+}
+
+/// `ip route get DST [from SRC iif DEV]`: the decision for a packet this namespace sends, or
+/// (with `input`) one it receives from `SRC` on interface `iif` and forwards. `Err` carries
+/// the kernel's answer when there is no route (e.g. "Network is unreachable").
+pub async fn route_get(dst: IpAddr, input: Option<(IpAddr, u32)>) -> std::io::Result<Route> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(connection);
+    let result = get_route(&handle, dst, input).await;
+    task.abort();
+    result.map_err(|e| match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => std::io::Error::other(format!("netlink: {other}")),
+    })
+}
+
+async fn get_route(
+    handle: &rtnetlink::Handle,
+    dst: IpAddr,
+    input: Option<(IpAddr, u32)>,
+) -> Result<Route, rtnetlink::Error> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = if dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+    msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
+    if let Some((src, iif)) = input {
+        msg.header.source_prefix_length = if src.is_ipv4() { 32 } else { 128 };
+        msg.attributes.push(RouteAttribute::Source(RouteAddress::from(src)));
+        msg.attributes.push(RouteAttribute::Iif(iif));
+    }
+    let mut answers = handle.route().get(msg).execute();
+    let answer = answers.try_next().await?.ok_or(rtnetlink::Error::RequestFailed)?;
+    let address = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    let mut route = Route {
+        kind: match answer.header.kind {
+            RouteType::Unicast => RouteKind::Unicast,
+            RouteType::Local | RouteType::Broadcast => RouteKind::Local,
+            RouteType::BlackHole => RouteKind::Reject("blackhole"),
+            RouteType::Unreachable => RouteKind::Reject("unreachable"),
+            RouteType::Prohibit => RouteKind::Reject("prohibit"),
+            _ => RouteKind::Reject("not unicast"),
+        },
+        oif: None,
+        gateway: None,
+        source: None,
+        table: u32::from(answer.header.table),
+    };
+    for attr in &answer.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => route.oif = Some(*i),
+            RouteAttribute::Gateway(g) => route.gateway = address(g),
+            RouteAttribute::PrefSource(s) => route.source = address(s),
+            RouteAttribute::Table(t) => route.table = *t,
+            _ => {}
+        }
+    }
+    Ok(route)
+}

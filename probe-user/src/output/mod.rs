@@ -30,6 +30,9 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub summary: Summary,
     pub capture: capture::Status,
+    /// One line naming what is broken (`netcheck path`: the first broken hop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
 }
 
 impl Report {
@@ -43,7 +46,7 @@ impl Report {
                 Status::Skip => summary.skip += 1,
             }
         }
-        Self { checks, summary, capture }
+        Self { checks, summary, capture, verdict: None }
     }
 
     /// 1 when a check failed, else 0.
@@ -101,10 +104,15 @@ impl Report {
                 w1 = widths[1],
                 w3 = widths[3]
             );
-            for e in &c.evidence {
-                let times = if e.count > 1 { format!(" x{}", e.count) } else { String::new() };
-                let _ = writeln!(out, "    evidence: {}{times}", e.event.summary());
+            if c.hops.is_empty() {
+                for e in &c.evidence {
+                    let _ = writeln!(out, "    evidence: {}", evidence_line(e));
+                }
             }
+            write_hops(&mut out, c, &paint);
+        }
+        if let Some(v) = &self.verdict {
+            let _ = writeln!(out, "\nverdict: {v}");
         }
         let s = &self.summary;
         let _ = writeln!(out, "\n{} pass, {} warn, {} fail, {} skip", s.pass, s.warn, s.fail, s.skip);
@@ -124,6 +132,53 @@ impl Report {
             );
         }
         out
+    }
+}
+
+fn evidence_line(e: &crate::correlation::Evidence) -> String {
+    let times = if e.count > 1 { format!(" x{}", e.count) } else { String::new() };
+    format!("{}{times}", e.event.summary())
+}
+
+/// A path's hops under its check: number, name, where, status, cause, detail, evidence.
+fn write_hops(out: &mut String, c: &Check, paint: &dyn Fn(Style, &str) -> String) {
+    if c.hops.is_empty() {
+        return;
+    }
+    let places: Vec<String> = c
+        .hops
+        .iter()
+        .map(|h| {
+            let place = match (&h.netns, &h.device) {
+                (Some(ns), Some(d)) => format!("{ns} {d}"),
+                (Some(ns), None) => ns.clone(),
+                (None, Some(d)) => d.clone(),
+                (None, None) => String::new(),
+            };
+            match (h.inferred, place.is_empty()) {
+                (true, true) => "(inferred)".to_string(),
+                (true, false) => format!("{place} (inferred)"),
+                (false, _) => place,
+            }
+        })
+        .collect();
+    let name_w = c.hops.iter().map(|h| h.name.len()).max().unwrap_or(0);
+    let place_w = places.iter().map(String::len).max().unwrap_or(0);
+    for (i, (h, place)) in c.hops.iter().zip(&places).enumerate() {
+        let status = format!("{:4}", h.status.as_str().to_uppercase());
+        let cause = h.cause.map_or("-", |c| c.as_str());
+        let _ = writeln!(
+            out,
+            "  {:>2}  {:name_w$}  {:place_w$}  {}  {cause}  {}",
+            i + 1,
+            h.name,
+            place,
+            paint(status_style(h.status), &status),
+            h.detail
+        );
+        for e in &h.evidence {
+            let _ = writeln!(out, "        evidence: {}", evidence_line(e));
+        }
     }
 }
 

@@ -161,6 +161,49 @@ impl Pinger {
     }
 }
 
+/// An echo's result: answered (with the round trip) or not, or why it could not be sent.
+#[derive(Debug, Clone)]
+pub enum EchoOutcome {
+    Answered { answer: Answer, rtt: Duration },
+    NoPrivilege(String),
+    NoRoute(String),
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Echo {
+    pub dst: Ipv4Addr,
+    pub outcome: EchoOutcome,
+    pub elapsed: Duration,
+    pub events: Vec<KernelEvent>,
+}
+
+/// One ICMP echo (`ping -c 1`, retried twice when silent) within `deadline`, blocking.
+pub fn echo(dst: Ipv4Addr, deadline: Duration, capture: Option<&crate::capture::Capture>) -> Echo {
+    let started = Instant::now();
+    let done = |outcome, events| Echo { dst, outcome, elapsed: started.elapsed(), events };
+    let source = match super::tcp::source_address(std::net::SocketAddr::new(IpAddr::V4(dst), 9)) {
+        Ok(IpAddr::V4(s)) => s,
+        Ok(IpAddr::V6(s)) => return done(EchoOutcome::Failed(format!("IPv6 source {s} for {dst}")), Vec::new()),
+        Err(e) => return done(EchoOutcome::NoRoute(e.to_string()), Vec::new()),
+    };
+    let mut pinger = match Pinger::new(dst, super::fresh_id()) {
+        Ok(p) => p,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            return done(EchoOutcome::NoPrivilege(format!("a raw ICMP socket needs CAP_NET_RAW ({e})")), Vec::new());
+        }
+        Err(e) => return done(EchoOutcome::Failed(format!("raw ICMP socket: {e}")), Vec::new()),
+    };
+    let watch = capture.map(|c| {
+        c.watch(crate::capture::FlowMatcher::new(1, std::net::SocketAddr::new(IpAddr::V4(source), pinger.id)))
+    });
+    let left = || deadline.saturating_sub(started.elapsed());
+    let (answer, _) = pinger.try_size(84, (deadline / 3).min(Duration::from_secs(1)), left);
+    let rtt = started.elapsed();
+    let events = watch.map(crate::capture::Watch::finish).unwrap_or_default();
+    done(EchoOutcome::Answered { answer, rtt }, without_delivered_replies(events, source))
+}
+
 /// Reads an IPv4 packet a raw ICMP socket received: our echo reply, or an ICMP error quoting
 /// one of our echo requests. Anything else is `None`.
 pub fn classify(packet: &[u8], dst: Ipv4Addr, id: u16) -> Option<(u16, Answer)> {

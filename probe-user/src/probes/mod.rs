@@ -6,6 +6,7 @@ pub mod dns;
 pub mod icmp;
 pub mod kubelet;
 pub mod mtu;
+pub mod path;
 pub mod target;
 pub mod tcp;
 pub mod vxlan;

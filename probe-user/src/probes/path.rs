@@ -1,0 +1,389 @@
+//! The path probe behind `netcheck path`: follows a packet from a source namespace (a pod's,
+//! or the node's own) to a destination through the kernel's own tables, then tests every hop
+//! it can while capture runs.
+//!
+//! Discovery, through rtnetlink in each namespace:
+//! - in the source: the route to the destination, the interface it leaves by and, for a veth,
+//!   the ifindex of its peer on the node;
+//! - on the node: that peer veth, the bridge it is enslaved to, the node's forwarding decision
+//!   for the source's packets (`ip route get DST from SRC iif BRIDGE`), and when the route leads
+//!   into a VXLAN device, the neighbour and FDB entries that name the peer's VTEP and underlay
+//!   address, and the underlay route to it.
+//!
+//! Probes, all at once under one deadline: the final TCP connect (or ICMP echo) from the
+//! source, the gateway echo, the path MTU from the source, the VXLAN probe and the underlay path
+//! MTU to the peer node, and for a destination on the node itself, the same connect from the
+//! node (to tell "pods cannot" from "nobody can").
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{Target, icmp, mtu, tcp, vxlan};
+use crate::{
+    capture::Capture,
+    discovery::netlink::{self, Link, Route, RouteKind, VxlanDevice},
+    netns,
+};
+
+/// Where the path starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The namespace netcheck runs in (the node).
+    Host,
+    /// A pod's namespace: a name under /var/run/netns or a path such as /proc/PID/ns/net.
+    Netns(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub from: Source,
+    pub dst: Ipv4Addr,
+    /// TCP port of the final probe; without one the final probe is an ICMP echo.
+    pub port: Option<u16>,
+}
+
+/// What the source namespace's tables say.
+#[derive(Debug, Clone, Default)]
+pub struct SourceView {
+    pub inode: Option<u64>,
+    pub route: Option<Result<Route, String>>,
+    /// The interface the route leaves by.
+    pub link: Option<Link>,
+}
+
+/// What the node's tables say about the path.
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    pub inode: Option<u64>,
+    /// The node side of the source's veth.
+    pub veth: Option<Link>,
+    pub bridge: Option<Link>,
+    /// Why the veth was not found, when the source is a pod.
+    pub veth_problem: Option<String>,
+    /// The node's decision for the packet (forwarded for a pod source, sent for the node).
+    pub route: Option<Result<Route, String>>,
+    pub route_link: Option<Link>,
+    /// The VXLAN device the route leads into, when it does.
+    pub overlay: Option<VxlanDevice>,
+    pub peer: Option<Peer>,
+    /// What stops the overlay from carrying the packet (no neighbour or FDB entry, device down).
+    pub overlay_problems: Vec<String>,
+    /// The route and interface the (outer) packets leave the node by.
+    pub underlay_route: Option<Result<Route, String>>,
+    pub underlay_link: Option<Link>,
+}
+
+/// The peer node as the overlay's tables name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's VTEP address (flannel: 10.244.N.0), the route's gateway.
+    pub vtep: Ipv4Addr,
+    pub vtep_mac: String,
+    /// The peer's underlay address (the FDB entry's destination).
+    pub underlay: Ipv4Addr,
+}
+
+/// The final probe from the source.
+#[derive(Debug)]
+pub enum Final {
+    Tcp(tcp::Report),
+    Echo(icmp::Echo),
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub spec: Spec,
+    pub source: SourceView,
+    pub node: NodeView,
+    pub final_probe: Option<Final>,
+    /// Echo from the source to its gateway (a pod's cni0 address).
+    pub gateway: Option<icmp::Echo>,
+    /// Path MTU from the source to the destination.
+    pub mtu: Option<mtu::Report>,
+    /// VXLAN probe from the node to the peer's VTEP.
+    pub vxlan: Option<vxlan::Report>,
+    /// Path MTU from the node to the peer's underlay address.
+    pub underlay_mtu: Option<mtu::Report>,
+    /// For a destination on the node: the same connect from the node itself.
+    pub from_node: Option<tcp::Report>,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// The source's address on the path (what the source route picks).
+    pub fn source_ip(&self) -> Option<IpAddr> {
+        self.source.route.as_ref().and_then(|r| r.as_ref().ok()).and_then(|r| r.source)
+    }
+
+    /// Whether the destination is one of the node's own addresses.
+    pub fn to_node(&self) -> bool {
+        matches!(self.node.route, Some(Ok(Route { kind: RouteKind::Local, .. })))
+    }
+}
+
+/// Discovers the path, then probes it; the source side runs in the source's namespace.
+/// `Err` only when the source namespace cannot be entered.
+pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) -> crate::error::Result<Report> {
+    let started = Instant::now();
+    let source_ns = match &spec.from {
+        Source::Host => None,
+        Source::Netns(ns) => Some(ns.clone()),
+    };
+    let dst = spec.dst;
+    let source = match &source_ns {
+        Some(ns) => {
+            let inode = netns::inode_of(ns);
+            let mut view = netns::run_in(source_ns.clone(), move || source_view(dst)).await?;
+            view.inode = inode;
+            view
+        }
+        None => source_view(dst).await,
+    };
+    let node = node_view(&spec, &source).await;
+    let mut report = Report {
+        spec,
+        source,
+        node,
+        final_probe: None,
+        gateway: None,
+        mtu: None,
+        vxlan: None,
+        underlay_mtu: None,
+        from_node: None,
+        elapsed: Duration::ZERO,
+    };
+    let remaining = deadline.saturating_sub(started.elapsed()).max(deadline / 2);
+    let gateway = match (&report.spec.from, &report.source.route) {
+        (Source::Netns(_), Some(Ok(Route { gateway: Some(IpAddr::V4(gw)), .. }))) => Some(*gw),
+        _ => None,
+    };
+    let source_side = {
+        let (capture, port) = (capture.clone(), report.spec.port);
+        netns::run_in(source_ns, move || source_probes(dst, port, gateway, remaining, capture))
+    };
+    let node_side = node_probes(&report, remaining, capture);
+    let (source_side, node_side) = tokio::join!(source_side, node_side);
+    let (final_probe, gateway, mtu) = source_side?;
+    (report.final_probe, report.gateway, report.mtu) = (Some(final_probe), gateway, Some(mtu));
+    (report.vxlan, report.underlay_mtu, report.from_node) = node_side;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn source_view(dst: Ipv4Addr) -> SourceView {
+    let route = netlink::route_get(IpAddr::V4(dst), None).await.map_err(|e| e.to_string());
+    let link = match &route {
+        Ok(Route { oif: Some(oif), .. }) => {
+            netlink::links().await.ok().and_then(|l| l.into_iter().find(|l| l.index == *oif))
+        }
+        _ => None,
+    };
+    SourceView { inode: netns::current_inode(), route: Some(route), link }
+}
+
+async fn node_view(spec: &Spec, source: &SourceView) -> NodeView {
+    let mut view = NodeView { inode: netns::current_inode(), ..NodeView::default() };
+    let links = netlink::links().await.unwrap_or_default();
+    let by_index = |i: u32| links.iter().find(|l| l.index == i).cloned();
+    let mut input = None;
+    if let Source::Netns(_) = spec.from {
+        match &source.link {
+            Some(l) if l.kind.as_deref() == Some("veth") && l.peer_netnsid.is_some() => {
+                // The peer index is in the node's namespace when the veth leads here: check
+                // that the veth found there points back (ifindexes repeat across namespaces).
+                let found = l.peer_index.and_then(by_index).filter(|v| {
+                    v.kind.as_deref() == Some("veth") && v.peer_index == Some(l.index) && v.peer_netnsid.is_some()
+                });
+                match found {
+                    Some(v) => {
+                        view.bridge = v.master.and_then(by_index);
+                        view.veth = Some(v);
+                    }
+                    None => {
+                        view.veth_problem = Some(format!(
+                            "the peer of the source's {} (ifindex {}) is not in this namespace: run netcheck on the \
+                             node that hosts the source",
+                            l.name,
+                            l.peer_index.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+            Some(l) => {
+                view.veth_problem =
+                    Some(format!("the source leaves by {}, which is not a veth to another namespace", l.name));
+            }
+            None => view.veth_problem = Some("the source has no route to the destination".into()),
+        }
+        let iif = view.bridge.as_ref().or(view.veth.as_ref()).map(|l| l.index);
+        let src = source.route.as_ref().and_then(|r| r.as_ref().ok()).and_then(|r| r.source);
+        input = src.zip(iif);
+        if input.is_none() {
+            // Without the input side, the node's decision cannot be asked.
+            return view;
+        }
+    }
+    let route = netlink::route_get(IpAddr::V4(spec.dst), input).await.map_err(|e| e.to_string());
+    view.route_link = route.as_ref().ok().and_then(|r| r.oif).and_then(by_index);
+    let (gateway, oif) = match &route {
+        Ok(r) if r.kind == RouteKind::Unicast => (r.gateway, r.oif),
+        _ => (None, None),
+    };
+    view.route = Some(route);
+    let Some(oif) = oif else { return view };
+    let overlay = if view.route_link.as_ref().and_then(|l| l.kind.as_deref()) == Some("vxlan") {
+        netlink::vxlan_devices().await.ok().and_then(|d| d.into_iter().find(|d| d.index == oif))
+    } else {
+        None
+    };
+    let Some(dev) = overlay else {
+        // Sent directly on the underlay (e.g. to another node's address).
+        view.underlay_link.clone_from(&view.route_link);
+        view.underlay_route.clone_from(&view.route);
+        return view;
+    };
+    let next_hop = gateway.unwrap_or(IpAddr::V4(spec.dst));
+    if !dev.up {
+        view.overlay_problems.push(format!("{} is down", dev.name));
+    }
+    match dev.neighbours.iter().find(|(ip, _)| *ip == next_hop) {
+        None => view.overlay_problems.push(format!(
+            "{} has no neighbour entry for {next_hop}: the peer VTEP's MAC is unknown (flannel writes it permanent)",
+            dev.name
+        )),
+        Some((_, mac)) => match dev.fdb.iter().find(|(m, _)| m == mac) {
+            None => view.overlay_problems.push(format!(
+                "{} has no FDB entry for {}: the kernel does not know which node {next_hop} lives on",
+                dev.name,
+                netlink::format_mac(mac)
+            )),
+            Some((_, IpAddr::V4(underlay))) => {
+                if let IpAddr::V4(vtep) = next_hop {
+                    view.peer = Some(Peer { vtep, vtep_mac: netlink::format_mac(mac), underlay: *underlay });
+                }
+                let route = netlink::route_get(IpAddr::V4(*underlay), None).await.map_err(|e| e.to_string());
+                view.underlay_link = route.as_ref().ok().and_then(|r| r.oif).and_then(by_index);
+                view.underlay_route = Some(route);
+            }
+            Some((_, other)) => view.overlay_problems.push(format!("{} sends to {other}: IPv6 underlay", dev.name)),
+        },
+    }
+    view.overlay = Some(dev);
+    view
+}
+
+/// The final probe, the gateway echo and the path MTU, from the source's namespace.
+async fn source_probes(
+    dst: Ipv4Addr,
+    port: Option<u16>,
+    gateway: Option<Ipv4Addr>,
+    deadline: Duration,
+    capture: Option<Arc<Capture>>,
+) -> (Final, Option<icmp::Echo>, mtu::Report) {
+    let final_probe = {
+        let capture = capture.clone();
+        async move {
+            match port {
+                Some(port) => {
+                    let target = Target { host: dst.to_string(), port };
+                    Final::Tcp(tcp::probe(&target, deadline, capture.as_deref()).await)
+                }
+                None => Final::Echo(blocking_echo(dst, deadline, capture).await),
+            }
+        }
+    };
+    let gateway_echo = {
+        let capture = capture.clone();
+        async move {
+            match gateway {
+                Some(gw) => Some(blocking_echo(gw, deadline, capture).await),
+                None => None,
+            }
+        }
+    };
+    let path_mtu = mtu::run(mtu::Spec { host: dst, max: None, cni_mtu: None }, deadline, capture);
+    tokio::join!(final_probe, gateway_echo, path_mtu)
+}
+
+async fn blocking_echo(dst: Ipv4Addr, deadline: Duration, capture: Option<Arc<Capture>>) -> icmp::Echo {
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || icmp::echo(dst, deadline, capture.as_deref())).await.unwrap_or_else(|e| {
+        icmp::Echo {
+            dst,
+            outcome: icmp::EchoOutcome::Failed(format!("probe thread: {e}")),
+            elapsed: started.elapsed(),
+            events: Vec::new(),
+        }
+    })
+}
+
+/// VXLAN and underlay MTU to the peer node, and the node's own connect to a local destination.
+async fn node_probes(
+    report: &Report,
+    deadline: Duration,
+    capture: Option<Arc<Capture>>,
+) -> (Option<vxlan::Report>, Option<mtu::Report>, Option<tcp::Report>) {
+    let peer = report.node.peer.clone();
+    let overlay = report.node.overlay.clone();
+    let tunnel = {
+        let capture = capture.clone();
+        let peer = peer.clone();
+        async move {
+            let (peer, dev) = (peer?, overlay?);
+            let spec =
+                vxlan::Spec { peer: peer.underlay, port: dev.port.unwrap_or(8472), vni: None, device: Some(dev.name) };
+            Some(vxlan::run(spec, deadline, capture).await)
+        }
+    };
+    let underlay = {
+        let capture = capture.clone();
+        async move {
+            let peer = peer?;
+            Some(mtu::run(mtu::Spec { host: peer.underlay, max: None, cni_mtu: None }, deadline, capture).await)
+        }
+    };
+    let from_node = {
+        let wanted = report.spec.from != Source::Host && report.to_node();
+        let target = report.spec.port.map(|port| Target { host: report.spec.dst.to_string(), port });
+        async move {
+            let target = target.filter(|_| wanted)?;
+            Some(tcp::probe(&target, deadline, capture.as_deref()).await)
+        }
+    };
+    tokio::join!(tunnel, underlay, from_node)
+}
+
+/// The destination as typed: `IP` or `IP:PORT` (IPv4).
+pub fn parse_destination(input: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    if let Ok(ip) = input.parse::<Ipv4Addr>() {
+        return Ok((ip, None));
+    }
+    match input.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(sa)) if sa.port() != 0 => Ok((*sa.ip(), Some(sa.port()))),
+        Ok(SocketAddr::V4(_)) => Err(format!("{input}: port must be a number from 1 to 65535")),
+        Ok(SocketAddr::V6(_)) => Err(format!("{input}: IPv6 paths are not supported yet")),
+        Err(_) if input.parse::<std::net::Ipv6Addr>().is_ok() => {
+            Err(format!("{input}: IPv6 paths are not supported yet"))
+        }
+        Err(_) => Err(format!("{input}: expected an IPv4 address, optionally with :PORT (e.g. 10.244.2.5:8080)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert_eq!(parse_destination("10.244.2.2"), Ok((Ipv4Addr::new(10, 244, 2, 2), None)));
+        assert_eq!(parse_destination("10.244.2.2:8080"), Ok((Ipv4Addr::new(10, 244, 2, 2), Some(8080))));
+        assert!(parse_destination("10.244.2.2:0").unwrap_err().contains("port"));
+        assert!(parse_destination("fd00::1").unwrap_err().contains("IPv6"));
+        assert!(parse_destination("[fd00::1]:80").unwrap_err().contains("IPv6"));
+        assert!(parse_destination("pod-b:80").unwrap_err().contains("expected an IPv4"));
+        assert!(parse_destination("10.244.2.2:99999").is_err());
+    }
+}

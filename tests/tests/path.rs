@@ -1,0 +1,205 @@
+//! `netcheck path` on the lab (issue 4, acceptance 1-4): run in node n1's namespace, from pod
+//! a's namespace, the way it runs on a node with `--from cni-...`.
+
+use netlab::{KUBELET_PORT, Lab, OVERLAY_MTU, UNDERLAY_MTU, VXLAN_PORT, netcheck, require_root};
+use serde_json::Value;
+
+fn lab() -> Lab {
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    lab.start_servers().unwrap();
+    lab
+}
+
+/// `netcheck path` in node `node`'s namespace, from `from` (a namespace or "host").
+fn path(lab: &Lab, node: u8, from: &str, dst: &str) -> netcheck::Run {
+    let r = netcheck::run_json_in(&lab.node(node).netns, &["--timeout", "2s", "path", "--from", from, dst]).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&r.json).unwrap_or_default());
+    r
+}
+
+fn hops(r: &netcheck::Run) -> &Vec<Value> {
+    r.check()["hops"].as_array().expect("hops")
+}
+
+fn names(r: &netcheck::Run) -> Vec<&str> {
+    hops(r).iter().map(|h| h["name"].as_str().unwrap()).collect()
+}
+
+fn hop<'a>(r: &'a netcheck::Run, name: &str) -> &'a Value {
+    hops(r).iter().find(|h| h["name"] == name).unwrap_or_else(|| panic!("no hop {name}: {r:?}"))
+}
+
+/// The first failing hop, after checking that every hop before it passed.
+fn first_failure(r: &netcheck::Run) -> &Value {
+    let all = hops(r);
+    let i = all.iter().position(|h| h["status"] == "fail").unwrap_or_else(|| panic!("no failing hop: {r:?}"));
+    for h in &all[..i] {
+        assert_eq!(h["status"], "pass", "hop before the failure: {h}");
+    }
+    &all[i]
+}
+
+fn verdict(r: &netcheck::Run) -> &str {
+    r.json["verdict"].as_str().expect("a verdict line")
+}
+
+/// Acceptance 1: pod a (n1) to pod b (n2), healthy: every hop passes and the hops are the
+/// lab's topology, the peer's side inferred.
+#[test]
+fn healthy_pod_to_pod_across_nodes() {
+    if !require_root("healthy_pod_to_pod_across_nodes") {
+        return;
+    }
+    let lab = lab();
+    let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
+    let (n1, n2) = (lab.node(1).clone(), lab.node(2).clone());
+    let r = path(&lab, 1, &a.netns, &format!("{}:8080", b.ip));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.check()["status"], "pass");
+    assert_eq!(
+        names(&r),
+        [
+            "source",
+            "veth",
+            "bridge",
+            "routing",
+            "overlay",
+            "underlay",
+            "peer-underlay",
+            "peer-overlay",
+            "peer-bridge",
+            "destination"
+        ]
+    );
+    let placed = |name: &str| {
+        let h = hop(&r, name);
+        (h["netns"].as_str().map(str::to_string), h["device"].as_str().map(str::to_string))
+    };
+    let some = |ns: &str, dev: &str| (Some(ns.to_string()), Some(dev.to_string()));
+    assert_eq!(placed("source"), some(&a.netns, "eth0"));
+    assert_eq!(placed("veth"), some(&n1.netns, "vetha"));
+    assert_eq!(placed("bridge"), some(&n1.netns, "cni0"));
+    assert_eq!(placed("overlay"), some(&n1.netns, "flannel.1"));
+    assert_eq!(placed("underlay"), some(&n1.netns, "eth0"));
+    for h in hops(&r) {
+        assert_eq!(h["status"], "pass", "{h}");
+        let peer_side = h["name"].as_str().unwrap().starts_with("peer-") || h["name"] == "destination";
+        assert_eq!(h["inferred"], peer_side, "{h}");
+    }
+    let data = &r.check()["data"]["path"];
+    assert_eq!(data["peer"]["underlay"], n2.underlay_ip.to_string());
+    assert_eq!(data["peer"]["vtep"], n2.flannel_ip().to_string());
+    assert_eq!(data["peer"]["vtep_mac"], n2.vtep_mac);
+    assert_eq!(data["path_mtu"], OVERLAY_MTU);
+    assert_eq!(data["underlay_mtu"], UNDERLAY_MTU);
+    assert!(hop(&r, "overlay")["detail"].as_str().unwrap().contains(&format!("port {VXLAN_PORT}")), "{r:?}");
+    assert!(verdict(&r).starts_with("healthy: "), "{r:?}");
+
+    // From the node itself, an echo to the pod: the pod-side hops are not there.
+    let r = path(&lab, 1, "host", &b.ip.to_string());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        names(&r),
+        ["routing", "overlay", "underlay", "peer-underlay", "peer-overlay", "peer-bridge", "destination"]
+    );
+    assert_eq!(r.check()["data"]["path"]["probes"][0]["probe"], "icmp");
+}
+
+/// Acceptance 2 (FIELD.md case 4): the peer drops VXLAN: the first failing hop is the peer's
+/// underlay, placed there by the kernel's NETFILTER_DROP of the encapsulated packet; the hops
+/// before it pass.
+#[test]
+fn vxlan_dropped_on_the_peer_fails_the_peer_underlay() {
+    if !require_root("vxlan_dropped_on_the_peer_fails_the_peer_underlay") {
+        return;
+    }
+    let lab = lab();
+    lab.drop_vxlan(2).unwrap();
+    let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
+    let n2 = lab.node(2).clone();
+    let r = path(&lab, 1, &a.netns, &format!("{}:8080", b.ip));
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "netfilter_drop", "{r:?}");
+    let failed = first_failure(&r);
+    assert_eq!(failed["name"], "peer-underlay", "{r:?}");
+    assert_eq!(failed["netns"], n2.netns, "placed by the namespace the kernel reported");
+    assert_eq!(failed["device"], "eth0");
+    assert_eq!(failed["inferred"], false, "the kernel saw it");
+    let drop = &failed["evidence"][0];
+    assert_eq!(drop["reason"], "NETFILTER_DROP");
+    assert_eq!(drop["flow"]["dst"], format!("{}:{VXLAN_PORT}", n2.underlay_ip));
+    let v = verdict(&r);
+    assert!(v.contains(&format!("dropped by netfilter on {} eth0: VXLAN UDP {VXLAN_PORT}", n2.netns)), "{v}");
+    assert!(v.contains(&format!("{}:8080", b.ip)), "the verdict names the probe's flow: {v}");
+    assert!(lab.rule_packets(&n2.netns, "filter", "INPUT").unwrap() > 0);
+}
+
+/// Acceptance 3 (FIELD.md case 1): n1's INPUT rejects pod sources to the kubelet: the failing
+/// hop is n1's INPUT, and the verdict says pods cannot reach it while the node can.
+#[test]
+fn pod_to_own_node_kubelet_rejected_at_input() {
+    if !require_root("pod_to_own_node_kubelet_rejected_at_input") {
+        return;
+    }
+    let lab = lab();
+    lab.reject_pods_to_kubelet(1).unwrap();
+    let n1 = lab.node(1).clone();
+    let kubelet = format!("{}:{KUBELET_PORT}", n1.underlay_ip);
+    let r = path(&lab, 1, &lab.pod("a").netns, &kubelet);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(names(&r), ["source", "veth", "bridge", "routing", "input"]);
+    let failed = first_failure(&r);
+    assert_eq!(failed["name"], "input", "{r:?}");
+    assert_eq!(failed["netns"], n1.netns);
+    assert_eq!(failed["cause"], "unreachable");
+    assert!(failed["evidence"].as_array().unwrap().iter().any(|e| e["reason"] == "NETFILTER_DROP"), "{r:?}");
+    let v = verdict(&r);
+    assert!(v.contains("rejected by netfilter (ICMP host-prohibited)"), "{v}");
+    assert!(v.contains(&format!("pods on this node cannot reach {kubelet} while the node itself can")), "{v}");
+
+    // A pod on the other node is masqueraded to n2's address and gets through.
+    let r = path(&lab, 2, &lab.pod("b").netns, &kubelet);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+/// Acceptance 4: the switch between the nodes carries 1400-byte frames, nobody says so: the
+/// black hole starts on the underlay, with the usable MTU for the node and for the pod.
+#[test]
+fn underlay_black_hole_is_placed_with_the_usable_mtu() {
+    if !require_root("underlay_black_hole_is_placed_with_the_usable_mtu") {
+        return;
+    }
+    let lab = lab();
+    lab.shrink_switch_mtu(1400).unwrap();
+    let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
+    let (n1, n2) = (lab.node(1).clone(), lab.node(2).clone());
+    let r = path(&lab, 1, &a.netns, &format!("{}:8080", b.ip));
+    assert_eq!(r.code, 1, "{r:?}");
+    let failed = first_failure(&r);
+    assert_eq!(failed["name"], "underlay", "{r:?}");
+    assert_eq!(failed["netns"], n1.netns);
+    assert_eq!(failed["cause"], "mtu_blackhole");
+    let data = &r.check()["data"]["path"];
+    assert_eq!(data["underlay_mtu"], 1400, "{r:?}");
+    // The pod's own limit (as measured by `check mtu` and `ping -M do` in tests/tests/mtu.rs).
+    assert_eq!(data["path_mtu"], 1354, "{r:?}");
+    let v = verdict(&r);
+    assert!(v.contains(&format!("MTU black hole towards the peer {}", n2.underlay_ip)), "{v}");
+    assert!(v.contains("packets over 1400 bytes vanish"), "{v}");
+    assert!(v.contains("packets over 1354 bytes are silently lost"), "{v}");
+    // Small packets still cross: the connect passes, so does everything after the underlay.
+    assert_eq!(hop(&r, "destination")["status"], "pass", "{r:?}");
+    // Independently: ping with DF from the node gets 1400 through and not 1401.
+    let ping = |size: u16| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &n1.netns, "ping", "-n", "-q", "-M", "do", "-c", "2", "-i", "0.2", "-W", "1"])
+            .args(["-s", &(size - 28).to_string(), &n2.underlay_ip.to_string()])
+            .output()
+            .expect("ping")
+            .status
+            .success()
+    };
+    assert!(ping(1400));
+    assert!(!ping(1401));
+}
