@@ -328,9 +328,10 @@ fn plan(
                     endpoints: endpoints.clone(),
                     upstreams: upstreams.clone(),
                     cluster_domain: cluster_domain.clone(),
-                    discover: endpoints
-                        .is_empty()
-                        .then(|| dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf) }),
+                    discover: endpoints.is_empty().then(|| dns::Discover {
+                        kubeconfig: kubeconfig.map(Path::to_path_buf),
+                        host_root: discovery::host_root(host_root),
+                    }),
                     ..dns::Spec::new(name, conf.clone())
                 })));
             }
@@ -363,7 +364,10 @@ fn plan(
                     // PEM first; a file without certificates may be a kubeconfig.
                     jobs.push(match cert::load_pem(path) {
                         Ok(certs) => Job::CertFile(path.to_path_buf(), certs),
-                        Err(_) => Job::Kubeconfig(path.to_path_buf(), cert::kubeconfig_items(path)?),
+                        Err(_) => Job::Kubeconfig(
+                            path.to_path_buf(),
+                            cert::kubeconfig_items(path, &discovery::host_root(host_root))?,
+                        ),
                     });
                 } else if path.exists() || t.starts_with('/') || t.starts_with('.') {
                     return Err(format!("{t}: not a readable file").into());
@@ -405,7 +409,7 @@ fn node_pki_jobs(root: &Path) -> Vec<Job> {
                 Ok(certs) => Job::CertFile(p, certs),
                 Err(e) => unreadable(&p, e),
             },
-            discovery::pki::Found::Kubeconfig(p) => match cert::kubeconfig_items(&p) {
+            discovery::pki::Found::Kubeconfig(p) => match cert::kubeconfig_items(&p, root) {
                 Ok(items) => Job::Kubeconfig(p, items),
                 Err(e) => unreadable(&p, e),
             },
@@ -496,7 +500,10 @@ fn run_checks(
     let checks =
         runtime.block_on(async { run_jobs(plan.await, cert_options, cli.timeout, capture.clone(), one_by_one).await });
     let status = capture.as_ref().map_or(status, |c| c.status());
-    let report = Report::new(checks, status);
+    let mut report = Report::new(checks, status);
+    if matches!(cli.command, Command::Node { .. }) {
+        report.problems = correlation::node::problems(&report.checks);
+    }
     print_report(&report, cli.output)?;
     Ok(report.exit_code())
 }

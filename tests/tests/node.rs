@@ -84,3 +84,57 @@ fn unprivileged_node_runs_what_it_can() {
         );
     }
 }
+
+/// Issue 4 acceptance 6: a node root from the lab with three faults: the kubelet's client
+/// certificate expires in 10 days (found as a PEM file and through kubeadm's kubelet.conf,
+/// which names it by an absolute path on the node), the kubelet serves a certificate without
+/// its IP address, and one CoreDNS endpoint is blocked. Each problem is reported once, with its
+/// code; nothing else fails.
+#[test]
+fn faulty_node_reports_each_problem_once() {
+    if !require_root("faulty_node_reports_each_problem_once") {
+        return;
+    }
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    let b = lab.pod("b").clone();
+    lab.serve_tcp(&b.netns, std::net::SocketAddr::new(b.ip.into(), 8080)).unwrap();
+    lab.serve_kubelet(1, false).unwrap();
+    lab.serve_kubelet(2, true).unwrap();
+    let dns = lab.start_dns().unwrap();
+    let token_kubeconfig = lab.serve_api(1, &dns.endpoints).unwrap();
+    let root = TempDir::new(&format!("node-root-{}", lab.prefix));
+    lab.write_host_root(1, &root, &token_kubeconfig).unwrap();
+    let serving = lab.pki.serving("n1", &["n1"], &[]).unwrap();
+    root.write("var/lib/kubelet/pki/kubelet.crt", &serving.cert_pem);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let client = lab.pki.client("system:node:n1", (now - 355 * 86_400, now + 10 * 86_400)).unwrap();
+    root.write("var/lib/kubelet/pki/kubelet-client-current.pem", &format!("{}{}", client.cert_pem, client.key_pem));
+    let pem = "/var/lib/kubelet/pki/kubelet-client-current.pem";
+    let kubelet_conf = token_kubeconfig
+        .replace("token: lab-token", &format!("client-certificate: {pem}\n    client-key: {pem}"))
+        .replace("name: netcheck", "name: system:node:n1")
+        .replace("user: netcheck", "user: system:node:n1");
+    let kubeconfig = root.write("etc/kubernetes/kubelet.conf", &kubelet_conf);
+    lab.block_dns_endpoint(2).unwrap();
+
+    let r = run_node(&lab, &root, &kubeconfig);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let problems = r.json["problems"].as_array().unwrap_or_else(|| panic!("no problems list: {}", r.stdout));
+    let codes: Vec<&str> = problems.iter().map(|p| p["cause"].as_str().unwrap()).collect();
+    eprintln!("{}", serde_json::to_string_pretty(problems).unwrap());
+    assert_eq!(problems.len(), 3, "{codes:?}");
+    for code in ["cert_expiring", "cert_name_mismatch"] {
+        assert_eq!(codes.iter().filter(|c| **c == code).count(), 1, "{code}: {codes:?}");
+    }
+    let dns_problem = problems.iter().find(|p| p["subject"].as_str().unwrap().contains("10.244.2.10")).unwrap();
+    assert!(["dns_timeout", "netfilter_drop"].contains(&dns_problem["cause"].as_str().unwrap()), "{dns_problem}");
+    // Every check that did not pass belongs to exactly one problem; nothing else fails.
+    let covered = |i: usize| problems.iter().filter(|p| p["checks"].as_array().unwrap().contains(&i.into())).count();
+    for (i, c) in checks(&r).iter().enumerate() {
+        match c["status"].as_str().unwrap() {
+            "fail" | "warn" => assert_eq!(covered(i), 1, "check {i} {c}"),
+            _ => assert_eq!(covered(i), 0, "check {i} {c}"),
+        }
+    }
+}

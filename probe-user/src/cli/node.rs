@@ -28,14 +28,14 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>) -> Vec<Job> {
             Vec::new()
         }
     };
-    match dns_spec(&files, kubeconfig) {
+    match dns_spec(&files, root, kubeconfig) {
         Some(spec) => jobs.push(Job::Dns(Box::new(spec))),
         None => skipped.push(("dns", format!("no clusterDNS: {}", files.notes.first().cloned().unwrap_or_default()))),
     }
     match &files.api_server {
         Some(api) => match Target::parse(&api.address) {
             Ok(target) => {
-                let roots = cert::kubeconfig_items(&api.kubeconfig)
+                let roots = cert::kubeconfig_items(&api.kubeconfig, root)
                     .ok()
                     .and_then(|items| items.into_iter().find(|i| !i.client))
                     .and_then(|i| i.certs.ok())
@@ -72,7 +72,7 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>) -> Vec<Job> {
 
 /// The cluster DNS as a pod on this node sees it: clusterDNS and clusterDomain from the
 /// kubelet's configuration, the kubelet's search list and ndots:5.
-fn dns_spec(files: &NodeFiles, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
+fn dns_spec(files: &NodeFiles, root: &Path, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
     let k = files.kubelet.as_ref()?;
     let servers = k.dns_servers();
     if servers.is_empty() {
@@ -90,7 +90,7 @@ fn dns_spec(files: &NodeFiles, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
     Some(dns::Spec {
         upstreams: discovery::node_upstreams(&files.root),
         cluster_domain: domain,
-        discover: Some(dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf) }),
+        discover: Some(dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf), host_root: root.to_path_buf() }),
         ..dns::Spec::new("kubernetes.default", conf)
     })
 }

@@ -20,6 +20,8 @@ const DAY: i64 = 86_400;
 pub struct Facts {
     pub subject: String,
     pub issuer: String,
+    /// Hex, colon separated; with the issuer it names one certificate wherever it is found.
+    pub serial: String,
     pub not_before: i64,
     pub not_after: i64,
     pub dns: Vec<String>,
@@ -48,11 +50,38 @@ pub fn facts(der: &CertificateDer<'_>) -> Result<Facts, String> {
     Ok(Facts {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
+        serial: cert.raw_serial_as_string(),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
         dns,
         ips,
     })
+}
+
+/// `data.cert` of a certificate's check: which certificate it is (the same one may be found
+/// as a file, in a kubeconfig and on an endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertData {
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
+impl CertData {
+    pub fn of(der: &CertificateDer<'_>) -> Option<Self> {
+        let f = facts(der).ok()?;
+        Some(Self { subject: f.subject, issuer: f.issuer, serial: f.serial, not_after: stamp(f.not_after) })
+    }
+}
+
+/// A file's check with the certificate it judged.
+fn cert_check(target: String, chain: &[CertificateDer<'_>], policy: Policy<'_>) -> Check {
+    Check {
+        data: chain.first().and_then(CertData::of).map(super::Data::Cert),
+        ..Check::file("cert", target, judge(chain, policy))
+    }
 }
 
 /// What to judge a chain against.
@@ -229,6 +258,7 @@ pub fn endpoint_verdict(
     let Some(handshake) = handshake else {
         return Check { probe, ..tcp_verdict(tcp, capture_on) };
     };
+    let data = handshake.as_ref().ok().and_then(|chain| chain.first()).and_then(CertData::of).map(super::Data::Cert);
     let (status, cause, detail) = match handshake {
         Err(e) => (Status::Fail, Some(Cause::TlsHandshake), format!("TLS handshake failed: {e}")),
         Ok(chain) => judge(&chain, Policy { name: Some(&name), roots, now: now(), warn_days, client: false }),
@@ -242,7 +272,7 @@ pub fn endpoint_verdict(
         duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         evidence: Evidence::fold(tcp.events),
         hops: Vec::new(),
-        data: None,
+        data,
     }
 }
 
@@ -261,7 +291,7 @@ pub fn file_verdicts(
         .map(|(i, cert)| {
             let target =
                 if certs.len() == 1 { path.display().to_string() } else { format!("{}#{}", path.display(), i + 1) };
-            Check::file("cert", target, judge(std::slice::from_ref(cert), policy))
+            cert_check(target, std::slice::from_ref(cert), policy)
         })
         .collect()
 }
@@ -277,14 +307,14 @@ pub fn kubeconfig_verdicts(path: &std::path::Path, items: Vec<KubeconfigItem>, w
             Err(e) => checks.push(Check::file("cert", target, (Status::Fail, Some(Cause::CertUnreadable), e.clone()))),
             Ok(chain) if item.client => {
                 let policy = Policy { name: None, roots: item.roots.as_deref(), now, warn_days, client: true };
-                checks.push(Check::file("cert", target, judge(chain, policy)));
+                checks.push(cert_check(target, chain, policy));
             }
             // A CA bundle: every CA on its own.
             Ok(cas) => {
                 let policy = Policy { name: None, roots: None, now, warn_days, client: false };
                 for (i, ca) in cas.iter().enumerate() {
                     let t = if cas.len() == 1 { target.clone() } else { format!("{target}#{}", i + 1) };
-                    checks.push(Check::file("cert", t, judge(std::slice::from_ref(ca), policy)));
+                    checks.push(cert_check(t, std::slice::from_ref(ca), policy));
                 }
             }
         }

@@ -5,6 +5,7 @@ pub mod cert;
 pub mod dns;
 pub mod kubelet;
 pub mod mtu;
+pub mod node;
 pub mod path;
 mod tcp;
 pub mod vxlan;
@@ -206,6 +207,7 @@ pub enum Data {
     Mtu(mtu::MtuData),
     Vxlan(vxlan::VxlanData),
     Path(path::PathData),
+    Cert(cert::CertData),
 }
 
 impl Check {

@@ -5,21 +5,18 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::{
-    Api, Client, Config,
-    api::ListParams,
-    config::{KubeConfigOptions, Kubeconfig},
-};
+use kube::{Api, Client, Config, api::ListParams, config::KubeConfigOptions};
 
 /// The cluster DNS Service's namespace and name (kubeadm and k3s both call it kube-dns).
 pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 
 /// A client from `--kubeconfig`, else `$KUBECONFIG`/`~/.kube/config`, else the pod's service
-/// account; every request bounded by `timeout`.
-pub async fn client(kubeconfig: Option<&Path>, timeout: Duration) -> Result<Client, String> {
+/// account; every request bounded by `timeout`. A kubeconfig under the node root `root` has
+/// its absolute file references read from there (see [`super::read_kubeconfig`]).
+pub async fn client(kubeconfig: Option<&Path>, root: &Path, timeout: Duration) -> Result<Client, String> {
     let mut config = match kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let kc = super::read_kubeconfig(path, root).map_err(|e| format!("{}: {e}", path.display()))?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| e.to_string())?
         }
         None => Config::infer().await.map_err(|e| format!("no kubeconfig or in-cluster service account ({e})"))?,

@@ -21,6 +21,38 @@ pub fn host_root(arg: Option<&Path>) -> PathBuf {
     PathBuf::from("/")
 }
 
+/// Reads a kubeconfig (relative file references resolved against its folder, as kubectl
+/// does). When the file lives under a mounted node root (`root` other than `/`), absolute
+/// references point into that node, not into this container: kubeadm's kubelet.conf names
+/// `/var/lib/kubelet/pki/kubelet-client-current.pem`, which in a `kubectl debug node` pod is
+/// `/host/var/lib/...`. Those are rebased onto the root.
+pub fn read_kubeconfig(path: &Path, root: &Path) -> Result<kube::config::Kubeconfig, kube::config::KubeconfigError> {
+    let mut config = kube::config::Kubeconfig::read_from(path)?;
+    if root != Path::new("/") && path.starts_with(root) {
+        let rebase = |reference: &mut Option<String>| {
+            if let Some(r) = reference.as_mut()
+                && let Ok(rest) = Path::new(r.as_str()).strip_prefix("/")
+                && !Path::new(r.as_str()).starts_with(root)
+            {
+                *r = root.join(rest).display().to_string();
+            }
+        };
+        for named in &mut config.auth_infos {
+            if let Some(auth) = named.auth_info.as_mut() {
+                rebase(&mut auth.client_certificate);
+                rebase(&mut auth.client_key);
+                rebase(&mut auth.token_file);
+            }
+        }
+        for named in &mut config.clusters {
+            if let Some(cluster) = named.cluster.as_mut() {
+                rebase(&mut cluster.certificate_authority);
+            }
+        }
+    }
+    Ok(config)
+}
+
 /// The node's upstream resolvers: the nameservers of the resolv.conf that pods with
 /// `dnsPolicy: Default` (CoreDNS among them) get from the kubelet, under a node root mounted
 /// somewhere (never `/` itself: there it would be this process's own resolv.conf, which in a pod

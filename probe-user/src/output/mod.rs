@@ -33,6 +33,9 @@ pub struct Report {
     /// One line naming what is broken (`netcheck path`: the first broken hop).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
+    /// `netcheck node`: each fault once, with the checks that show it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<crate::correlation::node::Problem>,
 }
 
 impl Report {
@@ -46,7 +49,7 @@ impl Report {
                 Status::Skip => summary.skip += 1,
             }
         }
-        Self { checks, summary, capture, verdict: None }
+        Self { checks, summary, capture, verdict: None, problems: Vec::new() }
     }
 
     /// 1 when a check failed, else 0.
@@ -110,6 +113,23 @@ impl Report {
                 }
             }
             write_hops(&mut out, c, &paint);
+        }
+        if !self.problems.is_empty() {
+            let _ = writeln!(out, "\nproblems ({}), each once:", self.problems.len());
+            for (n, p) in self.problems.iter().enumerate() {
+                let status = p.status.as_str().to_uppercase();
+                let cause = p.cause.map_or("-", |c| c.as_str());
+                let seen: Vec<String> = p.checks.iter().map(|i| format!("#{}", i + 1)).collect();
+                let _ = writeln!(
+                    out,
+                    "  {}. {}  {cause}  {}: {} (checks {})",
+                    n + 1,
+                    paint(status_style(p.status), &status),
+                    p.subject,
+                    p.detail,
+                    seen.join(", ")
+                );
+            }
         }
         if let Some(v) = &self.verdict {
             let _ = writeln!(out, "\nverdict: {v}");

@@ -211,8 +211,10 @@ pub struct KubeconfigItem {
 /// Reads a kubeconfig: every cluster's CA and every user's client certificate, inline
 /// (`*-data`, base64 PEM) or by file (relative paths are resolved against the kubeconfig's
 /// folder, as kubectl does).
-pub fn kubeconfig_items(path: &Path) -> Result<Vec<KubeconfigItem>> {
-    let config = kube::config::Kubeconfig::read_from(path)
+/// Absolute references of a kubeconfig under a mounted node root are read from that root
+/// (see [`crate::discovery::read_kubeconfig`]).
+pub fn kubeconfig_items(path: &Path, root: &Path) -> Result<Vec<KubeconfigItem>> {
+    let config = crate::discovery::read_kubeconfig(path, root)
         .map_err(|e| Error::File { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
     if config.clusters.is_empty() && config.auth_infos.is_empty() {
         return Err(Error::File {

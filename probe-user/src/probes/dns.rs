@@ -512,6 +512,8 @@ pub struct Spec {
 #[derive(Debug, Clone, Default)]
 pub struct Discover {
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// The node root the kubeconfig may live under (its absolute references are rebased).
+    pub host_root: std::path::PathBuf,
 }
 
 /// Everything the verdicts need.
@@ -585,7 +587,7 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     let discovery = async {
         let d = spec.discover.as_ref()?;
         let asked = async {
-            let client = crate::discovery::api::client(d.kubeconfig.as_deref(), budget).await?;
+            let client = crate::discovery::api::client(d.kubeconfig.as_deref(), &d.host_root, budget).await?;
             crate::discovery::api::service_endpoints(client, crate::discovery::api::DNS_SERVICE).await
         };
         Some(tokio::time::timeout(budget, asked).await.unwrap_or_else(|_| Err("the API did not answer in time".into())))

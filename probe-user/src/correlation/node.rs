@@ -1,0 +1,185 @@
+//! The node's problems: what `netcheck node` found wrong, each once. Several checks often see
+//! one fault: a blocked CoreDNS replica fails its endpoint rung and makes the Service rung and
+//! the pod's lookup partial; one expiring certificate is found as a PEM file, in a kubeconfig
+//! and on an endpoint. The checks stay as they are (each is true); the problems list folds
+//! them onto the fault they share.
+
+use serde::Serialize;
+
+use super::{Cause, Check, Data, Status};
+
+/// One fault, with the checks that show it (indices into the report's `checks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub status: Status,
+    pub cause: Option<Cause>,
+    /// What is broken: "CoreDNS endpoint 10.244.2.10:53", "certificate CN=... (serial ...)".
+    pub subject: String,
+    pub detail: String,
+    pub checks: Vec<usize>,
+}
+
+/// What a failing check is about, so checks about the same thing fold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    /// One certificate (issuer and serial), wherever it was found.
+    Cert(String, String),
+    /// A DNS rung behind the Service: a CoreDNS endpoint or an upstream, by address.
+    DnsRung(String),
+    Check(&'static str, String),
+}
+
+/// The problems among `checks`, in the order their first check appears.
+pub fn problems(checks: &[Check]) -> Vec<Problem> {
+    let failing = |c: &Check| matches!(c.status, Status::Fail | Status::Warn);
+    // The DNS rungs behind the Service that failed: other DNS checks that name one of their
+    // addresses (a lookup or a Service query DNATed there) are its symptoms.
+    let rungs: Vec<String> = checks
+        .iter()
+        .filter(|c| failing(c) && c.probe == "dns")
+        .filter_map(|c| rung_address(&c.target))
+        .map(str::to_string)
+        .collect();
+    let mut out: Vec<(Key, Problem)> = Vec::new();
+    for (i, c) in checks.iter().enumerate().filter(|(_, c)| failing(c)) {
+        let key = key(c, &rungs);
+        let root = matches!(&key, Key::DnsRung(a) if rung_address(&c.target) == Some(a.as_str()));
+        if let Some((_, p)) = out.iter_mut().find(|(k, _)| *k == key) {
+            p.checks.push(i);
+            if root {
+                (p.status, p.cause, p.detail) = (c.status, c.cause, c.detail.clone());
+            }
+            p.status = p.status.max(c.status);
+        } else {
+            let subject = subject(c, &key);
+            out.push((
+                key,
+                Problem { status: c.status, cause: c.cause, subject, detail: c.detail.clone(), checks: vec![i] },
+            ));
+        }
+    }
+    // A DNS problem whose rung check came after its symptoms: the rung's verdict is the cause.
+    for (key, p) in &mut out {
+        if let Key::DnsRung(_) = key
+            && let Some(root) = p.checks.iter().map(|&i| &checks[i]).find(|c| rung_address(&c.target).is_some())
+        {
+            (p.cause, p.detail) = (root.cause, root.detail.clone());
+        }
+    }
+    out.into_iter().map(|(_, p)| p).collect()
+}
+
+/// "10.244.2.10:53" of the target "endpoint 10.244.2.10:53" (or "upstream ...").
+fn rung_address(target: &str) -> Option<&str> {
+    target.strip_prefix("endpoint ").or_else(|| target.strip_prefix("upstream "))
+}
+
+fn key(c: &Check, rungs: &[String]) -> Key {
+    if let Some(Data::Cert(cert)) = &c.data
+        && matches!(
+            c.cause,
+            Some(Cause::CertExpired | Cause::CertExpiring | Cause::CertNotYetValid | Cause::CertUntrusted)
+        )
+    {
+        return Key::Cert(cert.issuer.clone(), cert.serial.clone());
+    }
+    if c.probe == "dns" {
+        if let Some(a) = rung_address(&c.target) {
+            return Key::DnsRung(a.to_string());
+        }
+        if let Some(a) = rungs.iter().find(|a| c.detail.contains(a.as_str())) {
+            return Key::DnsRung(a.clone());
+        }
+    }
+    Key::Check(c.probe, c.target.clone())
+}
+
+fn subject(c: &Check, key: &Key) -> String {
+    match key {
+        Key::Cert(_, serial) => {
+            let name = match &c.data {
+                Some(Data::Cert(d)) => d.subject.clone(),
+                _ => String::new(),
+            };
+            format!("certificate {name} (serial {serial})")
+        }
+        Key::DnsRung(address) if c.target.starts_with("upstream ") => format!("upstream resolver {address}"),
+        Key::DnsRung(address) => format!("CoreDNS endpoint {address}"),
+        Key::Check(probe, target) => format!("{probe} {target}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlation::cert::CertData;
+
+    fn check(probe: &'static str, target: &str, status: Status, cause: Option<Cause>, detail: &str) -> Check {
+        Check::file(probe, target.into(), (status, cause, detail.into()))
+    }
+
+    fn cert(target: &str, serial: &str) -> Check {
+        let data = CertData {
+            subject: "CN=system:node:n1".into(),
+            issuer: "CN=ca".into(),
+            serial: serial.into(),
+            not_after: "2026-12-03T00:00:00Z".into(),
+        };
+        Check {
+            data: Some(Data::Cert(data)),
+            ..check("cert", target, Status::Warn, Some(Cause::CertExpiring), "expires in 9 days")
+        }
+    }
+
+    #[test]
+    fn one_blocked_coredns_replica_is_one_problem() {
+        let checks = vec![
+            check(
+                "dns",
+                "kubernetes.default",
+                Status::Warn,
+                Some(Cause::Partial),
+                "answered after (sent on to 10.244.2.10:53)",
+            ),
+            check(
+                "dns",
+                "server 10.96.0.10:53",
+                Status::Fail,
+                Some(Cause::Partial),
+                "4 of 6 (sent on to 10.244.2.10:53)",
+            ),
+            check("dns", "endpoint 10.244.1.10:53", Status::Pass, None, "ok"),
+            check("dns", "endpoint 10.244.2.10:53", Status::Fail, Some(Cause::NetfilterDrop), "dropped by netfilter"),
+            check("kubelet", "192.168.50.11:10250", Status::Fail, Some(Cause::CertNameMismatch), "no IP SANs"),
+        ];
+        let p = problems(&checks);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].subject, "CoreDNS endpoint 10.244.2.10:53");
+        assert_eq!(p[0].checks, [0, 1, 3]);
+        assert_eq!(p[0].cause, Some(Cause::NetfilterDrop), "the rung's own verdict is the cause");
+        assert_eq!(p[0].detail, "dropped by netfilter");
+        assert_eq!(p[0].status, Status::Fail);
+        assert_eq!(p[1].checks, [4]);
+        assert_eq!(p[1].subject, "kubelet 192.168.50.11:10250");
+    }
+
+    #[test]
+    fn one_certificate_found_twice_is_one_problem() {
+        let checks =
+            vec![cert("/pki/client.pem", "01:02"), cert("kubelet.conf (user)", "01:02"), cert("other.pem", "03")];
+        let p = problems(&checks);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].checks, [0, 1]);
+        assert_eq!(p[0].subject, "certificate CN=system:node:n1 (serial 01:02)");
+        assert_eq!(p[1].checks, [2]);
+    }
+
+    #[test]
+    fn unrelated_dns_failures_stay_apart() {
+        let checks = vec![
+            check("dns", "www.example.com", Status::Fail, Some(Cause::Nxdomain), "no such name"),
+            check("dns", "kubernetes.default", Status::Fail, Some(Cause::DnsTimeout), "no answer"),
+        ];
+        assert_eq!(problems(&checks).len(), 2);
+    }
+}
