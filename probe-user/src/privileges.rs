@@ -52,10 +52,19 @@ pub fn capture_missing() -> Vec<Requirement> {
             missing.push(Requirement::CapPerfmon);
         }
     }
-    if !std::path::Path::new(VMLINUX_BTF).exists() {
+    if !btf_present(std::path::Path::new(VMLINUX_BTF)) {
         missing.push(Requirement::Btf);
     }
     missing
+}
+
+/// Whether the file starts like BTF (magic 0xeB9F, either byte order). A kernel without
+/// CONFIG_DEBUG_INFO_BTF has no file; a container may have an empty or unreadable one.
+fn btf_present(path: &std::path::Path) -> bool {
+    use std::io::Read as _;
+    let mut magic = [0u8; 2];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+        && (magic == [0x9f, 0xeb] || magic == [0xeb, 0x9f])
 }
 
 #[cfg(test)]
@@ -67,5 +76,20 @@ mod tests {
         assert_eq!(serde_json::to_value(Requirement::CapBpf).unwrap(), "CAP_BPF");
         assert_eq!(Requirement::CapPerfmon.to_string(), "CAP_PERFMON");
         assert_eq!(Requirement::Btf.to_string(), "BTF");
+    }
+
+    #[test]
+    fn btf_is_recognised_by_its_magic() {
+        let dir = std::env::temp_dir().join(format!("netcheck-btf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (real, empty, other) = (dir.join("btf"), dir.join("empty"), dir.join("other"));
+        std::fs::write(&real, [0x9f, 0xeb, 1, 0]).unwrap();
+        std::fs::write(&empty, []).unwrap();
+        std::fs::write(&other, b"ELF").unwrap();
+        assert!(btf_present(&real));
+        assert!(!btf_present(&empty));
+        assert!(!btf_present(&other));
+        assert!(!btf_present(&dir.join("missing")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -138,3 +138,41 @@ fn faulty_node_reports_each_problem_once() {
         }
     }
 }
+
+/// Issue 4 acceptance 7 (the API and BTF parts): no kubeconfig or service account for the API,
+/// and a kernel BTF that cannot be read (hidden by an empty file in a private mount
+/// namespace). `node` still runs every probe, capture says BTF is missing, the CoreDNS
+/// endpoints are a skip naming the API, and nothing fails.
+#[test]
+fn node_without_api_or_btf_runs_what_it_can() {
+    if !require_root("node_without_api_or_btf_runs_what_it_can") {
+        return;
+    }
+    let (lab, root) = lab();
+    let host_root = root.path.display().to_string();
+    let bin = netcheck::binary().unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount --bind /dev/null /sys/kernel/btf/vmlinux && exec \"$@\"", "sh"])
+        .arg(&bin)
+        .args(["-o", "json", "--netns", &lab.node(1).netns, "--timeout", "3s", "--host-root", &host_root, "node"])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let r = netcheck::Run::from_output(&out);
+    eprintln!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json["capture"]["available"], false);
+    assert_eq!(r.json["capture"]["missing"], serde_json::json!(["BTF"]));
+    let endpoints = checks(&r).iter().find(|c| c["target"] == "endpoints of kube-system/kube-dns").unwrap();
+    assert_eq!(endpoints["status"], "skip");
+    let why = endpoints["detail"].as_str().unwrap();
+    assert!(why.contains("not discovered from the API") && why.contains("no kubeconfig"), "{why}");
+    for probe in ["apiserver", "kubelet", "kubelet-healthz", "vxlan", "mtu"] {
+        let found: Vec<&Value> = checks(&r).iter().filter(|c| c["probe"] == probe).collect();
+        assert!(!found.is_empty() && found.iter().all(|c| c["status"] == "pass"), "{probe}: {found:?}");
+    }
+    assert!(checks(&r).iter().all(|c| c["status"] != "fail" && c["status"] != "warn"), "{r:?}");
+    assert!(r.json.get("problems").is_none(), "{r:?}");
+}
