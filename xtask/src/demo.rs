@@ -220,6 +220,48 @@ fn mtu_and_vxlan_scenarios(bin: &Path) -> Result<()> {
             let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
             show(bin, &lab.node(1).netns, &["--host-root", &host_root, "--kubeconfig", &kubeconfig, "node"])
         },
+    )?;
+    scenario(
+        "19. netcheck node on n1 with the CoreDNS pod on n2 blocked: three checks see it, one problem",
+        |lab| lab.block_dns_endpoint(2),
+        |lab| {
+            let kubeconfig = lab.serve_api(1, &[Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10)])?;
+            let root = TempDir::new(&format!("demo-node-{}", lab.prefix));
+            lab.write_host_root(1, &root, &kubeconfig)?;
+            let host_root = root.path.display().to_string();
+            let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+            show(bin, &lab.node(1).netns, &["--host-root", &host_root, "--kubeconfig", &kubeconfig, "node"])
+        },
+    )?;
+    path_scenarios(bin)
+}
+
+/// `netcheck path` run on node n1 from pod a's namespace, as on a node with `--from cni-...`.
+fn show_path(bin: &Path, lab: &Lab, dst: &str) -> Result<()> {
+    let from = lab.pod("a").netns.clone();
+    show(bin, &lab.node(1).netns, &["--timeout", "2s", "path", "--from", &from, dst])
+}
+
+fn path_scenarios(bin: &Path) -> Result<()> {
+    scenario(
+        "20. path, healthy: pod a (n1) -> pod b (n2), hop by hop",
+        |_| Ok(()),
+        |lab| show_path(bin, lab, &pod_b(lab)),
+    )?;
+    scenario(
+        "21. path with UDP 8472 dropped on n2 (FIELD.md case 4): the first broken hop and the kernel's word for it",
+        |lab| lab.drop_vxlan(2),
+        |lab| show_path(bin, lab, &pod_b(lab)),
+    )?;
+    scenario(
+        "22. path from pod a to its own node's kubelet, pod sources rejected (FIELD.md case 1)",
+        |lab| lab.reject_pods_to_kubelet(1),
+        |lab| show_path(bin, lab, &format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip)),
+    )?;
+    scenario(
+        "23. path with the switch carrying 1400-byte frames (FIELD.md case 6): where the black hole starts",
+        |lab| lab.shrink_switch_mtu(1400),
+        |lab| show_path(bin, lab, &pod_b(lab)),
     )
 }
 
