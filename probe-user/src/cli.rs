@@ -422,7 +422,7 @@ enum Work {
     Checks(Vec<Job>, CertOptions),
     Capture(capture::filter::Filter, Option<Duration>),
     Node(CertOptions, bool),
-    Path(crate::probes::path::Spec),
+    Path(String, std::net::Ipv4Addr, Option<u16>),
 }
 
 fn run(cli: &Cli) -> AnyResult<u8> {
@@ -436,20 +436,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         }
         Command::Path { from, destination } => {
             let (dst, port) = crate::probes::path::parse_destination(destination)?;
-            let from = if from == "host" {
-                crate::probes::path::Source::Host
-            } else {
-                let path = netns::resolve(from);
-                if !path.exists() {
-                    return Err(format!(
-                        "--from {from}: no such network namespace ({} does not exist; `ip netns list` shows the named ones)",
-                        path.display()
-                    )
-                    .into());
-                }
-                crate::probes::path::Source::Netns(from.clone())
-            };
-            Work::Path(crate::probes::path::Spec { from, dst, port })
+            Work::Path(from.clone(), dst, port)
         }
         Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
             let filter = capture::filter::Filter {
@@ -477,7 +464,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             let root = discovery::host_root(cli.host_root.as_deref());
             run_checks(cli, opts, &cert_options, node::plan(&root, cli.kubeconfig.as_deref()), one_by_one)
         }
-        Work::Path(spec) => run_path(cli, opts, spec),
+        Work::Path(from, dst, port) => run_path(cli, opts, &from, dst, port),
         Work::Capture(filter, duration) => {
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
             stream(&capture, duration, &filter, cli.output)?;
@@ -509,8 +496,18 @@ fn run_checks(
 }
 
 /// `netcheck path`: the path's check with its hops, and the verdict line.
-fn run_path(cli: &Cli, opts: capture::Options, spec: crate::probes::path::Spec) -> AnyResult<u8> {
+fn run_path(
+    cli: &Cli,
+    opts: capture::Options,
+    from: &str,
+    dst: std::net::Ipv4Addr,
+    port: Option<u16>,
+) -> AnyResult<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let root = discovery::host_root(cli.host_root.as_deref());
+    // Before capture loads: a source that cannot be found is a usage error.
+    let (source, label) = runtime.block_on(crate::probes::path::resolve_source(from, &root))?;
+    let spec = crate::probes::path::Spec { from: source, label, dst, port };
     let (capture, status) = start_capture(cli.no_capture, opts);
     let capture_on = capture.is_some();
     let report = runtime.block_on(crate::probes::path::run(spec, cli.timeout, capture.clone()))?;

@@ -405,6 +405,19 @@ impl Lab {
             ),
         );
         dir.write("etc/resolv.conf", &format!("nameserver {UPSTREAM_DNS_IP}\n"));
+        // flannel's CNI configuration (as its DaemonSet installs it) and the plugin binaries
+        // it names (empty files: only their presence is checked).
+        std::fs::create_dir_all(dir.path.join("etc/cni/net.d"))?;
+        std::fs::create_dir_all(dir.path.join("opt/cni/bin"))?;
+        dir.write(
+            "etc/cni/net.d/10-flannel.conflist",
+            "{\n  \"name\": \"cbr0\",\n  \"cniVersion\": \"0.3.1\",\n  \"plugins\": [\n    { \"type\": \"flannel\", \
+             \"delegate\": { \"hairpinMode\": true, \"isDefaultGateway\": true } },\n    { \"type\": \"portmap\", \
+             \"capabilities\": { \"portMappings\": true } }\n  ]\n}\n",
+        );
+        for plugin in ["flannel", "portmap", "bridge", "loopback"] {
+            dir.write(&format!("opt/cni/bin/{plugin}"), "");
+        }
         let name = n.name();
         let serving = self.pki.serving(&name, &[&name], &[n.underlay_ip.into()])?;
         dir.write("var/lib/kubelet/pki/kubelet.crt", &serving.cert_pem);

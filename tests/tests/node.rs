@@ -40,7 +40,7 @@ fn healthy_node_passes_every_check_it_finds() {
     let r = run_node(&lab, &root, &kubeconfig);
     assert_eq!(r.code, 0, "{}", r.stdout);
     let probes: Vec<&str> = checks(&r).iter().filter_map(|c| c["probe"].as_str()).collect();
-    for probe in ["dns", "apiserver", "kubelet", "kubelet-healthz", "vxlan", "mtu", "cert"] {
+    for probe in ["dns", "apiserver", "kubelet", "kubelet-healthz", "vxlan", "mtu", "cert", "cni"] {
         assert!(probes.contains(&probe), "{probe} missing: {probes:?}");
     }
     let failed: Vec<&Value> = checks(&r).iter().filter(|c| c["status"] == "fail" || c["status"] == "warn").collect();
@@ -175,4 +175,32 @@ fn node_without_api_or_btf_runs_what_it_can() {
     }
     assert!(checks(&r).iter().all(|c| c["status"] != "fail" && c["status"] != "warn"), "{r:?}");
     assert!(r.json.get("problems").is_none(), "{r:?}");
+}
+
+/// The CNI part of `node`: the bridge still holds an earlier pod subnet's gateway (flannel gave
+/// the node a new subnet): the bridge plugin's own error, before any pod is scheduled there.
+#[test]
+fn cni_bridge_holding_another_subnet_fails() {
+    if !require_root("cni_bridge_holding_another_subnet_fails") {
+        return;
+    }
+    let (lab, root) = lab();
+    root.write(
+        "run/flannel/subnet.env",
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.9.1/24\nFLANNEL_MTU=1450\n",
+    );
+    let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+    let r = run_node(&lab, &root, &kubeconfig);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let cni = checks(&r).iter().find(|c| c["probe"] == "cni").unwrap();
+    assert_eq!(cni["cause"], "cni_misconfigured", "{cni}");
+    let detail = cni["detail"].as_str().unwrap();
+    assert!(
+        detail
+            .starts_with("failed to set bridge addr: \"cni0\" already has an IP address different from 10.244.9.1/24"),
+        "{detail}"
+    );
+    assert!(detail.contains("10.244.1.1/24"), "{detail}");
+    let problems = r.json["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
 }

@@ -96,6 +96,16 @@ fn healthy_pod_to_pod_across_nodes() {
     assert!(hop(&r, "overlay")["detail"].as_str().unwrap().contains(&format!("port {VXLAN_PORT}")), "{r:?}");
     assert!(verdict(&r).starts_with("healthy: "), "{r:?}");
 
+    // The pod named by its IP: netcheck finds its namespace among those this node's veths lead
+    // into (other labs on this machine have pods with the same IP).
+    let r = path(&lab, 1, &a.ip.to_string(), &format!("{}:8080", b.ip));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(hop(&r, "source")["netns"], format!("{} ({})", a.ip, a.netns));
+    assert_eq!(names(&r).len(), 10);
+    let r = path(&lab, 1, &b.ip.to_string(), &a.ip.to_string());
+    assert_eq!(r.code, 2, "pod b is not on n1: {r:?}");
+    assert!(r.stderr.contains("none of the") && r.stderr.contains("holds 10.244.2.2"), "{}", r.stderr);
+
     // From the node itself, an echo to the pod: the pod-side hops are not there.
     let r = path(&lab, 1, "host", &b.ip.to_string());
     assert_eq!(r.code, 0, "{r:?}");

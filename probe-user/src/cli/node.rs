@@ -59,6 +59,11 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>) -> Vec<Job> {
         Some(dev) => jobs.extend(peer_jobs(dev, &files, kubelet_port, healthz_port)),
         None => skipped.push(("vxlan", "no VXLAN device in this namespace: no peers to check".into())),
     }
+    // The CNI setup, judged against the bridge as the kernel has it.
+    let links = discovery::netlink::links().await.unwrap_or_default();
+    let cni = discovery::cni::read(root);
+    let env = files.subnet_env.as_ref().map(|(e, _)| e);
+    jobs.push(Job::Done(vec![crate::correlation::cni::verdict(&cni, env, root, &links)]));
     jobs.extend(super::node_pki_jobs(root));
     if !skipped.is_empty() {
         let checks = skipped

@@ -2,6 +2,7 @@
 //! cause code and one line a person reads.
 
 pub mod cert;
+pub mod cni;
 pub mod dns;
 pub mod kubelet;
 pub mod mtu;
@@ -92,6 +93,9 @@ pub enum Cause {
     /// The local VXLAN device cannot carry traffic to the peer (no FDB or neighbour entry,
     /// wrong VNI or port, device down).
     VxlanMisconfigured,
+    /// The node's CNI setup cannot give pods a network (no configuration, a plugin binary
+    /// missing, flannel's subnet.env missing, the bridge holding another subnet's address).
+    CniMisconfigured,
 }
 
 impl Cause {
@@ -122,6 +126,7 @@ impl Cause {
             Self::MtuMismatch => "mtu_mismatch",
             Self::VxlanNoReply => "vxlan_no_reply",
             Self::VxlanMisconfigured => "vxlan_misconfigured",
+            Self::CniMisconfigured => "cni_misconfigured",
         }
     }
 }

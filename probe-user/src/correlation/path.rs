@@ -134,10 +134,7 @@ impl Draft {
 
 /// The path's check (with hops) and the one-line verdict naming the first broken hop.
 pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, String) {
-    let from = match &report.spec.from {
-        Source::Host => "host".to_string(),
-        Source::Netns(ns) => ns.clone(),
-    };
+    let from = report.spec.label.clone();
     let dst = match report.spec.port {
         Some(p) => format!("{}:{p}", report.spec.dst),
         None => report.spec.dst.to_string(),
@@ -769,7 +766,12 @@ mod tests {
             ..VxlanDevice::default()
         };
         Report {
-            spec: Spec { from: Source::Netns("pod-a".into()), dst: DST, port: Some(8080) },
+            spec: Spec {
+                from: Source::Netns("/run/netns/pod-a".into()),
+                label: "pod-a".into(),
+                dst: DST,
+                port: Some(8080),
+            },
             source: SourceView {
                 inode: Some(POD_NS),
                 route: Some(Ok(route(RouteKind::Unicast, 2, Some(Ipv4Addr::new(10, 244, 1, 1))))),

@@ -1,10 +1,12 @@
 //! What netcheck learns about the node it runs on, without the cluster API.
 
 pub mod api;
+pub mod cni;
 pub mod flannel;
 pub mod netlink;
 pub mod node;
 pub mod pki;
+pub mod pods;
 
 use std::path::{Path, PathBuf};
 

@@ -40,6 +40,8 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub from: Source,
+    /// How the source is shown: `host`, the namespace's name, or the pod IP it was found by.
+    pub label: String,
     pub dst: Ipv4Addr,
     /// TCP port of the final probe; without one the final probe is an ICMP echo.
     pub port: Option<u16>,
@@ -354,6 +356,40 @@ async fn node_probes(
         }
     };
     tokio::join!(tunnel, underlay, from_node)
+}
+
+/// Finds the source's namespace from what was typed: `host`, a pod IP on this node (the
+/// namespace attached by a veth that holds it), a namespace name (under /var/run/netns or
+/// /run/netns, also under a mounted node root), or a path such as /proc/PID/ns/net.
+pub async fn resolve_source(from: &str, root: &std::path::Path) -> Result<(Source, String), String> {
+    if from == "host" {
+        return Ok((Source::Host, "host".into()));
+    }
+    if let Ok(ip) = from.parse::<Ipv4Addr>() {
+        let found = crate::discovery::pods::find_by_ip(ip, root).await.map_err(|e| format!("--from {from}: {e}"))?;
+        let label = format!("{ip} ({})", found.label);
+        return Ok((Source::Netns(found.path.display().to_string()), label));
+    }
+    if from.contains('/') {
+        return if std::path::Path::new(from).exists() {
+            Ok((Source::Netns(from.to_string()), from.to_string()))
+        } else {
+            Err(format!("--from {from}: no such file"))
+        };
+    }
+    let mut places = vec![netns::resolve(from), std::path::Path::new("/run/netns").join(from)];
+    if root != std::path::Path::new("/") {
+        places.extend(["var/run/netns", "run/netns"].iter().map(|d| root.join(d).join(from)));
+    }
+    if let Some(p) = places.iter().find(|p| p.exists()) {
+        return Ok((Source::Netns(p.display().to_string()), from.to_string()));
+    }
+    let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+    Err(format!(
+        "--from {from}: no such network namespace (looked at {}; `ip netns list` shows the named ones, or give the \
+         pod's IP)",
+        looked.join(", ")
+    ))
 }
 
 /// The destination as typed: `IP` or `IP:PORT` (IPv4).

@@ -1,0 +1,179 @@
+//! The node's CNI configuration, as the container runtime picks it: the first file by name in
+//! the CNI config folder (`.conf`, `.conflist`, `.json`), its plugin chain, and whether each
+//! plugin's binary is where the runtime looks for it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where CNI configurations live under the host root: the usual folder, then k3s's.
+pub const CONF_DIRS: &[&str] = &["etc/cni/net.d", "var/lib/rancher/k3s/agent/etc/cni/net.d"];
+/// Where plugin binaries live: the usual folder, then k3s's (its `current` data folder).
+pub const BIN_DIRS: &[&str] = &["opt/cni/bin", "var/lib/rancher/k3s/data/current/bin"];
+
+/// A network configuration (a `.conflist`, or a single-plugin `.conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub name: String,
+    pub cni_version: Option<String>,
+    pub plugins: Vec<Plugin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugin {
+    /// The plugin's `type`: its binary's name.
+    pub kind: String,
+    /// The bridge device it puts pods on (the bridge plugin's `bridge`, or flannel's delegate's;
+    /// both default to `cni0`).
+    pub bridge: Option<String>,
+}
+
+impl Plugin {
+    /// The bridge device pods end up on, for the plugins that use one.
+    pub fn bridge_device(&self) -> Option<String> {
+        match self.kind.as_str() {
+            "bridge" | "flannel" => Some(self.bridge.clone().unwrap_or_else(|| "cni0".into())),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    name: Option<String>,
+    cni_version: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    bridge: Option<String>,
+    delegate: Option<RawDelegate>,
+    plugins: Option<Vec<RawConfig>>,
+}
+
+#[derive(Deserialize)]
+struct RawDelegate {
+    bridge: Option<String>,
+}
+
+/// Parses a network configuration file's text: a list (`plugins`) or a single plugin (`type`).
+pub fn parse(file: &Path, text: &str) -> Result<Config, String> {
+    let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("not a CNI configuration: {e}"))?;
+    let plugin = |r: &RawConfig| -> Result<Plugin, String> {
+        let kind = r.kind.clone().filter(|k| !k.is_empty()).ok_or("a plugin without a \"type\"")?;
+        if kind.contains('/') || kind.contains("..") {
+            return Err(format!("plugin type {kind:?} is not a binary name"));
+        }
+        let bridge = r.bridge.clone().or_else(|| r.delegate.as_ref().and_then(|d| d.bridge.clone()));
+        Ok(Plugin { kind, bridge })
+    };
+    let plugins = match (&raw.plugins, &raw.kind) {
+        (Some(list), _) if !list.is_empty() => list.iter().map(plugin).collect::<Result<Vec<_>, _>>()?,
+        (Some(_), _) => return Err("\"plugins\" is empty".into()),
+        (None, Some(_)) => vec![plugin(&raw)?],
+        (None, None) => return Err("neither \"plugins\" nor \"type\"".into()),
+    };
+    Ok(Config { file: file.to_path_buf(), name: raw.name.unwrap_or_default(), cni_version: raw.cni_version, plugins })
+}
+
+/// The configuration files of a folder in the order the runtime tries them (by name).
+pub fn config_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "conf" | "conflist" | "json"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// What the node's CNI setup looks like under `root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The folders looked in.
+    pub dirs: Vec<PathBuf>,
+    /// The configuration the runtime would use, or why there is none / it cannot be read.
+    pub config: Result<Config, String>,
+    /// Plugin types whose binary is in none of `bin_dirs`.
+    pub missing_binaries: Vec<String>,
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+pub fn read(root: &Path) -> Found {
+    let dirs: Vec<PathBuf> = CONF_DIRS.iter().map(|d| root.join(d)).collect();
+    let bin_dirs: Vec<PathBuf> = BIN_DIRS.iter().map(|d| root.join(d)).filter(|d| d.is_dir()).collect();
+    let first = dirs.iter().find_map(|d| config_files(d).into_iter().next());
+    let config = match first {
+        None => Err("no CNI configuration".to_string()),
+        Some(file) => std::fs::read_to_string(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse(&file, &text))
+            .map_err(|e| format!("{}: {e}", file.display())),
+    };
+    let missing_binaries = match &config {
+        Ok(c) => c
+            .plugins
+            .iter()
+            .map(|p| p.kind.clone())
+            .filter(|kind| !bin_dirs.iter().any(|d| d.join(kind).is_file()))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    Found { dirs, config, missing_binaries, bin_dirs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLANNEL: &str = r#"{
+      "name": "cbr0",
+      "cniVersion": "0.3.1",
+      "plugins": [
+        { "type": "flannel", "delegate": { "hairpinMode": true, "isDefaultGateway": true } },
+        { "type": "portmap", "capabilities": { "portMappings": true } }
+      ]
+    }"#;
+
+    #[test]
+    fn parses_flannel_conflist() {
+        let c = parse(Path::new("10-flannel.conflist"), FLANNEL).unwrap();
+        assert_eq!(c.name, "cbr0");
+        assert_eq!(c.cni_version.as_deref(), Some("0.3.1"));
+        let kinds: Vec<&str> = c.plugins.iter().map(|p| p.kind.as_str()).collect();
+        assert_eq!(kinds, ["flannel", "portmap"]);
+        assert_eq!(c.plugins[0].bridge_device().as_deref(), Some("cni0"));
+        assert_eq!(c.plugins[1].bridge_device(), None);
+    }
+
+    #[test]
+    fn single_plugin_conf_and_bad_files() {
+        let c = parse(Path::new("a.conf"), r#"{"name":"n","type":"bridge","bridge":"br9"}"#).unwrap();
+        assert_eq!(c.plugins[0].bridge_device().as_deref(), Some("br9"));
+        assert!(parse(Path::new("x"), "{").unwrap_err().contains("not a CNI configuration"));
+        assert!(parse(Path::new("x"), r#"{"name":"n"}"#).unwrap_err().contains("neither"));
+        assert!(parse(Path::new("x"), r#"{"plugins":[]}"#).unwrap_err().contains("empty"));
+        assert!(parse(Path::new("x"), r#"{"plugins":[{"type":"../../bin/sh"}]}"#).unwrap_err().contains("binary name"));
+    }
+
+    #[test]
+    fn reads_the_first_file_and_finds_missing_binaries() {
+        let root = std::env::temp_dir().join(format!("netcheck-cni-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(read(&root).config, Err("no CNI configuration".into()));
+        std::fs::create_dir_all(root.join("etc/cni/net.d")).unwrap();
+        std::fs::create_dir_all(root.join("opt/cni/bin")).unwrap();
+        std::fs::write(root.join("etc/cni/net.d/10-flannel.conflist"), FLANNEL).unwrap();
+        std::fs::write(root.join("etc/cni/net.d/99-loopback.conf"), "{").unwrap();
+        std::fs::write(root.join("etc/cni/net.d/README"), "not a config").unwrap();
+        std::fs::write(root.join("opt/cni/bin/portmap"), "").unwrap();
+        let found = read(&root);
+        assert_eq!(found.config.as_ref().unwrap().name, "cbr0");
+        assert_eq!(found.missing_binaries, ["flannel"]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
