@@ -313,7 +313,7 @@ fn plan(
             let conf = dns::ResolvConf::read(resolv_conf)?;
             // Without --upstream: the node's own resolvers, when a node root is mounted.
             let upstreams = if upstreams.is_empty() {
-                discovery::node_upstreams(&discovery::host_root(host_root))
+                discovery::node_upstreams(&discovery::host_root(host_root), None)
             } else {
                 upstreams.clone()
             };

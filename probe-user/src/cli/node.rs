@@ -93,7 +93,10 @@ fn dns_spec(files: &NodeFiles, root: &Path, kubeconfig: Option<&Path>) -> Option
         ignored: Vec::new(),
     };
     Some(dns::Spec {
-        upstreams: discovery::node_upstreams(&files.root),
+        upstreams: discovery::node_upstreams(
+            &files.root,
+            files.kubelet.as_ref().and_then(|k| k.resolv_conf.as_deref()),
+        ),
         cluster_domain: domain,
         discover: Some(dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf), host_root: root.to_path_buf() }),
         ..dns::Spec::new("kubernetes.default", conf)

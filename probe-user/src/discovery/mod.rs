@@ -58,13 +58,20 @@ pub fn read_kubeconfig(path: &Path, root: &Path) -> Result<kube::config::Kubecon
 /// The node's upstream resolvers: the nameservers of the resolv.conf that pods with
 /// `dnsPolicy: Default` (CoreDNS among them) get from the kubelet, under a node root mounted
 /// somewhere (never `/` itself: there it would be this process's own resolv.conf, which in a pod
-/// names the cluster DNS). systemd-resolved's real list comes before the 127.0.0.53 stub; loopback
-/// servers are left out (they are the node's own stub, not reachable from CoreDNS).
-pub fn node_upstreams(root: &Path) -> Vec<std::net::IpAddr> {
+/// names the cluster DNS). The kubelet's `resolvConf` setting names that file when the kubelet
+/// configuration is known; otherwise systemd-resolved's real list comes before
+/// `/etc/resolv.conf` (whose 127.0.0.53 stub the kubelet skips). Loopback servers are left out
+/// (the node's own stub, not reachable from CoreDNS).
+pub fn node_upstreams(root: &Path, kubelet_resolv_conf: Option<&str>) -> Vec<std::net::IpAddr> {
     if root == Path::new("/") {
         return Vec::new();
     }
-    for file in ["run/systemd/resolve/resolv.conf", "etc/resolv.conf"] {
+    let configured = kubelet_resolv_conf.map(|f| f.trim_start_matches('/')).filter(|f| !f.is_empty());
+    let files: Vec<&str> = match configured {
+        Some(f) => vec![f],
+        None => vec!["run/systemd/resolve/resolv.conf", "etc/resolv.conf"],
+    };
+    for file in files {
         if let Ok(conf) = crate::probes::dns::ResolvConf::read(&root.join(file)) {
             let servers: Vec<_> = conf.nameservers.into_iter().filter(|ip| !ip.is_loopback()).collect();
             if !servers.is_empty() {
@@ -85,10 +92,15 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::create_dir_all(root.join("run/systemd/resolve")).unwrap();
         std::fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
-        assert!(node_upstreams(&root).is_empty(), "the stub alone is no upstream");
+        assert!(node_upstreams(&root, None).is_empty(), "the stub alone is no upstream");
         std::fs::write(root.join("run/systemd/resolve/resolv.conf"), "nameserver 192.168.50.53\n").unwrap();
-        assert_eq!(node_upstreams(&root), vec!["192.168.50.53".parse::<std::net::IpAddr>().unwrap()]);
-        assert!(node_upstreams(Path::new("/")).is_empty());
+        assert_eq!(node_upstreams(&root, None), vec!["192.168.50.53".parse::<std::net::IpAddr>().unwrap()]);
+        assert!(node_upstreams(Path::new("/"), None).is_empty());
+        // The kubelet's resolvConf wins: that is the file CoreDNS's pods get.
+        std::fs::write(root.join("etc/upstream.conf"), "nameserver 10.0.0.2\n").unwrap();
+        let kubelet = Some("/etc/upstream.conf");
+        assert_eq!(node_upstreams(&root, kubelet), vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
+        assert!(node_upstreams(&root, Some("/etc/missing.conf")).is_empty(), "no guessing past the kubelet");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
