@@ -462,7 +462,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         Work::Checks(jobs, cert_options) => run_checks(cli, opts, &cert_options, async { jobs }, false),
         Work::Node(cert_options, one_by_one) => {
             let root = discovery::host_root(cli.host_root.as_deref());
-            run_checks(cli, opts, &cert_options, node::plan(&root, cli.kubeconfig.as_deref()), one_by_one)
+            run_checks(cli, opts, &cert_options, node::plan(&root, cli.kubeconfig.as_deref(), cli.timeout), one_by_one)
         }
         Work::Path(from, dst, port) => run_path(cli, opts, &from, dst, port),
         Work::Capture(filter, duration) => {

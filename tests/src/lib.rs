@@ -359,18 +359,19 @@ impl Lab {
     }
 
     /// A stand-in for the Kubernetes API on node `node`'s 6443 (HTTPS, serving certificate from
-    /// the lab CA with the node's IP): it answers the one request netcheck makes for DNS, the
-    /// kube-dns Service's EndpointSlices, with a list of `endpoints` in the API's JSON shape,
-    /// and 404 (a Status) to anything else. Returns a kubeconfig for it (token user).
+    /// the lab CA with the node's IP): it answers the requests netcheck makes, the kube-dns
+    /// Service's EndpointSlices (a list of `endpoints`) and the nodes (the lab's, with their
+    /// InternalIPs), in the API's JSON shape, and 404 (a Status) to anything else. Returns a kubeconfig for it (token user).
     pub fn serve_api(&mut self, node: u8, endpoints: &[Ipv4Addr]) -> Result<String> {
         let n = self.node(node).clone();
         let leaf = self.pki.serving("kube-apiserver", &["kubernetes"], &[n.underlay_ip.into()])?;
         let config = pki::tls_config(&leaf)?;
         let body = endpoint_slice_list(endpoints);
+        let nodes = node_list(&self.nodes);
         let addr = SocketAddr::new(n.underlay_ip.into(), API_PORT);
         self.servers.push(serve(&n.netns, addr, move |s| {
-            let body = body.clone();
-            pki::serve_https_connection(config.clone(), s, move |request| api_response(request, &body));
+            let (body, nodes) = (body.clone(), nodes.clone());
+            pki::serve_https_connection(config.clone(), s, move |request| api_response(request, &body, &nodes));
         })?);
         let ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.pki.ca_pem());
         Ok(format!(
@@ -626,12 +627,36 @@ fn endpoint_slice_list(endpoints: &[Ipv4Addr]) -> String {
     .to_string()
 }
 
-fn api_response(request: &[u8], endpoint_slices: &str) -> Vec<u8> {
+/// The lab's nodes as the API lists them (name, InternalIP, podCIDR, Ready).
+fn node_list(nodes: &[Node]) -> String {
+    let items: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "metadata": {"name": n.name()},
+                "spec": {"podCIDR": n.pod_subnet()},
+                "status": {
+                    "addresses": [
+                        {"type": "InternalIP", "address": n.underlay_ip.to_string()},
+                        {"type": "Hostname", "address": n.name()}
+                    ],
+                    "conditions": [{"type": "Ready", "status": "True"}]
+                }
+            })
+        })
+        .collect();
+    serde_json::json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "1043"}, "items": items})
+        .to_string()
+}
+
+fn api_response(request: &[u8], endpoint_slices: &str, nodes: &str) -> Vec<u8> {
     let wanted = b"GET /apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices?";
     let (status, body) = if request.starts_with(wanted)
         && String::from_utf8_lossy(request).contains("kubernetes.io%2Fservice-name%3Dkube-dns")
     {
         ("200 OK", endpoint_slices.to_string())
+    } else if request.starts_with(b"GET /api/v1/nodes?") || request.starts_with(b"GET /api/v1/nodes ") {
+        ("200 OK", nodes.to_string())
     } else {
         let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
         ("404 Not Found", status.to_string())

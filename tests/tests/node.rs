@@ -204,3 +204,29 @@ fn cni_bridge_holding_another_subnet_fails() {
     let problems = r.json["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
 }
+
+/// Peers come from the VXLAN FDB and from the API's nodes: when n1's FDB lost n2 (flannel
+/// missed it), only the API still names n2, and its VXLAN check says what is missing.
+#[test]
+fn a_peer_the_fdb_lost_is_found_through_the_api() {
+    if !require_root("a_peer_the_fdb_lost_is_found_through_the_api") {
+        return;
+    }
+    let (lab, root) = lab();
+    lab.delete_fdb(1, 2).unwrap();
+    let peer = lab.node(2).underlay_ip;
+    let vxlan_to_peer = |r: &netcheck::Run| {
+        checks(r).iter().find(|c| c["probe"] == "vxlan" && c["target"] == format!("{peer}:8472")).cloned()
+    };
+    let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+    let r = run_node(&lab, &root, &kubeconfig);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let vxlan = vxlan_to_peer(&r).unwrap_or_else(|| panic!("no VXLAN check for {peer}: {}", r.stdout));
+    assert_eq!(vxlan["cause"], "vxlan_misconfigured", "{vxlan}");
+    assert!(vxlan["detail"].as_str().unwrap().contains(&format!("no FDB entry for {peer}")), "{vxlan}");
+    // Without the API, the FDB alone does not know n2 exists.
+    let host_root = root.path.display().to_string();
+    let args = ["--timeout", "3s", "--host-root", &host_root, "--kubeconfig", "/nonexistent", "node"];
+    let r = netcheck::run_json_in(&lab.node(1).netns, &args).unwrap();
+    assert!(vxlan_to_peer(&r).is_none(), "{}", r.stdout);
+}

@@ -17,8 +17,10 @@ use crate::{
 };
 
 /// The jobs for this node, and a `skip` check for each thing discovery could not find.
-pub async fn plan(root: &Path, kubeconfig: Option<&Path>) -> Vec<Job> {
+pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> Vec<Job> {
     let files = discovery::node::read(root);
+    // The API's nodes, when it answers: peers the FDB has lost are found this way.
+    let api_nodes = api_nodes(root, kubeconfig, timeout.min(Duration::from_secs(2))).await;
     let mut jobs = Vec::new();
     let mut skipped = Vec::new();
     let devices = match discovery::netlink::vxlan_devices().await {
@@ -56,7 +58,7 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>) -> Vec<Job> {
         }
     }
     match overlay {
-        Some(dev) => jobs.extend(peer_jobs(dev, &files, kubelet_port, healthz_port)),
+        Some(dev) => jobs.extend(peer_jobs(dev, &files, &api_nodes, kubelet_port, healthz_port)),
         None => skipped.push(("vxlan", "no VXLAN device in this namespace: no peers to check".into())),
     }
     // The CNI setup, judged against the bridge as the kernel has it.
@@ -107,9 +109,38 @@ fn kubelet_job(ip: Ipv4Addr, port: u16, healthz_port: u16) -> Job {
     Job::Kubelet { target: Target { host: ip.to_string(), port }, healthz_port, resolver: None }
 }
 
-/// For each peer the VXLAN device's FDB sends to: the tunnel, the path MTU to its VTEP and its
-/// kubelet.
-fn peer_jobs(dev: &VxlanDevice, files: &NodeFiles, kubelet_port: u16, healthz_port: u16) -> Vec<Job> {
+/// The nodes' InternalIPs from the API (empty when it cannot be asked: the DNS check's
+/// endpoints row already says why).
+async fn api_nodes(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> Vec<Ipv4Addr> {
+    let listed = async {
+        let client = discovery::api::client(kubeconfig, root, timeout).await?;
+        discovery::api::nodes(client).await
+    };
+    match tokio::time::timeout(timeout, listed).await {
+        Ok(Ok(nodes)) => nodes
+            .iter()
+            .filter_map(|n| match n.overlay_peer() {
+                Some(IpAddr::V4(v4)) => Some(v4),
+                _ => None,
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::debug!("nodes not listed from the API: {e}");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// For each peer (the VXLAN device's FDB destinations, and the API's nodes, so a peer the FDB
+/// lost is still checked): the tunnel, the path MTU to its VTEP and its kubelet.
+fn peer_jobs(
+    dev: &VxlanDevice,
+    files: &NodeFiles,
+    api_nodes: &[Ipv4Addr],
+    kubelet_port: u16,
+    healthz_port: u16,
+) -> Vec<Job> {
     let cni_mtu = files.subnet_env.as_ref().and_then(|(env, path)| env.mtu.map(|m| (m, path.clone())));
     let mut peers: Vec<Ipv4Addr> = dev
         .fdb
@@ -119,6 +150,7 @@ fn peer_jobs(dev: &VxlanDevice, files: &NodeFiles, kubelet_port: u16, healthz_po
             _ => None,
         })
         .collect();
+    peers.extend(api_nodes.iter().filter(|ip| Some(**ip) != dev.local));
     peers.sort_unstable();
     peers.dedup();
     let mut jobs = Vec::new();

@@ -1,10 +1,11 @@
 //! The Kubernetes API, when a kubeconfig or an in-cluster service account is at hand. Read
 //! only, and optional: when it cannot be reached, what it would have told is a note, not an
-//! error. RBAC needed: `list` on `endpointslices.discovery.k8s.io` in kube-system.
+//! error. RBAC needed: `list` on `endpointslices.discovery.k8s.io` in kube-system and on
+//! `nodes`.
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
 use kube::{Api, Client, Config, api::ListParams, config::KubeConfigOptions};
 
 /// The cluster DNS Service's namespace and name (kubeadm and k3s both call it kube-dns).
@@ -34,6 +35,57 @@ pub async fn service_endpoints(client: Client, (namespace, service): (&str, &str
     let slices =
         api.list(&params).await.map_err(|e| format!("listing EndpointSlices of {namespace}/{service}: {e}"))?;
     Ok(ready_addresses(&slices.items))
+}
+
+/// A node as the API knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub internal_ip: Option<IpAddr>,
+    pub pod_cidr: Option<String>,
+    /// The Ready condition (`None`: not reported).
+    pub ready: Option<bool>,
+    /// flannel's `flannel.alpha.coreos.com/public-ip` annotation: the address its VXLAN traffic
+    /// goes to (differs from the InternalIP when flannel uses another interface).
+    pub flannel_public_ip: Option<IpAddr>,
+}
+
+impl NodeInfo {
+    /// Where VXLAN traffic to this node goes: flannel's public IP, else the InternalIP.
+    pub fn overlay_peer(&self) -> Option<IpAddr> {
+        self.flannel_public_ip.or(self.internal_ip)
+    }
+}
+
+/// Every node with its InternalIP, podCIDR and Ready condition.
+pub async fn nodes(client: Client) -> Result<Vec<NodeInfo>, String> {
+    let api: Api<Node> = Api::all(client);
+    let list = api.list(&ListParams::default()).await.map_err(|e| format!("listing nodes: {e}"))?;
+    Ok(list.items.iter().map(node_info).collect())
+}
+
+pub fn node_info(node: &Node) -> NodeInfo {
+    let status = node.status.as_ref();
+    let internal_ip = status
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .and_then(|a| a.address.parse().ok());
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status == "True");
+    NodeInfo {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        internal_ip,
+        pod_cidr: node.spec.as_ref().and_then(|s| s.pod_cidr.clone()),
+        ready,
+        flannel_public_ip: node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("flannel.alpha.coreos.com/public-ip"))
+            .and_then(|ip| ip.parse().ok()),
+    }
 }
 
 /// Ready (or not known to be unready) endpoint addresses, once each, in order.
@@ -75,5 +127,26 @@ mod tests {
         let slice: EndpointSlice = serde_json::from_value(json).unwrap();
         let ips: Vec<String> = ready_addresses(&[slice]).iter().map(ToString::to_string).collect();
         assert_eq!(ips, ["10.244.1.10", "10.244.2.10"]);
+    }
+
+    #[test]
+    fn node_info_prefers_flannel_s_public_ip() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2", "annotations": {"flannel.alpha.coreos.com/public-ip": "10.0.0.12"}},
+            "spec": {"podCIDR": "10.244.2.0/24"},
+            "status": {
+                "addresses": [{"type": "Hostname", "address": "n2"}, {"type": "InternalIP", "address": "192.168.50.12"}],
+                "conditions": [{"type": "Ready", "status": "False"}]
+            }
+        }))
+        .unwrap();
+        let info = node_info(&node);
+        assert_eq!(info.name, "n2");
+        assert_eq!(info.internal_ip, Some("192.168.50.12".parse().unwrap()));
+        assert_eq!(info.overlay_peer(), Some("10.0.0.12".parse().unwrap()));
+        assert_eq!(info.pod_cidr.as_deref(), Some("10.244.2.0/24"));
+        assert_eq!(info.ready, Some(false));
+        let bare = node_info(&Node::default());
+        assert_eq!((bare.overlay_peer(), bare.ready), (None, None));
     }
 }
