@@ -573,18 +573,23 @@ fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]) {
         let start = hops.iter().position(|h| h.kind == k).unwrap_or(hops.len());
         hops[start..].iter().any(|h| h.hop.status == Status::Fail)
     };
-    let hop = |hops: &mut [Draft], k: Kind, f: &mut dyn FnMut(&mut Draft)| {
-        if let Some(h) = hops.iter_mut().find(|h| h.kind == k) {
-            f(h);
-        }
-    };
+    let hop = with_hop;
     if let Some(g) = find("gateway") {
         match g.status {
             Status::Pass => hop(hops, Kind::Bridge, &mut |h| h.pass(&format!("gateway {} answers", g.target))),
             Status::Fail if !any_fail_from(hops, Kind::Source) => {
-                hop(hops, Kind::Bridge, &mut |h| {
-                    h.judge(Status::Fail, g.cause, format!("gateway {}: {}", g.target, g.detail));
-                });
+                // An echo the node filters while the real traffic crosses is worth a warning,
+                // not a broken hop.
+                let arrived = find("tcp").or_else(|| find("icmp")).is_some_and(|f| f.status == Status::Pass);
+                let (status, detail) = if arrived {
+                    (
+                        Status::Warn,
+                        format!("gateway {} does not answer an echo ({}), but traffic crosses", g.target, g.detail),
+                    )
+                } else {
+                    (Status::Fail, format!("gateway {}: {}", g.target, g.detail))
+                };
+                hop(hops, Kind::Bridge, &mut |h| h.judge(status, g.cause, detail.clone()));
             }
             _ => {}
         }
@@ -613,6 +618,42 @@ fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]) {
             _ => {}
         }
     }
+    judge_mtu(report, probes, hops);
+    if let Some(f) = find("tcp").or_else(|| find("icmp")) {
+        let last = hops.last().map_or(Kind::Destination, |h| h.kind);
+        match f.status {
+            Status::Pass | Status::Warn => {
+                hop(hops, last, &mut |h| h.pass(&f.detail));
+            }
+            Status::Fail if !hops.iter().any(|h| h.hop.status == Status::Fail) => {
+                let mut detail = f.detail.clone();
+                if hops.iter().any(|h| h.kind == Kind::Overlay)
+                    && find("vxlan").is_some_and(|v| v.status == Status::Pass)
+                {
+                    detail.push_str(
+                        "; the overlay itself carries traffic to the peer node (VXLAN echo answered), so the fault is \
+                         past the peer's VTEP",
+                    );
+                }
+                hop(hops, last, &mut |h| h.judge(Status::Fail, f.cause, detail.clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A hop by kind, changed in place (hops the path does not have are left alone).
+fn with_hop(hops: &mut [Draft], k: Kind, f: &mut dyn FnMut(&mut Draft)) {
+    if let Some(h) = hops.iter_mut().find(|h| h.kind == k) {
+        f(h);
+    }
+}
+
+/// Path MTU: a black hole (or smaller signalled MTU) towards the peer starts on the underlay;
+/// one only the source sees is placed on the overlay (or the routing hop without one).
+fn judge_mtu(report: &Report, probes: &[Check], hops: &mut [Draft]) {
+    let find = |name: &str| probes.iter().find(|c| c.probe == name);
+    let hop = with_hop;
     let pod_mtu = find("mtu").filter(|c| matches!(c.cause, Some(Cause::MtuBlackhole | Cause::MtuMismatch)));
     let pod_note = |d: &mut String| {
         if let (Some(c), Some(mtu)) = (pod_mtu, measured(report.mtu.as_ref())) {
@@ -647,27 +688,6 @@ fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]) {
         let k = if hops.iter().any(|h| h.kind == Kind::Overlay) { Kind::Overlay } else { Kind::Routing };
         let detail = format!("path MTU from the source: {}", m.detail);
         hop(hops, k, &mut |h| h.judge(m.status, m.cause, detail.clone()));
-    }
-    if let Some(f) = find("tcp").or_else(|| find("icmp")) {
-        let last = hops.last().map_or(Kind::Destination, |h| h.kind);
-        match f.status {
-            Status::Pass | Status::Warn => {
-                hop(hops, last, &mut |h| h.pass(&f.detail));
-            }
-            Status::Fail if !hops.iter().any(|h| h.hop.status == Status::Fail) => {
-                let mut detail = f.detail.clone();
-                if hops.iter().any(|h| h.kind == Kind::Overlay)
-                    && find("vxlan").is_some_and(|v| v.status == Status::Pass)
-                {
-                    detail.push_str(
-                        "; the overlay itself carries traffic to the peer node (VXLAN echo answered), so the fault is \
-                         past the peer's VTEP",
-                    );
-                }
-                hop(hops, last, &mut |h| h.judge(Status::Fail, f.cause, detail.clone()));
-            }
-            _ => {}
-        }
     }
 }
 
@@ -918,6 +938,24 @@ mod tests {
             line.ends_with("pods on this node cannot reach 192.168.50.11:10250 while the node itself can"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_filtered_gateway_echo_is_a_warning_when_traffic_crosses() {
+        let mut report = pod_to_pod(tcp_report(tcp::Outcome::Connected, vec![]));
+        report.gateway = Some(icmp::Echo {
+            dst: Ipv4Addr::new(10, 244, 1, 1),
+            outcome: EchoOutcome::Answered { answer: Answer::Silent, rtt: Duration::from_secs(1) },
+            elapsed: Duration::from_secs(1),
+            events: vec![],
+        });
+        let (check, line) = verdict(&report, true, "n1");
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert_eq!(check.hops[2].status, Status::Warn);
+        assert!(line.contains("with a warning on bridge"), "{line}");
+        report.final_probe = Some(Final::Tcp(tcp_report(tcp::Outcome::TimedOut, vec![])));
+        let (check, _) = verdict(&report, true, "n1");
+        assert_eq!(check.hops[2].status, Status::Fail, "{check:?}");
     }
 
     #[test]
