@@ -140,8 +140,18 @@ fn test() -> Result<()> {
 }
 
 /// The parsers netcheck owns, each a cargo-fuzz target in probe-user/fuzz.
-const FUZZ_TARGETS: &[&str] =
-    &["target", "pem", "http_response", "kubeconfig", "event", "resolv_conf", "dns_response", "subnet_env", "icmp"];
+const FUZZ_TARGETS: &[&str] = &[
+    "target",
+    "pem",
+    "http_response",
+    "kubeconfig",
+    "event",
+    "resolv_conf",
+    "dns_response",
+    "subnet_env",
+    "icmp",
+    "cni_config",
+];
 
 fn fuzz(seconds: u32) -> Result<()> {
     let dir = root().join("probe-user/fuzz");
