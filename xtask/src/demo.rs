@@ -212,28 +212,24 @@ fn mtu_and_vxlan_scenarios(bin: &Path) -> Result<()> {
     scenario(
         "18. netcheck node on n1: everything discovery finds, at once (node root as kubeadm and flannel leave it)",
         |_| Ok(()),
-        |lab| {
-            let kubeconfig = lab.serve_api(1, &[Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10)])?;
-            let root = TempDir::new(&format!("demo-node-{}", lab.prefix));
-            lab.write_host_root(1, &root, &kubeconfig)?;
-            let host_root = root.path.display().to_string();
-            let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
-            show(bin, &lab.node(1).netns, &["--host-root", &host_root, "--kubeconfig", &kubeconfig, "node"])
-        },
+        |lab| show_node(bin, lab),
     )?;
     scenario(
         "19. netcheck node on n1 with the CoreDNS pod on n2 blocked: three checks see it, one problem",
         |lab| lab.block_dns_endpoint(2),
-        |lab| {
-            let kubeconfig = lab.serve_api(1, &[Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10)])?;
-            let root = TempDir::new(&format!("demo-node-{}", lab.prefix));
-            lab.write_host_root(1, &root, &kubeconfig)?;
-            let host_root = root.path.display().to_string();
-            let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
-            show(bin, &lab.node(1).netns, &["--host-root", &host_root, "--kubeconfig", &kubeconfig, "node"])
-        },
+        |lab| show_node(bin, lab),
     )?;
     path_scenarios(bin)
+}
+
+/// `netcheck node` on n1 with the API stand-in and a node root as kubeadm and flannel leave it.
+fn show_node(bin: &Path, lab: &mut Lab) -> Result<()> {
+    let kubeconfig = lab.serve_api(1, &[Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10)])?;
+    let root = TempDir::new(&format!("demo-node-{}", lab.prefix));
+    lab.write_host_root(1, &root, &kubeconfig)?;
+    let host_root = root.path.display().to_string();
+    let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+    show(bin, &lab.node(1).netns, &["--host-root", &host_root, "--kubeconfig", &kubeconfig, "node"])
 }
 
 /// `netcheck path` run on node n1 from pod a's namespace, as on a node with `--from cni-...`.

@@ -40,13 +40,24 @@ pub struct VxlanDevice {
     pub neighbours: Vec<(IpAddr, Mac)>,
 }
 
-/// Every VXLAN device of the current network namespace.
-pub async fn vxlan_devices() -> std::io::Result<Vec<VxlanDevice>> {
+/// Runs `ask` over a new rtnetlink connection of the calling thread's namespace.
+async fn with_connection<T, Fut>(ask: impl FnOnce(rtnetlink::Handle) -> Fut) -> std::io::Result<T>
+where
+    Fut: std::future::Future<Output = Result<T, rtnetlink::Error>>,
+{
     let (connection, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(connection);
-    let result = read(&handle).await;
+    let result = ask(handle).await;
     task.abort();
-    result.map_err(|e| std::io::Error::other(format!("netlink: {e}")))
+    result.map_err(|e| match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => std::io::Error::other(format!("netlink: {other}")),
+    })
+}
+
+/// Every VXLAN device of the current network namespace.
+pub async fn vxlan_devices() -> std::io::Result<Vec<VxlanDevice>> {
+    with_connection(|h| async move { read(&h).await }).await
 }
 
 async fn read(handle: &rtnetlink::Handle) -> Result<Vec<VxlanDevice>, rtnetlink::Error> {
@@ -161,11 +172,7 @@ pub struct Link {
 
 /// Every interface of the current namespace with its IPv4 addresses.
 pub async fn links() -> std::io::Result<Vec<Link>> {
-    let (connection, handle, _) = rtnetlink::new_connection()?;
-    let task = tokio::spawn(connection);
-    let result = read_links(&handle).await;
-    task.abort();
-    result.map_err(|e| std::io::Error::other(format!("netlink: {e}")))
+    with_connection(|h| async move { read_links(&h).await }).await
 }
 
 async fn read_links(handle: &rtnetlink::Handle) -> Result<Vec<Link>, rtnetlink::Error> {
@@ -249,14 +256,7 @@ pub enum RouteKind {
 /// (with `input`) one it receives from `SRC` on interface `iif` and forwards. `Err` carries
 /// the kernel's answer when there is no route (e.g. "Network is unreachable").
 pub async fn route_get(dst: IpAddr, input: Option<(IpAddr, u32)>) -> std::io::Result<Route> {
-    let (connection, handle, _) = rtnetlink::new_connection()?;
-    let task = tokio::spawn(connection);
-    let result = get_route(&handle, dst, input).await;
-    task.abort();
-    result.map_err(|e| match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io(),
-        other => std::io::Error::other(format!("netlink: {other}")),
-    })
+    with_connection(|h| async move { get_route(&h, dst, input).await }).await
 }
 
 async fn get_route(
