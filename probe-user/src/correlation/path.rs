@@ -146,6 +146,9 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
     let mut all_evidence = Vec::new();
     for check in probes.iter().filter(|c| matches!(c.probe, "tcp" | "icmp" | "vxlan")) {
         for e in &check.evidence {
+            if e.event.kind == EventKind::Drop && !is_fault(&e.event) {
+                continue;
+            }
             let kind = place(report, &hops, &e.event);
             if let Some(h) = hops.iter_mut().find(|h| h.kind == kind)
                 && !h.hop.evidence.contains(e)
@@ -472,10 +475,12 @@ pub fn echo_verdict(echo: &icmp::Echo, capture_on: bool) -> Check {
     Check::probed("icmp", echo.dst.to_string(), verdict, echo.elapsed, evidence)
 }
 
-/// Whether an event says the kernel stopped the probe's packets (as opposed to what it received).
+/// Whether an event says the kernel stopped the probe's packets (as opposed to what it
+/// received). QUEUE_PURGE is a probe's own socket closing with a reply still queued (raw
+/// sockets get copies of every echo reply): delivered, not lost.
 fn is_fault(ev: &KernelEvent) -> bool {
     match ev.kind {
-        EventKind::Drop => true,
+        EventKind::Drop => ev.reason.as_deref() != Some("QUEUE_PURGE"),
         EventKind::Rst | EventKind::Icmp => ev.direction == Some(Direction::Sent),
     }
 }
@@ -904,6 +909,15 @@ mod tests {
         let failed = check.hops.iter().find(|h| h.status == Status::Fail).unwrap();
         assert_eq!(failed.name, "routing", "{check:?}");
         assert!(line.starts_with("routing: dropped by netfilter on n1 FORWARD: tcp 10.244.1.2:40000"), "{line}");
+    }
+
+    #[test]
+    fn a_purged_reply_queue_is_not_a_fault() {
+        let mut purge = drop_event(u32::try_from(NODE_NS).unwrap(), "cni0", false);
+        purge.reason = Some("QUEUE_PURGE".into());
+        let (check, _) = verdict(&pod_to_pod(tcp_report(tcp::Outcome::Connected, vec![purge])), true, "n1");
+        assert_eq!(check.status, Status::Pass, "{check:?}");
+        assert!(check.evidence.is_empty() && check.hops.iter().all(|h| h.evidence.is_empty()), "{check:?}");
     }
 
     #[test]
