@@ -213,3 +213,34 @@ fn underlay_black_hole_is_placed_with_the_usable_mtu() {
     assert!(ping(1400));
     assert!(!ping(1401));
 }
+
+/// Without privileges `path` still follows the tables and runs the TCP probe; the probes that
+/// need a raw socket are skipped naming CAP_NET_RAW, and entering a pod's namespace is refused
+/// naming CAP_SYS_ADMIN (a usage/environment error, exit 2).
+#[test]
+fn unprivileged_path_runs_what_it_can() {
+    if !require_root("unprivileged_path_runs_what_it_can") {
+        return;
+    }
+    let lab = lab();
+    let copy = netcheck::UnprivilegedCopy::new();
+    let n1 = lab.node(1).netns.clone();
+    let b = lab.pod("b").clone();
+    let r = copy.run_json_in(&n1, &["--timeout", "2s", "path", &format!("{}:8080", b.ip)]);
+    eprintln!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json["capture"]["available"], false);
+    assert_eq!(
+        names(&r),
+        ["routing", "overlay", "underlay", "peer-underlay", "peer-overlay", "peer-bridge", "destination"]
+    );
+    let probes = r.check()["data"]["path"]["probes"].as_array().unwrap();
+    for probe in ["vxlan", "mtu", "underlay-mtu"] {
+        let p = probes.iter().find(|p| p["probe"] == probe).unwrap_or_else(|| panic!("no {probe}: {r:?}"));
+        assert_eq!(p["status"], "skip", "{p}");
+        assert!(p["detail"].as_str().unwrap().contains("CAP_NET_RAW"), "{p}");
+    }
+    let r = copy.run_json_in(&n1, &["path", "--from", &lab.pod("a").netns, &format!("{}:8080", b.ip)]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("CAP_SYS_ADMIN"), "{}", r.stderr);
+}
