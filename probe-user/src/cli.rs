@@ -507,7 +507,8 @@ fn run_path(
     let root = discovery::host_root(cli.host_root.as_deref());
     // Before capture loads: a source that cannot be found is a usage error.
     let (source, label) = runtime.block_on(crate::probes::path::resolve_source(from, &root))?;
-    let spec = crate::probes::path::Spec { from: source, label, dst, port };
+    let api = Some(crate::probes::path::ApiSpec { kubeconfig: cli.kubeconfig.clone(), host_root: root.clone() });
+    let spec = crate::probes::path::Spec { from: source, label, dst, port, api };
     let (capture, status) = start_capture(cli.no_capture, opts);
     let capture_on = capture.is_some();
     let report = runtime.block_on(crate::probes::path::run(spec, cli.timeout, capture.clone()))?;

@@ -360,18 +360,20 @@ impl Lab {
 
     /// A stand-in for the Kubernetes API on node `node`'s 6443 (HTTPS, serving certificate from
     /// the lab CA with the node's IP): it answers the requests netcheck makes, the kube-dns
-    /// Service's EndpointSlices (a list of `endpoints`) and the nodes (the lab's, with their
-    /// InternalIPs), in the API's JSON shape, and 404 (a Status) to anything else. Returns a kubeconfig for it (token user).
+    /// Service's EndpointSlices (a list of `endpoints`), the nodes (the lab's, with their
+    /// InternalIPs) and the pod behind an IP (the lab's pods so far, namespace `default`), in the
+    /// API's JSON shape, and 404 (a Status) to anything else. Returns a kubeconfig for it (token user).
     pub fn serve_api(&mut self, node: u8, endpoints: &[Ipv4Addr]) -> Result<String> {
         let n = self.node(node).clone();
         let leaf = self.pki.serving("kube-apiserver", &["kubernetes"], &[n.underlay_ip.into()])?;
         let config = pki::tls_config(&leaf)?;
         let body = endpoint_slice_list(endpoints);
         let nodes = node_list(&self.nodes);
+        let pods = self.pods.clone();
         let addr = SocketAddr::new(n.underlay_ip.into(), API_PORT);
         self.servers.push(serve(&n.netns, addr, move |s| {
-            let (body, nodes) = (body.clone(), nodes.clone());
-            pki::serve_https_connection(config.clone(), s, move |request| api_response(request, &body, &nodes));
+            let (body, nodes, pods) = (body.clone(), nodes.clone(), pods.clone());
+            pki::serve_https_connection(config.clone(), s, move |request| api_response(request, &body, &nodes, &pods));
         })?);
         let ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.pki.ca_pem());
         Ok(format!(
@@ -649,7 +651,29 @@ fn node_list(nodes: &[Node]) -> String {
         .to_string()
 }
 
-fn api_response(request: &[u8], endpoint_slices: &str, nodes: &str) -> Vec<u8> {
+/// The lab's pods whose IP a `status.podIP=` field selector in the request names, as a PodList
+/// (namespace `default`, on their node).
+fn pod_list(request: &str, pods: &[Pod]) -> String {
+    let wanted = request.split_once("status.podIP%3D").and_then(|(_, rest)| {
+        let ip: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        ip.parse::<Ipv4Addr>().ok()
+    });
+    let items: Vec<serde_json::Value> = pods
+        .iter()
+        .filter(|p| Some(p.ip) == wanted)
+        .map(|p| {
+            serde_json::json!({
+                "metadata": {"name": p.name, "namespace": "default"},
+                "spec": {"nodeName": format!("n{}", p.node), "containers": [{"name": "c"}]},
+                "status": {"podIP": p.ip.to_string()}
+            })
+        })
+        .collect();
+    serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1044"}, "items": items})
+        .to_string()
+}
+
+fn api_response(request: &[u8], endpoint_slices: &str, nodes: &str, pods: &[Pod]) -> Vec<u8> {
     let wanted = b"GET /apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices?";
     let (status, body) = if request.starts_with(wanted)
         && String::from_utf8_lossy(request).contains("kubernetes.io%2Fservice-name%3Dkube-dns")
@@ -657,6 +681,8 @@ fn api_response(request: &[u8], endpoint_slices: &str, nodes: &str) -> Vec<u8> {
         ("200 OK", endpoint_slices.to_string())
     } else if request.starts_with(b"GET /api/v1/nodes?") || request.starts_with(b"GET /api/v1/nodes ") {
         ("200 OK", nodes.to_string())
+    } else if request.starts_with(b"GET /api/v1/pods?") {
+        ("200 OK", pod_list(&String::from_utf8_lossy(request), pods))
     } else {
         let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
         ("404 Not Found", status.to_string())

@@ -96,6 +96,25 @@ fn healthy_pod_to_pod_across_nodes() {
     assert!(hop(&r, "overlay")["detail"].as_str().unwrap().contains(&format!("port {VXLAN_PORT}")), "{r:?}");
     assert!(verdict(&r).starts_with("healthy: "), "{r:?}");
 
+    // With the API: the pods at both ends and the peer node are named.
+    let mut lab = lab;
+    let kubeconfig = lab.serve_api(1, &[]).unwrap();
+    let dir = netlab::TempDir::new(&format!("path-api-{}", lab.prefix));
+    let kubeconfig = dir.write("kubeconfig", &kubeconfig);
+    let args = ["--timeout", "2s", "--kubeconfig", &kubeconfig, "path", "--from", &a.netns];
+    let r = netcheck::run_json_in(&n1.netns, &[&args[..], &[&format!("{}:8080", b.ip)]].concat()).unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    let data = &r.check()["data"]["path"];
+    assert_eq!(
+        data["destination_pod"],
+        serde_json::json!({"namespace": "default", "name": "b", "node": "n2"}),
+        "{r:?}"
+    );
+    assert_eq!(data["source_pod"]["name"], "a");
+    assert_eq!(data["peer"]["node"], "n2");
+    assert!(hop(&r, "destination")["detail"].as_str().unwrap().contains("pod default/b on node n2"), "{r:?}");
+    assert!(hop(&r, "peer-underlay")["detail"].as_str().unwrap().contains(&format!("n2 ({})", n2.underlay_ip)));
+
     // The pod named by its IP: netcheck finds its namespace among those this node's veths lead
     // into (other labs on this machine have pods with the same IP).
     let r = path(&lab, 1, &a.ip.to_string(), &format!("{}:8080", b.ip));

@@ -20,6 +20,12 @@ use crate::{
 #[derive(Debug, Clone, Serialize)]
 pub struct PathData {
     pub source_ip: Option<IpAddr>,
+    /// The pods at both ends, when the API named them.
+    pub source_pod: Option<crate::discovery::api::PodInfo>,
+    pub destination_pod: Option<crate::discovery::api::PodInfo>,
+    /// Why the API was not asked or did not answer (names are then missing, nothing else).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_note: Option<String>,
     /// The peer node the overlay leads to, as its tables name it.
     pub peer: Option<PeerData>,
     /// Largest packet the source gets to the destination (its path MTU).
@@ -32,6 +38,8 @@ pub struct PathData {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerData {
+    /// The node's name from the API.
+    pub node: Option<String>,
     pub vtep: std::net::Ipv4Addr,
     pub vtep_mac: String,
     pub underlay: std::net::Ipv4Addr,
@@ -196,7 +204,11 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
         .or_else(|| hops.iter().find(|h| h.hop.status == Status::Warn).and_then(|h| h.hop.cause));
     let data = PathData {
         source_ip: report.source_ip(),
+        source_pod: report.names.source_pod.clone(),
+        destination_pod: report.names.destination_pod.clone(),
+        api_note: report.names.unavailable.clone(),
         peer: report.node.peer.as_ref().map(|p| PeerData {
+            node: report.names.peer_node.clone(),
             vtep: p.vtep,
             vtep_mac: p.vtep_mac.clone(),
             underlay: p.underlay,
@@ -294,7 +306,13 @@ fn draft_hops(report: &Report, from: &str, node_netns: &str) -> Vec<Draft> {
         hops.push(o);
     }
     if node.overlay.is_none() && to_bridge {
-        hops.push(Draft::new(Kind::Destination, None, None, true, format!("{} on the same bridge", report.spec.dst)));
+        hops.push(Draft::new(
+            Kind::Destination,
+            None,
+            None,
+            true,
+            format!("{} on the same bridge", destination(report)),
+        ));
         return hops;
     }
     let mut u = Draft::new(Kind::Underlay, node_ns, node.underlay_link.as_ref(), false, String::new());
@@ -309,12 +327,15 @@ fn draft_hops(report: &Report, from: &str, node_netns: &str) -> Vec<Draft> {
     }
     hops.push(u);
     if let Some(peer) = &node.peer {
-        let underlay = peer.underlay;
+        let underlay = match &report.names.peer_node {
+            Some(name) => format!("{name} ({})", peer.underlay),
+            None => peer.underlay.to_string(),
+        };
         hops.push(Draft::new(Kind::PeerUnderlay, None, None, true, format!("node {underlay} receives VXLAN")));
         hops.push(Draft::new(Kind::PeerOverlay, None, None, true, format!("its VTEP {} decapsulates", peer.vtep)));
         hops.push(Draft::new(Kind::PeerBridge, None, None, true, "its bridge to the destination pod".into()));
     }
-    hops.push(Draft::new(Kind::Destination, None, None, true, report.spec.dst.to_string()));
+    hops.push(Draft::new(Kind::Destination, None, None, true, destination(report)));
     hops
 }
 
@@ -366,6 +387,14 @@ fn pod_side(report: &Report, from: &str, node_ns: Option<&String>, hops: &mut Ve
             None => b.hop.detail = "the veth is not enslaved to a bridge".into(),
         }
         hops.push(b);
+    }
+}
+
+/// The destination's address, with the pod behind it when the API named one.
+fn destination(report: &Report) -> String {
+    match &report.names.destination_pod {
+        Some(pod) => format!("{} ({pod})", report.spec.dst),
+        None => report.spec.dst.to_string(),
     }
 }
 
@@ -796,6 +825,7 @@ mod tests {
                 label: "pod-a".into(),
                 dst: DST,
                 port: Some(8080),
+                api: None,
             },
             source: SourceView {
                 inode: Some(POD_NS),
@@ -824,6 +854,7 @@ mod tests {
             vxlan: None,
             underlay_mtu: None,
             from_node: None,
+            names: crate::probes::path::Names::default(),
             elapsed: Duration::from_millis(10),
         }
     }

@@ -1,11 +1,14 @@
 //! The Kubernetes API, when a kubeconfig or an in-cluster service account is at hand. Read
 //! only, and optional: when it cannot be reached, what it would have told is a note, not an
-//! error. RBAC needed: `list` on `endpointslices.discovery.k8s.io` in kube-system and on
-//! `nodes`.
+//! error. RBAC needed: `list` on `endpointslices.discovery.k8s.io` in kube-system, and on
+//! `nodes` and `pods` (cluster-wide; pods are asked by IP only).
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
-use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Pod},
+    discovery::v1::EndpointSlice,
+};
 use kube::{Api, Client, Config, api::ListParams, config::KubeConfigOptions};
 
 /// The cluster DNS Service's namespace and name (kubeadm and k3s both call it kube-dns).
@@ -86,6 +89,36 @@ pub fn node_info(node: &Node) -> NodeInfo {
             .and_then(|a| a.get("flannel.alpha.coreos.com/public-ip"))
             .and_then(|ip| ip.parse().ok()),
     }
+}
+
+/// A pod as the API knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<String>,
+}
+
+impl std::fmt::Display for PodInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pod {}/{}", self.namespace, self.name)?;
+        if let Some(n) = &self.node {
+            write!(f, " on node {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The pod behind an IP (host-network pods excluded: they share their node's IP).
+pub async fn pod_by_ip(client: Client, ip: IpAddr) -> Result<Option<PodInfo>, String> {
+    let api: Api<Pod> = Api::all(client);
+    let params = ListParams::default().fields(&format!("status.podIP={ip}"));
+    let pods = api.list(&params).await.map_err(|e| format!("listing pods with IP {ip}: {e}"))?;
+    Ok(pods.items.iter().find(|p| !p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false)).map(|p| PodInfo {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+    }))
 }
 
 /// Ready (or not known to be unready) endpoint addresses, once each, in order.

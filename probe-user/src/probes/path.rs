@@ -45,6 +45,26 @@ pub struct Spec {
     pub dst: Ipv4Addr,
     /// TCP port of the final probe; without one the final probe is an ICMP echo.
     pub port: Option<u16>,
+    /// Where to ask the API for the pods and the peer node's name (`None`: do not ask).
+    pub api: Option<ApiSpec>,
+}
+
+/// `--kubeconfig` (else the usual places) and the node root it may live under.
+#[derive(Debug, Clone)]
+pub struct ApiSpec {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub host_root: std::path::PathBuf,
+}
+
+/// What the API says about the path's ends, when it answers.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub source_pod: Option<crate::discovery::api::PodInfo>,
+    pub destination_pod: Option<crate::discovery::api::PodInfo>,
+    /// The peer node's name, by its overlay address.
+    pub peer_node: Option<String>,
+    /// Why the API could not be asked (a note, never a failure).
+    pub unavailable: Option<String>,
 }
 
 /// What the source namespace's tables say.
@@ -111,6 +131,7 @@ pub struct Report {
     pub underlay_mtu: Option<mtu::Report>,
     /// For a destination on the node: the same connect from the node itself.
     pub from_node: Option<tcp::Report>,
+    pub names: Names,
     pub elapsed: Duration,
 }
 
@@ -155,6 +176,7 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
         vxlan: None,
         underlay_mtu: None,
         from_node: None,
+        names: Names::default(),
         elapsed: Duration::ZERO,
     };
     let remaining = deadline.saturating_sub(started.elapsed()).max(deadline / 2);
@@ -167,12 +189,52 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
         netns::run_in(source_ns, move || source_probes(dst, port, gateway, remaining, capture))
     };
     let node_side = node_probes(&report, remaining, capture);
-    let (source_side, node_side) = tokio::join!(source_side, node_side);
+    let names = names(&report, remaining.min(Duration::from_secs(2)));
+    let (source_side, node_side, names) = tokio::join!(source_side, node_side, names);
     let (final_probe, gateway, mtu) = source_side?;
     (report.final_probe, report.gateway, report.mtu) = (Some(final_probe), gateway, Some(mtu));
     (report.vxlan, report.underlay_mtu, report.from_node) = node_side;
+    report.names = names;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The pods at both ends and the peer node's name, from the API within `timeout`.
+async fn names(report: &Report, timeout: Duration) -> Names {
+    use crate::discovery::api;
+    let Some(spec) = report.spec.api.clone() else { return Names::default() };
+    let source_ip = if report.spec.from == Source::Host { None } else { report.source_ip() };
+    let dst = IpAddr::V4(report.spec.dst);
+    let peer = report.node.peer.as_ref().map(|p| IpAddr::V4(p.underlay));
+    let asked = async move {
+        let client = api::client(spec.kubeconfig.as_deref(), &spec.host_root, timeout).await?;
+        let source = async {
+            match source_ip {
+                Some(ip) => api::pod_by_ip(client.clone(), ip).await,
+                None => Ok(None),
+            }
+        };
+        let peer_node = async {
+            match peer {
+                Some(ip) => api::nodes(client.clone())
+                    .await
+                    .map(|nodes| nodes.into_iter().find(|n| n.overlay_peer() == Some(ip)).map(|n| n.name)),
+                None => Ok(None),
+            }
+        };
+        let (source, destination, peer_node) = tokio::join!(source, api::pod_by_ip(client.clone(), dst), peer_node);
+        Ok::<_, String>(Names {
+            source_pod: source?,
+            destination_pod: destination?,
+            peer_node: peer_node?,
+            unavailable: None,
+        })
+    };
+    match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(names)) => names,
+        Ok(Err(e)) => Names { unavailable: Some(e), ..Names::default() },
+        Err(_) => Names { unavailable: Some(format!("the API did not answer within {timeout:?}")), ..Names::default() },
+    }
 }
 
 async fn source_view(dst: Ipv4Addr) -> SourceView {
