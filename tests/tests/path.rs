@@ -125,6 +125,12 @@ fn healthy_pod_to_pod_across_nodes() {
     assert_eq!(r.code, 2, "pod b is not on n1: {r:?}");
     assert!(r.stderr.contains("none of the") && r.stderr.contains("holds 10.244.2.2"), "{}", r.stderr);
 
+    // To pod c on the same bridge: no routing, no overlay.
+    let c = lab.pod("c").clone();
+    let r = path(&lab, 1, &a.netns, &c.ip.to_string());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(names(&r), ["source", "veth", "bridge", "destination"]);
+
     // From the node itself, an echo to the pod: the pod-side hops are not there.
     let r = path(&lab, 1, "host", &b.ip.to_string());
     assert_eq!(r.code, 0, "{r:?}");

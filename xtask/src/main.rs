@@ -88,11 +88,14 @@ fn main() -> Result<()> {
             // `node` runs the real binary: the release one, as users get it.
             cargo(&["build", "--release", "-p", "probe-user"])?;
             let bin = root().join("target/release/netcheck");
-            let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", "node"];
-            if quick {
-                args.extend(["--", "--quick"]);
+            for bench in ["node", "path"] {
+                let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", bench];
+                if quick {
+                    args.extend(["--", "--quick"]);
+                }
+                cargo_with_bin(&args, &bin)?;
             }
-            cargo_with_bin(&args, &bin)
+            Ok(())
         }
     }
 }
@@ -129,7 +132,8 @@ fn test() -> Result<()> {
         cargo(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--quick"])?;
         // The debug binary the tests used: no release build in CI just for this.
         let bin = root().join("target/debug/netcheck");
-        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "node", "--", "--quick"], &bin)
+        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "node", "--", "--quick"], &bin)?;
+        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "path", "--", "--quick"], &bin)
     })?;
     step("fuzz (10 s per target)", || fuzz(10))?;
     let left: Vec<String> = netlab::list_netns()?.into_iter().filter(|n| n.starts_with("nclab")).collect();
