@@ -305,7 +305,18 @@ fn draft_hops(report: &Report, from: &str, node_netns: &str) -> Vec<Draft> {
         }
         hops.push(o);
     }
-    if node.overlay.is_none() && to_bridge {
+    // The node itself to a pod on its own bridge: the bridge is the last hop before the pod.
+    let node_to_bridge = !to_bridge
+        && report.spec.from == Source::Host
+        && node.route_link.as_ref().is_some_and(|l| l.kind.as_deref() == Some("bridge"));
+    if node_to_bridge {
+        let mut b = Draft::new(Kind::Bridge, node_ns.clone(), node.route_link.as_ref(), false, String::new());
+        if let Some(l) = &node.route_link {
+            b.hop.detail = format!("{} has {}", l.name, addresses(l));
+        }
+        hops.push(b);
+    }
+    if node.overlay.is_none() && (to_bridge || node_to_bridge) {
         hops.push(Draft::new(
             Kind::Destination,
             None,
@@ -576,8 +587,9 @@ fn place(report: &Report, hops: &[Draft], ev: &KernelEvent) -> Kind {
         if named(node.veth.as_ref()) && !netfilter {
             return Kind::Veth;
         }
-        if named(node.bridge.as_ref()) && !netfilter {
-            return Kind::Bridge;
+        let route_bridge = node.route_link.as_ref().filter(|l| l.kind.as_deref() == Some("bridge"));
+        if (named(node.bridge.as_ref()) || named(route_bridge)) && !netfilter {
+            return or_last(Kind::Bridge);
         }
         if dev.is_some() && node.overlay.as_ref().map(|o| o.name.as_str()) == dev {
             return or_last(Kind::Overlay);
@@ -1001,6 +1013,23 @@ mod tests {
         report.final_probe = Some(Final::Tcp(tcp_report(tcp::Outcome::TimedOut, vec![])));
         let (check, _) = verdict(&report, true, "n1");
         assert_eq!(check.hops[2].status, Status::Fail, "{check:?}");
+    }
+
+    #[test]
+    fn the_node_to_a_pod_on_its_own_bridge() {
+        let mut report = pod_to_pod(tcp_report(tcp::Outcome::Connected, vec![]));
+        report.spec.from = Source::Host;
+        report.spec.label = "host".into();
+        report.node = NodeView {
+            inode: Some(NODE_NS),
+            route: Some(Ok(route(RouteKind::Unicast, 5, None))),
+            route_link: Some(link(5, "cni0", Some("bridge"))),
+            ..NodeView::default()
+        };
+        let (check, _) = verdict(&report, true, "n1");
+        assert_eq!(names(&check), ["routing", "bridge", "destination"]);
+        assert_eq!(check.hops[1].device.as_deref(), Some("cni0"));
+        assert_eq!(check.status, Status::Pass);
     }
 
     #[test]
