@@ -247,36 +247,7 @@ fn draft_hops(report: &Report, from: &str, node_netns: &str) -> Vec<Draft> {
     let to_bridge = node.bridge.is_some()
         && ok_route(node.route.as_ref()).and_then(|r| r.oif) == node.bridge.as_ref().map(|b| b.index);
     if !to_bridge {
-        let mut r = Draft::new(Kind::Routing, node_ns.clone(), None, false, String::new());
-        r.chain = Some(if report.spec.from == Source::Host { "OUTPUT" } else { "FORWARD" });
-        match &node.route {
-            Some(Err(e)) => r.judge(
-                Status::Fail,
-                Some(Cause::NoRoute),
-                format!("the node has no route to {}: {e}", report.spec.dst),
-            ),
-            Some(Ok(route)) => {
-                r.hop.detail = match (&node.route_link, route.kind) {
-                    (_, RouteKind::Local) => {
-                        format!("{} is this node's own address: delivered locally", report.spec.dst)
-                    }
-                    (Some(l), RouteKind::Unicast) => describe_route(Some(route), l),
-                    _ => String::new(),
-                };
-                if matches!(route.kind, RouteKind::Reject(_)) {
-                    r.judge(
-                        Status::Fail,
-                        Some(Cause::NoRoute),
-                        format!("the node routes {} to {}", report.spec.dst, reject_name(route)),
-                    );
-                }
-            }
-            None => {
-                r.hop.inferred = true;
-                r.hop.detail = "the node's decision could not be asked (source side unknown)".into();
-            }
-        }
-        hops.push(r);
+        hops.push(routing_hop(report, node_ns.as_ref()));
     }
     if report.to_node() {
         let mut i =
@@ -348,6 +319,39 @@ fn draft_hops(report: &Report, from: &str, node_netns: &str) -> Vec<Draft> {
     }
     hops.push(Draft::new(Kind::Destination, None, None, true, destination(report)));
     hops
+}
+
+/// The node's routing decision (and the netfilter chain the packet meets there).
+fn routing_hop(report: &Report, node_ns: Option<&String>) -> Draft {
+    let node = &report.node;
+    let mut r = Draft::new(Kind::Routing, node_ns.cloned(), None, false, String::new());
+    r.chain = Some(if report.spec.from == Source::Host { "OUTPUT" } else { "FORWARD" });
+    match &node.route {
+        Some(Err(e)) => {
+            r.judge(Status::Fail, Some(Cause::NoRoute), format!("the node has no route to {}: {e}", report.spec.dst));
+        }
+        Some(Ok(route)) => {
+            r.hop.detail = match (&node.route_link, route.kind) {
+                (_, RouteKind::Local) => {
+                    format!("{} is this node's own address: delivered locally", report.spec.dst)
+                }
+                (Some(l), RouteKind::Unicast) => describe_route(Some(route), l),
+                _ => String::new(),
+            };
+            if matches!(route.kind, RouteKind::Reject(_)) {
+                r.judge(
+                    Status::Fail,
+                    Some(Cause::NoRoute),
+                    format!("the node routes {} to {}", report.spec.dst, reject_name(route)),
+                );
+            }
+        }
+        None => {
+            r.hop.inferred = true;
+            r.hop.detail = "the node's decision could not be asked (source side unknown)".into();
+        }
+    }
+    r
 }
 
 /// The pod's side: its interface, the veth on the node and the bridge.
