@@ -546,6 +546,9 @@ fn judge_evidence(evidence: &[Evidence]) -> Option<(Status, Option<Cause>, Strin
                 (Cause::Unreachable, format!("answered with ICMP {name}"))
             }
         }
+        EventKind::Rst if ev.reason.as_deref() == Some("NO_SOCKET") => {
+            (Cause::Refused, "refused: nothing listens (the kernel sent a TCP RST, NO_SOCKET)".to_string())
+        }
         EventKind::Rst => (Cause::Refused, "reset (TCP RST sent)".to_string()),
         EventKind::Drop => match ev.reason.as_deref() {
             Some("NETFILTER_DROP") => (Cause::NetfilterDrop, "dropped by netfilter".to_string()),
