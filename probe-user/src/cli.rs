@@ -54,6 +54,9 @@ pub struct Cli {
     pub vxlan_port: u16,
     #[command(subcommand)]
     pub command: Command,
+    /// `npd --max-output`: the longest line the npd format prints.
+    #[arg(skip = 80usize)]
+    pub npd_max: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,31 +66,26 @@ pub enum Command {
     Check(CheckCommand),
     /// Every check for the node netcheck runs on, found by discovery and run concurrently:
     /// cluster DNS (clusterDNS from the kubelet config), the API server (from the kubelet's
-    /// kubeconfig), the local kubelet, VXLAN, path MTU and kubelet of each peer in the VXLAN
-    /// device's FDB, and every certificate in the node's PKI. Run it in the node's network
-    /// namespace with the node's root at --host-root (/host in a `kubectl debug node` pod).
-    Node {
-        /// Warn when a certificate expires within this many days.
-        #[arg(long, default_value_t = 30, value_name = "DAYS")]
-        warn_days: u32,
-        /// Run the checks one after another instead of at once (to measure what concurrency
-        /// saves; see `cargo xtask bench`).
-        #[arg(long, hide = true)]
-        one_by_one: bool,
-    },
+    /// kubeconfig), the local kubelet, VXLAN, path MTU and kubelet of each peer (the VXLAN
+    /// device's FDB and the API's nodes), the CNI setup, and every certificate in the node's
+    /// PKI. Run it in the node's network namespace with the node's root at --host-root (/host
+    /// in a `kubectl debug node` pod).
+    Node(NodeArgs),
     /// Which hop of a path is broken and why: follows the packet from a pod's namespace (or
     /// the node) through veth, bridge, routing, the VXLAN overlay and the underlay to the
     /// destination using the kernel's tables, tests each hop it can while capture runs, and
     /// places every drop, reset and ICMP error on its hop. Run it on the source's node.
-    Path {
-        /// Where the packet starts: a pod's network namespace (name under /var/run/netns, as
-        /// CNI plugins create them, or /proc/PID/ns/net) or `host` (the namespace netcheck runs in).
-        #[arg(long, default_value = "host", value_name = "NETNS|host")]
-        from: String,
-        /// The destination: an IPv4 address, with :PORT for a TCP connect as the final probe
-        /// (without a port, an ICMP echo).
-        #[arg(value_name = "DST[:PORT]")]
-        destination: String,
+    Path(PathArgs),
+    /// node-problem-detector custom plugin mode: runs the command after it (`npd node`,
+    /// `npd path ...`, `npd check ...`) and prints one line for NPD's condition message, the
+    /// first problem or that all passed, cut to `--max-output` bytes. Exit 0 OK, 1 problem,
+    /// 2 unknown (usage or environment error), as NPD's custom plugin protocol wants.
+    Npd {
+        /// NPD's `max_output_length` (its default is 80).
+        #[arg(long, default_value_t = 80, value_name = "BYTES")]
+        max_output: usize,
+        #[command(subcommand)]
+        command: NpdCommand,
     },
     /// Stream packet drops, TCP resets and ICMP errors live, with kernel reason names.
     Capture {
@@ -107,6 +105,52 @@ pub enum Command {
         #[arg(long = "exclude-reason", value_name = "NAME")]
         exclude_reasons: Vec<String>,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Warn when a certificate expires within this many days.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    pub warn_days: u32,
+    /// Run the checks one after another instead of at once (to measure what concurrency
+    /// saves; see `cargo xtask bench`).
+    #[arg(long, hide = true)]
+    pub one_by_one: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PathArgs {
+    /// Where the packet starts: a pod's IP on this node, a pod's network namespace (a name under
+    /// /var/run/netns or /run/netns, as CNI plugins create them, or /proc/PID/ns/net) or `host`
+    /// (the namespace netcheck runs in).
+    #[arg(long, default_value = "host", value_name = "POD_IP|NETNS|host")]
+    pub from: String,
+    /// The destination: an IPv4 address, with :PORT for a TCP connect as the final probe
+    /// (without a port, an ICMP echo).
+    #[arg(value_name = "DST[:PORT]")]
+    pub destination: String,
+}
+
+/// What `npd` runs: the commands that end in a verdict.
+#[derive(Debug, Subcommand)]
+pub enum NpdCommand {
+    /// `netcheck node`.
+    Node(NodeArgs),
+    /// `netcheck path`.
+    Path(PathArgs),
+    /// `netcheck check ...`.
+    #[command(subcommand)]
+    Check(CheckCommand),
+}
+
+impl From<NpdCommand> for Command {
+    fn from(c: NpdCommand) -> Self {
+        match c {
+            NpdCommand::Node(a) => Self::Node(a),
+            NpdCommand::Path(a) => Self::Path(a),
+            NpdCommand::Check(c) => Self::Check(c),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +282,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // `npd CMD`: CMD with the npd output format.
+    let mut cli = cli;
+    if let Command::Npd { max_output, command } = cli.command {
+        (cli.command, cli.output, cli.npd_max) = (command.into(), Format::Npd, max_output);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NETCHECK_LOG")
@@ -248,7 +297,12 @@ pub fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("netcheck: {}", crate::error::chain(e.as_ref()));
+            let message = crate::error::chain(e.as_ref());
+            if cli.output == Format::Npd {
+                // NPD reads the message from stdout; 2 is its "unknown".
+                println!("{}", crate::output::cut(&format!("unknown: {message}"), cli.npd_max));
+            }
+            eprintln!("netcheck: {message}");
             ExitCode::from(2)
         }
     }
@@ -431,12 +485,16 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             let (jobs, cert_options) = plan(check, cli.host_root.as_deref(), cli.kubeconfig.as_deref())?;
             Work::Checks(jobs, cert_options)
         }
-        Command::Node { warn_days, one_by_one } => {
+        Command::Node(NodeArgs { warn_days, one_by_one }) => {
             Work::Node(CertOptions { warn_days: *warn_days, ..CertOptions::default() }, *one_by_one)
         }
-        Command::Path { from, destination } => {
+        Command::Path(PathArgs { from, destination }) => {
             let (dst, port) = crate::probes::path::parse_destination(destination)?;
             Work::Path(from.clone(), dst, port)
+        }
+        Command::Npd { .. } => return Err("npd runs node, path or check".into()),
+        Command::Capture { .. } if cli.output == Format::Npd => {
+            return Err("the npd format needs a command with a verdict (node, path or check)".into());
         }
         Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
             let filter = capture::filter::Filter {
@@ -488,10 +546,10 @@ fn run_checks(
         runtime.block_on(async { run_jobs(plan.await, cert_options, cli.timeout, capture.clone(), one_by_one).await });
     let status = capture.as_ref().map_or(status, |c| c.status());
     let mut report = Report::new(checks, status);
-    if matches!(cli.command, Command::Node { .. }) {
+    if matches!(cli.command, Command::Node(_)) {
         report.problems = correlation::node::problems(&report.checks);
     }
-    print_report(&report, cli.output)?;
+    print_report(&report, cli.output, cli.npd_max)?;
     Ok(report.exit_code())
 }
 
@@ -519,7 +577,7 @@ fn run_path(
     let status = capture.as_ref().map_or(status, |c| c.status());
     let mut report = Report::new(vec![check], status);
     report.verdict = Some(line);
-    print_report(&report, cli.output)?;
+    print_report(&report, cli.output, cli.npd_max)?;
     Ok(report.exit_code())
 }
 
@@ -653,10 +711,11 @@ async fn resolve(
     (lookup, ip)
 }
 
-fn print_report(report: &Report, format: Format) -> std::io::Result<()> {
+fn print_report(report: &Report, format: Format, npd_max: usize) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => writeln!(out, "{}", report.to_json()),
+        Format::Npd => writeln!(out, "{}", report.to_npd(npd_max)),
         Format::Text => write!(out, "{}", report.to_text(std::io::stdout().is_terminal())),
     }
 }
@@ -703,7 +762,7 @@ fn print_event(out: &mut impl Write, ev: &KernelEvent, clock: &Clock, format: Fo
             v["time"] = humantime::format_rfc3339_millis(at).to_string().into();
             writeln!(out, "{v}")
         }
-        Format::Text => writeln!(out, "{} {}", humantime::format_rfc3339_millis(at), ev.summary()),
+        Format::Text | Format::Npd => writeln!(out, "{} {}", humantime::format_rfc3339_millis(at), ev.summary()),
     }?;
     out.flush()
 }
@@ -757,5 +816,8 @@ mod tests {
         assert_eq!(cli.timeout, Duration::from_secs(2));
         assert!(Cli::try_parse_from(["netcheck", "check", "tcp"]).is_err());
         assert!(Cli::try_parse_from(["netcheck", "-o", "yaml", "check", "tcp", "a:1"]).is_err());
+        let npd = Cli::try_parse_from(["netcheck", "npd", "--max-output", "60", "check", "tcp", "a:1"]).unwrap();
+        assert!(matches!(npd.command, Command::Npd { max_output: 60, command: NpdCommand::Check(_) }));
+        assert!(Cli::try_parse_from(["netcheck", "npd", "capture"]).is_err());
     }
 }

@@ -230,3 +230,41 @@ fn a_peer_the_fdb_lost_is_found_through_the_api() {
     let r = netcheck::run_json_in(&lab.node(1).netns, &args).unwrap();
     assert!(vxlan_to_peer(&r).is_none(), "{}", r.stdout);
 }
+
+/// Issue 5 (NPD plugin mode, first part): `netcheck npd node` speaks node-problem-detector's
+/// custom plugin protocol: one line on stdout of at most max_output_length bytes, exit 0 OK,
+/// 1 problem, 2 unknown.
+#[test]
+fn npd_mode_follows_the_custom_plugin_protocol() {
+    if !require_root("npd_mode_follows_the_custom_plugin_protocol") {
+        return;
+    }
+    let (lab, root) = lab();
+    let host_root = root.path.display().to_string();
+    let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+    let npd = |netns: &str| {
+        let args = ["--timeout", "2s", "--host-root", &host_root, "--kubeconfig", &kubeconfig, "npd", "node"];
+        let out = std::process::Command::new(netcheck::binary().unwrap())
+            .args(["--netns", netns])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.lines().count(), 1, "one line: {stdout:?}");
+        assert!(stdout.trim_end().len() <= 80, "{stdout:?}");
+        (out.status.code(), stdout)
+    };
+    let n1 = lab.node(1).netns.clone();
+    let (code, line) = npd(&n1);
+    assert_eq!(code, Some(0));
+    assert!(line.starts_with("ok: 1"), "{line}");
+    lab.drop_vxlan(2).unwrap();
+    let (code, line) = npd(&n1);
+    assert_eq!(code, Some(1));
+    assert!(!line.starts_with("ok"), "{line}");
+    assert!(line.contains("(+"), "more than one problem is counted: {line}");
+    let (code, line) = npd("netcheck-no-such-netns");
+    assert_eq!(code, Some(2));
+    assert!(line.starts_with("unknown: "), "{line}");
+}

@@ -14,6 +14,8 @@ use crate::{
 pub enum Format {
     Text,
     Json,
+    /// node-problem-detector's custom plugin protocol: one short line (`netcheck npd ...`).
+    Npd,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -155,6 +157,50 @@ impl Report {
     }
 }
 
+impl Report {
+    /// One line for node-problem-detector's condition message, at most `max` bytes: the first
+    /// problem (a path's verdict, `node`'s first folded problem, else the first failing check)
+    /// with how many more, or that everything passed.
+    pub fn to_npd(&self, max: usize) -> String {
+        let failing: Vec<&Check> = self.checks.iter().filter(|c| c.status == Status::Fail).collect();
+        let line = if failing.is_empty() {
+            let s = &self.summary;
+            let mut line = format!("ok: {} checks passed", s.pass);
+            if s.warn > 0 {
+                let first = self.checks.iter().find(|c| c.status == Status::Warn).map_or(String::new(), |c| {
+                    format!(" ({} {}: {})", c.probe, c.cause.map_or("-", |c| c.as_str()), c.target)
+                });
+                let _ = write!(line, ", {} warning{}{first}", s.warn, if s.warn == 1 { "" } else { "s" });
+            }
+            line
+        } else if let Some(p) = self.problems.iter().find(|p| p.status == Status::Fail) {
+            let more = self.problems.iter().filter(|p| p.status == Status::Fail).count() - 1;
+            let more = if more > 0 { format!(" (+{more} more)") } else { String::new() };
+            format!("{}: {}{more}: {}", p.cause.map_or("fail", |c| c.as_str()), p.subject, p.detail)
+        } else if let Some(v) = self.verdict.as_ref().filter(|_| failing.len() == 1) {
+            format!("{}: {v}", failing[0].cause.map_or("fail", |c| c.as_str()))
+        } else {
+            let c = failing[0];
+            let more = if failing.len() > 1 { format!(" (+{} more)", failing.len() - 1) } else { String::new() };
+            format!("{}: {} {}{more}: {}", c.cause.map_or("fail", |c| c.as_str()), c.probe, c.target, c.detail)
+        };
+        cut(&line, max)
+    }
+}
+
+/// At most `max` bytes, cut at a character boundary, ending in "..." when cut.
+pub fn cut(line: &str, max: usize) -> String {
+    let line = line.replace('\n', " ");
+    if line.len() <= max {
+        return line;
+    }
+    let mut end = max.saturating_sub(3);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &line[..end])
+}
+
 fn evidence_line(e: &crate::correlation::Evidence) -> String {
     let times = if e.count > 1 { format!(" x{}", e.count) } else { String::new() };
     format!("{}{times}", e.event.summary())
@@ -250,6 +296,30 @@ mod tests {
         assert_eq!(v["capture"]["available"], false);
         assert_eq!(v["capture"]["missing"][0], "CAP_BPF");
         assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn npd_lines_are_short_and_say_the_first_problem() {
+        let ok = Report::new(vec![check(Status::Pass, None), check(Status::Skip, None)], unavailable());
+        assert_eq!(ok.to_npd(80), "ok: 1 checks passed");
+        let warn = Report::new(vec![check(Status::Warn, Some(Cause::CertExpiring))], unavailable());
+        assert_eq!(warn.to_npd(80), "ok: 0 checks passed, 1 warning (tcp cert_expiring: 10.0.0.1:80)");
+        assert_eq!(warn.exit_code(), 0);
+        let two = Report::new(
+            vec![check(Status::Fail, Some(Cause::Timeout)), check(Status::Fail, Some(Cause::Refused))],
+            unavailable(),
+        );
+        assert_eq!(two.to_npd(80), "timeout: tcp 10.0.0.1:80 (+1 more): d");
+        assert_eq!(two.exit_code(), 1);
+        let long = Report::new(
+            vec![Check { detail: "é".repeat(100), ..check(Status::Fail, Some(Cause::Timeout)) }],
+            unavailable(),
+        );
+        let line = long.to_npd(80);
+        assert!(line.len() <= 80 && line.ends_with("..."), "{line}");
+        let mut path = Report::new(vec![check(Status::Fail, Some(Cause::NetfilterDrop))], unavailable());
+        path.verdict = Some("peer-underlay: dropped by netfilter on n2 eth0".into());
+        assert_eq!(path.to_npd(80), "netfilter_drop: peer-underlay: dropped by netfilter on n2 eth0");
     }
 
     #[test]
