@@ -642,7 +642,7 @@ async fn run_job(
     let capture_on = capture.is_some();
     match job {
         Job::Tcp(target) => {
-            vec![correlation::tcp_verdict(tcp::probe(&target, deadline, capture.as_deref()).await, capture_on)]
+            vec![correlation::tcp_verdict(&tcp::probe(&target, deadline, capture.as_deref()).await, capture_on)]
         }
         Job::CertEndpoint(target) => {
             let report = cert::fetch(&target, opts.server_name.as_deref(), deadline, capture.as_deref()).await;

@@ -69,11 +69,6 @@ where
     rx.await.unwrap_or_else(|_| Err(Error::Netns { name: label, why: "its thread panicked".into(), source: None }))
 }
 
-/// Inode of a namespace given as for [`enter`] (`None` when it cannot be read).
-pub fn inode_of(name_or_path: &str) -> Option<u64> {
-    std::fs::metadata(resolve(name_or_path)).ok().map(|m| m.ino())
-}
-
 /// Inode of the namespace netcheck started in (recorded before any `enter`).
 pub fn initial_inode() -> Option<u64> {
     static INITIAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();

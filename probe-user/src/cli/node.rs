@@ -19,18 +19,23 @@ use crate::{
 /// The jobs for this node, and a `skip` check for each thing discovery could not find.
 pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> Vec<Job> {
     let files = discovery::node::read(root);
-    // The API's nodes, when it answers: peers the FDB has lost are found this way.
-    let api_nodes = api_nodes(root, kubeconfig, timeout.min(Duration::from_secs(2))).await;
+    // At once: the API's nodes (peers the FDB has lost are found this way), the VXLAN devices
+    // and the links (the CNI bridge).
+    let (api_nodes, devices, links) = tokio::join!(
+        api_nodes(root, kubeconfig, timeout.min(Duration::from_secs(2))),
+        discovery::netlink::vxlan_devices(),
+        discovery::netlink::links()
+    );
     let mut jobs = Vec::new();
     let mut skipped = Vec::new();
-    let devices = match discovery::netlink::vxlan_devices().await {
+    let devices = match devices {
         Ok(d) => d,
         Err(e) => {
             skipped.push(("overlay", format!("VXLAN devices not read: {e}")));
             Vec::new()
         }
     };
-    match dns_spec(&files, root, kubeconfig) {
+    match dns_spec(&files, kubeconfig) {
         Some(spec) => jobs.push(Job::Dns(Box::new(spec))),
         None => skipped.push(("dns", format!("no clusterDNS: {}", files.notes.first().cloned().unwrap_or_default()))),
     }
@@ -62,7 +67,7 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> 
         None => skipped.push(("vxlan", "no VXLAN device in this namespace: no peers to check".into())),
     }
     // The CNI setup, judged against the bridge as the kernel has it.
-    let links = discovery::netlink::links().await.unwrap_or_default();
+    let links = links.unwrap_or_default();
     let cni = discovery::cni::read(root);
     let env = files.subnet_env.as_ref().map(|(e, _)| e);
     jobs.push(Job::Done(vec![crate::correlation::cni::verdict(&cni, env, root, &links)]));
@@ -79,7 +84,7 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> 
 
 /// The cluster DNS as a pod on this node sees it: clusterDNS and clusterDomain from the
 /// kubelet's configuration, the kubelet's search list and ndots:5.
-fn dns_spec(files: &NodeFiles, root: &Path, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
+fn dns_spec(files: &NodeFiles, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
     let k = files.kubelet.as_ref()?;
     let servers = k.dns_servers();
     if servers.is_empty() {
@@ -95,12 +100,9 @@ fn dns_spec(files: &NodeFiles, root: &Path, kubeconfig: Option<&Path>) -> Option
         ignored: Vec::new(),
     };
     Some(dns::Spec {
-        upstreams: discovery::node_upstreams(
-            &files.root,
-            files.kubelet.as_ref().and_then(|k| k.resolv_conf.as_deref()),
-        ),
+        upstreams: discovery::node_upstreams(&files.root, k.resolv_conf.as_deref()),
         cluster_domain: domain,
-        discover: Some(dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf), host_root: root.to_path_buf() }),
+        discover: Some(dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf), host_root: files.root.clone() }),
         ..dns::Spec::new("kubernetes.default", conf)
     })
 }
@@ -109,8 +111,8 @@ fn kubelet_job(ip: Ipv4Addr, port: u16, healthz_port: u16) -> Job {
     Job::Kubelet { target: Target { host: ip.to_string(), port }, healthz_port, resolver: None }
 }
 
-/// The nodes' InternalIPs from the API (empty when it cannot be asked: the DNS check's
-/// endpoints row already says why).
+/// Where the API's nodes take VXLAN traffic (flannel's public IP, else the InternalIP); empty
+/// when the API cannot be asked (the DNS check's endpoints row already says why).
 async fn api_nodes(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> Vec<Ipv4Addr> {
     let listed = async {
         let client = discovery::api::client(kubeconfig, root, timeout).await?;

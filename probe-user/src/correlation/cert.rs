@@ -256,7 +256,7 @@ pub fn endpoint_verdict(
     let EndpointReport { tcp, name, handshake, elapsed } = report;
     let target = tcp.target.to_string();
     let Some(handshake) = handshake else {
-        return Check { probe, ..tcp_verdict(tcp, capture_on) };
+        return Check { probe, ..tcp_verdict(&tcp, capture_on) };
     };
     let data = handshake.as_ref().ok().and_then(|chain| chain.first()).and_then(CertData::of).map(super::Data::Cert);
     let (status, cause, detail) = match handshake {

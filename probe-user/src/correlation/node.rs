@@ -43,12 +43,8 @@ pub fn problems(checks: &[Check]) -> Vec<Problem> {
     let mut out: Vec<(Key, Problem)> = Vec::new();
     for (i, c) in checks.iter().enumerate().filter(|(_, c)| failing(c)) {
         let key = key(c, &rungs);
-        let root = matches!(&key, Key::DnsRung(a) if rung_address(&c.target) == Some(a.as_str()));
         if let Some((_, p)) = out.iter_mut().find(|(k, _)| *k == key) {
             p.checks.push(i);
-            if root {
-                (p.status, p.cause, p.detail) = (c.status, c.cause, c.detail.clone());
-            }
             p.status = p.status.max(c.status);
         } else {
             let subject = subject(c, &key);
@@ -58,12 +54,13 @@ pub fn problems(checks: &[Check]) -> Vec<Problem> {
             ));
         }
     }
-    // A DNS problem whose rung check came after its symptoms: the rung's verdict is the cause.
+    // A DNS problem is the rung's (its symptoms usually come first in check order): its verdict
+    // is the cause, and it names what the rung is.
     for (key, p) in &mut out {
         if let Key::DnsRung(_) = key
             && let Some(root) = p.checks.iter().map(|&i| &checks[i]).find(|c| rung_address(&c.target).is_some())
         {
-            (p.cause, p.detail) = (root.cause, root.detail.clone());
+            (p.cause, p.detail, p.subject) = (root.cause, root.detail.clone(), subject(root, key));
         }
     }
     out.into_iter().map(|(_, p)| p).collect()

@@ -454,7 +454,7 @@ fn describe_route(route: Option<&Route>, link: &Link) -> String {
 fn probe_checks(report: &Report, capture_on: bool) -> Vec<Check> {
     let mut checks = Vec::new();
     match &report.final_probe {
-        Some(Final::Tcp(r)) => checks.push(tcp_verdict(clone_tcp(r), capture_on)),
+        Some(Final::Tcp(r)) => checks.push(tcp_verdict(r, capture_on)),
         Some(Final::Echo(e)) => checks.push(echo_verdict(e, capture_on)),
         None => {}
     }
@@ -471,30 +471,9 @@ fn probe_checks(report: &Report, capture_on: bool) -> Vec<Check> {
         checks.push(Check { probe: "underlay-mtu", ..mtu::verdict(m, capture_on) });
     }
     if let Some(t) = &report.from_node {
-        checks.push(Check { probe: "from-node", ..tcp_verdict(clone_tcp(t), capture_on) });
+        checks.push(Check { probe: "from-node", ..tcp_verdict(t, capture_on) });
     }
     checks
-}
-
-fn clone_tcp(r: &crate::probes::tcp::Report) -> crate::probes::tcp::Report {
-    use crate::probes::tcp::Outcome;
-    let copy = |e: &std::io::Error| {
-        e.raw_os_error().map_or_else(|| std::io::Error::new(e.kind(), e.to_string()), std::io::Error::from_raw_os_error)
-    };
-    crate::probes::tcp::Report {
-        target: r.target.clone(),
-        local: r.local,
-        remote: r.remote,
-        outcome: match &r.outcome {
-            Outcome::Connected => Outcome::Connected,
-            Outcome::TimedOut => Outcome::TimedOut,
-            Outcome::NoRoute(e) => Outcome::NoRoute(copy(e)),
-            Outcome::Failed(e) => Outcome::Failed(copy(e)),
-            Outcome::Unresolved(e) => Outcome::Unresolved(copy(e)),
-        },
-        elapsed: r.elapsed,
-        events: r.events.clone(),
-    }
 }
 
 /// An ICMP echo's check.

@@ -8,8 +8,8 @@ use crate::{
     probes::tcp::{Outcome, Report},
 };
 
-pub fn tcp_verdict(report: Report, capture_on: bool) -> Check {
-    let evidence = Evidence::fold(report.events);
+pub fn tcp_verdict(report: &Report, capture_on: bool) -> Check {
+    let evidence = Evidence::fold(report.events.clone());
     let secs = report.elapsed.as_secs_f64();
     let first_drop = drops(&evidence)
         .find(|e| e.event.reason.as_deref() == Some("NETFILTER_DROP"))
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn timeout_with_a_netfilter_drop_is_netfilter_drop() {
         let drop = ev(EventKind::Drop, "NETFILTER_DROP", "n2");
-        let c = tcp_verdict(report(Outcome::TimedOut, vec![drop.clone(), drop]), true);
+        let c = tcp_verdict(&report(Outcome::TimedOut, vec![drop.clone(), drop]), true);
         assert_eq!((c.status, c.cause), (Status::Fail, Some(Cause::NetfilterDrop)));
         assert!(c.detail.contains("dropped by netfilter in netns n2 on eth0 (2 packets)"), "{}", c.detail);
         assert_eq!(c.evidence.len(), 1);
@@ -140,17 +140,18 @@ mod tests {
 
     #[test]
     fn timeout_without_evidence_says_so() {
-        let c = tcp_verdict(report(Outcome::TimedOut, vec![]), true);
+        let c = tcp_verdict(&report(Outcome::TimedOut, vec![]), true);
         assert_eq!(c.cause, Some(Cause::Timeout));
         assert!(c.detail.contains("no drop seen"), "{}", c.detail);
-        let c = tcp_verdict(report(Outcome::TimedOut, vec![]), false);
+        let c = tcp_verdict(&report(Outcome::TimedOut, vec![]), false);
         assert!(c.detail.contains("capture unavailable"), "{}", c.detail);
     }
 
     #[test]
     fn refused_names_the_listener_side() {
         let rst = ev(EventKind::Rst, "NO_SOCKET", "n2");
-        let c = tcp_verdict(report(Outcome::Failed(io::Error::from_raw_os_error(libc::ECONNREFUSED)), vec![rst]), true);
+        let c =
+            tcp_verdict(&report(Outcome::Failed(io::Error::from_raw_os_error(libc::ECONNREFUSED)), vec![rst]), true);
         assert_eq!(c.cause, Some(Cause::Refused));
         assert!(c.detail.contains("nothing listens"), "{}", c.detail);
     }
@@ -160,14 +161,14 @@ mod tests {
         let icmp = ev(EventKind::Icmp, "host-prohibited", "n1");
         let drop = ev(EventKind::Drop, "NETFILTER_DROP", "n1");
         let err = io::Error::from_raw_os_error(libc::EHOSTUNREACH);
-        let c = tcp_verdict(report(Outcome::Failed(err), vec![drop, icmp]), true);
+        let c = tcp_verdict(&report(Outcome::Failed(err), vec![drop, icmp]), true);
         assert_eq!(c.cause, Some(Cause::Unreachable));
         assert!(c.detail.contains("host-prohibited sent by netns n1 (a netfilter REJECT rule)"), "{}", c.detail);
     }
 
     #[test]
     fn pass_has_no_cause() {
-        let c = tcp_verdict(report(Outcome::Connected, vec![]), true);
+        let c = tcp_verdict(&report(Outcome::Connected, vec![]), true);
         assert_eq!((c.status, c.cause), (Status::Pass, None));
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(json["cause"], serde_json::Value::Null);

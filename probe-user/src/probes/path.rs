@@ -156,15 +156,8 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
         Source::Netns(ns) => Some(ns.clone()),
     };
     let dst = spec.dst;
-    let source = match &source_ns {
-        Some(ns) => {
-            let inode = netns::inode_of(ns);
-            let mut view = netns::run_in(source_ns.clone(), move || source_view(dst)).await?;
-            view.inode = inode;
-            view
-        }
-        None => source_view(dst).await,
-    };
+    // Read from inside the source's namespace (its inode included).
+    let source = netns::run_in(source_ns.clone(), move || source_view(dst)).await?;
     let node = node_view(&spec, &source).await;
     let mut report = Report {
         spec,
