@@ -98,8 +98,16 @@ pub struct KernelOffsets {
     pub sk_family: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
+    /// `net_device.rtnl_link_ops` (NULL for physical devices and loopback)
+    pub dev_link_ops: u32,
+    /// `rtnl_link_ops.kind` ("veth", "bridge", "vxlan", ...)
+    pub link_ops_kind: u32,
     /// UDP destination port whose payload is parsed as VXLAN (flannel: 8472).
     pub vxlan_port: u32,
+    /// Non-zero: only events whose flow touches an address in the `WATCHED` map reach the ring
+    /// buffer (the agent); every event is still counted in `AGGREGATES`. Zero: every event is
+    /// sent (one-shot runs and `netcheck capture`).
+    pub watched_only: u32,
     /// Non-zero once userspace filled this in; programs do nothing until then.
     pub valid: u32,
     pub _pad: u32,
@@ -124,7 +132,10 @@ impl KernelOffsets {
         sk_family: u32::MAX,
         sk_v6_daddr: u32::MAX,
         sk_v6_rcv_saddr: u32::MAX,
+        dev_link_ops: u32::MAX,
+        link_ops_kind: u32::MAX,
         vxlan_port: 8472,
+        watched_only: 0,
         valid: 0,
         _pad: 0,
     };
@@ -136,8 +147,68 @@ pub mod counter {
     pub const LOST: u32 = 0;
     /// Events submitted.
     pub const SENT: u32 = 1;
-    pub const LEN: u32 = 2;
+    /// Events not counted in `AGGREGATES` because the map was full.
+    pub const AGGREGATE_FULL: u32 = 2;
+    /// Events left out of the ring buffer by the `watched_only` filter (counted, not lost).
+    pub const FILTERED: u32 = 3;
+    pub const LEN: u32 = 4;
 }
+
+/// The class of device an event happened on, judged in the kernel from the device's link kind
+/// (`rtnl_link_ops->kind`), so counters can be kept per class without a label per device.
+pub mod devclass {
+    /// No device: the packet was freed at socket level (or the device could not be read).
+    pub const NONE: u8 = 0;
+    pub const LOOPBACK: u8 = 1;
+    /// veth: a pod's interface or its host-side peer.
+    pub const VETH: u8 = 2;
+    /// A Linux bridge (flannel's cni0).
+    pub const BRIDGE: u8 = 3;
+    /// A VXLAN device (flannel.1).
+    pub const VXLAN: u8 = 4;
+    /// No link kind: a physical NIC (the underlay).
+    pub const PHYSICAL: u8 = 5;
+    /// Any other virtual kind (dummy, macvlan, ipvlan, wireguard, ...).
+    pub const OTHER: u8 = 6;
+    pub const NAMES: [&str; 7] = ["none", "loopback", "veth", "bridge", "vxlan", "physical", "other"];
+}
+
+/// Key of the in-kernel `AGGREGATES` counters: event kind, device class and reason, packed as
+/// `kind << 24 | class << 16 | reason`. Drop reasons of a subsystem (above 16 bits: mac80211,
+/// openvswitch, named by module enums) share [`SUBSYSTEM_REASON`].
+#[must_use]
+pub const fn aggregate_key(kind: u32, class: u8, reason: u32) -> u32 {
+    let reason = if reason > 0xffff { SUBSYSTEM_REASON } else { reason };
+    u32::from_be_bytes([kind.to_be_bytes()[3], class, 0, 0]) | reason
+}
+
+/// The reason an [`aggregate_key`] holds for a subsystem's drop reason.
+pub const SUBSYSTEM_REASON: u32 = 0xffff;
+
+/// The parts of an [`aggregate_key`]: kind, class, reason.
+#[must_use]
+pub const fn aggregate_parts(key: u32) -> (u32, u8, u32) {
+    let bytes = key.to_be_bytes();
+    (key >> 24, bytes[1], key & 0xffff)
+}
+
+/// Key of the `WATCHED` map: an endpoint (address, port, IP protocol) whose packets reach
+/// userspace under `watched_only`, or a whole address when `port` and `proto` are 0. IPv4 uses
+/// the first 4 bytes of `addr`; for ICMP echo the port is the identifier (as in [`Flow`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WatchKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Capacity of the `WATCHED` map.
+pub const WATCHED_MAX: u32 = 16_384;
+
+/// Capacity of the `AGGREGATES` map: kinds × classes × reasons seen is far below it.
+pub const AGGREGATES_MAX: u32 = 4096;
 
 /// Name of the global the offsets are written to.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
@@ -148,8 +219,11 @@ mod user {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WatchKey {}
 }
 
 const _: () = assert!(core::mem::size_of::<Flow>() == 40);
+const _: () = assert!(core::mem::size_of::<WatchKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Event>() == 8 + 8 + 6 * 4 + 16 + 2 * 40);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 20 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 23 * 4);

@@ -23,13 +23,15 @@
 )]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, map},
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
-use probe_common::{Event, Flow, KernelOffsets, counter, flags, kind};
+use probe_common::{
+    AGGREGATES_MAX, Event, Flow, KernelOffsets, WATCHED_MAX, WatchKey, aggregate_key, counter, devclass, flags, kind,
+};
 
 /// Filled in by userspace before load (see `probe_common::OFFSETS_GLOBAL`).
 #[unsafe(no_mangle)]
@@ -40,6 +42,16 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+/// Every event counted by kind, device class and reason (`probe_common::aggregate_key`), so a
+/// drop flood costs userspace nothing per packet.
+#[map]
+static AGGREGATES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(AGGREGATES_MAX, 0);
+
+/// Endpoints (the probes' own sockets) and addresses (peer nodes) whose events reach userspace
+/// when `watched_only` is set.
+#[map]
+static WATCHED: HashMap<WatchKey, u8> = HashMap::with_max_entries(WATCHED_MAX, 0);
 
 /// Pending bytes that justify waking the reader (about 480 events).
 const WAKEUP_BYTES: u64 = 64 << 10;
@@ -142,6 +154,7 @@ fn emit(event_kind: u32, reason: u32, skb: u64, sk: u64, location: u64) {
     // SAFETY: a helper without preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
 
+    let mut class = devclass::NONE;
     if skb != 0 {
         ev.len = read::<u32>(skb, off!(skb_len)).unwrap_or(0);
         if parse_skb(skb, &mut ev).is_ok() {
@@ -150,6 +163,7 @@ fn emit(event_kind: u32, reason: u32, skb: u64, sk: u64, location: u64) {
         let dev: u64 = read(skb, off!(skb_dev)).unwrap_or(0);
         if dev != 0 {
             read_device(dev, &mut ev);
+            class = device_class(dev, &ev.dev);
         } else {
             let owner: u64 = read(skb, off!(skb_sk)).unwrap_or(0);
             ev.netns = sock_netns(owner);
@@ -164,6 +178,12 @@ fn emit(event_kind: u32, reason: u32, skb: u64, sk: u64, location: u64) {
         }
     }
 
+    count(aggregate_key(event_kind, class, reason));
+    if off!(watched_only) != 0 && !watched(&ev) {
+        bump(counter::FILTERED);
+        return;
+    }
+
     // Waking the reader for every event costs an irq_work self-IPI (several microseconds in a
     // VM): only wake it once a batch is waiting; it polls every 20 ms regardless.
     let wake = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
@@ -175,6 +195,62 @@ fn emit(event_kind: u32, reason: u32, skb: u64, sk: u64, location: u64) {
         bump(counter::SENT);
     } else {
         bump(counter::LOST);
+    }
+}
+
+/// Adds one to the event's aggregate counter (created on first use).
+#[inline(always)]
+fn count(key: u32) {
+    if let Some(value) = AGGREGATES.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe { *value += 1 };
+    } else if AGGREGATES.insert(key, 1, u64::from(BPF_NOEXIST)).is_err() {
+        // Either another program on this CPU inserted it first (not possible: programs do not
+        // nest on one CPU for these tracepoints) or the map is full.
+        bump(counter::AGGREGATE_FULL);
+    }
+}
+
+/// Whether an endpoint or address of the event's flows (outer, or VXLAN inner) is watched.
+#[inline(always)]
+fn watched(ev: &Event) -> bool {
+    if ev.flags & flags::HAS_FLOW == 0 {
+        return false;
+    }
+    flow_watched(&ev.outer) || (ev.flags & flags::HAS_INNER != 0 && flow_watched(&ev.inner))
+}
+
+#[inline(always)]
+fn flow_watched(f: &Flow) -> bool {
+    let hit = |addr: [u8; 16], port: u16, proto: u8| WATCHED.get_ptr(WatchKey { addr, port, proto, _pad: 0 }).is_some();
+    hit(f.saddr, f.sport, f.proto) || hit(f.daddr, f.dport, f.proto) || hit(f.saddr, 0, 0) || hit(f.daddr, 0, 0)
+}
+
+/// The device's class from its link kind; no kind is a physical NIC, unless it is `lo`.
+#[inline(always)]
+fn device_class(dev: u64, name: &[u8; 16]) -> u8 {
+    let ops: u64 = match read(dev, off!(dev_link_ops)) {
+        Ok(ops) => ops,
+        Err(_) => return devclass::OTHER,
+    };
+    if ops == 0 {
+        return if name[0] == b'l' && name[1] == b'o' && name[2] == 0 {
+            devclass::LOOPBACK
+        } else {
+            devclass::PHYSICAL
+        };
+    }
+    let Ok(kind_ptr) = read::<u64>(ops, off!(link_ops_kind)) else { return devclass::OTHER };
+    let mut kind = [0u8; 8];
+    // SAFETY: the helper checks the address.
+    if unsafe { bpf_probe_read_kernel_str_bytes(kind_ptr as *const u8, &mut kind) }.is_err() {
+        return devclass::OTHER;
+    }
+    match kind {
+        [b'v', b'e', b't', b'h', 0, ..] => devclass::VETH,
+        [b'b', b'r', b'i', b'd', b'g', b'e', 0, _] => devclass::BRIDGE,
+        [b'v', b'x', b'l', b'a', b'n', 0, ..] => devclass::VXLAN,
+        _ => devclass::OTHER,
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-mod node;
+pub(crate) mod node;
 
 use clap::{Parser, Subcommand};
 
@@ -87,6 +87,10 @@ pub enum Command {
         #[command(subcommand)]
         command: NpdCommand,
     },
+    /// Run continuously, as the DaemonSet does: the node check every --interval against k
+    /// peers sampled by rendezvous hashing, capture attached the whole time (drops counted in
+    /// the kernel), metrics and recent kernel events served over HTTP. Exits 0 on SIGTERM.
+    Agent(AgentArgs),
     /// Stream packet drops, TCP resets and ICMP errors live, with kernel reason names.
     Capture {
         /// Stop after this long (default: until interrupted).
@@ -129,6 +133,45 @@ pub struct PathArgs {
     /// (without a port, an ICMP echo).
     #[arg(value_name = "DST[:PORT]")]
     pub destination: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Time between probe cycles.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    pub interval: Duration,
+    /// Largest random delay added to each cycle's start, as a fraction of the interval (agents
+    /// started together then do not probe in lockstep).
+    #[arg(long, default_value_t = 0.2, value_parser = parse_fraction, value_name = "0..1")]
+    pub jitter: f64,
+    /// Where to serve /metrics, /healthz, /readyz, /events and /report.
+    #[arg(long, default_value = "0.0.0.0:9472", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Peers probed per cycle (k), chosen by rendezvous hashing on node names.
+    #[arg(long, default_value_t = 3, value_name = "K")]
+    pub peers: usize,
+    /// How often the sample of peers changes (the same epochs on every node).
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DUR")]
+    pub rotate: Duration,
+    /// This node's name, as the API knows it (the DaemonSet passes spec.nodeName; default: the host name).
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Warn when a certificate expires within this many days.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    pub warn_days: u32,
+    /// How long kernel events are kept for /events.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DUR")]
+    pub events_window: Duration,
+    /// Stop after this many cycles (tests and benchmarks).
+    #[arg(long, hide = true)]
+    pub cycles: Option<u64>,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err("must be a number from 0 to 1".to_string()),
+    }
 }
 
 /// What `npd` runs: the commands that end in a verdict.
@@ -308,10 +351,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// One unit of work of a `check` command; a PEM file yields a check per certificate.
-enum Job {
+pub(crate) enum Job {
     Tcp(Target),
     CertEndpoint(Target),
     CertFile(PathBuf, Vec<CertificateDer<'static>>),
@@ -335,10 +378,10 @@ enum Job {
 
 /// Options of `check cert`, shared by its jobs.
 #[derive(Clone, Default)]
-struct CertOptions {
-    server_name: Option<String>,
-    roots: Option<Arc<Vec<CertificateDer<'static>>>>,
-    warn_days: u32,
+pub(crate) struct CertOptions {
+    pub(crate) server_name: Option<String>,
+    pub(crate) roots: Option<Arc<Vec<CertificateDer<'static>>>>,
+    pub(crate) warn_days: u32,
 }
 
 /// Reads and checks every input before anything touches the system.
@@ -477,6 +520,7 @@ enum Work {
     Capture(capture::filter::Filter, Option<Duration>),
     Node(CertOptions, bool),
     Path(String, std::net::Ipv4Addr, Option<u16>),
+    Agent(Box<crate::agent::Options>),
 }
 
 fn run(cli: &Cli) -> AnyResult<u8> {
@@ -493,9 +537,10 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             Work::Path(from.clone(), dst, port)
         }
         Command::Npd { .. } => return Err("npd runs node, path or check".into()),
-        Command::Capture { .. } if cli.output == Format::Npd => {
+        Command::Agent(_) | Command::Capture { .. } if cli.output == Format::Npd => {
             return Err("the npd format needs a command with a verdict (node, path or check)".into());
         }
+        Command::Agent(a) => Work::Agent(Box::new(agent_options(cli, a))),
         Command::Capture { duration, hosts, ports, reasons, exclude_reasons } => {
             let filter = capture::filter::Filter {
                 hosts: hosts.clone(),
@@ -515,19 +560,43 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         Command::Check(CheckCommand::Vxlan { port, .. }) => *port,
         _ => cli.vxlan_port,
     };
-    let opts = capture::Options { vxlan_port };
+    let opts = capture::Options { vxlan_port, watched_only: false };
     match work {
         Work::Checks(jobs, cert_options) => run_checks(cli, opts, &cert_options, async { jobs }, false),
         Work::Node(cert_options, one_by_one) => {
             let root = discovery::host_root(cli.host_root.as_deref());
-            run_checks(cli, opts, &cert_options, node::plan(&root, cli.kubeconfig.as_deref(), cli.timeout), one_by_one)
+            let plan = async { node::plan(&root, cli.kubeconfig.as_deref(), cli.timeout, None).await.jobs };
+            run_checks(cli, opts, &cert_options, plan, one_by_one)
         }
         Work::Path(from, dst, port) => run_path(cli, opts, &from, dst, port),
+        Work::Agent(options) => crate::agent::run(&options),
         Work::Capture(filter, duration) => {
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
             stream(&capture, duration, &filter, cli.output)?;
             Ok(0)
         }
+    }
+}
+
+fn agent_options(cli: &Cli, a: &AgentArgs) -> crate::agent::Options {
+    let node_name = a.node_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname().map_or_else(|_| "unknown".into(), |h| h.to_string_lossy().into_owned())
+    });
+    crate::agent::Options {
+        interval: a.interval,
+        jitter: a.jitter,
+        listen: a.listen,
+        peers: a.peers,
+        rotate: a.rotate,
+        node_name,
+        warn_days: a.warn_days,
+        window: a.events_window,
+        cycles: a.cycles,
+        timeout: cli.timeout,
+        no_capture: cli.no_capture,
+        vxlan_port: cli.vxlan_port,
+        host_root: discovery::host_root(cli.host_root.as_deref()),
+        kubeconfig: cli.kubeconfig.clone(),
     }
 }
 
@@ -603,7 +672,7 @@ fn start_capture(disabled: bool, opts: capture::Options) -> (Option<Arc<Capture>
 
 /// Runs the jobs, concurrently unless `one_by_one` (kept for measuring what concurrency
 /// saves); checks come out in job order either way.
-async fn run_jobs(
+pub(crate) async fn run_jobs(
     jobs: Vec<Job>,
     cert_options: &CertOptions,
     deadline: Duration,
@@ -768,17 +837,17 @@ fn print_event(out: &mut impl Write, ev: &KernelEvent, clock: &Clock, format: Fo
 }
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
-struct Clock {
+pub(crate) struct Clock {
     wall: SystemTime,
     mono_ns: u64,
 }
 
 impl Clock {
-    fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self { wall: SystemTime::now(), mono_ns: monotonic_ns() }
     }
 
-    fn wall(&self, ts_ns: u64) -> SystemTime {
+    pub(crate) fn wall(&self, ts_ns: u64) -> SystemTime {
         if ts_ns >= self.mono_ns {
             self.wall + Duration::from_nanos(ts_ns - self.mono_ns)
         } else {

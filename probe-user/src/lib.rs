@@ -4,6 +4,7 @@
 //! Domains: `probes` send traffic, `capture` gathers the kernel's drops/resets, `correlation`
 //! turns both into verdicts, `output` prints them, `cli` ties them to the command line.
 
+pub mod agent;
 pub mod capture;
 pub mod cli;
 pub mod correlation;

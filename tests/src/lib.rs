@@ -17,6 +17,7 @@
 
 use std::{
     fs::File,
+    io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::Path,
     process::Command,
@@ -31,6 +32,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
+pub mod agent;
 pub mod netcheck;
 pub mod pki;
 
@@ -53,7 +55,7 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const CLUSTER_NAME: (&str, Ipv4Addr) = ("kubernetes.default.svc.cluster.local", Ipv4Addr::new(10, 96, 0, 1));
 pub const EXTERNAL_NAME: (&str, Ipv4Addr) = ("www.example.com", Ipv4Addr::new(203, 0, 113, 10));
 
-const NETNS_DIR: &str = "/var/run/netns";
+pub(crate) const NETNS_DIR: &str = "/var/run/netns";
 /// Every lab namespace starts with this, then the owner's pid: `nclab<pid>x<n>-...`.
 const NAME_PREFIX: &str = "nclab";
 
@@ -540,6 +542,11 @@ impl Lab {
         iptables(&self.node(node).netns, &format!("-I INPUT -i eth0 -p udp --dport {VXLAN_PORT} -j DROP"))
     }
 
+    /// Clears [`Self::drop_vxlan`].
+    pub fn allow_vxlan(&self, node: u8) -> Result<()> {
+        iptables(&self.node(node).netns, &format!("-D INPUT -i eth0 -p udp --dport {VXLAN_PORT} -j DROP"))
+    }
+
     /// Fault: node `node` loses its FDB entry for `peer` (as when flannel's subnet watch
     /// missed the peer): frames for the peer's VTEP MAC have nowhere to go.
     pub fn delete_fdb(&self, node: u8, peer: u8) -> Result<()> {
@@ -709,6 +716,39 @@ pub fn udp_flood(netns: &str, dst: SocketAddr, count: u64, max_time: Duration) -
         }
         Ok(sent)
     })
+}
+
+/// `GET path` over HTTP/1.1 from inside `netns` (bounded: 5 s to connect, read and write):
+/// the status code and the body.
+pub fn http_get(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    in_netns(netns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(request.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no status code")?;
+        let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+        Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
+    })
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Runs `f` on a thread that has entered `netns` (sockets it makes live there).

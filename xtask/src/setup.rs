@@ -17,6 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "dnsmasq-base",      // the lab's CoreDNS stand-ins and upstream resolver
     "iputils-ping",      // ping -M do: the MTU tests' independent check
     "iputils-tracepath", // the MTU test shows tracepath's wrong answer
+    "prometheus",        // a real Prometheus scrapes the lab's agents; promtool checks the exposition
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

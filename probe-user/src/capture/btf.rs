@@ -53,6 +53,8 @@ impl KernelBtf {
         o.sk_family = optional("sock_common", &["skc_family"]);
         o.sk_v6_daddr = optional("sock_common", &["skc_v6_daddr"]);
         o.sk_v6_rcv_saddr = optional("sock_common", &["skc_v6_rcv_saddr"]);
+        o.dev_link_ops = optional("net_device", &["rtnl_link_ops"]);
+        o.link_ops_kind = optional("rtnl_link_ops", &["kind"]);
         o.vxlan_port = u32::from(vxlan_port);
         o.valid = 1;
         Ok(o)
@@ -205,6 +207,8 @@ mod tests {
         assert_ne!(o.sk_daddr, u32::MAX);
         // skc_daddr and skc_rcv_saddr are consecutive in the skc_addrpair union.
         assert_eq!(o.sk_rcv_saddr, o.sk_daddr + 4);
+        assert_ne!(o.dev_link_ops, u32::MAX, "net_device.rtnl_link_ops not found");
+        assert_ne!(o.link_ops_kind, u32::MAX, "rtnl_link_ops.kind not found");
         let names = btf.reason_names();
         assert!(names.drop.values().any(|n| n == "NETFILTER_DROP"));
         assert!(names.drop.values().any(|n| n == "NO_SOCKET"));

@@ -74,6 +74,11 @@ impl FlowMatcher {
         self.local.is_src(f) || self.local.is_dst(f)
     }
 
+    /// The kernel-side filter's key for this flow's local endpoint.
+    pub fn watch_key(&self) -> probe_common::WatchKey {
+        probe_common::WatchKey { addr: self.local.addr, port: self.local.port, proto: self.proto, _pad: 0 }
+    }
+
     pub fn matches(&self, ev: &Event) -> bool {
         (ev.flags & flags::HAS_FLOW != 0 && self.matches_flow(&ev.outer))
             || (ev.flags & flags::HAS_INNER != 0 && self.matches_flow(&ev.inner))

@@ -10,6 +10,7 @@ pub mod filter;
 mod matcher;
 
 use std::{
+    collections::{HashMap, HashSet},
     os::fd::{AsFd, AsRawFd},
     sync::{
         Arc, Condvar, Mutex,
@@ -22,10 +23,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePoint,
 };
-use probe_common::{Event, OFFSETS_GLOBAL, counter};
+use probe_common::{Event, OFFSETS_GLOBAL, WatchKey, aggregate_parts, counter, devclass, kind};
 use serde::Serialize;
 
 pub use self::matcher::FlowMatcher;
@@ -51,11 +52,15 @@ const PROGRAMS: [(&str, bool); 4] =
 pub struct Options {
     /// UDP port whose payload is decoded as VXLAN (flannel: 8472).
     pub vxlan_port: u16,
+    /// Only events touching an address given to [`Capture::watch_addresses`] reach userspace;
+    /// the rest are only counted in the kernel ([`Capture::aggregates`]). For the agent, which
+    /// runs for days on nodes that drop packets all the time.
+    pub watched_only: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { vxlan_port: 8472 }
+        Self { vxlan_port: 8472, watched_only: false }
     }
 }
 
@@ -90,6 +95,22 @@ impl Status {
 pub struct Counters {
     pub sent: u64,
     pub lost: u64,
+    /// Left out of the ring buffer by the watched-address filter (still aggregated).
+    pub filtered: u64,
+    /// Not aggregated because the aggregate map was full.
+    pub aggregate_full: u64,
+}
+
+/// One in-kernel aggregate: how many events of a kind, on a class of device, for a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Aggregate {
+    /// `drop`, `rst_sent`, `rst_received` or `icmp_sent`.
+    pub kind: &'static str,
+    /// One of `probe_common::devclass::NAMES`.
+    pub device_class: &'static str,
+    /// The kernel's name of the reason (drop and reset reasons), or `type/code` for ICMP.
+    pub reason: String,
+    pub count: u64,
 }
 
 struct WatchSlot {
@@ -119,6 +140,10 @@ pub struct Capture {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     counters: PerCpuArray<MapData, u64>,
+    aggregates: PerCpuHashMap<MapData, u32, u64>,
+    /// The kernel's filter under `watched_only`, with how many holders each key has.
+    watched: Option<Mutex<Watched>>,
+    names: btf::ReasonNames,
     // Keeps the programs attached; dropped last.
     ebpf: Ebpf,
 }
@@ -144,7 +169,8 @@ impl Capture {
         }
         let started = Instant::now();
         let kernel = KernelBtf::load()?;
-        let offsets = kernel.offsets(opts.vxlan_port)?;
+        let mut offsets = kernel.offsets(opts.vxlan_port)?;
+        offsets.watched_only = u32::from(opts.watched_only);
         let names = kernel.reason_names();
         drop(kernel);
         let btf = aya::Btf::from_sys_fs().map_err(|e| ebpf_error("read kernel BTF", e))?;
@@ -174,20 +200,29 @@ impl Capture {
             .map_err(|e| ebpf_error("EVENTS", e))?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| missing_map("COUNTERS"))?)
             .map_err(|e| ebpf_error("COUNTERS", e))?;
+        let aggregates = PerCpuHashMap::try_from(ebpf.take_map("AGGREGATES").ok_or_else(|| missing_map("AGGREGATES"))?)
+            .map_err(|e| ebpf_error("AGGREGATES", e))?;
+        let map = BpfHashMap::try_from(ebpf.take_map("WATCHED").ok_or_else(|| missing_map("WATCHED"))?)
+            .map_err(|e| ebpf_error("WATCHED", e))?;
+        let watched =
+            opts.watched_only.then(|| Mutex::new(Watched { map, holders: HashMap::new(), addresses: HashSet::new() }));
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             drained: Condvar::new(),
         });
-        let decoder = Decoder { names, netns: NetnsNames::scan(), last_rescan: Instant::now() };
+        let decoder = Decoder { names: names.clone(), netns: NetnsNames::scan(), last_rescan: Instant::now() };
         let reader = Reader { ring, decoder, shared: shared.clone() };
         let thread = std::thread::Builder::new().name("capture".into()).spawn(move || reader.run())?;
         tracing::debug!(elapsed = ?started.elapsed(), "capture attached");
-        Ok(Self { shared, thread: Some(thread), counters, ebpf })
+        Ok(Self { shared, thread: Some(thread), counters, aggregates, watched, names, ebpf })
     }
 
     /// Starts collecting the events of one flow. Call before the flow's first packet.
     pub fn watch(&self, matcher: FlowMatcher) -> Watch<'_> {
+        if let Some(w) = &self.watched {
+            w.lock().expect("watched map").hold(matcher.watch_key());
+        }
         let mut state = self.shared.state.lock().expect("capture state");
         state.next_id += 1;
         let id = state.next_id;
@@ -217,7 +252,52 @@ impl Capture {
     /// The programs' counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
         let sum = |i: u32| self.counters.get(&i, 0).map_or(0, |v| v.iter().sum());
-        Counters { sent: sum(counter::SENT), lost: sum(counter::LOST) }
+        Counters {
+            sent: sum(counter::SENT),
+            lost: sum(counter::LOST),
+            filtered: sum(counter::FILTERED),
+            aggregate_full: sum(counter::AGGREGATE_FULL),
+        }
+    }
+
+    /// Under `watched_only`: events touching these addresses reach userspace from now on
+    /// (replacing the previous list). Without `watched_only` every event does anyway.
+    pub fn watch_addresses(&self, addresses: &[std::net::IpAddr]) {
+        let Some(w) = &self.watched else { return };
+        let mut w = w.lock().expect("watched map");
+        let wanted: Vec<WatchKey> = addresses.iter().map(|a| address_key(*a)).collect();
+        let before: Vec<WatchKey> = w.addresses.drain().collect();
+        for key in &wanted {
+            if w.addresses.insert(*key) {
+                w.hold(*key);
+            }
+        }
+        for key in before {
+            w.release(key);
+        }
+    }
+
+    /// Every in-kernel aggregate, summed over CPUs, named from this kernel's BTF.
+    pub fn aggregates(&self) -> Vec<Aggregate> {
+        let mut out: Vec<Aggregate> = self
+            .aggregates
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .map(|(key, values)| {
+                let (k, class, reason) = aggregate_parts(key);
+                let (kind_name, reason) = match k {
+                    kind::DROP if reason == probe_common::SUBSYSTEM_REASON => ("drop", "SUBSYSTEM".to_string()),
+                    kind::DROP => ("drop", self.names.drop_name(reason)),
+                    kind::RST_SENT => ("rst_sent", self.names.reset_name(reason)),
+                    kind::RST_RECEIVED => ("rst_received", String::new()),
+                    _ => ("icmp_sent", format!("{}/{}", reason >> 8, reason & 0xff)),
+                };
+                let device_class = devclass::NAMES.get(usize::from(class)).copied().unwrap_or("other");
+                Aggregate { kind: kind_name, device_class, reason, count: values.iter().sum() }
+            })
+            .collect();
+        out.sort_by(|a, b| (a.kind, a.device_class, &a.reason).cmp(&(b.kind, b.device_class, &b.reason)));
+        out
     }
 
     pub fn status(&self) -> Status {
@@ -227,6 +307,37 @@ impl Capture {
     /// Name and kernel info (run_time_ns, run_cnt under `bpf_stats`) of each loaded program.
     pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
         self.ebpf.programs().filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i))).collect()
+    }
+}
+
+/// The kernel's `WATCHED` map and who holds each key: a probe's endpoint while it is watched,
+/// the agent's address list.
+struct Watched {
+    map: BpfHashMap<MapData, WatchKey, u8>,
+    holders: HashMap<WatchKey, usize>,
+    addresses: HashSet<WatchKey>,
+}
+
+impl Watched {
+    fn hold(&mut self, key: WatchKey) {
+        let n = self.holders.entry(key).or_insert(0);
+        *n += 1;
+        if *n == 1
+            && let Err(e) = self.map.insert(key, 1, 0)
+        {
+            // Full (16k keys): the flow's events stay in the kernel's counters only.
+            tracing::warn!("capture filter: {e}");
+        }
+    }
+
+    fn release(&mut self, key: WatchKey) {
+        if let Some(n) = self.holders.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.holders.remove(&key);
+                let _ = self.map.remove(&key);
+            }
+        }
     }
 }
 
@@ -249,9 +360,19 @@ impl Watch<'_> {
     /// Waits for events already queued in the kernel, then returns this flow's events.
     pub fn finish(self) -> Vec<KernelEvent> {
         self.capture.sync();
+        self.take()
+    }
+
+    /// Removes the watch (once): its events, and its key from the kernel's filter.
+    fn take(&self) -> Vec<KernelEvent> {
         let mut state = self.capture.shared.state.lock().expect("capture state");
         let pos = state.watches.iter().position(|w| w.id == self.id);
-        pos.map(|p| state.watches.swap_remove(p).events).unwrap_or_default()
+        let slot = pos.map(|p| state.watches.swap_remove(p));
+        drop(state);
+        if let (Some(slot), Some(w)) = (&slot, &self.capture.watched) {
+            w.lock().expect("watched map").release(slot.matcher.watch_key());
+        }
+        slot.map(|s| s.events).unwrap_or_default()
     }
 
     /// [`Self::finish`] from async code: on a multi-threaded runtime the wait (up to two reader
@@ -260,6 +381,13 @@ impl Watch<'_> {
         let multi = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if multi { tokio::task::block_in_place(|| self.finish()) } else { self.finish() }
+    }
+}
+
+impl Drop for Watch<'_> {
+    /// A watch given up without `finish` (its probe returned early) leaves nothing behind.
+    fn drop(&mut self) {
+        let _ = self.take();
     }
 }
 
@@ -326,6 +454,16 @@ impl Decoder {
             state.subscriber = None;
         }
     }
+}
+
+/// A whole address as the kernel side keys it: IPv4 in the first four bytes, port and protocol 0.
+fn address_key(a: std::net::IpAddr) -> WatchKey {
+    let mut key = WatchKey::default();
+    match a {
+        std::net::IpAddr::V4(v4) => key.addr[..4].copy_from_slice(&v4.octets()),
+        std::net::IpAddr::V6(v6) => key.addr = v6.octets(),
+    }
+    key
 }
 
 fn ebpf_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {

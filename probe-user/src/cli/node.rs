@@ -16,8 +16,35 @@ use crate::{
     probes::{Target, cert, dns, kubelet, mtu, vxlan},
 };
 
+/// A peer node: its name (the API's; its underlay address when only the FDB knows it), the
+/// address its VXLAN traffic goes to, and its VTEP (overlay address) when the neighbour table has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub underlay: Ipv4Addr,
+    pub vtep: Option<Ipv4Addr>,
+}
+
+/// The agent's choice of peers: `k` of them for the node named `node` in `epoch`
+/// (see [`crate::agent::sampling`]). Without it every peer is checked.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub node: String,
+    pub k: usize,
+    pub epoch: u64,
+}
+
+/// The jobs for this node and the peers they concern.
+pub struct Planned {
+    pub jobs: Vec<Job>,
+    /// Every peer discovery found (FDB and API).
+    pub known: Vec<Peer>,
+    /// The peers the jobs check (all known ones unless sampled).
+    pub probed: Vec<Peer>,
+}
+
 /// The jobs for this node, and a `skip` check for each thing discovery could not find.
-pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> Vec<Job> {
+pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sampling: Option<&Sampling>) -> Planned {
     let files = discovery::node::read(root);
     // At once: the API's nodes (peers the FDB has lost are found this way), the VXLAN devices
     // and the links (the CNI bridge).
@@ -62,8 +89,19 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> 
             skipped.push(("kubelet", "this node's address is unknown (no VXLAN device with a local address)".into()));
         }
     }
+    let (mut known, mut probed) = (Vec::new(), Vec::new());
     match overlay {
-        Some(dev) => jobs.extend(peer_jobs(dev, &files, &api_nodes, kubelet_port, healthz_port)),
+        Some(dev) => {
+            known = peers(dev, &api_nodes);
+            probed = match sampling {
+                Some(s) => crate::agent::sampling::sample(&s.node, &known, |p| p.name.as_str(), s.k, s.epoch)
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+                None => known.clone(),
+            };
+            jobs.extend(peer_jobs(dev, &files, &probed, kubelet_port, healthz_port));
+        }
         None => skipped.push(("vxlan", "no VXLAN device in this namespace: no peers to check".into())),
     }
     // The CNI setup, judged against the bridge as the kernel has it.
@@ -79,7 +117,7 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> 
             .collect();
         jobs.push(Job::Done(checks));
     }
-    jobs
+    Planned { jobs, known, probed }
 }
 
 /// The cluster DNS as a pod on this node sees it: clusterDNS and clusterDomain from the
@@ -111,9 +149,9 @@ fn kubelet_job(ip: Ipv4Addr, port: u16, healthz_port: u16) -> Job {
     Job::Kubelet { target: Target { host: ip.to_string(), port }, healthz_port, resolver: None }
 }
 
-/// Where the API's nodes take VXLAN traffic (flannel's public IP, else the InternalIP); empty
-/// when the API cannot be asked (the DNS check's endpoints row already says why).
-async fn api_nodes(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> Vec<Ipv4Addr> {
+/// The API's nodes and where they take VXLAN traffic (flannel's public IP, else the InternalIP);
+/// empty when the API cannot be asked (the DNS check's endpoints row already says why).
+async fn api_nodes(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> Vec<(String, Ipv4Addr)> {
     let listed = async {
         let client = discovery::api::client(kubeconfig, root, timeout).await?;
         discovery::api::nodes(client).await
@@ -122,7 +160,7 @@ async fn api_nodes(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) ->
         Ok(Ok(nodes)) => nodes
             .iter()
             .filter_map(|n| match n.overlay_peer() {
-                Some(IpAddr::V4(v4)) => Some(v4),
+                Some(IpAddr::V4(v4)) => Some((n.name.clone(), v4)),
                 _ => None,
             })
             .collect(),
@@ -134,17 +172,11 @@ async fn api_nodes(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) ->
     }
 }
 
-/// For each peer (the VXLAN device's FDB destinations, and the API's nodes, so a peer the FDB
-/// lost is still checked): the tunnel, the path MTU to its VTEP and its kubelet.
-fn peer_jobs(
-    dev: &VxlanDevice,
-    files: &NodeFiles,
-    api_nodes: &[Ipv4Addr],
-    kubelet_port: u16,
-    healthz_port: u16,
-) -> Vec<Job> {
-    let cni_mtu = files.subnet_env.as_ref().and_then(|(env, path)| env.mtu.map(|m| (m, path.clone())));
-    let mut peers: Vec<Ipv4Addr> = dev
+/// The peers: the VXLAN device's FDB destinations and the API's nodes (so a peer the FDB lost
+/// is still checked), named by the API where it knows them, with the VTEP the neighbour table
+/// maps to each.
+fn peers(dev: &VxlanDevice, api_nodes: &[(String, Ipv4Addr)]) -> Vec<Peer> {
+    let mut underlays: Vec<Ipv4Addr> = dev
         .fdb
         .iter()
         .filter_map(|(_, ip)| match ip {
@@ -152,30 +184,45 @@ fn peer_jobs(
             _ => None,
         })
         .collect();
-    peers.extend(api_nodes.iter().filter(|ip| Some(**ip) != dev.local));
-    peers.sort_unstable();
-    peers.dedup();
+    underlays.extend(api_nodes.iter().map(|(_, ip)| *ip).filter(|ip| Some(*ip) != dev.local));
+    underlays.sort_unstable();
+    underlays.dedup();
+    underlays
+        .into_iter()
+        .map(|underlay| {
+            let name = api_nodes
+                .iter()
+                .find(|(_, ip)| *ip == underlay)
+                .map_or_else(|| underlay.to_string(), |(n, _)| n.clone());
+            let vtep = dev
+                .fdb
+                .iter()
+                .find(|(_, ip)| *ip == IpAddr::V4(underlay))
+                .and_then(|(mac, _)| dev.neighbours.iter().find(|(_, m)| m == mac))
+                .and_then(|(ip, _)| match ip {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                });
+            Peer { name, underlay, vtep }
+        })
+        .collect()
+}
+
+/// For each peer: the tunnel, the path MTU to its VTEP and its kubelet.
+fn peer_jobs(dev: &VxlanDevice, files: &NodeFiles, peers: &[Peer], kubelet_port: u16, healthz_port: u16) -> Vec<Job> {
+    let cni_mtu = files.subnet_env.as_ref().and_then(|(env, path)| env.mtu.map(|m| (m, path.clone())));
     let mut jobs = Vec::new();
     for peer in peers {
         jobs.push(Job::Vxlan(vxlan::Spec {
-            peer,
+            peer: peer.underlay,
             port: dev.port.unwrap_or(8472),
             vni: dev.vni,
             device: Some(dev.name.clone()),
         }));
-        let vtep = dev
-            .fdb
-            .iter()
-            .find(|(_, ip)| *ip == IpAddr::V4(peer))
-            .and_then(|(mac, _)| dev.neighbours.iter().find(|(_, m)| m == mac))
-            .and_then(|(ip, _)| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            });
-        if let Some(vtep) = vtep {
+        if let Some(vtep) = peer.vtep {
             jobs.push(Job::Mtu(mtu::Spec { host: vtep, max: None, cni_mtu: cni_mtu.clone() }));
         }
-        jobs.push(kubelet_job(peer, kubelet_port, healthz_port));
+        jobs.push(kubelet_job(peer.underlay, kubelet_port, healthz_port));
     }
     jobs
 }

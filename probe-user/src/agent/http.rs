@@ -1,0 +1,164 @@
+//! The agent's HTTP endpoints (hyper, HTTP/1.1, GET only):
+//! - `/metrics`  OpenMetrics when asked for it (Prometheus does), else the Prometheus text format
+//! - `/healthz`  200 while the probe loop is alive, 503 when it has stalled
+//! - `/readyz`   200 once the first probe cycle has finished, 503 before
+//! - `/events?since=DUR&host=IP`  recent kernel events (JSON), for cross-node correlation
+//! - `/report`   the last cycle's report (the JSON of `netcheck node -o json`)
+
+use std::{
+    convert::Infallible,
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::watch};
+
+use super::Shared;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A connection's whole life (a scrape is one or a few requests).
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves until `stop` turns true.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    respond(status, "text/plain; charset=utf-8", body.into())
+}
+
+fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            // Prometheus asks for OpenMetrics; anything else gets the classic text format.
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let text = shared.metrics.encode();
+            if accept.contains("application/openmetrics-text") {
+                respond(StatusCode::OK, OPENMETRICS, text)
+            } else {
+                respond(StatusCode::OK, PROMETHEUS_TEXT, super::metrics::to_prometheus_text(&text))
+            }
+        }
+        "/healthz" => match shared.stalled() {
+            None => text(StatusCode::OK, "ok\n"),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
+        "/readyz" => {
+            if shared.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "the first probe cycle has not finished\n")
+            }
+        }
+        "/events" => match events_query(req.uri().query().unwrap_or(""), shared.window) {
+            Ok((since, host)) => respond(StatusCode::OK, "application/json", events_json(shared, since, host)),
+            Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+        },
+        "/report" => match shared.last_report.lock().expect("last report").clone() {
+            Some(json) => respond(StatusCode::OK, "application/json", json),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "the first probe cycle has not finished\n"),
+        },
+        "/" => text(StatusCode::OK, "netcheck agent: /metrics /healthz /readyz /events?since=60s&host=IP /report\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `since` (default: the whole window, at most the window) and `host` from the query string.
+pub fn events_query(query: &str, window: Duration) -> Result<(Duration, Option<IpAddr>), String> {
+    let (mut since, mut host) = (window, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "since" => {
+                since = humantime::parse_duration(value)
+                    .or_else(|_| value.parse::<u64>().map(Duration::from_secs))
+                    .map_err(|_| format!("since={value}: not a duration (e.g. 60s, 5m)"))?
+                    .min(window);
+            }
+            "host" => host = Some(value.parse().map_err(|_| format!("host={value}: not an IP address"))?),
+            other => return Err(format!("unknown parameter {other:?} (since, host)")),
+        }
+    }
+    Ok((since, host))
+}
+
+fn events_json(shared: &Shared, since: Duration, host: Option<IpAddr>) -> String {
+    let now = SystemTime::now();
+    let events = shared.recent.lock().expect("recent events").query(since, host, now);
+    serde_json::json!({
+        "node": shared.node,
+        "time": humantime::format_rfc3339_millis(now).to_string(),
+        "since_seconds": since.as_secs(),
+        "capture": shared.capture,
+        "events": events,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_query_parses_and_bounds() {
+        let w = Duration::from_mins(10);
+        assert_eq!(events_query("", w).unwrap(), (w, None));
+        assert_eq!(events_query("since=30s", w).unwrap().0, Duration::from_secs(30));
+        assert_eq!(events_query("since=45", w).unwrap().0, Duration::from_secs(45));
+        assert_eq!(events_query("since=2h", w).unwrap().0, w, "never past the window");
+        assert_eq!(events_query("host=10.0.0.1&since=1m", w).unwrap().1, Some("10.0.0.1".parse().unwrap()));
+        assert!(events_query("since=soon", w).is_err());
+        assert!(events_query("host=node-1", w).is_err());
+        assert!(events_query("flow=1", w).is_err());
+    }
+}

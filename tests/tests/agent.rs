@@ -1,0 +1,237 @@
+//! `netcheck agent` on the lab: agents in the nodes' namespaces, scraped over HTTP and by a
+//! real Prometheus, faults injected with iptables, stopped with SIGTERM.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use netlab::{
+    Lab, TempDir,
+    agent::{AGENT_PORT, Agent, Prometheus},
+    require_root,
+};
+
+struct Node {
+    root: TempDir,
+    kubeconfig: String,
+}
+
+fn lab() -> (Lab, Vec<Node>) {
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    lab.start_servers().unwrap();
+    let dns = lab.start_dns().unwrap();
+    let kubeconfig = lab.serve_api(1, &dns.endpoints).unwrap();
+    let mut nodes = Vec::new();
+    for n in [1, 2] {
+        let root = TempDir::new(&format!("agent-root-{}-{n}", lab.prefix));
+        lab.write_host_root(n, &root, &kubeconfig).unwrap();
+        let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+        nodes.push(Node { root, kubeconfig });
+    }
+    (lab, nodes)
+}
+
+fn start_agent(lab: &Lab, nodes: &[Node], n: u8, timeout: &str, agent: &[&str]) -> Agent {
+    let node = &nodes[usize::from(n - 1)];
+    let host_root = node.root.path.display().to_string();
+    let global = ["--timeout", timeout, "--host-root", &host_root, "--kubeconfig", &node.kubeconfig];
+    let name = lab.node(n).name();
+    let mut args = vec!["--node-name", name.as_str()];
+    args.extend_from_slice(agent);
+    let addr = SocketAddr::new(lab.node(n).underlay_ip.into(), AGENT_PORT);
+    Agent::start(&lab.node(n).netns, addr, &global, &args).unwrap()
+}
+
+/// Series lines of an exposition (not comments), by metric name and labels.
+fn series(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+        .collect()
+}
+
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; `cargo xtask setup` installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check metrics failed:\n{said}\n{text}");
+    assert!(said.trim().is_empty(), "promtool has remarks:\n{said}");
+}
+
+/// IDs of the BPF programs a process holds, from its file descriptors' fdinfo.
+fn bpf_program_ids(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        if let Ok(info) = std::fs::read_to_string(entry.path()) {
+            ids.extend(
+                info.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn pinned() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Issue 5 acceptance 2 and 6: the exposition passes `promtool check metrics`, names the peer
+/// and its checks, does not grow with traffic or drops, the kernel's counters count a drop
+/// flood without sending it to userspace, `/events` has the peer's drops; SIGTERM stops the
+/// agent within 2 s with exit 0, its programs detached and nothing pinned.
+#[test]
+fn agent_exposition_is_valid_bounded_and_sigterm_leaves_nothing() {
+    if !require_root("agent_exposition_is_valid_bounded_and_sigterm_leaves_nothing") {
+        return;
+    }
+    let (lab, nodes) = lab();
+    let pinned_before = pinned();
+    let mut agent = start_agent(&lab, &nodes, 1, "2s", &["--interval", "2s"]);
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let programs = bpf_program_ids(agent.pid());
+    assert!(programs.len() >= 3, "capture's programs are loaded: {programs:?}");
+    assert_eq!(agent.get("/healthz").unwrap().0, 200);
+
+    let (status, text) = agent.get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        r#"netcheck_checks{probe="vxlan",peer="n2",status="pass"} 1"#,
+        r#"netcheck_checks{probe="kubelet",peer="n2",status="pass"} 1"#,
+        r#"netcheck_peers{set="probed"} 1"#,
+        r#"netcheck_capture_up{reason=""} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    assert!(!text.contains(r#"status="fail""#), "a healthy lab fails nothing:\n{text}");
+    promtool_check(&text);
+
+    // Background traffic and drops: UDP to closed ports of a pod and of the node (NO_SOCKET
+    // drops on a veth and on the bridge, ICMP port unreachable), then more of the same kind to
+    // other ports: the second round must add no series, whatever its volume.
+    let flood = |dst: &str, count: u64| {
+        let sent = netlab::udp_flood(&lab.pod("a").netns, dst.parse().unwrap(), count, Duration::from_secs(5)).unwrap();
+        assert!(sent > count / 2, "{sent}");
+    };
+    flood("10.244.2.2:9", 10_000);
+    flood("192.168.50.11:19", 10_000);
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, after_first) = agent.get("/metrics").unwrap();
+    flood("10.244.2.2:7", 50_000);
+    flood("192.168.50.11:21", 50_000);
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, after_second) = agent.get("/metrics").unwrap();
+    // Series from the flood: NO_SOCKET drops and port-unreachable errors. Other kernel series
+    // may appear between two scrapes (the probes' own resets) and are bounded the same way.
+    let from_flood =
+        |s: &&str| !s.starts_with("netcheck_kernel_events") || s.contains("NO_SOCKET") || s.contains("3/3");
+    let (first, second): (Vec<&str>, Vec<&str>) = (
+        series(&after_first).into_iter().filter(from_flood).collect(),
+        series(&after_second).into_iter().filter(from_flood).collect(),
+    );
+    assert_eq!(first, second, "series changed with traffic:\n{after_first}\n---\n{after_second}");
+    let value = |text: &str, prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    };
+    let drops = value(&after_second, r#"netcheck_kernel_events_total{kind="drop""#);
+    assert!(drops >= 100_000.0, "the kernel counted the flood's drops: {drops}\n{after_second}");
+    let filtered = value(&after_second, "netcheck_capture_filtered_events_total");
+    assert!(filtered >= 100_000.0, "and kept them out of userspace: {filtered}");
+    promtool_check(&after_second);
+
+    // VXLAN dropped on n2: n1's probe fails and the drops of the peer's address reach /events.
+    lab.drop_vxlan(2).unwrap();
+    let started = Instant::now();
+    let failing = r#"netcheck_checks{probe="vxlan",peer="n2",status="fail"} 1"#;
+    while !agent.get("/metrics").unwrap().1.lines().any(|l| l == failing) {
+        assert!(started.elapsed() < Duration::from_secs(15), "VXLAN failure not in the metrics");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = agent.get("/events?since=60s&host=192.168.50.12").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let events: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(events["node"], "n1");
+    let netfilter: Vec<&serde_json::Value> =
+        events["events"].as_array().unwrap().iter().filter(|e| e["reason"] == "NETFILTER_DROP").collect();
+    assert!(!netfilter.is_empty(), "{body}");
+    assert!(netfilter.iter().all(|e| e["flow"]["dst"] == "192.168.50.12:8472"), "{body}");
+    assert_eq!(agent.get("/events?since=soon").unwrap().0, 400);
+    let (status, report) = agent.get("/report").unwrap();
+    assert_eq!(status, 200);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert!(!report["problems"].as_array().unwrap().is_empty());
+
+    let (code, took) = agent.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5)).unwrap();
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The kernel frees a program whose last reference is gone from a work queue: shortly after.
+    let gone = Instant::now();
+    loop {
+        let loaded: Vec<u32> = aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).collect();
+        if programs.iter().all(|id| !loaded.contains(id)) {
+            break;
+        }
+        assert!(gone.elapsed() < Duration::from_secs(2), "programs still loaded: {programs:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("programs unloaded {:?} after the exit", gone.elapsed());
+    assert_eq!(pinned(), pinned_before, "nothing pinned");
+}
+
+/// Issue 5 acceptance 1: agents on both lab nodes, scraped by Debian's Prometheus every second:
+/// PromQL shows the VXLAN failure within two intervals of injecting it, with the kernel's
+/// NETFILTER_DROP count rising, and the recovery within two intervals of clearing it.
+#[test]
+fn prometheus_sees_the_vxlan_failure_and_its_recovery() {
+    if !require_root("prometheus_sees_the_vxlan_failure_and_its_recovery") {
+        return;
+    }
+    let (lab, nodes) = lab();
+    let interval = Duration::from_secs(5);
+    let agent_args = ["--interval", "5s", "--jitter", "0.1"];
+    let mut agents: Vec<Agent> = [1, 2].iter().map(|n| start_agent(&lab, &nodes, *n, "2s", &agent_args)).collect();
+    for a in &mut agents {
+        a.wait_ready(Duration::from_secs(30)).unwrap();
+    }
+    let targets: Vec<SocketAddr> = agents.iter().map(|a| a.addr).collect();
+    let prom_addr = SocketAddr::new(lab.node(1).underlay_ip.into(), 9090);
+    let prometheus = Prometheus::start(&lab.node(1).netns, prom_addr, &targets).unwrap();
+    let passing = r#"sum by (instance) (netcheck_checks{probe="vxlan",status="pass"})"#;
+    prometheus
+        .wait_for(passing, Duration::from_secs(20), |r| r.len() == 2 && r.iter().all(|(_, v)| *v >= 1.0))
+        .unwrap();
+
+    lab.drop_vxlan(2).unwrap();
+    let failing = r#"sum by (instance) (netcheck_checks{probe="vxlan",status="fail"})"#;
+    let took =
+        prometheus.wait_for(failing, 2 * interval, |r| r.len() == 2 && r.iter().all(|(_, v)| *v >= 1.0)).unwrap();
+    eprintln!("VXLAN failure visible in Prometheus after {took:?}");
+    let netfilter = r#"increase(netcheck_kernel_events_total{kind="drop",reason="NETFILTER_DROP"}[1m])"#;
+    prometheus.wait_for(netfilter, interval, |r| r.iter().map(|(_, v)| v).sum::<f64>() > 0.0).unwrap();
+    let cause = r#"netcheck_check_failing{probe="vxlan",peer="n2"}"#;
+    let r = prometheus.query(cause).unwrap();
+    assert!(r.iter().any(|(labels, _)| labels["cause"] != "unknown"), "{r:?}");
+
+    lab.allow_vxlan(2).unwrap();
+    // Recovered: the fail series are gone (each cycle replaces the last one's gauges).
+    let took = prometheus.wait_for(failing, 2 * interval, |r| r.iter().all(|(_, v)| *v == 0.0)).unwrap();
+    eprintln!("recovery visible after {took:?}");
+    prometheus.wait_for(passing, interval, |r| r.len() == 2 && r.iter().all(|(_, v)| *v >= 1.0)).unwrap();
+}
