@@ -117,6 +117,8 @@ pub struct Lab {
     pub pods: Vec<Pod>,
     /// The lab's cluster CA; it signs the kubelets' serving certificates.
     pub pki: pki::Pki,
+    /// Nodes the API stand-in lists beyond the lab's own: (name, InternalIP on loopback).
+    pub synthetic_nodes: Vec<(String, Ipv4Addr)>,
     servers: Vec<Server>,
     /// Daemons (dnsmasq) running inside lab namespaces, by name; killed when dropped.
     daemons: Vec<(String, std::process::Child)>,
@@ -145,6 +147,7 @@ impl Lab {
             nodes: Vec::new(),
             pods: Vec::new(),
             pki: pki::Pki::new("netcheck-lab-ca")?,
+            synthetic_nodes: Vec::new(),
             servers: Vec::new(),
             daemons: Vec::new(),
             keep: false,
@@ -360,6 +363,17 @@ impl Lab {
         Ok(Dns { service: DNS_SERVICE_IP, endpoints, upstream: UPSTREAM_DNS_IP })
     }
 
+    /// `count` more nodes for the API stand-in to list (call before [`Self::serve_api`]), named
+    /// `peer-NNNNN`, their InternalIPs on loopback (127.1.0.0/16), where each lab node's kubelet
+    /// stand-in (bound to every address) answers them.
+    pub fn add_synthetic_nodes(&mut self, count: usize) {
+        for i in 0..count {
+            let ip =
+                Ipv4Addr::new(127, 1, u8::try_from(i / 250).unwrap_or(u8::MAX), u8::try_from(i % 250 + 1).unwrap_or(1));
+            self.synthetic_nodes.push((format!("peer-{i:05}"), ip));
+        }
+    }
+
     /// A stand-in for the Kubernetes API on node `node`'s 6443 (HTTPS, serving certificate from
     /// the lab CA with the node's IP): it answers the requests netcheck makes, the kube-dns
     /// Service's EndpointSlices (a list of `endpoints`), the nodes (the lab's, with their
@@ -370,7 +384,7 @@ impl Lab {
         let leaf = self.pki.serving("kube-apiserver", &["kubernetes"], &[n.underlay_ip.into()])?;
         let config = pki::tls_config(&leaf)?;
         let body = endpoint_slice_list(endpoints);
-        let nodes = node_list(&self.nodes);
+        let nodes = node_list(&self.nodes, &self.synthetic_nodes);
         let pods = self.pods.clone();
         let addr = SocketAddr::new(n.underlay_ip.into(), API_PORT);
         self.servers.push(serve(&n.netns, addr, move |s| {
@@ -637,17 +651,22 @@ fn endpoint_slice_list(endpoints: &[Ipv4Addr]) -> String {
 }
 
 /// The lab's nodes as the API lists them (name, InternalIP, podCIDR, Ready).
-fn node_list(nodes: &[Node]) -> String {
-    let items: Vec<serde_json::Value> = nodes
+fn node_list(nodes: &[Node], synthetic: &[(String, Ipv4Addr)]) -> String {
+    let lab = nodes.iter().map(|n| (n.name(), n.underlay_ip, n.pod_subnet()));
+    let more = synthetic
         .iter()
-        .map(|n| {
+        .enumerate()
+        .map(|(i, (name, ip))| (name.clone(), *ip, format!("10.{}.{}.0/24", 100 + i / 256, i % 256)));
+    let items: Vec<serde_json::Value> = lab
+        .chain(more)
+        .map(|(name, ip, cidr)| {
             serde_json::json!({
-                "metadata": {"name": n.name()},
-                "spec": {"podCIDR": n.pod_subnet()},
+                "metadata": {"name": name},
+                "spec": {"podCIDR": cidr},
                 "status": {
                     "addresses": [
-                        {"type": "InternalIP", "address": n.underlay_ip.to_string()},
-                        {"type": "Hostname", "address": n.name()}
+                        {"type": "InternalIP", "address": ip.to_string()},
+                        {"type": "Hostname", "address": name}
                     ],
                     "conditions": [{"type": "Ready", "status": "True"}]
                 }

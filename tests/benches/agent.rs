@@ -1,0 +1,223 @@
+//! `netcheck agent` under load, on the lab (root):
+//! - sampling: per-cycle time and agent memory with N = 10, 100, 1000, 5000 peers (synthetic
+//!   nodes listed by the API stand-in, their addresses on loopback), k = 3;
+//! - flood: a UDP drop flood at the agent's node: kernel drops/s, the agent's CPU and RSS,
+//!   capture losses, probe cycles done and missed;
+//! - soak: VXLAN dropped and allowed in turn every 30 s: RSS growth and whether each phase's
+//!   metrics show the fault state.
+//!
+//! `cargo bench -p netcheck-tests --bench agent [-- --quick] [--only sampling|flood|soak]
+//! [--soak-minutes M]`. `--quick` (CI): N = 10 and 1000, a 5 s flood, a 1 minute soak.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, ensure};
+use netlab::{
+    Lab, TempDir,
+    agent::{AGENT_PORT, Agent},
+};
+
+struct Args {
+    quick: bool,
+    only: Option<String>,
+    soak_minutes: f64,
+}
+
+fn main() -> Result<()> {
+    let words: Vec<String> = std::env::args().collect();
+    let after = |flag: &str| words.iter().position(|a| a == flag).and_then(|i| words.get(i + 1)).cloned();
+    let quick = words.iter().any(|a| a == "--quick");
+    let args = Args {
+        quick,
+        only: after("--only"),
+        soak_minutes: after("--soak-minutes").and_then(|m| m.parse().ok()).unwrap_or(if quick { 2.0 } else { 10.0 }),
+    };
+    if !netlab::require_root("agent benchmark") {
+        return Ok(());
+    }
+    let _ = netlab::clean_stale();
+    let wants = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
+    if wants("sampling") {
+        sampling(&args)?;
+    }
+    if wants("flood") {
+        flood(&args)?;
+    }
+    if wants("soak") {
+        soak(&args)?;
+    }
+    Ok(())
+}
+
+/// A lab with the API stand-in listing `synthetic` more nodes, and an agent on n1.
+fn lab_with_agent(synthetic: usize, interval: &str, timeout: &str) -> Result<(Lab, TempDir, Agent)> {
+    let mut lab = Lab::new()?;
+    lab.start_servers()?;
+    let dns = lab.start_dns()?;
+    lab.add_synthetic_nodes(synthetic);
+    let kubeconfig = lab.serve_api(1, &dns.endpoints)?;
+    let root = TempDir::new(&format!("bench-agent-{}", lab.prefix));
+    lab.write_host_root(1, &root, &kubeconfig)?;
+    let host_root = root.path.display().to_string();
+    let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+    let addr = SocketAddr::new(lab.node(1).underlay_ip.into(), AGENT_PORT);
+    let global = ["--timeout", timeout, "--host-root", host_root.as_str(), "--kubeconfig", kubeconfig.as_str()];
+    let mut agent = Agent::start(
+        &lab.node(1).netns,
+        addr,
+        &global,
+        &["--node-name", "n1", "--interval", interval, "--peers", "3"],
+    )?;
+    agent.wait_ready(Duration::from_mins(1))?;
+    Ok((lab, root, agent))
+}
+
+/// Sum of the samples whose line starts with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn metrics(agent: &Agent) -> Result<String> {
+    let (status, text) = agent.get("/metrics")?;
+    ensure!(status == 200, "/metrics: HTTP {status}");
+    Ok(text)
+}
+
+fn wait_cycles(agent: &Agent, cycles: f64, deadline: Duration) -> Result<String> {
+    let started = Instant::now();
+    loop {
+        let text = metrics(agent)?;
+        if metric(&text, "netcheck_probe_cycles_total") >= cycles {
+            return Ok(text);
+        }
+        ensure!(started.elapsed() < deadline, "{cycles} cycles not done within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sampling(args: &Args) -> Result<()> {
+    println!("sampling: per-cycle time and agent memory by number of peers (k = 3, 1 s probe deadline)");
+    let sizes: &[usize] = if args.quick { &[10, 1000] } else { &[10, 100, 1000, 5000] };
+    for &n in sizes {
+        let (_lab, _root, mut agent) = lab_with_agent(n, "2s", "1s")?;
+        let text = wait_cycles(&agent, 4.0, Duration::from_secs(90))?;
+        let cycles = metric(&text, "netcheck_probe_cycle_duration_seconds_count");
+        let mean = metric(&text, "netcheck_probe_cycle_duration_seconds_sum") / cycles;
+        let known = metric(&text, r#"netcheck_peers{set="known"}"#);
+        let probed = metric(&text, r#"netcheck_peers{set="probed"}"#);
+        let rss = agent.rss_kib()?;
+        println!(
+            "  N = {n:>5}: {known:>5} peers known, {probed} probed; mean cycle {:>6.0} ms over {cycles} cycles; RSS {:>6.1} MiB",
+            mean * 1000.0,
+            kib_to_mib(rss)
+        );
+        ensure!((probed - 3.0).abs() < f64::EPSILON, "k = 3 peers probed, not {probed}");
+        agent.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5))?;
+    }
+    Ok(())
+}
+
+#[expect(clippy::cast_precision_loss, reason = "KiB of a process fit an f64 exactly")]
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn flood(args: &Args) -> Result<()> {
+    let seconds = if args.quick { 5 } else { 20 };
+    println!(
+        "flood: UDP to a closed port of n1's bridge address from pod a (2 senders, {seconds} s), agent interval 2 s"
+    );
+    let (lab, _root, agent) = lab_with_agent(0, "2s", "2s")?;
+    let before = metrics(&agent)?;
+    let (cpu0, rss0, t0) = (agent.cpu_time()?, agent.rss_kib()?, Instant::now());
+    let senders: Vec<_> = (0..2)
+        .map(|i| {
+            let netns = lab.pod("a").netns.clone();
+            let dst: SocketAddr = format!("10.244.1.1:{}", 9 + i).parse().expect("address");
+            std::thread::spawn(move || netlab::udp_flood(&netns, dst, 50_000_000, Duration::from_secs(seconds)))
+        })
+        .collect();
+    let mut sent = 0;
+    for s in senders {
+        sent += s.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    }
+    let elapsed = t0.elapsed();
+    let (cpu1, rss1) = (agent.cpu_time()?, agent.rss_kib()?);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = metrics(&agent)?;
+    let drops = metric(&after, r#"netcheck_kernel_events_total{kind="drop""#)
+        - metric(&before, r#"netcheck_kernel_events_total{kind="drop""#);
+    let lost = metric(&after, "netcheck_capture_lost_events_total");
+    let filtered = metric(&after, "netcheck_capture_filtered_events_total")
+        - metric(&before, "netcheck_capture_filtered_events_total");
+    let cycles = metric(&after, "netcheck_probe_cycles_total") - metric(&before, "netcheck_probe_cycles_total");
+    let missed = metric(&after, "netcheck_probe_cycles_missed_total");
+    let secs = elapsed.as_secs_f64();
+    println!("  sent {sent} datagrams in {secs:.1} s; the kernel counted {drops:.0} drops ({:.0}/s)", drops / secs);
+    println!("  events kept in the kernel {filtered:.0}, lost to the ring buffer {lost:.0}");
+    println!(
+        "  agent CPU {:.1} % of one core; RSS {:.1} -> {:.1} MiB",
+        cpu1.saturating_sub(cpu0).as_secs_f64() / secs * 100.0,
+        kib_to_mib(rss0),
+        kib_to_mib(rss1)
+    );
+    println!("  probe cycles during the flood: {cycles:.0} (interval 2 s), missed {missed:.0}");
+    ensure!(missed == 0.0, "probe cycles were missed under the flood");
+    Ok(())
+}
+
+fn soak(args: &Args) -> Result<()> {
+    let phase = Duration::from_secs(30);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "minutes × 2 phases, small and positive"
+    )]
+    let phases = (args.soak_minutes * 2.0).round().max(4.0) as u32;
+    println!("soak: {phases} phases of 30 s, VXLAN dropped on n2 in every other one; agent interval 5 s");
+    let (lab, _root, agent) = lab_with_agent(0, "5s", "2s")?;
+    // Growth is measured from the end of the first fault and recovery (every code path has run
+    // once: certificates, the API client, failing probes' evidence, the allocator's pools).
+    let mut rss_start = 0;
+    let mut followed = 0;
+    for i in 0..phases {
+        let faulty = i % 2 == 0;
+        if faulty {
+            lab.drop_vxlan(2)?;
+        } else {
+            lab.allow_vxlan(2)?;
+        }
+        std::thread::sleep(phase);
+        let text = metrics(&agent)?;
+        let status = if faulty { "fail" } else { "pass" };
+        let shown = metric(&text, &format!(r#"netcheck_checks{{probe="vxlan",peer="n2",status="{status}"}}"#)) >= 1.0;
+        followed += u32::from(shown);
+        let rss = agent.rss_kib()?;
+        if i == 1 {
+            rss_start = rss;
+        }
+        let state = if faulty { "dropped" } else { "allowed" };
+        println!(
+            "  phase {:>2} ({state}): metrics show vxlan {status}: {shown}; RSS {:.2} MiB",
+            i + 1,
+            kib_to_mib(rss)
+        );
+    }
+    lab.allow_vxlan(2).ok();
+    let rss_end = agent.rss_kib()?;
+    let growth = i64::try_from(rss_end)? - i64::try_from(rss_start)?;
+    println!(
+        "  RSS {:.2} -> {:.2} MiB (growth {growth} KiB); verdicts followed the fault in {followed}/{phases} phases",
+        kib_to_mib(rss_start),
+        kib_to_mib(rss_end)
+    );
+    ensure!(followed == phases, "the metrics did not follow every fault change");
+    ensure!(growth < 1024, "soak: RSS grew by {growth} KiB");
+    Ok(())
+}
