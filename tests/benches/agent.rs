@@ -24,6 +24,8 @@ struct Args {
     quick: bool,
     only: Option<String>,
     soak_minutes: f64,
+    /// More arguments for the agent (`--agent-args "--events-window 10s"`).
+    agent_args: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -33,7 +35,8 @@ fn main() -> Result<()> {
     let args = Args {
         quick,
         only: after("--only"),
-        soak_minutes: after("--soak-minutes").and_then(|m| m.parse().ok()).unwrap_or(if quick { 2.0 } else { 10.0 }),
+        agent_args: after("--agent-args").map(|a| a.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+        soak_minutes: after("--soak-minutes").and_then(|m| m.parse().ok()).unwrap_or(if quick { 1.0 } else { 10.0 }),
     };
     if !netlab::require_root("agent benchmark") {
         return Ok(());
@@ -53,7 +56,7 @@ fn main() -> Result<()> {
 }
 
 /// A lab with the API stand-in listing `synthetic` more nodes, and an agent on n1.
-fn lab_with_agent(synthetic: usize, interval: &str, timeout: &str) -> Result<(Lab, TempDir, Agent)> {
+fn lab_with_agent(synthetic: usize, interval: &str, timeout: &str, extra: &[String]) -> Result<(Lab, TempDir, Agent)> {
     let mut lab = Lab::new()?;
     lab.start_servers()?;
     let dns = lab.start_dns()?;
@@ -105,7 +108,7 @@ fn sampling(args: &Args) -> Result<()> {
     println!("sampling: per-cycle time and agent memory by number of peers (k = 3, 1 s probe deadline)");
     let sizes: &[usize] = if args.quick { &[10, 1000] } else { &[10, 100, 1000, 5000] };
     for &n in sizes {
-        let (_lab, _root, mut agent) = lab_with_agent(n, "2s", "1s")?;
+        let (_lab, _root, mut agent) = lab_with_agent(n, "2s", "1s", &args.agent_args)?;
         let text = wait_cycles(&agent, 4.0, Duration::from_secs(90))?;
         let cycles = metric(&text, "netcheck_probe_cycle_duration_seconds_count");
         let mean = metric(&text, "netcheck_probe_cycle_duration_seconds_sum") / cycles;
@@ -133,7 +136,7 @@ fn flood(args: &Args) -> Result<()> {
     println!(
         "flood: UDP to a closed port of n1's bridge address from pod a (2 senders, {seconds} s), agent interval 2 s"
     );
-    let (lab, _root, agent) = lab_with_agent(0, "2s", "2s")?;
+    let (lab, _root, agent) = lab_with_agent(0, "2s", "2s", &args.agent_args)?;
     let before = metrics(&agent)?;
     let (cpu0, rss0, t0) = (agent.cpu_time()?, agent.rss_kib()?, Instant::now());
     let senders: Vec<_> = (0..2)
@@ -173,15 +176,15 @@ fn flood(args: &Args) -> Result<()> {
 }
 
 fn soak(args: &Args) -> Result<()> {
-    let phase = Duration::from_secs(30);
+    let phase = Duration::from_secs(if args.quick { 15 } else { 30 });
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
         reason = "minutes × 2 phases, small and positive"
     )]
-    let phases = (args.soak_minutes * 2.0).round().max(4.0) as u32;
-    println!("soak: {phases} phases of 30 s, VXLAN dropped on n2 in every other one; agent interval 5 s");
-    let (lab, _root, agent) = lab_with_agent(0, "5s", "2s")?;
+    let phases = (args.soak_minutes * 60.0 / phase.as_secs_f64()).round().max(4.0) as u32;
+    println!("soak: {phases} phases of {phase:?}, VXLAN dropped on n2 in every other one; agent interval 5 s");
+    let (lab, _root, agent) = lab_with_agent(0, "5s", "2s", &args.agent_args)?;
     // Growth is measured from the end of the first fault and recovery (every code path has run
     // once: certificates, the API client, failing probes' evidence, the allocator's pools).
     let mut rss_start = 0;

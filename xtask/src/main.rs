@@ -5,6 +5,7 @@
 //! the only two commands a new machine needs.
 
 mod demo;
+mod image;
 mod setup;
 
 use std::{
@@ -41,6 +42,8 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// Build the container image (OCI archive, no engine needed) under target/image.
+    Image,
     /// Capture cost per event (kernel bpf_stats) and userspace events/s under a drop flood.
     Bench {
         /// A short run (seconds), as CI does.
@@ -78,6 +81,10 @@ fn main() -> Result<()> {
             setup::run()?;
             fuzz(seconds)
         }
+        Task::Image => {
+            setup::run()?;
+            image::build(&root(), env!("CARGO_PKG_VERSION")).map(|_| ())
+        }
         Task::Bench { quick } => {
             setup::run()?;
             let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", "capture"];
@@ -88,7 +95,7 @@ fn main() -> Result<()> {
             // `node` runs the real binary: the release one, as users get it.
             cargo(&["build", "--release", "-p", "probe-user"])?;
             let bin = root().join("target/release/netcheck");
-            for bench in ["node", "path"] {
+            for bench in ["node", "path", "agent"] {
                 let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", bench];
                 if quick {
                     args.extend(["--", "--quick"]);
@@ -126,14 +133,26 @@ fn test() -> Result<()> {
     })?;
     // The lab scenarios run the real binary, so build it before the tests.
     step("build", || cargo(&["build", "-p", "probe-user"]))?;
+    // The image's own test (tests/tests/image.rs) inspects it and runs its netcheck on the lab.
+    let mut archive = PathBuf::new();
+    step("image", || {
+        archive = image::build(&root(), env!("CARGO_PKG_VERSION"))?;
+        Ok(())
+    })?;
     let _ = netlab::clean_stale();
-    step("tests", || cargo(&["test", "--workspace", "--exclude", "probe-ebpf"]))?;
+    step("tests", || {
+        sh(Command::new("cargo")
+            .args(["test", "--workspace", "--exclude", "probe-ebpf"])
+            .env("NETCHECK_IMAGE", &archive)
+            .current_dir(root()))
+    })?;
     step("benchmark (quick)", || {
         cargo(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--quick"])?;
         // The debug binary the tests used: no release build in CI just for this.
         let bin = root().join("target/debug/netcheck");
         cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "node", "--", "--quick"], &bin)?;
-        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "path", "--", "--quick"], &bin)
+        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "path", "--", "--quick"], &bin)?;
+        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "agent", "--", "--quick"], &bin)
     })?;
     step("fuzz (10 s per target)", || fuzz(10))?;
     let left: Vec<String> = netlab::list_netns()?.into_iter().filter(|n| n.starts_with("nclab")).collect();

@@ -18,6 +18,11 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",      // ping -M do: the MTU tests' independent check
     "iputils-tracepath", // the MTU test shows tracepath's wrong answer
     "prometheus",        // a real Prometheus scrapes the lab's agents; promtool checks the exposition
+    "musl-tools",        // the image's static netcheck (C parts of ring built with musl-gcc)
+    "busybox-static",    // the image's shell and tools
+    "skopeo",            // CI inspects the image archive
+    "umoci",             // CI unpacks the image and runs netcheck from its root filesystem
+    "file",              // the image test checks the binary is static
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -25,6 +30,8 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub fn run() -> Result<()> {
     apt()?;
     rust_src()?;
+    musl_target()?;
+    kubernetes_validate()?;
     bpf_linker()?;
     cargo_fuzz()?;
     Ok(())
@@ -75,6 +82,38 @@ fn rust_src() -> Result<()> {
     }
     println!("setup: rustup component add rust-src --toolchain nightly");
     sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// Validates deploy/ against the Kubernetes OpenAPI schemas (offline: the schemas ship inside).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+fn kubernetes_validate() -> Result<()> {
+    let installed = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        return Ok(());
+    }
+    println!("setup: pip install {KUBERNETES_VALIDATE}");
+    sh(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--root-user-action=ignore",
+        KUBERNETES_VALIDATE,
+    ]))
+}
+
+/// The standard library for the image's static build.
+fn musl_target() -> Result<()> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l == crate::image::TARGET) {
+        return Ok(());
+    }
+    println!("setup: rustup target add {}", crate::image::TARGET);
+    sh(Command::new("rustup").args(["target", "add", crate::image::TARGET]))
 }
 
 fn bpf_linker() -> Result<()> {

@@ -201,8 +201,9 @@ pub fn interface_mtu(source: Ipv4Addr) -> Option<(String, u16)> {
     for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes().iter().take(libc::IFNAMSIZ - 1)) {
         *dst = libc::c_char::from_ne_bytes([*src]);
     }
-    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifru_mtu of the ifreq we own.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU, &raw mut req) };
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifru_mtu of the ifreq we own. (The request
+    // is an unsigned long in glibc and an int in musl: `as _` fits either.)
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU as _, &raw mut req) };
     if rc < 0 {
         return None;
     }

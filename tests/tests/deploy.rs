@@ -1,0 +1,185 @@
+//! deploy/ (issue 5, acceptance 8): every manifest validated against the Kubernetes OpenAPI
+//! schemas (kubernetes-validate, strict), the manifests checked against each other and against
+//! the binary's own command line, and the agent run on the lab with exactly the capabilities
+//! the DaemonSet grants.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use clap::Parser as _;
+use netlab::{Lab, TempDir, agent::AGENT_PORT, require_root};
+use serde_json::Value;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Every document of a YAML file.
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn one(path: &str) -> Value {
+    documents(&deploy().join(path)).remove(0)
+}
+
+fn agent_container() -> Value {
+    one("daemonset.yaml")["spec"]["template"]["spec"]["containers"][0].clone()
+}
+
+/// The Kubernetes kinds in the kustomizations, each file validated strictly against the
+/// Kubernetes 1.37 schemas; the ServiceMonitor (a CRD) is checked by `manifests_agree`.
+#[test]
+fn manifests_validate_against_the_kubernetes_schema() {
+    let mut files = Vec::new();
+    for kustomization in ["kustomization.yaml", "prometheus-operator/kustomization.yaml"] {
+        let k = one(kustomization);
+        let dir = deploy().join(kustomization).parent().unwrap().to_path_buf();
+        for r in k["resources"].as_array().unwrap() {
+            let path = dir.join(r.as_str().unwrap());
+            assert!(path.exists(), "{kustomization} lists {} which does not exist", path.display());
+            if path.is_file() && one_kind(&path) != "ServiceMonitor" {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 4, "{files:?}");
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.37.0"])
+        .args(&files)
+        .output()
+        .expect("python3 with kubernetes-validate (`cargo xtask setup` installs it)");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{said}");
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("WARN") && !said.contains("ERROR"), "{said}");
+    let resources = documents(&deploy().join("rbac.yaml")).len() + 3;
+    assert_eq!(said.matches(" passed for resource ").count(), resources, "{said}");
+}
+
+fn one_kind(path: &Path) -> String {
+    documents(path)[0]["kind"].as_str().unwrap_or_default().to_string()
+}
+
+/// The validator must be able to fail: a DaemonSet with a misspelt field is refused.
+#[test]
+fn the_schema_check_refuses_a_broken_manifest() {
+    let dir = TempDir::new("deploy-broken");
+    let text = std::fs::read_to_string(deploy().join("daemonset.yaml"))
+        .unwrap()
+        .replace("hostNetwork: true", "hostNetwrk: true");
+    let path = dir.write("daemonset.yaml", &text);
+    let out = Command::new("python3").args(["-m", "kubernetes_validate", "--strict", &path]).output().expect("python3");
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Selectors, ports, probes and the container's arguments agree with each other and with
+/// netcheck's command line.
+#[test]
+fn manifests_agree() {
+    let ds = one("daemonset.yaml");
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let within =
+        |selector: &Value, labels: &Value| selector.as_object().unwrap().iter().all(|(k, v)| labels.get(k) == Some(v));
+    assert!(within(&ds["spec"]["selector"]["matchLabels"], pod_labels));
+    let svc = one("service.yaml");
+    assert!(within(&svc["spec"]["selector"], pod_labels), "the Service selects the agents");
+    let monitor = one("prometheus-operator/servicemonitor.yaml");
+    assert!(
+        within(&monitor["spec"]["selector"]["matchLabels"], &svc["metadata"]["labels"]),
+        "the ServiceMonitor selects the Service"
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
+
+    let c = agent_container();
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let cli = netcheck::cli::Cli::try_parse_from(std::iter::once("netcheck").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("the DaemonSet's args are not netcheck's: {e}"));
+    let netcheck::cli::Command::Agent(agent) = &cli.command else { panic!("not the agent: {args:?}") };
+    assert_eq!(agent.listen.port(), AGENT_PORT);
+    assert_eq!(c["ports"][0]["containerPort"], u64::from(agent.listen.port()));
+    assert_eq!(svc["spec"]["ports"][0]["port"], u64::from(agent.listen.port()));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(cli.host_root.as_deref(), Some(Path::new("/host")));
+    let mounts: Vec<&str> =
+        c["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    assert!(mounts.contains(&"/host") && mounts.contains(&"/sys/kernel/btf"), "{mounts:?}");
+    assert_eq!(c["env"][0]["name"], "NODE_NAME", "the agent's --node-name comes from spec.nodeName");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    // The image the kustomization pins is the one `cargo xtask image` tags.
+    let k = one("kustomization.yaml");
+    assert_eq!(k["images"][0]["name"], c["image"]);
+    assert_eq!(k["images"][0]["newTag"], env!("CARGO_PKG_VERSION"));
+}
+
+/// The capabilities the DaemonSet adds, as setpriv names them ("bpf", "perfmon", ...).
+fn daemonset_capabilities() -> Vec<String> {
+    agent_container()["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_ascii_lowercase())
+        .collect()
+}
+
+/// Least privilege, shown: the agent in a lab node with only the DaemonSet's capabilities (as
+/// root, every other capability dropped from its bounding set) loads capture and passes
+/// every check a full-privilege run passes.
+#[test]
+fn agent_runs_with_only_the_daemonsets_capabilities() {
+    if !require_root("agent_runs_with_only_the_daemonsets_capabilities") {
+        return;
+    }
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    lab.start_servers().unwrap();
+    let dns = lab.start_dns().unwrap();
+    let kubeconfig = lab.serve_api(1, &dns.endpoints).unwrap();
+    let root = TempDir::new(&format!("deploy-root-{}", lab.prefix));
+    lab.write_host_root(1, &root, &kubeconfig).unwrap();
+    let caps: Vec<String> = daemonset_capabilities().iter().map(|c| format!("+{c}")).collect();
+    let bounding = format!("-all,{}", caps.join(","));
+    let addr = std::net::SocketAddr::new(lab.node(1).underlay_ip.into(), AGENT_PORT);
+    let binary = netlab::netcheck::binary().unwrap();
+    let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.node(1).netns, "setpriv", "--bounding-set", &bounding, "--"])
+        .arg(&binary)
+        .args(["--timeout", "2s", "--host-root"])
+        .arg(&root.path)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["agent", "--interval", "2s", "--node-name", "n1", "--listen", &addr.to_string()])
+        .spawn()
+        .unwrap();
+    let ready = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        matches!(netlab::http_get(&lab.node(1).netns, addr, "/readyz"), Ok((200, _)))
+    });
+    let report = netlab::http_get(&lab.node(1).netns, addr, "/report");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "agent not ready");
+    let (_, report) = report.unwrap();
+    let report: Value = serde_json::from_str(&report).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    // `ip netns exec` runs the agent directly under setpriv: this is the agent's own status.
+    let bound = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap_or_default().to_string();
+    assert!(!bound.is_empty() && !bound.ends_with("000001ffffffffff"), "capabilities were not limited: {bound}");
+    assert_eq!(report["capture"]["available"], true, "{}", report["capture"]);
+    let bad: Vec<&Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail" || c["status"] == "warn")
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}");
+}

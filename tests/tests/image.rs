@@ -1,0 +1,80 @@
+//! The container image (issue 5, acceptance 8): the archive `cargo xtask image` built, inspected
+//! with skopeo, unpacked with umoci, and netcheck run from its root filesystem against the lab.
+//! `cargo xtask test` builds the image first and names it in `NETCHECK_IMAGE`.
+
+use std::{path::Path, process::Command};
+
+use netlab::{Lab, TempDir, require_root};
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{cmd:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+#[test]
+fn image_runs_netcheck_from_its_unpacked_rootfs() {
+    if !require_root("image_runs_netcheck_from_its_unpacked_rootfs") {
+        return;
+    }
+    let Some(archive) = std::env::var_os("NETCHECK_IMAGE") else {
+        eprintln!("skipped: NETCHECK_IMAGE is not set (`cargo xtask test` builds the image and sets it)");
+        return;
+    };
+    let archive = Path::new(&archive);
+    let source = format!("oci-archive:{}", archive.display());
+    let config: serde_json::Value =
+        serde_json::from_str(&output(Command::new("skopeo").args(["inspect", "--config", &source]))).unwrap();
+    assert_eq!(config["architecture"], "amd64");
+    assert_eq!(config["config"]["Entrypoint"][0], "/usr/local/bin/netcheck");
+    assert_eq!(config["config"]["Cmd"][0], "node");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&output(Command::new("skopeo").args(["inspect", "--raw", &source]))).unwrap();
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+
+    // Unpacked as a runtime would (umoci: OCI layout to runtime bundle).
+    let dir = TempDir::new("image");
+    let layout = dir.path.join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    output(Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(&layout));
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap().to_string();
+    let bundle = dir.path.join("bundle");
+    output(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:{tag}", layout.display())).arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    let binary = rootfs.join("usr/local/bin/netcheck");
+    let file = output(Command::new("file").arg(&binary));
+    assert!(file.contains("static"), "a static binary: {file}");
+    // The shell `kubectl debug -it` gets, and netcheck on its PATH.
+    let shell = output(Command::new("chroot").arg(&rootfs).args([
+        "/bin/sh",
+        "-c",
+        "netcheck --version && ls /host && echo ok",
+    ]));
+    assert!(shell.starts_with("netcheck ") && shell.trim_end().ends_with("ok"), "{shell}");
+
+    // The image's netcheck against the lab: a pod-to-pod path with kernel evidence.
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    lab.start_servers().unwrap();
+    let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
+    let out = Command::new(&binary)
+        .args(["-o", "json", "--netns", &lab.node(1).netns, "--timeout", "2s", "path", "--from", &a.netns])
+        .arg(format!("{}:8080", b.ip))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report["capture"]["available"], true, "the static binary loads the eBPF programs: {report}");
+    assert_eq!(report["checks"][0]["hops"].as_array().unwrap().len(), 10, "{report}");
+    lab.drop_vxlan(2).unwrap();
+    let out = Command::new(&binary)
+        .args(["-o", "json", "--netns", &lab.node(1).netns, "--timeout", "2s", "path", "--from", &a.netns])
+        .arg(format!("{}:8080", b.ip))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report["verdict"].as_str().unwrap().starts_with("peer-underlay: dropped by netfilter"), "{report}");
+}
