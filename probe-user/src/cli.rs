@@ -165,6 +165,9 @@ pub struct AgentArgs {
     /// Stop after this many cycles (tests and benchmarks).
     #[arg(long, hide = true)]
     pub cycles: Option<u64>,
+    /// Do not write the NetworkPathProblem node condition and its Events (the API is then only read).
+    #[arg(long)]
+    pub no_node_condition: bool,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -597,6 +600,7 @@ fn agent_options(cli: &Cli, a: &AgentArgs) -> crate::agent::Options {
         vxlan_port: cli.vxlan_port,
         host_root: discovery::host_root(cli.host_root.as_deref()),
         kubeconfig: cli.kubeconfig.clone(),
+        node_condition: !a.no_node_condition,
     }
 }
 

@@ -25,7 +25,7 @@ struct Args {
     only: Option<String>,
     soak_minutes: f64,
     /// More arguments for the agent (`--agent-args "--events-window 10s"`).
-    agent_args: Vec<String>,
+    pass_through: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -35,7 +35,9 @@ fn main() -> Result<()> {
     let args = Args {
         quick,
         only: after("--only"),
-        agent_args: after("--agent-args").map(|a| a.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+        pass_through: after("--agent-args")
+            .map(|a| a.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
         soak_minutes: after("--soak-minutes").and_then(|m| m.parse().ok()).unwrap_or(if quick { 1.0 } else { 10.0 }),
     };
     if !netlab::require_root("agent benchmark") {
@@ -68,12 +70,9 @@ fn lab_with_agent(synthetic: usize, interval: &str, timeout: &str, extra: &[Stri
     let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
     let addr = SocketAddr::new(lab.node(1).underlay_ip.into(), AGENT_PORT);
     let global = ["--timeout", timeout, "--host-root", host_root.as_str(), "--kubeconfig", kubeconfig.as_str()];
-    let mut agent = Agent::start(
-        &lab.node(1).netns,
-        addr,
-        &global,
-        &["--node-name", "n1", "--interval", interval, "--peers", "3"],
-    )?;
+    let mut args = vec!["--node-name", "n1", "--interval", interval, "--peers", "3"];
+    args.extend(extra.iter().map(String::as_str));
+    let mut agent = Agent::start(&lab.node(1).netns, addr, &global, &args)?;
     agent.wait_ready(Duration::from_mins(1))?;
     Ok((lab, root, agent))
 }
@@ -108,7 +107,7 @@ fn sampling(args: &Args) -> Result<()> {
     println!("sampling: per-cycle time and agent memory by number of peers (k = 3, 1 s probe deadline)");
     let sizes: &[usize] = if args.quick { &[10, 1000] } else { &[10, 100, 1000, 5000] };
     for &n in sizes {
-        let (_lab, _root, mut agent) = lab_with_agent(n, "2s", "1s", &args.agent_args)?;
+        let (_lab, _root, mut agent) = lab_with_agent(n, "2s", "1s", &args.pass_through)?;
         let text = wait_cycles(&agent, 4.0, Duration::from_secs(90))?;
         let cycles = metric(&text, "netcheck_probe_cycle_duration_seconds_count");
         let mean = metric(&text, "netcheck_probe_cycle_duration_seconds_sum") / cycles;
@@ -136,7 +135,7 @@ fn flood(args: &Args) -> Result<()> {
     println!(
         "flood: UDP to a closed port of n1's bridge address from pod a (2 senders, {seconds} s), agent interval 2 s"
     );
-    let (lab, _root, agent) = lab_with_agent(0, "2s", "2s", &args.agent_args)?;
+    let (lab, _root, agent) = lab_with_agent(0, "2s", "2s", &args.pass_through)?;
     let before = metrics(&agent)?;
     let (cpu0, rss0, t0) = (agent.cpu_time()?, agent.rss_kib()?, Instant::now());
     let senders: Vec<_> = (0..2)
@@ -184,7 +183,7 @@ fn soak(args: &Args) -> Result<()> {
     )]
     let phases = (args.soak_minutes * 60.0 / phase.as_secs_f64()).round().max(4.0) as u32;
     println!("soak: {phases} phases of {phase:?}, VXLAN dropped on n2 in every other one; agent interval 5 s");
-    let (lab, _root, agent) = lab_with_agent(0, "5s", "2s", &args.agent_args)?;
+    let (lab, _root, agent) = lab_with_agent(0, "5s", "2s", &args.pass_through)?;
     // Growth is measured from the end of the first fault and recovery (every code path has run
     // once: certificates, the API client, failing probes' evidence, the allocator's pools).
     let mut rss_start = 0;

@@ -119,6 +119,8 @@ pub struct Lab {
     pub pki: pki::Pki,
     /// Nodes the API stand-in lists beyond the lab's own: (name, InternalIP on loopback).
     pub synthetic_nodes: Vec<(String, Ipv4Addr)>,
+    /// The writes the API stand-in received, in order: "PATCH /path" or "POST /path", then the body.
+    pub api_writes: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
     servers: Vec<Server>,
     /// Daemons (dnsmasq) running inside lab namespaces, by name; killed when dropped.
     daemons: Vec<(String, std::process::Child)>,
@@ -148,6 +150,7 @@ impl Lab {
             pods: Vec::new(),
             pki: pki::Pki::new("netcheck-lab-ca")?,
             synthetic_nodes: Vec::new(),
+            api_writes: Arc::default(),
             servers: Vec::new(),
             daemons: Vec::new(),
             keep: false,
@@ -387,9 +390,16 @@ impl Lab {
         let nodes = node_list(&self.nodes, &self.synthetic_nodes);
         let pods = self.pods.clone();
         let addr = SocketAddr::new(n.underlay_ip.into(), API_PORT);
+        let writes = self.api_writes.clone();
         self.servers.push(serve(&n.netns, addr, move |s| {
-            let (body, nodes, pods) = (body.clone(), nodes.clone(), pods.clone());
-            pki::serve_https_connection(config.clone(), s, move |request| api_response(request, &body, &nodes, &pods));
+            let (body, nodes, pods, writes) = (body.clone(), nodes.clone(), pods.clone(), writes.clone());
+            pki::serve_https_connection(config.clone(), s, move |request| {
+                if let Some(written) = api_write(request, &nodes) {
+                    writes.lock().expect("api writes").push(written.0);
+                    return written.1;
+                }
+                api_response(request, &body, &nodes, &pods)
+            });
         })?);
         let ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.pki.ca_pem());
         Ok(format!(
@@ -697,6 +707,51 @@ fn pod_list(request: &str, pods: &[Pod]) -> String {
         .collect();
     serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1044"}, "items": items})
         .to_string()
+}
+
+/// A write the agent makes (its node condition, an Event): recorded, and answered the way the
+/// API server answers (the patched Node; the created Event with its server-set metadata).
+fn api_write(request: &[u8], nodes: &str) -> Option<((String, serde_json::Value), Vec<u8>)> {
+    let text = String::from_utf8_lossy(request);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let line = head.lines().next()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?, parts.next()?);
+    let path = path.split('?').next()?.to_string();
+    if method != "PATCH" && method != "POST" {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    let (status, answer) =
+        if let Some(name) = path.strip_prefix("/api/v1/nodes/").and_then(|p| p.strip_suffix("/status")) {
+            let list: serde_json::Value = serde_json::from_str(nodes).ok()?;
+            let mut node = list["items"].as_array()?.iter().find(|n| n["metadata"]["name"] == name)?.clone();
+            node["apiVersion"] = "v1".into();
+            node["kind"] = "Node".into();
+            node["metadata"]["resourceVersion"] = "1044".into();
+            if let Some(conditions) = body["status"]["conditions"].as_array() {
+                let mut all = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                all.extend(conditions.iter().cloned());
+                node["status"]["conditions"] = all.into();
+            }
+            ("200 OK", node)
+        } else if path == "/api/v1/namespaces/default/events" {
+            let mut event = body.clone();
+            let prefix = event["metadata"]["generateName"].as_str().unwrap_or("event.").to_string();
+            event["metadata"]["name"] = format!("{prefix}17a2b3c4d5e6f708").into();
+            event["metadata"]["uid"] = "6f1c2d3e-0000-4000-8000-000000000001".into();
+            event["metadata"]["resourceVersion"] = "1045".into();
+            event["metadata"]["creationTimestamp"] = "2026-11-23T00:00:00Z".into();
+            ("201 Created", event)
+        } else {
+            return None;
+        };
+    let text = answer.to_string();
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    Some(((format!("{method} {path}"), body), response.into_bytes()))
 }
 
 fn api_response(request: &[u8], endpoint_slices: &str, nodes: &str, pods: &[Pod]) -> Vec<u8> {

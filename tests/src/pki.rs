@@ -117,10 +117,30 @@ fn kubelet_response(request: &[u8]) -> &'static [u8] {
 }
 
 /// Reads an HTTP request head (at most 16 KiB); `None` when the peer went away first.
+/// A request's head and its body (up to its Content-Length, at most 1 MiB).
 fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 1024];
+    let mut buf = [0u8; 4096];
     let mut request = Vec::new();
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 << 10 {
+    let head_end = loop {
+        if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if request.len() > 16 << 10 {
+            return None;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+        .min(1 << 20);
+    while request.len() < head_end + length {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return None,
             Ok(n) => request.extend_from_slice(&buf[..n]),

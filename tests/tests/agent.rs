@@ -235,3 +235,60 @@ fn prometheus_sees_the_vxlan_failure_and_its_recovery() {
     eprintln!("recovery visible after {took:?}");
     prometheus.wait_for(passing, interval, |r| r.len() == 2 && r.iter().all(|(_, v)| *v >= 1.0)).unwrap();
 }
+
+/// Issue 5 acceptance 7 (the Kubernetes part): the agent writes the NetworkPathProblem node
+/// condition and Events to the API (here the lab's stand-in, answering as the API server
+/// does), on changes only: False at start (no Event), True with a Warning Event naming the
+/// hop, the peer and the kernel's reason when VXLAN to its one sampled peer (a quorum of one)
+/// breaks, False with a Normal Event when it recovers.
+#[test]
+fn node_condition_and_events_follow_the_quorum() {
+    if !require_root("node_condition_and_events_follow_the_quorum") {
+        return;
+    }
+    let (lab, nodes) = lab();
+    let mut agent = start_agent(&lab, &nodes, 1, "2s", &["--interval", "2s"]);
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let writes = |n: usize| -> Vec<(String, serde_json::Value)> {
+        let started = Instant::now();
+        loop {
+            let w = lab.api_writes.lock().unwrap().clone();
+            if w.len() >= n || started.elapsed() > Duration::from_secs(20) {
+                return w;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let condition = |body: &serde_json::Value| body["status"]["conditions"][0].clone();
+    let w = writes(1);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "PATCH /api/v1/nodes/n1/status");
+    assert_eq!(condition(&w[0].1)["type"], "NetworkPathProblem");
+    assert_eq!(condition(&w[0].1)["status"], "False");
+
+    lab.drop_vxlan(2).unwrap();
+    let w = writes(3);
+    assert_eq!(w.len(), 3, "{w:?}");
+    let c = condition(&w[1].1);
+    assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("OverlayBroken")), "{c}");
+    let message = c["message"].as_str().unwrap();
+    assert!(message.starts_with("VXLAN overlay to 1 of 1 sampled peers fails: n2 (vxlan_no_reply: "), "{message}");
+    assert!(message.contains("dropped by netfilter"), "the kernel's reason: {message}");
+    assert_eq!(w[2].0, "POST /api/v1/namespaces/default/events");
+    assert_eq!(w[2].1["type"], "Warning");
+    assert_eq!(w[2].1["reason"], "NetworkPathProblem");
+    assert_eq!(w[2].1["involvedObject"]["kind"], "Node");
+    assert_eq!(w[2].1["involvedObject"]["name"], "n1");
+
+    lab.allow_vxlan(2).unwrap();
+    let w = writes(5);
+    assert_eq!(w.len(), 5, "{w:?}");
+    assert_eq!(condition(&w[3].1)["status"], "False");
+    assert_eq!(w[4].1["type"], "Normal");
+    assert_eq!(w[4].1["reason"], "NetworkPathRecovered");
+    // Nothing more while nothing changes.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(lab.api_writes.lock().unwrap().len(), 5);
+    let (_, text) = agent.get("/metrics").unwrap();
+    assert!(text.lines().any(|l| l == r#"netcheck_path_problem{reason="NetworkPathsHealthy"} 0"#), "{text}");
+}

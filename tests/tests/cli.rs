@@ -64,3 +64,46 @@ fn loopback_refused_and_pass_without_capture() {
     assert_eq!(r.json["capture"]["available"], false);
     assert_eq!(r.json["capture"]["detail"], "disabled by --no-capture");
 }
+
+/// `kubectl netcheck` runs kubectl (here a stand-in that records its arguments) with the
+/// `kubectl debug node/...` command line; a kubectl that cannot be run is exit 2.
+#[test]
+fn kubectl_plugin_runs_kubectl_debug() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let plugin = netcheck::binary().unwrap().with_file_name("kubectl-netcheck");
+    let dir = netlab::TempDir::new("kubectl-plugin");
+    let log = dir.path.join("args");
+    let kubectl = dir.write("kubectl", &format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > {}\nexit 7\n", log.display()));
+    std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(&plugin)
+        .args(["--kubectl", &kubectl, "--image", "registry.local/netcheck:1", "path", "w2", "--from", "10.244.1.5"])
+        .args(["10.244.2.7:8080", "--", "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "kubectl's exit code is the plugin's");
+    let args = std::fs::read_to_string(&log).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(
+        args,
+        [
+            "debug",
+            "node/w2",
+            "--stdin",
+            "--tty",
+            "--profile=sysadmin",
+            "--image=registry.local/netcheck:1",
+            "--",
+            "netcheck",
+            "-o",
+            "json",
+            "path",
+            "--from",
+            "10.244.1.5",
+            "10.244.2.7:8080"
+        ]
+    );
+    let out =
+        std::process::Command::new(&plugin).args(["--kubectl", "/nonexistent/kubectl", "node", "w1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run /nonexistent/kubectl"));
+}

@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub problems: i64,
     pub peers_known: i64,
     pub peers_probed: i64,
+    /// Whether a quorum of the sampled peers fails at one hop, and the condition's reason.
+    pub path_problem: Option<(bool, String)>,
 }
 
 impl Snapshot {
@@ -253,6 +255,13 @@ impl Collector for SnapshotCollector {
             "Distinct problems the last cycle found",
             None,
             [([("scope", "node")], s.problems)],
+        )?;
+        gauges(
+            &mut encoder,
+            "path_problem",
+            "1 when a quorum of the sampled peers fails at one hop (the NetworkPathProblem condition), by reason",
+            None,
+            s.path_problem.iter().map(|(problem, reason)| ([("reason", reason.as_str())], i64::from(*problem))),
         )?;
         gauges(
             &mut encoder,

@@ -15,6 +15,7 @@
 
 mod events;
 mod http;
+mod k8s;
 mod metrics;
 pub mod sampling;
 
@@ -62,6 +63,8 @@ pub struct Options {
     pub vxlan_port: u16,
     pub host_root: PathBuf,
     pub kubeconfig: Option<PathBuf>,
+    /// Write the node condition and Events (when the API is reachable).
+    pub node_condition: bool,
 }
 
 /// What the HTTP endpoints read.
@@ -163,6 +166,7 @@ async fn probe_loop(opts: &Options, shared: &Shared, capture: Option<Arc<Capture
     let started = Instant::now();
     let mut tick = started;
     let mut done = 0u64;
+    let mut reporter = opts.node_condition.then(|| k8s::Reporter::new(&opts.node_name));
     let seed = u64::from(std::process::id())
         ^ SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -174,7 +178,7 @@ async fn probe_loop(opts: &Options, shared: &Shared, capture: Option<Arc<Capture
             return;
         }
         *shared.heartbeat.lock().expect("heartbeat") = Instant::now();
-        cycle(opts, shared, capture.clone()).await;
+        cycle(opts, shared, capture.clone(), reporter.as_mut()).await;
         *shared.heartbeat.lock().expect("heartbeat") = Instant::now();
         shared.ready.store(true, Ordering::Relaxed);
         done += 1;
@@ -206,7 +210,7 @@ fn jitter(interval: Duration, fraction: f64, seed: u64, cycle: u64) -> Duration 
 }
 
 /// One probe cycle: plan with sampled peers, run, record.
-async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>) {
+async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>, reporter: Option<&mut k8s::Reporter>) {
     let started = Instant::now();
     let now_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let sampling =
@@ -224,12 +228,30 @@ async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>) {
     let mut report = Report::new(checks, status);
     report.problems = correlation::node::problems(&report.checks);
     let peer_of = |target: &str| peer_name(&planned.probed, target);
-    let snapshot = metrics::Snapshot::of(
+    let judgement = k8s::judge(&report.checks, &planned.probed, &peer_of);
+    let mut snapshot = metrics::Snapshot::of(
         &report.checks,
         report.problems.len(),
         (planned.known.len(), planned.probed.len()),
         &peer_of,
     );
+    snapshot.path_problem = Some((judgement.problem, judgement.reason.clone()));
+    if let Some(reporter) = reporter
+        && reporter.changes(&judgement)
+    {
+        let written = async {
+            let client =
+                crate::discovery::api::client(opts.kubeconfig.as_deref(), &opts.host_root, opts.timeout).await?;
+            reporter.observe(client, &judgement).await
+        };
+        match tokio::time::timeout(opts.timeout * 2, written).await {
+            Ok(Ok(())) => {
+                tracing::info!(problem = judgement.problem, reason = %judgement.reason, "node condition {} written", k8s::CONDITION);
+            }
+            Ok(Err(e)) => tracing::warn!("node condition not written: {e}"),
+            Err(_) => tracing::warn!("node condition not written: the API did not answer in time"),
+        }
+    }
     shared.metrics.cycle(started.elapsed(), &report.checks, snapshot);
     *shared.last_report.lock().expect("last report") = Some(report.to_json());
     tracing::debug!(took = ?started.elapsed(), checks = report.checks.len(), problems = report.problems.len(), "cycle");
