@@ -133,6 +133,13 @@ pub struct PathArgs {
     /// (without a port, an ICMP echo).
     #[arg(value_name = "DST[:PORT]")]
     pub destination: String,
+    /// The port of the netcheck agent (DaemonSet) on the destination's node: asked for the
+    /// drops its kernel saw of this run's VXLAN packets, which are placed on the peer's hops.
+    #[arg(long, default_value_t = 9472, value_name = "PORT")]
+    pub peer_agent_port: u16,
+    /// Do not ask the peer node's agent.
+    #[arg(long)]
+    pub no_peer_agent: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -522,7 +529,8 @@ enum Work {
     Checks(Vec<Job>, CertOptions),
     Capture(capture::filter::Filter, Option<Duration>),
     Node(CertOptions, bool),
-    Path(String, std::net::Ipv4Addr, Option<u16>),
+    /// Source, destination, its port, the peer agent's port.
+    Path(String, std::net::Ipv4Addr, Option<u16>, Option<u16>),
     Agent(Box<crate::agent::Options>),
 }
 
@@ -535,9 +543,9 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         Command::Node(NodeArgs { warn_days, one_by_one }) => {
             Work::Node(CertOptions { warn_days: *warn_days, ..CertOptions::default() }, *one_by_one)
         }
-        Command::Path(PathArgs { from, destination }) => {
+        Command::Path(PathArgs { from, destination, peer_agent_port, no_peer_agent }) => {
             let (dst, port) = crate::probes::path::parse_destination(destination)?;
-            Work::Path(from.clone(), dst, port)
+            Work::Path(from.clone(), dst, port, (!no_peer_agent).then_some(*peer_agent_port))
         }
         Command::Npd { .. } => return Err("npd runs node, path or check".into()),
         Command::Agent(_) | Command::Capture { .. } if cli.output == Format::Npd => {
@@ -571,7 +579,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             let plan = async { node::plan(&root, cli.kubeconfig.as_deref(), cli.timeout, None).await.jobs };
             run_checks(cli, opts, &cert_options, plan, one_by_one)
         }
-        Work::Path(from, dst, port) => run_path(cli, opts, &from, dst, port),
+        Work::Path(from, dst, port, peer_agent) => run_path(cli, opts, &from, (dst, port), peer_agent),
         Work::Agent(options) => crate::agent::run(&options),
         Work::Capture(filter, duration) => {
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
@@ -631,15 +639,15 @@ fn run_path(
     cli: &Cli,
     opts: capture::Options,
     from: &str,
-    dst: std::net::Ipv4Addr,
-    port: Option<u16>,
+    (dst, port): (std::net::Ipv4Addr, Option<u16>),
+    peer_agent: Option<u16>,
 ) -> AnyResult<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let root = discovery::host_root(cli.host_root.as_deref());
     // Before capture loads: a source that cannot be found is a usage error.
     let (source, label) = runtime.block_on(crate::probes::path::resolve_source(from, &root))?;
     let api = Some(crate::probes::path::ApiSpec { kubeconfig: cli.kubeconfig.clone(), host_root: root.clone() });
-    let spec = crate::probes::path::Spec { from: source, label, dst, port, api };
+    let spec = crate::probes::path::Spec { from: source, label, dst, port, api, peer_agent };
     let (capture, status) = start_capture(cli.no_capture, opts);
     let capture_on = capture.is_some();
     let report = runtime.block_on(crate::probes::path::run(spec, cli.timeout, capture.clone()))?;

@@ -292,3 +292,48 @@ fn node_condition_and_events_follow_the_quorum() {
     let (_, text) = agent.get("/metrics").unwrap();
     assert!(text.lines().any(|l| l == r#"netcheck_path_problem{reason="NetworkPathsHealthy"} 0"#), "{text}");
 }
+
+/// Cross-node correlation: `netcheck path` on n1, its own capture off (as on a real cluster,
+/// where n1's kernel cannot see n2's), asks the agent on n2 what n2's kernel saw of the run's
+/// VXLAN packets and places the drop on the peer-underlay hop, in n2's namespace on eth0.
+#[test]
+fn path_places_the_peer_agents_drops_on_the_peer_hops() {
+    if !require_root("path_places_the_peer_agents_drops_on_the_peer_hops") {
+        return;
+    }
+    let (lab, nodes) = lab();
+    let mut agent = start_agent(&lab, &nodes, 2, "2s", &["--interval", "2s"]);
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    lab.drop_vxlan(2).unwrap();
+    let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
+    let run = |extra: &[&str]| {
+        let dst = format!("{}:8080", b.ip);
+        let mut args = vec!["--no-capture", "--timeout", "2s", "path", "--from", &a.netns, &dst];
+        args.extend_from_slice(extra);
+        let r = netlab::netcheck::run_json_in(&lab.node(1).netns, &args).unwrap();
+        eprintln!("{}", serde_json::to_string_pretty(&r.json).unwrap());
+        r
+    };
+    let r = run(&[]);
+    assert_eq!(r.code, 1);
+    let hops = r.check()["hops"].as_array().unwrap();
+    let first = hops.iter().find(|h| h["status"] == "fail").unwrap();
+    assert_eq!(first["name"], "peer-underlay", "{first}");
+    assert_eq!(first["inferred"], false);
+    assert_eq!(first["netns"], lab.node(2).netns.as_str());
+    assert_eq!(first["device"], "eth0");
+    assert!(first["evidence"].as_array().unwrap().iter().any(|e| e["reason"] == "NETFILTER_DROP"), "{first}");
+    assert!(
+        r.json["verdict"].as_str().unwrap().starts_with("peer-underlay: dropped by netfilter"),
+        "{}",
+        r.json["verdict"]
+    );
+    let note = r.check()["data"]["path"]["peer_agent"].as_str().unwrap();
+    assert!(note.starts_with("the agent on 192.168.50.12:9472 saw"), "{note}");
+
+    // Without the peer's agent the same run only knows the packets did not arrive.
+    let r = run(&["--no-peer-agent"]);
+    let hops = r.check()["hops"].as_array().unwrap();
+    assert!(hops.iter().all(|h| h["evidence"].as_array().is_none_or(Vec::is_empty)), "no evidence without the agent");
+    assert!(r.check()["data"]["path"]["peer_agent"].is_null());
+}

@@ -13,7 +13,7 @@
 //! skips it and counts it as missed. SIGTERM or SIGINT stops probing, detaches the programs
 //! (nothing is pinned) and exits 0.
 
-mod events;
+pub mod events;
 mod http;
 mod k8s;
 mod metrics;

@@ -6,20 +6,20 @@ use std::{
 };
 
 use probe_common::{Event, Flow, flags, kind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::btf::ReasonNames;
 use crate::netns::NetnsNames;
 
 /// A 5-tuple as shown in evidence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FlowView {
     pub proto: Proto,
     pub src: SocketAddr,
     pub dst: SocketAddr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -79,7 +79,7 @@ impl FlowView {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Drop,
@@ -87,15 +87,15 @@ pub enum EventKind {
     Icmp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Sent,
     Received,
 }
 
-/// One decoded kernel event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One decoded kernel event (read back from an agent's `/events` too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelEvent {
     pub kind: EventKind,
     /// Drop or reset reason name from the kernel's BTF; for ICMP a description of type/code.
@@ -117,9 +117,9 @@ pub struct KernelEvent {
     /// The encapsulated flow when `flow` is VXLAN.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inner: Option<FlowView>,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub ts_ns: u64,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub from_socket: bool,
 }
 

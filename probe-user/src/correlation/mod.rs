@@ -158,7 +158,7 @@ impl Evidence {
 /// Same event, for folding. For VXLAN packets the outer source port is ignored: Linux derives
 /// it from the inner flow's hash, which TCP changes on every retransmission timeout, so the
 /// retransmitted SYNs of one probe leave with different outer ports.
-fn same(a: &KernelEvent, b: &KernelEvent) -> bool {
+pub(crate) fn same(a: &KernelEvent, b: &KernelEvent) -> bool {
     let outer_same = match (&a.flow, &b.flow, &a.inner) {
         (Some(x), Some(y), Some(_)) => x.proto == y.proto && x.src.ip() == y.src.ip() && x.dst == y.dst,
         _ => a.flow == b.flow,

@@ -32,6 +32,10 @@ pub struct PathData {
     pub path_mtu: Option<u16>,
     /// Largest packet the node gets to the peer's underlay address.
     pub underlay_mtu: Option<u16>,
+    /// What the netcheck agent on the peer node was asked, and what it said (events it saw
+    /// are in the peer hops' evidence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_agent: Option<String>,
     /// Every probe the path ran, with its own verdict.
     pub probes: Vec<Check>,
 }
@@ -168,6 +172,7 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
             }
         }
     }
+    let peer_agent = add_peer_events(report, &mut hops, &mut all_evidence);
     for h in &mut hops {
         if let Some((status, cause, what, flow)) = judge_evidence(&h.hop.evidence) {
             // The kernel saw this hop: where it saw it is no longer inferred.
@@ -215,6 +220,7 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
         }),
         path_mtu: measured(report.mtu.as_ref()),
         underlay_mtu: measured(report.underlay_mtu.as_ref()),
+        peer_agent,
         probes,
     };
     let check = Check {
@@ -223,6 +229,49 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
         ..Check::probed("path", format!("{from} -> {dst}"), (status, cause, line.clone()), report.elapsed, all_evidence)
     };
     (check, line)
+}
+
+/// Places the faults the peer node's agent saw of this run on the peer's hops (those this
+/// kernel saw as well, as in a lab whose nodes share one kernel, are already placed), and says
+/// what the agent answered.
+fn add_peer_events(report: &Report, hops: &mut [Draft], all: &mut Vec<Evidence>) -> Option<String> {
+    let answer = report.peer_events.as_ref()?;
+    let agent = report.spec.peer_agent.unwrap_or_default();
+    let peer = report.node.peer.as_ref().map(|p| p.underlay.to_string()).unwrap_or_default();
+    let events = match answer {
+        Ok(events) => events,
+        Err(e) => return Some(format!("not asked: {e}")),
+    };
+    let mut placed = 0;
+    for e in Evidence::fold(events.clone()) {
+        if !is_fault(&e.event) || all.iter().any(|x| super::same(&x.event, &e.event)) {
+            continue;
+        }
+        let kind = place_remote(&e.event);
+        if let Some(h) = hops.iter_mut().find(|h| h.kind == kind) {
+            h.hop.evidence.push(e.clone());
+            placed += 1;
+        }
+        all.push(e);
+    }
+    Some(format!("the agent on {peer}:{agent} saw {} event(s) of this run, {placed} not seen here", events.len()))
+}
+
+/// Which peer hop an event the peer's agent saw belongs to: a VXLAN packet outside the VXLAN
+/// device is on the underlay; otherwise the device says (VXLAN device, bridge or a pod's
+/// host-side veth, else the pod).
+fn place_remote(ev: &KernelEvent) -> Kind {
+    let dev = ev.device.as_deref().unwrap_or("");
+    let overlay = dev.starts_with("flannel") || dev.starts_with("vxlan");
+    if ev.inner.is_some() && !overlay {
+        Kind::PeerUnderlay
+    } else if overlay {
+        Kind::PeerOverlay
+    } else if dev.starts_with("cni") || dev.starts_with("veth") || dev == "cbr0" {
+        Kind::PeerBridge
+    } else {
+        Kind::Destination
+    }
 }
 
 fn measured(report: Option<&crate::probes::mtu::Report>) -> Option<u16> {
@@ -824,6 +873,7 @@ mod tests {
                 dst: DST,
                 port: Some(8080),
                 api: None,
+                peer_agent: None,
             },
             source: SourceView {
                 inode: Some(POD_NS),
@@ -853,6 +903,7 @@ mod tests {
             underlay_mtu: None,
             from_node: None,
             names: crate::probes::path::Names::default(),
+            peer_events: None,
             elapsed: Duration::from_millis(10),
         }
     }

@@ -24,6 +24,7 @@ use std::{
 use super::{Target, icmp, mtu, tcp, vxlan};
 use crate::{
     capture::Capture,
+    capture::event::KernelEvent,
     discovery::netlink::{self, Link, Route, RouteKind, VxlanDevice},
     netns,
 };
@@ -47,6 +48,9 @@ pub struct Spec {
     pub port: Option<u16>,
     /// Where to ask the API for the pods and the peer node's name (`None`: do not ask).
     pub api: Option<ApiSpec>,
+    /// The port of the netcheck agent on the peer node, asked for what the peer's kernel saw
+    /// of this run's packets (`None`: do not ask).
+    pub peer_agent: Option<u16>,
 }
 
 /// `--kubeconfig` (else the usual places) and the node root it may live under.
@@ -132,6 +136,9 @@ pub struct Report {
     /// For a destination on the node: the same connect from the node itself.
     pub from_node: Option<tcp::Report>,
     pub names: Names,
+    /// What the agent on the peer node saw of this run's packets (`None`: not asked, e.g. the
+    /// destination is not behind the overlay); `Err` says why it could not be asked.
+    pub peer_events: Option<Result<Vec<KernelEvent>, String>>,
     pub elapsed: Duration,
 }
 
@@ -170,6 +177,7 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
         underlay_mtu: None,
         from_node: None,
         names: Names::default(),
+        peer_events: None,
         elapsed: Duration::ZERO,
     };
     let remaining = deadline.saturating_sub(started.elapsed()).max(deadline / 2);
@@ -188,8 +196,34 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     (report.final_probe, report.gateway, report.mtu) = (Some(final_probe), gateway, Some(mtu));
     (report.vxlan, report.underlay_mtu, report.from_node) = node_side;
     report.names = names;
+    report.peer_events = peer_events(&report, started.elapsed(), deadline.min(Duration::from_secs(2))).await;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The peer agent's events of this run: VXLAN packets between this node and the peer whose
+/// inner packet is the source's or the destination's (the peer agent keeps every event about
+/// its peers' addresses; see `netcheck agent`).
+async fn peer_events(
+    report: &Report,
+    elapsed: Duration,
+    timeout: Duration,
+) -> Option<Result<Vec<KernelEvent>, String>> {
+    let port = report.spec.peer_agent?;
+    let peer = report.node.peer.as_ref()?;
+    let local = match &report.node.underlay_route {
+        Some(Ok(Route { source: Some(ip), .. })) => Some(*ip),
+        _ => None,
+    };
+    let ends = [report.source_ip(), Some(IpAddr::V4(report.spec.dst))];
+    let addr = std::net::SocketAddr::new(IpAddr::V4(peer.underlay), port);
+    let since = elapsed + Duration::from_secs(2);
+    let events = crate::agent::events::fetch(addr, since, local, timeout).await;
+    Some(events.map(|all| {
+        all.into_iter()
+            .filter(|e| e.inner.is_some_and(|f| ends.contains(&Some(f.src.ip())) || ends.contains(&Some(f.dst.ip()))))
+            .collect()
+    }))
 }
 
 /// The pods at both ends and the peer node's name, from the API within `timeout`.
