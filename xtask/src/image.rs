@@ -71,6 +71,10 @@ pub fn build(root: &Path, version: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(root.join("target/image"))?;
     std::fs::copy(&binary, &stripped)?;
     super::sh(Command::new("strip").arg(&stripped))?;
+    // The kubectl plugin, static too, for the operator's machine (not in the image).
+    let plugin = root.join("target/image/kubectl-netcheck");
+    std::fs::copy(binary.with_file_name("kubectl-netcheck"), &plugin)?;
+    super::sh(Command::new("strip").arg(&plugin))?;
     let spec = parse_containerfile(&std::fs::read_to_string(root.join("deploy/image/Containerfile"))?)?;
     let mtime = commit_time(root);
     let layer = layer(&std::fs::read(&stripped)?, mtime)?;
