@@ -22,10 +22,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// `netcheck --netns NETNS GLOBAL... agent --listen ADDR AGENT...`, stderr to the test's.
+    /// `netcheck --netns NETNS GLOBAL... agent --listen ADDR AGENT...` (the binary of
+    /// [`netcheck::binary`]), stderr to the test's.
     pub fn start(netns: &str, addr: SocketAddr, global: &[&str], agent: &[&str]) -> Result<Self> {
+        Self::start_binary(&netcheck::binary()?, netns, addr, global, agent)
+    }
+
+    /// [`Self::start`] with a given binary.
+    pub fn start_binary(binary: &Path, netns: &str, addr: SocketAddr, global: &[&str], agent: &[&str]) -> Result<Self> {
         let listen = addr.to_string();
-        let child = Command::new(netcheck::binary()?)
+        let child = Command::new(binary)
             .args(["--netns", netns])
             .args(global)
             .args(["agent", "--listen", &listen])

@@ -337,3 +337,37 @@ fn path_places_the_peer_agents_drops_on_the_peer_hops() {
     assert!(hops.iter().all(|h| h["evidence"].as_array().is_none_or(Vec::is_empty)), "no evidence without the agent");
     assert!(r.check()["data"]["path"]["peer_agent"].is_null());
 }
+
+/// Without any privilege (as nobody, every capability dropped) the agent still probes on its
+/// interval and serves its metrics: capture is down with the capabilities it lacked named, the
+/// checks that need none pass, and the ones that need CAP_NET_RAW are skips, not failures.
+#[test]
+fn unprivileged_agent_probes_and_says_what_it_lacks() {
+    if !require_root("unprivileged_agent_probes_and_says_what_it_lacks") {
+        return;
+    }
+    let (lab, nodes) = lab();
+    let copy = netlab::netcheck::UnprivilegedCopy::new();
+    let addr = SocketAddr::new(lab.node(1).underlay_ip.into(), AGENT_PORT);
+    let host_root = nodes[0].root.path.display().to_string();
+    let mut child = netlab::unprivileged(&lab.node(1).netns, &copy.path)
+        .args(["--timeout", "2s", "--host-root", &host_root, "--kubeconfig", &nodes[0].kubeconfig])
+        .args(["agent", "--interval", "2s", "--node-name", "n1", "--listen", &addr.to_string()])
+        .spawn()
+        .unwrap();
+    let netns = lab.node(1).netns.clone();
+    let ready = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        matches!(netlab::http_get(&netns, addr, "/readyz"), Ok((200, _)))
+    });
+    let metrics = netlab::http_get(&netns, addr, "/metrics");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "agent not ready");
+    let (_, text) = metrics.unwrap();
+    let up = text.lines().find(|l| l.starts_with("netcheck_capture_up")).unwrap_or_default();
+    assert!(up.ends_with(" 0") && up.contains("CAP_BPF") && up.contains("CAP_PERFMON"), "{up}");
+    assert!(text.contains(r#"netcheck_checks{probe="kubelet",peer="n2",status="pass"} 1"#), "{text}");
+    assert!(text.contains(r#"netcheck_checks{probe="vxlan",peer="n2",status="skip"} 1"#), "{text}");
+    assert!(!text.contains(r#"status="fail""#), "{text}");
+}

@@ -219,7 +219,8 @@ fn mtu_and_vxlan_scenarios(bin: &Path) -> Result<()> {
         |lab| lab.block_dns_endpoint(2),
         |lab| show_node(bin, lab),
     )?;
-    path_scenarios(bin)
+    path_scenarios(bin)?;
+    agent_scenarios(bin)
 }
 
 /// `netcheck node` on n1 with the API stand-in and a node root as kubeadm and flannel leave it.
@@ -258,6 +259,85 @@ fn path_scenarios(bin: &Path) -> Result<()> {
         "23. path with the switch carrying 1400-byte frames (FIELD.md case 6): where the black hole starts",
         |lab| lab.shrink_switch_mtu(1400),
         |lab| show_path(bin, lab, &pod_b(lab)),
+    )
+}
+
+/// Agents on both nodes (2 s interval) with their node roots and the API stand-in.
+fn start_agents(bin: &Path, lab: &mut Lab, dirs: &mut Vec<TempDir>) -> Result<Vec<netlab::agent::Agent>> {
+    let kubeconfig = lab.serve_api(1, &[Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10)])?;
+    let mut agents = Vec::new();
+    for n in [1u8, 2] {
+        let root = TempDir::new(&format!("demo-agent-{}-{n}", lab.prefix));
+        lab.write_host_root(n, &root, &kubeconfig)?;
+        let host_root = root.path.display().to_string();
+        let kc = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+        let addr = SocketAddr::new(lab.node(n).underlay_ip.into(), netlab::agent::AGENT_PORT);
+        let global = ["--timeout", "2s", "--host-root", host_root.as_str(), "--kubeconfig", kc.as_str()];
+        let name = lab.node(n).name();
+        let args = ["--interval", "2s", "--node-name", name.as_str()];
+        println!(
+            "$ netcheck --netns {} {} agent --listen {addr} {}",
+            lab.node(n).netns,
+            global.join(" "),
+            args.join(" ")
+        );
+        let mut agent = netlab::agent::Agent::start_binary(bin, &lab.node(n).netns, addr, &global, &args)?;
+        agent.wait_ready(Duration::from_secs(30))?;
+        agents.push(agent);
+        dirs.push(root);
+    }
+    Ok(agents)
+}
+
+/// The agent's metrics an operator looks at first.
+fn show_metrics(agent: &netlab::agent::Agent) -> Result<()> {
+    println!("$ curl -s http://{}/metrics | grep -E 'checks|check_failing|path_problem|NETFILTER_DROP'", agent.addr);
+    let (_, text) = agent.get("/metrics")?;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let wanted = [
+            "netcheck_checks{probe=\"vxlan\"",
+            "netcheck_checks{probe=\"kubelet\",peer=\"n",
+            "netcheck_check_failing",
+            "netcheck_path_problem",
+            "NETFILTER_DROP",
+        ];
+        if wanted.iter().any(|w| line.contains(w)) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn agent_scenarios(bin: &Path) -> Result<()> {
+    scenario(
+        "24. the DaemonSet's agent: metrics while healthy, then UDP 8472 dropped on n2",
+        |_| Ok(()),
+        |lab| {
+            let mut dirs = Vec::new();
+            let agents = start_agents(bin, lab, &mut dirs)?;
+            show_metrics(&agents[0])?;
+            println!("(iptables -I INPUT -i eth0 -p udp --dport 8472 -j DROP on n2; two intervals later:)");
+            lab.drop_vxlan(2)?;
+            std::thread::sleep(Duration::from_secs(5));
+            show_metrics(&agents[0])?;
+            println!("(what the agent on n1 wrote to the API:)");
+            for (request, body) in lab.api_writes.lock().map_err(|_| anyhow::anyhow!("api writes"))?.iter() {
+                let what = if request.starts_with("PATCH") { &body["status"]["conditions"][0] } else { body };
+                println!("{request}: {} {} {}", what["type"], what["reason"], what["message"]);
+            }
+            Ok(())
+        },
+    )?;
+    scenario(
+        "25. path on n1 without its own capture (as in a cluster), asking n2's agent what n2's kernel saw",
+        |_| Ok(()),
+        |lab| {
+            let mut dirs = Vec::new();
+            let _agents = start_agents(bin, lab, &mut dirs)?;
+            lab.drop_vxlan(2)?;
+            let from = lab.pod("a").netns.clone();
+            show(bin, &lab.node(1).netns, &["--no-capture", "--timeout", "2s", "path", "--from", &from, &pod_b(lab)])
+        },
     )
 }
 
