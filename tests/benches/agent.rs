@@ -187,6 +187,7 @@ fn soak(args: &Args) -> Result<()> {
     // Growth is measured from the end of the first fault and recovery (every code path has run
     // once: certificates, the API client, failing probes' evidence, the allocator's pools).
     let mut rss_start = 0;
+    let mut parts_start = (0, 0);
     let mut followed = 0;
     for i in 0..phases {
         let faulty = i % 2 == 0;
@@ -203,6 +204,7 @@ fn soak(args: &Args) -> Result<()> {
         let rss = agent.rss_kib()?;
         if i == 1 {
             rss_start = rss;
+            parts_start = agent.rss_parts_kib()?;
         }
         let state = if faulty { "dropped" } else { "allowed" };
         println!(
@@ -214,6 +216,11 @@ fn soak(args: &Args) -> Result<()> {
     lab.allow_vxlan(2).ok();
     let rss_end = agent.rss_kib()?;
     let growth = i64::try_from(rss_end)? - i64::try_from(rss_start)?;
+    let parts_end = agent.rss_parts_kib()?;
+    println!(
+        "  of which anonymous {} -> {} KiB, file-backed {} -> {} KiB",
+        parts_start.0, parts_end.0, parts_start.1, parts_end.1
+    );
     println!(
         "  RSS {:.2} -> {:.2} MiB (growth {growth} KiB); verdicts followed the fault in {followed}/{phases} phases",
         kib_to_mib(rss_start),

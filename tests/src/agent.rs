@@ -88,6 +88,12 @@ impl Agent {
         proc_status_kib(self.pid(), "VmRSS:")
     }
 
+    /// The anonymous part of the resident set (heap, stacks: what a leak grows), and the
+    /// file-backed part (the binary's pages as code paths first run, the ring buffer's mapping).
+    pub fn rss_parts_kib(&self) -> Result<(u64, u64)> {
+        Ok((proc_status_kib(self.pid(), "RssAnon:")?, proc_status_kib(self.pid(), "RssFile:")?))
+    }
+
     /// CPU time (user + system) the agent used so far.
     pub fn cpu_time(&self) -> Result<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;

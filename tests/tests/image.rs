@@ -59,22 +59,21 @@ fn image_runs_netcheck_from_its_unpacked_rootfs() {
     let mut lab = Lab::new().unwrap();
     lab.start_servers().unwrap();
     let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
-    let out = Command::new(&binary)
-        .args(["-o", "json", "--netns", &lab.node(1).netns, "--timeout", "2s", "path", "--from", &a.netns])
-        .arg(format!("{}:8080", b.ip))
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(0), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    let path = || {
+        let out = Command::new(&binary)
+            .args(["-o", "json", "--netns", &lab.node(1).netns, "--timeout", "2s", "path", "--from", &a.netns])
+            .arg(format!("{}:8080", b.ip))
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code(), report, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, report, stderr) = path();
+    assert_eq!(code, Some(0), "{report}\n{stderr}");
     assert_eq!(report["capture"]["available"], true, "the static binary loads the eBPF programs: {report}");
     assert_eq!(report["checks"][0]["hops"].as_array().unwrap().len(), 10, "{report}");
     lab.drop_vxlan(2).unwrap();
-    let out = Command::new(&binary)
-        .args(["-o", "json", "--netns", &lab.node(1).netns, "--timeout", "2s", "path", "--from", &a.netns])
-        .arg(format!("{}:8080", b.ip))
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(1), "{report}");
+    let (code, report, _) = path();
+    assert_eq!(code, Some(1), "{report}");
     assert!(report["verdict"].as_str().unwrap().starts_with("peer-underlay: dropped by netfilter"), "{report}");
 }
