@@ -92,6 +92,12 @@ impl Shared {
 /// Runs the agent until SIGTERM/SIGINT (or `cycles`); the exit code is 0 unless it could not start.
 pub fn run(opts: &Options) -> AnyResult<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Handlers first: a SIGTERM while capture loads still ends in an orderly exit 0.
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _entered = runtime.enter();
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)
+    };
     // Bind first: a port in use is an environment error (exit 2) before anything loads.
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(opts.listen))
@@ -132,7 +138,7 @@ pub fn run(opts: &Options) -> AnyResult<u8> {
     tracing::info!(listen = %opts.listen, node = %opts.node_name, "agent started");
     let stopped_by = runtime.block_on(async {
         tokio::select! {
-            signal = stop_signal() => signal,
+            signal = stop_signal(signals) => signal,
             () = probe_loop(opts, &shared, capture.clone(), stop_rx) => "cycles done",
         }
     });
@@ -149,12 +155,7 @@ pub fn run(opts: &Options) -> AnyResult<u8> {
     Ok(0)
 }
 
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without handlers the default action (exit) applies; nothing to wait for here.
-        return std::future::pending().await;
-    };
+async fn stop_signal((mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal)) -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
