@@ -174,6 +174,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "subnet_env",
     "icmp",
     "cni_config",
+    "agent_query",
 ];
 
 fn fuzz(seconds: u32) -> Result<()> {

@@ -14,7 +14,7 @@
 //! (nothing is pinned) and exits 0.
 
 pub mod events;
-mod http;
+pub mod http;
 mod k8s;
 mod metrics;
 pub mod sampling;

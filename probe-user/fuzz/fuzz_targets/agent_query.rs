@@ -1,0 +1,15 @@
+//! The query string of the agent's `/events` endpoint, as any client on the network may send
+//! it: parsing must not panic, and an accepted window never exceeds the agent's.
+#![no_main]
+
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use netcheck::agent::http::events_query;
+
+fuzz_target!(|data: &[u8]| {
+    let window = Duration::from_secs(600);
+    if let Ok((since, _host)) = events_query(&String::from_utf8_lossy(data), window) {
+        assert!(since <= window);
+    }
+});
