@@ -16,7 +16,7 @@ const DEFAULT_IMAGE: &str = concat!("netcheck:", env!("CARGO_PKG_VERSION"));
 #[command(name = "kubectl-netcheck", version, about = "Run netcheck on a node through `kubectl debug node/<node>`.")]
 struct Cli {
     /// The image holding netcheck.
-    #[arg(long, global = true, default_value = DEFAULT_IMAGE, env = "NETCHECK_IMAGE")]
+    #[arg(long, global = true, default_value = DEFAULT_IMAGE, env = "KUBECTL_NETCHECK_IMAGE")]
     image: String,
     /// `sysadmin` (privileged: kernel evidence from eBPF capture, pod namespaces) or
     /// `general` (unprivileged: the probes run, capture says which capabilities it lacked).
