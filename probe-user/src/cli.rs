@@ -310,7 +310,7 @@ pub enum CheckCommand {
     },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<f64>() {
         return if secs.is_finite() && secs > 0.0 && secs < 86_400.0 {
             Ok(Duration::from_secs_f64(secs))
