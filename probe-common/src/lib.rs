@@ -110,7 +110,37 @@ pub struct KernelOffsets {
     pub watched_only: u32,
     /// Non-zero once userspace filled this in; programs do nothing until then.
     pub valid: u32,
+    /// This kernel's `SKB_DROP_REASON_NOT_SPECIFIED`: such drops are named by
+    /// [`Self::locations`] when their location falls in one (`u32::MAX`: no such reason).
+    pub not_specified: u32,
     pub _pad: u32,
+    /// Functions whose drops have one cause, for kernels that pass no reason (before 5.17) or
+    /// lack that reason in their enum; empty ranges (start = end = 0) match nothing.
+    pub locations: [LocationRange; LOCATION_RANGES],
+}
+
+/// A kernel function's text, `[start, end)`, and the reason its drops are given:
+/// [`inferred::BASE`] + the index of the cause in userspace's table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocationRange {
+    pub start: u64,
+    pub end: u64,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// Capacity of [`KernelOffsets::locations`].
+pub const LOCATION_RANGES: usize = 4;
+
+/// Reason values the programs give when the kernel gave none; above every reason of the
+/// kernel's own enums (`enum skb_drop_reason` stays below 0x100 in 6.18) and below the
+/// subsystem reasons (value >> 16 != 0).
+pub mod inferred {
+    /// A cause inferred from the drop's location: `BASE + i` is entry `i` of userspace's table.
+    pub const BASE: u32 = 0xff00;
+    /// The kernel passed no reason (the hook's prototype has none) and no location matched.
+    pub const UNRECORDED: u32 = 0xfffe;
 }
 
 impl KernelOffsets {
@@ -137,7 +167,9 @@ impl KernelOffsets {
         vxlan_port: 8472,
         watched_only: 0,
         valid: 0,
+        not_specified: u32::MAX,
         _pad: 0,
+        locations: [LocationRange { start: 0, end: 0, reason: 0, _pad: 0 }; LOCATION_RANGES],
     };
 }
 
@@ -226,4 +258,5 @@ mod user {
 const _: () = assert!(core::mem::size_of::<Flow>() == 40);
 const _: () = assert!(core::mem::size_of::<WatchKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Event>() == 8 + 8 + 6 * 4 + 16 + 2 * 40);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 23 * 4);
+const _: () = assert!(core::mem::size_of::<LocationRange>() == 24);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24 * 4 + LOCATION_RANGES * 24);

@@ -1,10 +1,17 @@
 //! netcheck's kernel side: packet drops, TCP resets and ICMP errors, with the packet's flow.
 //!
-//! Hooks (BTF-typed tracepoints, so no tracefs is needed; checked against Linux 6.18):
-//! - `kfree_skb(skb, location, reason, rx_sk)`   include/trace/events/skb.h
-//! - `tcp_send_reset(sk, skb, reason)`           include/trace/events/tcp.h (skb or sk may be NULL)
+//! Hooks (BTF-typed tracepoints, so no tracefs is needed). A tracepoint whose prototype changed
+//! between kernels has one program per prototype; userspace reads the running kernel's
+//! prototype from its BTF and loads the program that matches (`capture::hooks`), because the
+//! verifier refuses a program that reads an argument the tracepoint does not pass.
+//! - `kfree_skb(skb, location)`                  before 5.17 (include/trace/events/skb.h)
+//! - `kfree_skb(skb, location, reason[, rx_sk])` 5.17+ (rx_sk from 6.11, not read)
+//! - `tcp_send_reset(sk, skb)`                   before 6.10 (include/trace/events/tcp.h; full
+//!   sockets only: a packet that found no socket is not traced)
+//! - `tcp_send_reset(sk, skb, reason)`           6.10+ (skb or sk may be NULL)
 //! - `tcp_receive_reset(sk)`                     include/trace/events/tcp.h
-//! - `icmp_send(skb, type, code)`                include/trace/events/icmp.h (6.13+)
+//! - `icmp_send(skb, type, code)`                include/trace/events/icmp.h (6.10+, and 6.1.y
+//!   and 6.6.y stable backports)
 //!
 //! Structure offsets come from userspace (read from the running kernel's BTF) through the
 //! `OFFSETS` global: aya-ebpf has no CO-RE field relocations, and a compiled-in layout would be
@@ -30,7 +37,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    AGGREGATES_MAX, Event, Flow, KernelOffsets, WATCHED_MAX, WatchKey, aggregate_key, counter, devclass, flags, kind,
+    AGGREGATES_MAX, Event, Flow, KernelOffsets, LOCATION_RANGES, WATCHED_MAX, WatchKey, aggregate_key, counter,
+    devclass, flags, inferred, kind,
 };
 
 /// Filled in by userspace before load (see `probe_common::OFFSETS_GLOBAL`).
@@ -98,15 +106,32 @@ fn bump(index: u32) {
     }
 }
 
+/// `kfree_skb(skb, location, reason[, rx_sk])`, 5.17+.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    let reason: u64 = ctx.arg(2);
-    emit(kind::DROP, reason as u32, skb, 0, location);
+    let mut reason = ctx.arg::<u64>(2) as u32;
+    // Call sites not yet given a reason (e.g. skb_queue_purge before 6.6) pass NOT_SPECIFIED.
+    if reason == off!(not_specified)
+        && let Some(r) = located(location)
+    {
+        reason = r;
+    }
+    emit(kind::DROP, reason, skb, 0, location);
     0
 }
 
+/// `kfree_skb(skb, location)`, before 5.17: no reason, only the address that freed the packet.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_location(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    emit(kind::DROP, located(location).unwrap_or(inferred::UNRECORDED), skb, 0, location);
+    0
+}
+
+/// `tcp_send_reset(sk, skb, reason)`, 6.10+.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
@@ -114,6 +139,30 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let reason: u64 = ctx.arg(2);
     emit(kind::RST_SENT, reason as u32, skb, sk, 0);
     0
+}
+
+/// `tcp_send_reset(sk, skb)`, before 6.10: no reason.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_sk(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    emit(kind::RST_SENT, inferred::UNRECORDED, skb, sk, 0);
+    0
+}
+
+/// The reason userspace gave the function `location` lies in, if any.
+#[inline(always)]
+fn located(location: u64) -> Option<u32> {
+    let mut i = 0;
+    while i < LOCATION_RANGES {
+        // SAFETY: reading a field of a static.
+        let range = unsafe { core::ptr::read_volatile(&raw const OFFSETS.locations[i]) };
+        if location >= range.start && location < range.end {
+            return Some(range.reason);
+        }
+        i += 1;
+    }
+    None
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]

@@ -665,13 +665,7 @@ fn run_path(
 /// Loads the capture unless told not to; its absence is reported, never fatal.
 fn start_capture(disabled: bool, opts: capture::Options) -> (Option<Arc<Capture>>, capture::Status) {
     if disabled {
-        let status = capture::Status {
-            available: false,
-            missing: vec![],
-            detail: Some("disabled by --no-capture".into()),
-            lost: 0,
-        };
-        return (None, status);
+        return (None, capture::Status::off("disabled by --no-capture"));
     }
     match Capture::start(opts) {
         Ok(c) => {
@@ -818,6 +812,9 @@ fn stream(
     let mut out = std::io::stdout().lock();
     // On stderr, so stdout stays one event per line; it also tells scripts capture is attached.
     eprintln!("netcheck: capturing drops, resets and ICMP errors (Ctrl-C to stop)");
+    for l in capture.status().limits {
+        eprintln!("netcheck: capture limit: {}", l.detail);
+    }
     loop {
         if interrupted.load(std::sync::atomic::Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d) {
             break;

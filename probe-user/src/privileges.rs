@@ -18,6 +18,9 @@ pub enum Requirement {
     CapNetAdmin,
     #[serde(rename = "CAP_SYS_ADMIN")]
     CapSysAdmin,
+    /// Raising RLIMIT_MEMLOCK, which kernels before 5.11 charge eBPF maps to.
+    #[serde(rename = "CAP_SYS_RESOURCE")]
+    CapSysResource,
     /// The kernel's own BTF at /sys/kernel/btf/vmlinux.
     #[serde(rename = "BTF")]
     Btf,
@@ -31,6 +34,7 @@ impl std::fmt::Display for Requirement {
             Self::CapNetRaw => "CAP_NET_RAW",
             Self::CapNetAdmin => "CAP_NET_ADMIN",
             Self::CapSysAdmin => "CAP_SYS_ADMIN",
+            Self::CapSysResource => "CAP_SYS_RESOURCE",
             Self::Btf => "BTF",
         })
     }
@@ -56,6 +60,18 @@ pub fn capture_missing() -> Vec<Requirement> {
         missing.push(Requirement::Btf);
     }
     missing
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes when it is finite and this process cannot raise it (no
+/// CAP_SYS_RESOURCE). Kernels before 5.11 charge eBPF maps to it (5.11 moved the charge to the
+/// memory cgroup, kernel/bpf/syscall.c), so capture's maps do not fit a container's default.
+pub fn memlock_limited() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    (!has(Capability::CAP_SYS_RESOURCE)).then_some(lim.rlim_cur)
 }
 
 /// Whether the file starts like BTF (magic 0xeB9F, either byte order). A kernel without

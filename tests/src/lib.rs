@@ -33,6 +33,8 @@ use anyhow::{Context as _, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
 pub mod agent;
+pub mod deploy;
+pub mod kernel;
 pub mod netcheck;
 pub mod pki;
 
@@ -986,11 +988,15 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// True when running as root (the lab needs it); otherwise says why the caller skips.
+/// How much slower than the project's own machine this one runs: `cargo xtask kernels` sets
+/// `NETLAB_TIME_SCALE` for guests emulated with TCG. Latency bounds in tests multiply by it.
+pub fn time_scale() -> u32 {
+    std::env::var("NETLAB_TIME_SCALE").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
+}
+
+/// The lab needs root: a test that cannot run fails, it never passes quietly (`cargo xtask
+/// test` runs as root). Returns true so callers keep their `if !require_root(..)` guard.
 pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("{test}: skipped, the network lab needs root");
-    false
+    assert!(nix::unistd::geteuid().is_root(), "{test} needs root (network namespaces, iptables, eBPF): run it as root");
+    true
 }

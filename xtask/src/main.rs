@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|test|demo|lab|bench>`.
+//! Project tasks: `cargo xtask <setup|test|demo|lab|bench|image|kernels|fuzz>`.
 //!
 //! Every task that builds starts with `setup`, which installs what a fresh machine lacks
 //! (idempotent: it checks before it installs), so `cargo xtask demo` and `cargo xtask test` are
@@ -6,6 +6,7 @@
 
 mod demo;
 mod image;
+mod kernels;
 mod setup;
 
 use std::{
@@ -44,6 +45,12 @@ enum Task {
     },
     /// Build the container image (OCI archive, no engine needed) under target/image.
     Image,
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels under QEMU and run the capture lab tests in each.
+    Kernels {
+        /// Only these series (repeatable): 5.10, 6.1, 6.12.
+        #[arg(long)]
+        only: Vec<String>,
+    },
     /// Capture cost per event (kernel bpf_stats) and userspace events/s under a drop flood.
     Bench {
         /// A short run (seconds), as CI does.
@@ -84,6 +91,10 @@ fn main() -> Result<()> {
         Task::Image => {
             setup::run()?;
             image::build(&root(), env!("CARGO_PKG_VERSION")).map(|_| ())
+        }
+        Task::Kernels { only } => {
+            setup::run()?;
+            kernels::run(&only)
         }
         Task::Bench { quick } => {
             setup::run()?;
@@ -146,6 +157,8 @@ fn test() -> Result<()> {
             .env("NETCHECK_IMAGE", &archive)
             .current_dir(root()))
     })?;
+    // The capture tests again, on the kernels nodes run (5.10, 6.1, 6.12) under QEMU.
+    step("kernels", || kernels::run(&[]))?;
     step("benchmark (quick)", || {
         cargo(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--quick"])?;
         // The debug binary the tests used: no release build in CI just for this.

@@ -23,6 +23,11 @@ const APT_PACKAGES: &[&str] = &[
     "skopeo",            // CI inspects the image archive
     "umoci",             // CI unpacks the image and runs netcheck from its root filesystem
     "file",              // the image test checks the binary is static
+    "qemu-system-x86",   // cargo xtask kernels boots Debian's kernels (TCG)
+    "kmod",              // depmod on the guest kernels' modules
+    "cpio",              // the guests' initramfs
+    "xz-utils",          // guest modules ship as .ko.xz (trixie)
+    "zstd",              // or as .ko.zst
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

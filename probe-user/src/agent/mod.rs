@@ -103,7 +103,12 @@ pub fn run(opts: &Options) -> AnyResult<u8> {
         .block_on(tokio::net::TcpListener::bind(opts.listen))
         .map_err(|e| format!("listen on {}: {e}", opts.listen))?;
     let capture = if opts.no_capture {
-        Err(capture::Unavailable { missing: Vec::new(), detail: "disabled by --no-capture".into() })
+        Err(capture::Unavailable {
+            missing: Vec::new(),
+            detail: "disabled by --no-capture".into(),
+            kernel: None,
+            hooks: Vec::new(),
+        })
     } else {
         Capture::start(capture::Options { vxlan_port: opts.vxlan_port, watched_only: true }).map(Arc::new)
     };

@@ -5,10 +5,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use probe_common::{Event, Flow, flags, kind};
+use probe_common::{Event, Flow, flags, inferred, kind};
 use serde::{Deserialize, Serialize};
 
-use super::btf::ReasonNames;
+use super::{btf::ReasonNames, location};
 use crate::netns::NetnsNames;
 
 /// A 5-tuple as shown in evidence.
@@ -98,9 +98,18 @@ pub enum Direction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelEvent {
     pub kind: EventKind,
-    /// Drop or reset reason name from the kernel's BTF; for ICMP a description of type/code.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Drop or reset reason name from the kernel's BTF (or inferred from where the packet was
+    /// dropped, see `reason_note`); for ICMP a description of type/code; null when the kernel
+    /// gave none (`reason_note` says why).
+    #[serde(default)]
     pub reason: Option<String>,
+    /// Why `reason` is null, or how it was inferred on a kernel that records none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason_note: Option<String>,
+    /// Where the kernel freed the packet (`function+0xoffset`, from /proc/kallsyms), when the
+    /// reason alone does not say.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub location: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,8 +134,22 @@ pub struct KernelEvent {
 
 impl KernelEvent {
     pub fn decode(ev: &Event, names: &ReasonNames, netns: &NetnsNames) -> Option<Self> {
+        let mut note = None;
         let (kind, reason, direction, icmp) = match ev.kind {
-            kind::DROP => (EventKind::Drop, Some(names.drop_name(ev.reason)), None, None),
+            kind::DROP if ev.reason == inferred::UNRECORDED => {
+                note = Some("this kernel's kfree_skb passes no drop reason (before 5.17)".to_string());
+                (EventKind::Drop, None, None, None)
+            }
+            kind::DROP => {
+                if let Some(c) = location::cause(ev.reason) {
+                    note = Some(format!("inferred from where it was dropped: {}", c.why));
+                }
+                (EventKind::Drop, Some(names.drop_name(ev.reason)), None, None)
+            }
+            kind::RST_SENT if ev.reason == inferred::UNRECORDED => {
+                note = Some("this kernel's tcp_send_reset passes no reset reason (before 6.10)".to_string());
+                (EventKind::Rst, None, Some(Direction::Sent), None)
+            }
             kind::RST_SENT => (EventKind::Rst, Some(names.reset_name(ev.reason)), Some(Direction::Sent), None),
             kind::RST_RECEIVED => (EventKind::Rst, None, Some(Direction::Received), None),
             kind::ICMP_SENT => {
@@ -144,6 +167,8 @@ impl KernelEvent {
         Some(Self {
             kind,
             reason,
+            reason_note: note,
+            location: None,
             direction,
             icmp_type: icmp.map(|(t, _)| t),
             icmp_code: icmp.map(|(_, c)| c),
@@ -157,13 +182,48 @@ impl KernelEvent {
         })
     }
 
+    /// Names where a drop happened when its reason does not say enough: none recorded, an
+    /// inferred one (the function it came from), or NOT_SPECIFIED.
+    pub fn locate(&mut self, raw: &Event, symbols: Option<&mut location::Symbols>) {
+        let vague = raw.reason == inferred::UNRECORDED
+            || location::cause(raw.reason).is_some()
+            || self.reason.as_deref() == Some("NOT_SPECIFIED");
+        if self.kind != EventKind::Drop || !vague || raw.location == 0 {
+            return;
+        }
+        let Some(symbols) = symbols else {
+            if self.reason.is_none() {
+                append(&mut self.reason_note, "/proc/kallsyms hides where it was dropped");
+            }
+            return;
+        };
+        self.location = symbols.name(raw.location);
+        if self.reason.is_none() {
+            let function = self.location_function().unwrap_or_default().to_string();
+            match location::candidates(&function) {
+                Some(causes) => append(&mut self.reason_note, &format!("{function} drops for {causes}")),
+                None if self.location.is_none() => append(&mut self.reason_note, "its location is not a known symbol"),
+                None => {}
+            }
+        }
+    }
+
+    /// The function of [`Self::location`] (`tcp_v4_rcv` of `tcp_v4_rcv+0x4d2`).
+    pub fn location_function(&self) -> Option<&str> {
+        self.location.as_deref().map(|l| l.split('+').next().unwrap_or(l))
+    }
+
     /// One line for people: `drop NETFILTER_DROP dev eth0 netns n2 tcp a -> b (inner ...)`.
     pub fn summary(&self) -> String {
         let mut s = match self.kind {
-            EventKind::Drop => format!("drop {}", self.reason.as_deref().unwrap_or("?")),
+            EventKind::Drop => match (&self.reason, self.location_function()) {
+                (Some(r), _) => format!("drop {r}"),
+                (None, Some(f)) => format!("drop in {f} (no reason recorded)"),
+                (None, None) => "drop (no reason recorded)".to_string(),
+            },
             EventKind::Rst => match self.direction {
                 Some(Direction::Received) => "rst received".to_string(),
-                _ => format!("rst sent ({})", self.reason.as_deref().unwrap_or("?")),
+                _ => format!("rst sent ({})", self.reason.as_deref().unwrap_or("no reason recorded")),
             },
             EventKind::Icmp => format!("icmp sent {}", self.reason.as_deref().unwrap_or("?")),
         };
@@ -178,6 +238,16 @@ impl KernelEvent {
             let _ = write!(s, " [vxlan inner {i}]");
         }
         s
+    }
+}
+
+fn append(note: &mut Option<String>, more: &str) {
+    match note {
+        Some(n) => {
+            n.push_str("; ");
+            n.push_str(more);
+        }
+        None => *note = Some(more.to_string()),
     }
 }
 
@@ -245,6 +315,49 @@ mod tests {
             .unwrap();
         assert_eq!(ev.reason.as_deref(), Some("host-prohibited"));
         assert_eq!((ev.icmp_type, ev.icmp_code), (Some(3), Some(10)));
+    }
+
+    /// 5.10: no reason passed; the program named a netfilter drop from its location.
+    #[test]
+    fn unrecorded_and_inferred_reasons() {
+        let none = KernelEvent::decode(
+            &raw(kind::DROP, inferred::UNRECORDED),
+            &ReasonNames::default(),
+            &NetnsNames::default(),
+        )
+        .unwrap();
+        assert_eq!(none.reason, None);
+        assert!(none.reason_note.as_deref().unwrap().contains("no drop reason"), "{none:?}");
+        let json = serde_json::to_value(&none).unwrap();
+        assert_eq!(json["reason"], serde_json::Value::Null, "a drop without reason says null: {json}");
+        assert_eq!(none.summary().split(" dev").next(), Some("drop (no reason recorded)"));
+
+        let nf = KernelEvent::decode(&raw(kind::DROP, inferred::BASE), &ReasonNames::default(), &NetnsNames::default())
+            .unwrap();
+        assert_eq!(nf.reason.as_deref(), Some("NETFILTER_DROP"));
+        assert!(nf.reason_note.as_deref().unwrap().contains("nf_hook_slow"), "{nf:?}");
+
+        let rst = KernelEvent::decode(
+            &raw(kind::RST_SENT, inferred::UNRECORDED),
+            &ReasonNames::default(),
+            &NetnsNames::default(),
+        )
+        .unwrap();
+        assert_eq!(rst.reason, None);
+        assert!(rst.summary().starts_with("rst sent (no reason recorded)"));
+    }
+
+    /// Without symbols the note says where the location went; the event deserializes back
+    /// (an agent's `/events`).
+    #[test]
+    fn location_hidden_is_said_and_round_trips() {
+        let mut r = raw(kind::DROP, inferred::UNRECORDED);
+        r.location = 0xffff_ffff_8100_0000;
+        let mut ev = KernelEvent::decode(&r, &ReasonNames::default(), &NetnsNames::default()).unwrap();
+        ev.locate(&r, None);
+        assert!(ev.reason_note.as_deref().unwrap().ends_with("/proc/kallsyms hides where it was dropped"), "{ev:?}");
+        let back: KernelEvent = serde_json::from_value(serde_json::to_value(&ev).unwrap()).unwrap();
+        assert_eq!(back.reason_note, ev.reason_note);
     }
 
     #[test]

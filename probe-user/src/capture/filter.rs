@@ -43,6 +43,8 @@ mod tests {
         KernelEvent {
             kind: EventKind::Drop,
             reason: Some(reason.into()),
+            reason_note: None,
+            location: None,
             direction: None,
             icmp_type: None,
             icmp_code: None,

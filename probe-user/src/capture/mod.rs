@@ -7,6 +7,9 @@
 pub mod btf;
 pub mod event;
 pub mod filter;
+pub mod hooks;
+mod load;
+pub mod location;
 mod matcher;
 
 use std::{
@@ -22,15 +25,19 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::BtfTracePoint,
 };
-use probe_common::{Event, OFFSETS_GLOBAL, WatchKey, aggregate_parts, counter, devclass, kind};
+use probe_common::{Event, WatchKey, aggregate_parts, counter, devclass, kind};
 use serde::Serialize;
 
-pub use self::matcher::FlowMatcher;
-use self::{btf::KernelBtf, event::KernelEvent};
+pub use self::{
+    btf::Limit,
+    hooks::HookStatus,
+    load::{Inferred, kernel_release},
+    matcher::FlowMatcher,
+};
+use self::{event::KernelEvent, load::ebpf_error};
 use crate::{
     error::{Error, Result},
     netns::NetnsNames,
@@ -46,10 +53,6 @@ static PROBE_OBJECT: &[u8] = &[];
 
 /// The ring buffer's size under `watched_only` (a power of two, a multiple of the page size).
 const WATCHED_RING_BYTES: u32 = 256 << 10;
-
-/// The programs and the tracepoints they attach to; the last is optional (icmp_send: 6.13+).
-const PROGRAMS: [(&str, bool); 4] =
-    [("kfree_skb", true), ("tcp_send_reset", true), ("tcp_receive_reset", true), ("icmp_send", false)];
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -73,10 +76,14 @@ pub struct Unavailable {
     /// Capabilities or kernel features that are missing (may be empty when the cause is other).
     pub missing: Vec<Requirement>,
     pub detail: String,
+    /// The running kernel's release, when capture got as far as looking at it.
+    pub kernel: Option<String>,
+    /// What became of each hook before loading stopped.
+    pub hooks: Vec<HookStatus>,
 }
 
 /// Capture state for reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
     pub available: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -85,11 +92,38 @@ pub struct Status {
     pub detail: Option<String>,
     /// Events the kernel could not queue (ring buffer full): counted, not hidden.
     pub lost: u64,
+    /// The kernel release capture was fitted to (`uname -r`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// From reading the kernel's BTF to the last program attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_ms: Option<u64>,
+    /// Each tracepoint, the program chosen for this kernel's prototype, and whether it attached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookStatus>,
+    /// What this kernel's capture cannot see, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<Limit>,
+    /// Causes named from where a drop happened, on kernels whose reasons do not name them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inferred: Vec<load::Inferred>,
 }
 
 impl Status {
     pub fn unavailable(u: &Unavailable) -> Self {
-        Self { available: false, missing: u.missing.clone(), detail: Some(u.detail.clone()), lost: 0 }
+        Self {
+            available: false,
+            missing: u.missing.clone(),
+            detail: Some(u.detail.clone()),
+            kernel: u.kernel.clone(),
+            hooks: u.hooks.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// Capture not started, for `why`.
+    pub fn off(why: &str) -> Self {
+        Self { detail: Some(why.to_string()), ..Self::default() }
     }
 }
 
@@ -147,6 +181,11 @@ pub struct Capture {
     /// The kernel's filter under `watched_only`, with how many holders each key has.
     watched: Option<Mutex<Watched>>,
     names: btf::ReasonNames,
+    kernel: String,
+    hooks: Vec<HookStatus>,
+    limits: Vec<Limit>,
+    inferred: Vec<load::Inferred>,
+    load_ms: u64,
     // Keeps the programs attached; dropped last.
     ebpf: Ebpf,
 }
@@ -157,59 +196,50 @@ impl Capture {
     pub fn start(opts: Options) -> Result<Self, Unavailable> {
         let missing = privileges::capture_missing();
         if !missing.is_empty() {
-            let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
-            return Err(Unavailable { detail: format!("capture needs {} (missing here)", list.join(", ")), missing });
+            let caps: Vec<String> =
+                missing.iter().filter(|m| **m != Requirement::Btf).map(ToString::to_string).collect();
+            let mut why = Vec::new();
+            if !caps.is_empty() {
+                why.push(format!("capture needs {} (missing here)", caps.join(", ")));
+            }
+            if missing.contains(&Requirement::Btf) {
+                why.push(format!(
+                    "capture needs the kernel's BTF, and {} is absent or unreadable (a kernel built without \
+                     CONFIG_DEBUG_INFO_BTF has none; capture supports 5.10 and later with BTF)",
+                    btf::VMLINUX_BTF
+                ));
+            }
+            return Err(Unavailable {
+                detail: why.join("; "),
+                missing,
+                kernel: Some(kernel_release()),
+                hooks: Vec::new(),
+            });
         }
-        Self::load(opts).map_err(|e| Unavailable { missing: Vec::new(), detail: crate::error::chain(&e) })
+        Self::load(opts)
     }
 
-    fn load(opts: Options) -> Result<Self> {
-        if PROBE_OBJECT.is_empty() {
-            return Err(ebpf_error(
-                "load",
-                std::io::Error::other("this build has no eBPF programs (built without the `ebpf` feature)"),
-            ));
-        }
-        let started = Instant::now();
-        let kernel = KernelBtf::load()?;
-        let mut offsets = kernel.offsets(opts.vxlan_port)?;
-        offsets.watched_only = u32::from(opts.watched_only);
-        let names = kernel.reason_names();
-        drop(kernel);
-        let btf = aya::Btf::from_sys_fs().map_err(|e| ebpf_error("read kernel BTF", e))?;
-        let mut loader = EbpfLoader::new();
-        loader.btf(Some(&btf)).override_global(OFFSETS_GLOBAL, &offsets, true);
-        if opts.watched_only {
-            // Only the watched flows' events come through: a ring of 256 KiB (about 1900 events
-            // per 20 ms poll) instead of 4 MiB, mapped twice into the agent's memory.
-            loader.map_max_entries("EVENTS", WATCHED_RING_BYTES);
-        }
-        let mut ebpf = loader.load(PROBE_OBJECT).map_err(|e| ebpf_error("load object", e))?;
-        for (name, required) in PROGRAMS {
-            let attached = (|| -> Result<()> {
-                let prog: &mut BtfTracePoint = ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| ebpf_error(name, std::io::Error::other("not in object")))?
-                    .try_into()
-                    .map_err(|e| ebpf_error(name, e))?;
-                prog.load(name, &btf).map_err(|e| ebpf_error(&format!("load {name}"), e))?;
-                prog.attach().map_err(|e| ebpf_error(&format!("attach {name}"), e))?;
-                Ok(())
-            })();
-            match attached {
-                Ok(()) => {}
-                Err(e) if !required => tracing::warn!("optional hook {name} unavailable: {e}"),
-                Err(e) => return Err(e),
+    fn load(opts: Options) -> Result<Self, Unavailable> {
+        let loaded = load::load(opts).map_err(|f| {
+            let mut detail = crate::error::chain(&f.error);
+            if load::older_than_supported(&f.kernel) {
+                detail = format!("{detail} (kernel {} is older than 5.10, the oldest capture supports)", f.kernel);
             }
-        }
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| missing_map("EVENTS"))?)
-            .map_err(|e| ebpf_error("EVENTS", e))?;
-        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| missing_map("COUNTERS"))?)
-            .map_err(|e| ebpf_error("COUNTERS", e))?;
-        let aggregates = PerCpuHashMap::try_from(ebpf.take_map("AGGREGATES").ok_or_else(|| missing_map("AGGREGATES"))?)
-            .map_err(|e| ebpf_error("AGGREGATES", e))?;
-        let map = BpfHashMap::try_from(ebpf.take_map("WATCHED").ok_or_else(|| missing_map("WATCHED"))?)
-            .map_err(|e| ebpf_error("WATCHED", e))?;
+            Unavailable { missing: f.missing, detail, kernel: Some(f.kernel), hooks: f.hooks }
+        })?;
+        let mut ebpf = loaded.ebpf;
+        let unavailable = |e: Error| Unavailable {
+            missing: Vec::new(),
+            detail: crate::error::chain(&e),
+            kernel: Some(loaded.kernel.clone()),
+            hooks: loaded.hooks.clone(),
+        };
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| unavailable(missing_map(name)));
+        let ring = RingBuf::try_from(take("EVENTS")?).map_err(|e| unavailable(ebpf_error("EVENTS", e)))?;
+        let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| unavailable(ebpf_error("COUNTERS", e)))?;
+        let aggregates =
+            PerCpuHashMap::try_from(take("AGGREGATES")?).map_err(|e| unavailable(ebpf_error("AGGREGATES", e)))?;
+        let map = BpfHashMap::try_from(take("WATCHED")?).map_err(|e| unavailable(ebpf_error("WATCHED", e)))?;
         let watched =
             opts.watched_only.then(|| Mutex::new(Watched { map, holders: HashMap::new(), addresses: HashSet::new() }));
         let shared = Arc::new(Shared {
@@ -217,11 +247,32 @@ impl Capture {
             state: Mutex::new(State::default()),
             drained: Condvar::new(),
         });
-        let decoder = Decoder { names: names.clone(), netns: NetnsNames::scan(), last_rescan: Instant::now() };
+        let decoder = Decoder {
+            names: loaded.names.clone(),
+            netns: NetnsNames::scan(),
+            last_rescan: Instant::now(),
+            symbols: loaded.symbols.then(location::Symbols::default),
+        };
         let reader = Reader { ring, decoder, shared: shared.clone() };
-        let thread = std::thread::Builder::new().name("capture".into()).spawn(move || reader.run())?;
-        tracing::debug!(elapsed = ?started.elapsed(), "capture attached");
-        Ok(Self { shared, thread: Some(thread), counters, aggregates, watched, names, ebpf })
+        let thread = std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || reader.run())
+            .map_err(|e| unavailable(Error::Io(e)))?;
+        tracing::debug!(load_ms = loaded.load_ms, "capture attached");
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+            counters,
+            aggregates,
+            watched,
+            names: loaded.names,
+            kernel: loaded.kernel,
+            hooks: loaded.hooks,
+            limits: loaded.limits,
+            inferred: loaded.inferred,
+            load_ms: loaded.load_ms,
+            ebpf,
+        })
     }
 
     /// Starts collecting the events of one flow. Call before the flow's first packet.
@@ -307,7 +358,16 @@ impl Capture {
     }
 
     pub fn status(&self) -> Status {
-        Status { available: true, missing: Vec::new(), detail: None, lost: self.counters().lost }
+        Status {
+            available: true,
+            lost: self.counters().lost,
+            kernel: Some(self.kernel.clone()),
+            load_ms: Some(self.load_ms),
+            hooks: self.hooks.clone(),
+            limits: self.limits.clone(),
+            inferred: self.inferred.clone(),
+            ..Status::default()
+        }
     }
 
     /// Name and kernel info (run_time_ns, run_cnt under `bpf_stats`) of each loaded program.
@@ -434,6 +494,8 @@ struct Decoder {
     names: btf::ReasonNames,
     netns: NetnsNames,
     last_rescan: Instant,
+    /// Names drop locations when the reason does not say enough (`None`: kallsyms hides them).
+    symbols: Option<location::Symbols>,
 }
 
 impl Decoder {
@@ -451,7 +513,8 @@ impl Decoder {
             self.netns = NetnsNames::scan();
             self.last_rescan = Instant::now();
         }
-        let Some(ev) = KernelEvent::decode(raw, &self.names, &self.netns) else { return };
+        let Some(mut ev) = KernelEvent::decode(raw, &self.names, &self.netns) else { return };
+        ev.locate(raw, self.symbols.as_mut());
         for w in state.watches.iter_mut().filter(|w| w.matcher.matches(raw)) {
             w.events.push(ev.clone());
         }
@@ -470,10 +533,6 @@ fn address_key(a: std::net::IpAddr) -> WatchKey {
         std::net::IpAddr::V6(v6) => key.addr = v6.octets(),
     }
     key
-}
-
-fn ebpf_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Ebpf { what: what.to_string(), source: Box::new(e) }
 }
 
 fn missing_map(name: &str) -> Error {

@@ -165,6 +165,7 @@ pub(crate) fn same(a: &KernelEvent, b: &KernelEvent) -> bool {
     };
     a.kind == b.kind
         && a.reason == b.reason
+        && a.location == b.location
         && a.direction == b.direction
         && a.device == b.device
         && a.netns_inode == b.netns_inode
@@ -284,6 +285,8 @@ mod tests {
         KernelEvent {
             kind,
             reason: Some(reason.to_string()),
+            reason_note: None,
+            location: None,
             direction: (kind != EventKind::Drop).then_some(Direction::Sent),
             icmp_type: None,
             icmp_code: None,

@@ -922,6 +922,8 @@ mod tests {
         KernelEvent {
             kind: EventKind::Drop,
             reason: Some("NETFILTER_DROP".into()),
+            reason_note: None,
+            location: None,
             direction: None,
             icmp_type: None,
             icmp_code: None,

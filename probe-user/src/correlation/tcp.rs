@@ -17,6 +17,13 @@ pub fn tcp_verdict(report: &Report, capture_on: bool) -> Check {
     let icmp = evidence.iter().find(|e| e.event.kind == EventKind::Icmp);
     let rst_sent =
         evidence.iter().find(|e| e.event.kind == EventKind::Rst && e.event.direction == Some(Direction::Sent));
+    // Kernels before 6.10 do not trace the RST answering a packet without a socket; the SYN's
+    // drop shows where: NO_SOCKET (5.17+), or tcp_v4_rcv where no reason is recorded (its
+    // other causes, checksum and header errors, get no RST, and this connect got one).
+    let no_socket = drops(&evidence).find(|e| {
+        e.event.reason.as_deref() == Some("NO_SOCKET")
+            || (e.event.reason.is_none() && matches!(e.event.location_function(), Some("tcp_v4_rcv" | "tcp_v6_rcv")))
+    });
     let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
 
     let (status, cause, detail) = match &report.outcome {
@@ -40,7 +47,7 @@ pub fn tcp_verdict(report: &Report, capture_on: bool) -> Check {
             (Status::Fail, Some(Cause::NoRoute), format!("no route to the target from this namespace ({e})"))
         }
         Outcome::Unresolved(e) => (Status::Fail, Some(Cause::DnsError), format!("name did not resolve: {e}")),
-        Outcome::Failed(e) => failed(e, first_drop, icmp, rst_sent),
+        Outcome::Failed(e) => failed(e, first_drop, icmp, rst_sent.or(no_socket)),
     };
     Check::probed("tcp", report.target.to_string(), (status, cause, detail), report.elapsed, evidence)
 }
@@ -49,7 +56,7 @@ fn failed(
     e: &io::Error,
     first_drop: Option<&Evidence>,
     icmp: Option<&Evidence>,
-    rst_sent: Option<&Evidence>,
+    rst: Option<&Evidence>,
 ) -> (Status, Option<Cause>, String) {
     let with_drop = |mut s: String| {
         if let Some(d) = first_drop {
@@ -59,7 +66,12 @@ fn failed(
     };
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => {
-            let d = match rst_sent {
+            let d = match rst {
+                Some(d) if d.event.kind == EventKind::Drop => format!(
+                    "connection refused: nothing listens there (the SYN found no socket in netns {}: {})",
+                    d.event.netns,
+                    d.event.reason.clone().or_else(|| d.event.location.clone()).unwrap_or_default()
+                ),
                 Some(r) if r.event.reason.as_deref() == Some("NO_SOCKET") => {
                     format!("connection refused: nothing listens there (RST sent by netns {})", r.event.netns)
                 }
@@ -154,6 +166,28 @@ mod tests {
             tcp_verdict(&report(Outcome::Failed(io::Error::from_raw_os_error(libc::ECONNREFUSED)), vec![rst]), true);
         assert_eq!(c.cause, Some(Cause::Refused));
         assert!(c.detail.contains("nothing listens"), "{}", c.detail);
+    }
+
+    /// Before 6.10 no RST is traced for a SYN without a socket: the SYN's drop says it, by
+    /// reason (5.17+) or by the function that dropped it (before 5.17).
+    #[test]
+    fn refused_without_a_traced_rst_names_the_syns_drop() {
+        let refused = || Outcome::Failed(io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        let c = tcp_verdict(&report(refused(), vec![ev(EventKind::Drop, "NO_SOCKET", "n2")]), true);
+        assert_eq!(c.cause, Some(Cause::Refused));
+        assert_eq!(
+            c.detail,
+            "connection refused: nothing listens there (the SYN found no socket in netns n2: NO_SOCKET)"
+        );
+        let mut located = ev(EventKind::Drop, "x", "n2");
+        located.reason = None;
+        located.location = Some("tcp_v4_rcv+0x4d2".into());
+        let c = tcp_verdict(&report(refused(), vec![located.clone()]), true);
+        assert!(c.detail.ends_with("(the SYN found no socket in netns n2: tcp_v4_rcv+0x4d2)"), "{}", c.detail);
+        // Dropped elsewhere without a reason: not taken for "no socket".
+        located.location = Some("ip_rcv_core+0x10".into());
+        let c = tcp_verdict(&report(refused(), vec![located]), true);
+        assert_eq!(c.detail, "connection refused (RST)");
     }
 
     #[test]

@@ -142,6 +142,17 @@ impl Report {
             if self.capture.lost > 0 {
                 let _ = writeln!(out, "capture: {} kernel events lost (ring buffer full)", self.capture.lost);
             }
+            // What this kernel cannot show: never a silent fallback.
+            for l in &self.capture.limits {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    paint(
+                        Style::new().fg_color(Some(AnsiColor::Yellow.into())),
+                        &format!("capture limit: {}", l.detail)
+                    )
+                );
+            }
         } else {
             let why = self.capture.detail.as_deref().unwrap_or("unavailable");
             let _ = writeln!(
@@ -282,7 +293,7 @@ mod tests {
             available: false,
             missing: vec![crate::privileges::Requirement::CapBpf],
             detail: Some("capture needs CAP_BPF (missing here)".into()),
-            lost: 0,
+            ..capture::Status::default()
         }
     }
 

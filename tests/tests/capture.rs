@@ -1,0 +1,326 @@
+//! Capture fitted to the running kernel (`cargo xtask kernels` runs this on 5.10, 6.1 and 6.12
+//! as well as the host's 6.18), and each way fitting can fail, forced: the kernel's BTF
+//! missing, a structure field missing, an optional and a required tracepoint missing. A
+//! missing piece is simulated the way a container or another kernel presents it: in a private
+//! mount namespace, /sys/kernel/btf/vmlinux is replaced by nothing or by a copy of the real
+//! BTF with one name changed (the kernel itself is untouched, so what loads still works).
+
+use std::{path::Path, process::Command};
+
+use netlab::{
+    TempDir,
+    kernel::{Tracepoints, memlock_charged},
+    netcheck, require_root,
+};
+use serde_json::Value;
+
+const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// `netcheck -o json ARGS` in a mount namespace where `btf` is bind-mounted over the kernel's
+/// BTF.
+fn run_with_btf(btf: &Path, args: &[&str]) -> netcheck::Run {
+    let bin = netcheck::binary().unwrap();
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /sys/kernel/btf/vmlinux && exec \"$@\"",
+        ])
+        .arg(btf)
+        .arg(&bin)
+        .args(["-o", "json"])
+        .args(args)
+        .output()
+        .expect("unshare (util-linux)");
+    netcheck::Run::from_output(&out)
+}
+
+/// A copy of the kernel's BTF with the string `from` (a whole name) renamed to `to` (same
+/// length): the types keep their ids, so the kernel accepts what still loads.
+fn doctored_btf(dir: &TempDir, from: &str, to: &str) -> std::path::PathBuf {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = std::fs::read(VMLINUX).expect("the kernel's BTF");
+    let needle = [b"\0", from.as_bytes(), b"\0"].concat();
+    let positions: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
+    assert!(!positions.is_empty(), "{from} is not a name in this kernel's BTF");
+    for p in positions {
+        bytes[p + 1..p + 1 + to.len()].copy_from_slice(to.as_bytes());
+    }
+    let path = dir.path.join(format!("vmlinux-{to}"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn limits(r: &netcheck::Run) -> Vec<&Value> {
+    r.json["capture"]["limits"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+}
+
+fn hook<'a>(r: &'a netcheck::Run, tracepoint: &str) -> &'a Value {
+    r.json["capture"]["hooks"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["tracepoint"] == tracepoint))
+        .unwrap_or_else(|| panic!("no hook {tracepoint}: {r:?}"))
+}
+
+/// The program chosen for each tracepoint and the limits reported follow what the kernel's
+/// tracepoints pass (read from tracefs, not from the BTF netcheck reads).
+#[test]
+fn capture_fits_the_running_kernel() {
+    if !require_root("capture_fits_the_running_kernel") {
+        return;
+    }
+    let tp = Tracepoints::running().unwrap();
+    let r = netcheck::run(&["-o", "json", "check", "tcp", "127.0.0.1:9"]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "refused", "{r:?}");
+    let capture = &r.json["capture"];
+    assert_eq!(capture["available"], true, "{r:?}");
+    let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
+    assert_eq!(capture["kernel"], release.as_str());
+    assert!(capture["load_ms"].as_u64().unwrap() > 0);
+
+    let kfree = hook(&r, "kfree_skb");
+    assert_eq!(kfree["program"], if tp.drop_reason { "kfree_skb" } else { "kfree_skb_location" }, "{kfree}");
+    assert_eq!(kfree["attached"], true);
+    let rst = hook(&r, "tcp_send_reset");
+    assert_eq!(rst["program"], if tp.reset_reason { "tcp_send_reset" } else { "tcp_send_reset_sk" }, "{rst}");
+    assert_eq!(rst["attached"], true);
+    assert_eq!(hook(&r, "tcp_receive_reset")["attached"], true);
+    assert_eq!(hook(&r, "icmp_send")["attached"], tp.icmp_send);
+
+    let mut expected = Vec::new();
+    if !tp.drop_reason {
+        expected.push("drop_reasons");
+    }
+    if !tp.reset_reason {
+        expected.extend(["reset_reasons", "no_socket_resets"]);
+    }
+    if !tp.icmp_send {
+        expected.push("icmp_errors");
+    }
+    let mut got: Vec<&str> = limits(&r).iter().filter_map(|l| l["feature"].as_str()).collect();
+    got.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(got, expected, "{r:?}");
+
+    // The human output names each of them.
+    let text = netcheck::run(&["check", "tcp", "127.0.0.1:9"]).unwrap().stdout;
+    assert_eq!(text.matches("capture limit: ").count(), expected.len(), "{text}");
+}
+
+/// Without the kernel's BTF (a kernel built without CONFIG_DEBUG_INFO_BTF, or a container
+/// hiding it): capture is unavailable naming BTF, the probe still runs and judges.
+#[test]
+fn missing_btf_makes_capture_unavailable_and_probes_still_run() {
+    if !require_root("missing_btf_makes_capture_unavailable_and_probes_still_run") {
+        return;
+    }
+    let r = run_with_btf(Path::new("/dev/null"), &["check", "tcp", "127.0.0.1:9"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "refused", "{r:?}");
+    assert_eq!(r.json["capture"]["available"], false);
+    assert_eq!(r.json["capture"]["missing"], serde_json::json!(["BTF"]), "{r:?}");
+    let detail = r.json["capture"]["detail"].as_str().unwrap();
+    assert!(detail.contains(VMLINUX) && detail.contains("CONFIG_DEBUG_INFO_BTF"), "{detail}");
+}
+
+/// A field the programs read is not in this kernel's BTF: that part is off and named, the rest
+/// of capture runs (the client's RST, read from its socket, is still attached).
+#[test]
+fn missing_field_disables_only_its_part() {
+    if !require_root("missing_field_disables_only_its_part") {
+        return;
+    }
+    let dir = TempDir::new("capture-field");
+    let btf = doctored_btf(&dir, "network_header", "network_headeX");
+    let r = run_with_btf(&btf, &["check", "tcp", "127.0.0.1:9"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.json["capture"]["available"], true, "{r:?}");
+    let flows: Vec<&Value> = limits(&r).into_iter().filter(|l| l["feature"] == "packet_flows").collect();
+    assert_eq!(flows.len(), 1, "{r:?}");
+    assert_eq!(
+        flows[0]["detail"],
+        "struct sk_buff: member network_header is not in this kernel: packets are not parsed, events carry no flow \
+         and cannot be matched to probes"
+    );
+    let received = r.evidence("rst").into_iter().find(|e| e["direction"] == "received");
+    assert_eq!(received.map(|e| e["flow"]["dst"].clone()), Some("127.0.0.1:9".into()), "{r:?}");
+    assert!(r.evidence("drop").is_empty(), "no packet flow, so no drop can be matched: {r:?}");
+}
+
+/// An optional tracepoint this kernel lacks is a note; capture runs without it.
+#[test]
+fn missing_optional_hook_is_a_note() {
+    if !require_root("missing_optional_hook_is_a_note") {
+        return;
+    }
+    let dir = TempDir::new("capture-optional");
+    // A kernel without icmp_send (before 6.10, unless backported) is the case itself.
+    let r = if Tracepoints::running().unwrap().icmp_send {
+        let btf = doctored_btf(&dir, "btf_trace_icmp_send", "btf_trace_icmp_senX");
+        run_with_btf(&btf, &["check", "tcp", "127.0.0.1:9"])
+    } else {
+        netcheck::run(&["-o", "json", "check", "tcp", "127.0.0.1:9"]).unwrap()
+    };
+    assert_eq!(r.json["capture"]["available"], true, "{r:?}");
+    let icmp = hook(&r, "icmp_send");
+    assert_eq!(icmp["attached"], false);
+    let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
+    assert_eq!(
+        icmp["note"],
+        format!("kernel {release} has no tracepoint icmp_send (no btf_trace_icmp_send in its BTF)").as_str()
+    );
+    assert!(limits(&r).iter().any(|l| l["feature"] == "icmp_errors"), "{r:?}");
+    assert_eq!(hook(&r, "kfree_skb")["attached"], true);
+}
+
+/// A required tracepoint this kernel lacks: capture is unavailable naming the hook and the
+/// kernel release; the probe still runs.
+#[test]
+fn missing_required_hook_names_it_and_the_kernel() {
+    if !require_root("missing_required_hook_names_it_and_the_kernel") {
+        return;
+    }
+    let dir = TempDir::new("capture-required");
+    let btf = doctored_btf(&dir, "btf_trace_tcp_receive_reset", "btf_trace_tcp_receive_resex");
+    let r = run_with_btf(&btf, &["check", "tcp", "127.0.0.1:9"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "refused", "{r:?}");
+    assert_eq!(r.json["capture"]["available"], false, "{r:?}");
+    let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
+    assert_eq!(
+        r.json["capture"]["detail"],
+        format!(
+            "eBPF: tcp_receive_reset: kernel {release} has no tracepoint tcp_receive_reset (no \
+             btf_trace_tcp_receive_reset in its BTF)"
+        )
+        .as_str(),
+        "{r:?}"
+    );
+    assert_eq!(hook(&r, "tcp_receive_reset")["attached"], false);
+    let text = run_with_btf(&btf, &["check", "tcp", "127.0.0.1:9"]);
+    assert_eq!(text.code, 1);
+}
+
+/// Without CAP_SYSLOG /proc/kallsyms hides kernel addresses: on a kernel whose reasons do not
+/// name every cause (before 6.6), drops cannot be named by where they happened, and the report
+/// says so. On newer kernels nothing needs them and nothing is said.
+#[test]
+fn hidden_kallsyms_is_named_where_it_matters() {
+    if !require_root("hidden_kallsyms_is_named_where_it_matters") {
+        return;
+    }
+    let tp = Tracepoints::running().unwrap();
+    let bin = netcheck::binary().unwrap();
+    // The DaemonSet's capabilities, with CAP_SYS_RESOURCE where the kernel needs it to load.
+    let mut bounding = netlab::deploy::bounding_set(None);
+    if memlock_charged() {
+        bounding.push_str(",+sys_resource");
+    }
+    let out = Command::new("setpriv")
+        .arg(format!("--bounding-set={bounding}"))
+        .arg("--")
+        .arg(&bin)
+        .args(["-o", "json", "check", "tcp", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let r = netcheck::Run::from_output(&out);
+    assert_eq!(r.json["capture"]["available"], true, "CAP_BPF and CAP_PERFMON are enough: {r:?}");
+    let hidden = limits(&r).into_iter().find(|l| l["feature"] == "location_names");
+    let restricted =
+        std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap().trim().parse::<i32>().unwrap() > 1;
+    if (!tp.drop_reason || !tp.queue_purge) && restricted {
+        let detail = hidden.unwrap_or_else(|| panic!("{r:?}"))["detail"].as_str().unwrap();
+        assert!(detail.contains("without CAP_SYSLOG"), "{detail}");
+    } else {
+        assert!(hidden.is_none(), "{r:?}");
+    }
+}
+
+/// With the DaemonSet's capabilities (deploy/daemonset.yaml) capture loads, except on kernels
+/// that charge eBPF maps to RLIMIT_MEMLOCK (before 5.11): there it names CAP_SYS_RESOURCE. With
+/// the kernel-5.10 overlay's capabilities it loads everywhere, and names causes from drop
+/// locations where the kernel needs it (CAP_SYSLOG). Run under a container's usual 64 KiB
+/// memlock limit.
+#[test]
+fn deploy_capabilities_load_or_name_what_is_missing() {
+    if !require_root("deploy_capabilities_load_or_name_what_is_missing") {
+        return;
+    }
+    let run = |overlay: Option<&str>| {
+        let bin = netcheck::binary().unwrap();
+        let out = Command::new("prlimit")
+            .args(["--memlock=65536:65536", "setpriv"])
+            .arg(format!("--bounding-set={}", netlab::deploy::bounding_set(overlay)))
+            .arg("--")
+            .arg(&bin)
+            .args(["-o", "json", "check", "tcp", "127.0.0.1:9"])
+            .output()
+            .unwrap();
+        netcheck::Run::from_output(&out)
+    };
+    let r = run(None);
+    assert_eq!(r.check()["cause"], "refused", "{r:?}");
+    if memlock_charged() {
+        assert_eq!(r.json["capture"]["available"], false, "{r:?}");
+        assert_eq!(r.json["capture"]["missing"], serde_json::json!(["CAP_SYS_RESOURCE"]), "{r:?}");
+        let detail = r.json["capture"]["detail"].as_str().unwrap();
+        assert!(detail.contains("RLIMIT_MEMLOCK (64 KiB here"), "{detail}");
+    } else {
+        assert_eq!(r.json["capture"]["available"], true, "{r:?}");
+    }
+    let r = run(Some("kernel-5.10"));
+    assert_eq!(r.json["capture"]["available"], true, "{r:?}");
+    assert!(!limits(&r).iter().any(|l| l["feature"] == "location_names"), "CAP_SYSLOG shows kallsyms: {r:?}");
+    let tp = Tracepoints::running().unwrap();
+    let inferred: Vec<&str> = r.json["capture"]["inferred"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["reason"].as_str()).collect())
+        .unwrap_or_default();
+    let mut expected = Vec::new();
+    if !tp.drop_reason {
+        expected.push("NETFILTER_DROP");
+    }
+    if !tp.queue_purge {
+        expected.push("QUEUE_PURGE");
+    }
+    assert_eq!(inferred, expected, "{r:?}");
+}
+
+/// A required tracepoint whose prototype none of the programs fits (a future kernel's): capture
+/// is unavailable naming the hook, the prototype and the kernel, before anything loads. Forced by
+/// swapping the names of kfree_skb's and sys_enter's prototypes (same length, every kernel has
+/// both), so kfree_skb reads as `(struct pt_regs *, long)`.
+#[test]
+fn unknown_prototype_of_a_required_hook_is_named() {
+    if !require_root("unknown_prototype_of_a_required_hook_is_named") {
+        return;
+    }
+    let dir = TempDir::new("capture-prototype");
+    let mut bytes = std::fs::read(VMLINUX).unwrap();
+    let (a, b) = (b"\0btf_trace_kfree_skb\0", b"\0btf_trace_sys_enter\0");
+    let at = |bytes: &[u8], n: &[u8]| bytes.windows(n.len()).position(|w| w == n).expect("name in BTF");
+    let (ia, ib) = (at(&bytes, a), at(&bytes, b));
+    bytes[ia..ia + a.len()].copy_from_slice(b);
+    bytes[ib..ib + b.len()].copy_from_slice(a);
+    let path = dir.path.join("vmlinux-swapped");
+    std::fs::write(&path, &bytes).unwrap();
+    let r = run_with_btf(&path, &["check", "tcp", "127.0.0.1:9"]);
+    assert_eq!(r.check()["cause"], "refused", "the probe still runs: {r:?}");
+    assert_eq!(r.json["capture"]["available"], false, "{r:?}");
+    let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
+    let kfree = hook(&r, "kfree_skb");
+    assert_eq!(
+        kfree["note"],
+        format!(
+            "the prototype kfree_skb(struct pt_regs *, int64) of kernel {release} fits none of this build's programs"
+        )
+        .as_str(),
+        "{r:?}"
+    );
+    assert!(r.json["capture"]["detail"].as_str().unwrap().contains("kfree_skb"), "{r:?}");
+}

@@ -1,0 +1,335 @@
+//! `cargo xtask kernels`: the lab's capture tests on the kernels nodes run, not only the host's.
+//!
+//! Debian's own kernels (5.10 bullseye, 6.1 bookworm, 6.12 trixie) boot under
+//! `qemu-system-x86_64 -accel tcg -cpu max` (no KVM: nested KVM hangs on these machines) with
+//! the host's root shared read-only over 9p, so the guest runs this checkout's own test binaries
+//! and the host's iproute2, iptables and dnsmasq as they are, on its own kernel and modules.
+//! Each guest runs the lab tests whose verdicts depend on the kernel (`tests/tests/tcp.rs`,
+//! `tests/tests/capture.rs`) and the capture benchmark, then this prints, per kernel, the
+//! programs chosen, the load time and the cost per event, and a table of what capture gives.
+
+mod fetch;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use self::fetch::{Kernel, Series};
+use crate::{root, sh};
+
+/// The matrix: the kernels most nodes run (5.10: Amazon Linux 2, Debian 11; 6.1: Debian 12,
+/// AL2023, COS, Bottlerocket; 6.12: Debian 13).
+const MATRIX: &[Series] = &[
+    Series { version: "5.10", suites: &["bullseye", "bullseye-security"] },
+    Series { version: "6.1", suites: &["bookworm", "bookworm-security"] },
+    Series { version: "6.12", suites: &["trixie", "trixie-security"] },
+];
+
+/// Modules the lab needs in the guest (the kernel asks for the rest, e.g. iptables' targets).
+const GUEST_MODULES: &[&str] = &[
+    "veth",
+    "bridge",
+    "vxlan",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "xt_tcpudp",
+    "xt_comment",
+    "xt_conntrack",
+    "xt_addrtype",
+    "xt_MASQUERADE",
+    "iptable_filter",
+    "iptable_nat",
+    "nf_conntrack_netlink",
+];
+
+/// Test binaries run in each guest.
+const TESTS: &[&str] = &["tcp", "capture"];
+
+/// How long one guest may take, boot to power-off (about 4 minutes under TCG here).
+const GUEST_DEADLINE: Duration = Duration::from_mins(20);
+
+/// Emulation is this much slower than the host: latency bounds in tests scale by it.
+const TIME_SCALE: u32 = 5;
+
+/// Runs the matrix, or only the series in `only` (`5.10`, `6.1`, `6.12`).
+pub fn run(only: &[String]) -> Result<()> {
+    let unknown: Vec<&String> = only.iter().filter(|o| !MATRIX.iter().any(|s| s.version == o.as_str())).collect();
+    if !unknown.is_empty() {
+        bail!("--only {unknown:?}: the matrix has {:?}", MATRIX.iter().map(|s| s.version).collect::<Vec<_>>());
+    }
+    let dir = root().join("target/kernels");
+    std::fs::create_dir_all(&dir)?;
+    let binaries = build()?;
+    let init = include_str!("init.sh");
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    for series in MATRIX.iter().filter(|s| only.is_empty() || only.iter().any(|o| o == s.version)) {
+        let kernel = fetch::prepare(&dir, *series, init)?;
+        println!("==> kernel {} ({})", kernel.release, series.suites[0]);
+        let started = Instant::now();
+        let result = boot(&dir, &kernel, &binaries)?;
+        println!("{}", result.summary(started.elapsed()));
+        if !result.ok() {
+            failed.push(kernel.release.clone());
+        }
+        results.push(result);
+    }
+    println!("\nWhat capture gives, per kernel (README table):\n\n{}", table(&results));
+    if !failed.is_empty() {
+        bail!("kernels failed: {} (logs under {})", failed.join(", "), dir.join("run").display());
+    }
+    Ok(())
+}
+
+/// The netcheck binary, the test binaries and the capture benchmark, as the guests run them.
+struct Binaries {
+    netcheck: PathBuf,
+    tests: Vec<(String, PathBuf)>,
+    bench: PathBuf,
+}
+
+fn build() -> Result<Binaries> {
+    sh(Command::new("cargo").args(["build", "-p", "probe-user"]).current_dir(root()))?;
+    let mut args = vec!["test", "-p", "netcheck-tests", "--no-run", "--message-format=json"];
+    for t in TESTS {
+        args.extend(["--test", t]);
+    }
+    let tests = executables(&args)?;
+    let bench =
+        executables(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--no-run", "--message-format=json"])?;
+    Ok(Binaries {
+        netcheck: root().join("target/debug/netcheck"),
+        tests,
+        bench: bench.into_iter().next().context("the capture benchmark's executable")?.1,
+    })
+}
+
+/// `(target name, executable)` of what a `cargo ... --no-run --message-format=json` built.
+fn executables(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+    let out = Command::new("cargo").args(args).current_dir(root()).stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        if let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str()) {
+            found.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    Ok(found)
+}
+
+/// What one guest did.
+struct GuestResult {
+    release: String,
+    finished: bool,
+    /// Per test binary: (passed, failed, names of the failures).
+    tests: BTreeMap<String, (usize, usize, Vec<String>)>,
+    /// `netcheck -o json check tcp 127.0.0.1:9`'s capture status in the guest.
+    status: Value,
+    /// The capture benchmark's figures.
+    bench: Value,
+    bench_ok: bool,
+    out: PathBuf,
+}
+
+fn boot(dir: &Path, kernel: &Kernel, bin: &Binaries) -> Result<GuestResult> {
+    let out = dir.join("run").join(&kernel.release);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("modules"), GUEST_MODULES.join("\n"))?;
+    std::fs::write(out.join("run.sh"), script(&out, bin))?;
+    let console = std::fs::File::create(out.join("console.log"))?;
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&kernel.initrd)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 rdinit=/init netcheck.out={} netcheck.kroot={}",
+            out.display(),
+            kernel.root.display()
+        ))
+        .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
+        .arg("-virtfs")
+        .arg(format!("local,path={},mount_tag=out,security_model=none", out.display()))
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        .spawn()
+        .context("qemu-system-x86_64 (apt: qemu-system-x86)")?;
+    let started = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if started.elapsed() > GUEST_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            println!("kernels: {} did not power off within {GUEST_DEADLINE:?}", kernel.release);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    let mut tests = BTreeMap::new();
+    for (name, _) in &bin.tests {
+        tests.insert(name.clone(), libtest_results(&read(&format!("{name}.log"))));
+    }
+    Ok(GuestResult {
+        release: kernel.release.clone(),
+        finished: out.join("finished").exists(),
+        tests,
+        status: serde_json::from_str::<Value>(&read("status.json")).map_or(Value::Null, |v| v["capture"].clone()),
+        bench: serde_json::from_str(&read("bench.json")).unwrap_or(Value::Null),
+        bench_ok: read("bench.rc").trim() == "0",
+        out,
+    })
+}
+
+/// The guest's script: the capture status, each test binary, the benchmark; results beside it.
+fn script(out: &Path, bin: &Binaries) -> String {
+    let o = out.display();
+    let mut s = String::from(
+        "#!/bin/bash\n# Written by `cargo xtask kernels`; runs in the guest, chrooted into the host's root.\n",
+    );
+    let _ = writeln!(s, "cd {}", root().display());
+    let _ = writeln!(s, "export NETLAB_TIME_SCALE={TIME_SCALE} NETCHECK_BIN={}", bin.netcheck.display());
+    let _ = writeln!(s, "\"$NETCHECK_BIN\" -o json check tcp 127.0.0.1:9 > {o}/status.json 2> {o}/status.err");
+    for (name, exe) in &bin.tests {
+        let _ = writeln!(s, "{} --test-threads=2 > {o}/{name}.log 2>&1; echo $? > {o}/{name}.rc", exe.display());
+    }
+    let _ = writeln!(
+        s,
+        "{} --quick --json {o}/bench.json > {o}/bench.log 2>&1; echo $? > {o}/bench.rc",
+        bin.bench.display()
+    );
+    let _ = writeln!(s, "touch {o}/finished");
+    s
+}
+
+/// `test NAME ... ok|FAILED` lines of a libtest run.
+fn libtest_results(log: &str) -> (usize, usize, Vec<String>) {
+    let (mut pass, mut fail, mut names) = (0, 0, Vec::new());
+    for line in log.lines() {
+        let Some(rest) = line.strip_prefix("test ") else { continue };
+        if let Some(name) = rest.strip_suffix(" ... ok") {
+            let _ = name;
+            pass += 1;
+        } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
+            fail += 1;
+            names.push(name.to_string());
+        }
+    }
+    (pass, fail, names)
+}
+
+impl GuestResult {
+    fn ok(&self) -> bool {
+        self.finished && self.bench_ok && self.tests.values().all(|(p, f, _)| *p > 0 && *f == 0)
+    }
+
+    fn hook(&self, tracepoint: &str) -> Option<&Value> {
+        self.status["hooks"].as_array()?.iter().find(|h| h["tracepoint"] == tracepoint)
+    }
+
+    fn summary(&self, took: Duration) -> String {
+        let mut s = format!("kernel {}: {} in {:.0?}\n", self.release, if self.ok() { "ok" } else { "FAILED" }, took);
+        if !self.finished {
+            let _ = writeln!(s, "  the guest did not finish: see {}", self.out.join("console.log").display());
+        }
+        let _ = writeln!(s, "  hooks:");
+        for h in self.status["hooks"].as_array().into_iter().flatten() {
+            let tp = h["tracepoint"].as_str().unwrap_or("?");
+            let proto = h["prototype"].as_str().unwrap_or("");
+            match (h["attached"].as_bool(), h["program"].as_str()) {
+                (Some(true), Some(p)) => {
+                    let _ = writeln!(s, "    {tp}{proto} -> program {p}");
+                }
+                _ => {
+                    let _ = writeln!(s, "    {tp}: not attached: {}", h["note"].as_str().unwrap_or("?"));
+                }
+            }
+        }
+        let load = self.status["load_ms"].as_u64().map_or_else(|| "?".into(), |ms| format!("{ms} ms"));
+        let _ = writeln!(s, "  capture load (debug build, TCG): {load}");
+        for p in self.bench["programs"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "  {}: {} ns/event over {} runs (bpf_stats, under a drop flood; TCG)",
+                p["name"].as_str().unwrap_or("?"),
+                p["ns_per_event"].as_u64().unwrap_or(0),
+                p["runs"].as_u64().unwrap_or(0)
+            );
+        }
+        if !self.bench_ok {
+            let _ = writeln!(s, "  benchmark FAILED: see {}", self.out.join("bench.log").display());
+        }
+        for (name, (pass, fail, names)) in &self.tests {
+            let _ = writeln!(
+                s,
+                "  tests/{name}.rs: {pass} passed, {fail} failed{}",
+                if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) }
+            );
+        }
+        for l in self.status["limits"].as_array().into_iter().flatten() {
+            let _ =
+                writeln!(s, "  limit {}: {}", l["feature"].as_str().unwrap_or("?"), l["detail"].as_str().unwrap_or(""));
+        }
+        s
+    }
+}
+
+/// The README's table: what capture gives on each kernel, from the guests' own reports.
+fn table(results: &[GuestResult]) -> String {
+    let mut s = String::from(
+        "| kernel | drop reasons | RST reasons | ICMP errors | inner VXLAN flow | causes named from the drop's location |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let program = |tp: &str| r.hook(tp).and_then(|h| h["program"].as_str()).unwrap_or("none");
+        let drops =
+            if program("kfree_skb") == "kfree_skb" { "the kernel's names" } else { "none passed (null + function)" };
+        let rsts = if program("tcp_send_reset") == "tcp_send_reset" {
+            "the kernel's names; no-socket RSTs traced"
+        } else {
+            "none passed; no-socket RSTs not traced"
+        };
+        let icmp =
+            if r.hook("icmp_send").is_some_and(|h| h["attached"] == true) { "type and code" } else { "not traced" };
+        let vxlan = r.tests.get("tcp").map_or("?", |(p, _, failed)| {
+            if *p > 0 && !failed.iter().any(|n| n.contains("vxlan")) { "yes" } else { "no" }
+        });
+        let inferred: Vec<String> = r.status["inferred"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| format!("{} ({})", c["reason"].as_str().unwrap_or("?"), c["function"].as_str().unwrap_or("?")))
+            .collect();
+        let inferred = if inferred.is_empty() { "none needed".to_string() } else { inferred.join(", ") };
+        let _ = writeln!(s, "| {} | {drops} | {rsts} | {icmp} | {vxlan} | {inferred} |", r.release);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_lines_are_counted() {
+        let log = "running 3 tests\ntest a ... ok\ntest b ... FAILED\ntest c ... ok\n\nfailures:\n    b\n";
+        assert_eq!(libtest_results(log), (2, 1, vec!["b".to_string()]));
+    }
+}
