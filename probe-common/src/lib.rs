@@ -131,7 +131,7 @@ pub struct LocationRange {
 }
 
 /// Capacity of [`KernelOffsets::locations`].
-pub const LOCATION_RANGES: usize = 4;
+pub const LOCATION_RANGES: usize = 8;
 
 /// Reason values the programs give when the kernel gave none; above every reason of the
 /// kernel's own enums (`enum skb_drop_reason` stays below 0x100 in 6.18) and below the

@@ -157,7 +157,9 @@ fn located(location: u64) -> Option<u32> {
     while i < LOCATION_RANGES {
         // SAFETY: reading a field of a static.
         let range = unsafe { core::ptr::read_volatile(&raw const OFFSETS.locations[i]) };
-        if location >= range.start && location < range.end {
+        // A return address: the call is the byte before it (a call ending a function returns
+        // to the next one's start).
+        if location > range.start && location <= range.end {
             return Some(range.reason);
         }
         i += 1;

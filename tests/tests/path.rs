@@ -190,7 +190,12 @@ fn pod_to_own_node_kubelet_rejected_at_input() {
     assert_eq!(failed["cause"], "unreachable");
     assert!(failed["evidence"].as_array().unwrap().iter().any(|e| e["reason"] == "NETFILTER_DROP"), "{r:?}");
     let v = verdict(&r);
-    assert!(v.contains("rejected by netfilter (ICMP host-prohibited)"), "{v}");
+    if netlab::kernel::Tracepoints::running().unwrap().icmp_send {
+        assert!(v.contains("rejected by netfilter (ICMP host-prohibited)"), "{v}");
+    } else {
+        // No icmp_send tracepoint: the REJECT is read from the drop and the probe's own error.
+        assert!(v.contains("rejected by netfilter (the probe got ICMP unreachable)"), "{v}");
+    }
     assert!(v.contains(&format!("pods on this node cannot reach {kubelet} while the node itself can")), "{v}");
 
     // A pod on the other node is masqueraded to n2's address and gets through.
@@ -215,28 +220,37 @@ fn underlay_black_hole_is_placed_with_the_usable_mtu() {
     assert_eq!(failed["name"], "underlay", "{r:?}");
     assert_eq!(failed["netns"], n1.netns);
     assert_eq!(failed["cause"], "mtu_blackhole");
-    let data = &r.check()["data"]["path"];
-    assert_eq!(data["underlay_mtu"], 1400, "{r:?}");
-    // The pod's own limit (as measured by `check mtu` and `ping -M do` in tests/tests/mtu.rs).
-    assert_eq!(data["path_mtu"], 1354, "{r:?}");
-    let v = verdict(&r);
-    assert!(v.contains(&format!("MTU black hole towards the peer {}", n2.underlay_ip)), "{v}");
-    assert!(v.contains("packets over 1400 bytes vanish"), "{v}");
-    assert!(v.contains("packets over 1354 bytes are silently lost"), "{v}");
-    // Small packets still cross: the connect passes, so does everything after the underlay.
-    assert_eq!(hop(&r, "destination")["status"], "pass", "{r:?}");
-    // Independently: ping with DF from the node gets 1400 through and not 1401.
-    let ping = |size: u16| {
+    // The limits as `ping -M do` finds them, from the node to the peer and from the pod to pod b:
+    // the oracle, since kernels differ by a few bytes in what a 1400-byte link forwards (6.18:
+    // 1400 and 1354 here; 6.1's veth lets 4 bytes more through, `is_skb_forwardable`).
+    let ping = |netns: &str, dst: std::net::Ipv4Addr, size: u16| {
         std::process::Command::new("ip")
-            .args(["netns", "exec", &n1.netns, "ping", "-n", "-q", "-M", "do", "-c", "2", "-i", "0.2", "-W", "1"])
-            .args(["-s", &(size - 28).to_string(), &n2.underlay_ip.to_string()])
+            .args(["netns", "exec", netns, "ping", "-n", "-q", "-M", "do", "-c", "2", "-i", "0.2", "-W", "1"])
+            .args(["-s", &(size - 28).to_string(), &dst.to_string()])
             .output()
             .expect("ping")
             .status
             .success()
     };
-    assert!(ping(1400));
-    assert!(!ping(1401));
+    let largest = |netns: &str, dst, (mut lo, mut hi): (u16, u16)| {
+        assert!(ping(netns, dst, lo) && !ping(netns, dst, hi), "the limit lies outside {lo}..{hi}");
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if ping(netns, dst, mid) { lo = mid } else { hi = mid }
+        }
+        lo
+    };
+    let node_limit = largest(&n1.netns, n2.underlay_ip, (1380, 1420));
+    let pod_limit = largest(&a.netns, b.ip, (1330, 1370));
+    let data = &r.check()["data"]["path"];
+    assert_eq!(data["underlay_mtu"], node_limit, "{r:?}");
+    assert_eq!(data["path_mtu"], pod_limit, "{r:?}");
+    let v = verdict(&r);
+    assert!(v.contains(&format!("MTU black hole towards the peer {}", n2.underlay_ip)), "{v}");
+    assert!(v.contains(&format!("packets over {node_limit} bytes vanish")), "{v}");
+    assert!(v.contains(&format!("packets over {pod_limit} bytes are silently lost")), "{v}");
+    // Small packets still cross: the connect passes, so does everything after the underlay.
+    assert_eq!(hop(&r, "destination")["status"], "pass", "{r:?}");
 }
 
 /// Without privileges `path` still follows the tables and runs the TCP probe; the probes that

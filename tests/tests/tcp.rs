@@ -168,6 +168,9 @@ fn kubelet_rejected_for_pods_on_its_own_node_only() {
         assert!(icmp.is_empty(), "{r:?}");
         let limits = r.json["capture"]["limits"].as_array().unwrap();
         assert!(limits.iter().any(|l| l["feature"] == "icmp_errors"), "{r:?}");
+        let detail = r.check()["detail"].as_str().unwrap();
+        assert!(detail.contains("ICMP errors are not captured on this kernel"), "{detail}");
+        assert!(detail.contains("dropped by netfilter"), "{detail}");
     }
 
     let r = netcheck::run_json_in(&lab.pod("b").netns, &["--timeout", "2s", "check", "tcp", &kubelet]).unwrap();

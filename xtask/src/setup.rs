@@ -9,25 +9,26 @@ use crate::sh;
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the lab drives.
 const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",       // bpf-linker 0.13 links against it (rustc's LLVM is 22)
-    "iproute2",          // ip, bridge: namespaces, veth, bridges, VXLAN
-    "iptables",          // fault injection (iptables-nft)
-    "procps",            // sysctl inside lab namespaces
-    "util-linux",        // setpriv: the unprivileged scenario
-    "dnsmasq-base",      // the lab's CoreDNS stand-ins and upstream resolver
-    "iputils-ping",      // ping -M do: the MTU tests' independent check
-    "iputils-tracepath", // the MTU test shows tracepath's wrong answer
-    "prometheus",        // a real Prometheus scrapes the lab's agents; promtool checks the exposition
-    "musl-tools",        // the image's static netcheck (C parts of ring built with musl-gcc)
-    "busybox-static",    // the image's shell and tools
-    "skopeo",            // CI inspects the image archive
-    "umoci",             // CI unpacks the image and runs netcheck from its root filesystem
-    "file",              // the image test checks the binary is static
-    "qemu-system-x86",   // cargo xtask kernels boots Debian's kernels (TCG)
-    "kmod",              // depmod on the guest kernels' modules
-    "cpio",              // the guests' initramfs
-    "xz-utils",          // guest modules ship as .ko.xz (trixie)
-    "zstd",              // or as .ko.zst
+    "llvm-22-dev",            // bpf-linker 0.13 links against it (rustc's LLVM is 22)
+    "iproute2",               // ip, bridge: namespaces, veth, bridges, VXLAN
+    "iptables",               // fault injection (iptables-nft)
+    "procps",                 // sysctl inside lab namespaces
+    "util-linux",             // setpriv: the unprivileged scenario
+    "dnsmasq-base",           // the lab's CoreDNS stand-ins and upstream resolver
+    "iputils-ping",           // ping -M do: the MTU tests' independent check
+    "iputils-tracepath",      // the MTU test shows tracepath's wrong answer
+    "prometheus",             // a real Prometheus scrapes the lab's agents; promtool checks the exposition
+    "musl-tools",             // the image's static netcheck (C parts of ring built with musl-gcc)
+    "busybox-static",         // the image's shell and tools
+    "skopeo",                 // CI inspects the image archive
+    "umoci",                  // CI unpacks the image and runs netcheck from its root filesystem
+    "file",                   // the image test checks the binary is static
+    "qemu-system-x86",        // cargo xtask kernels boots Debian's kernels (TCG)
+    "kmod",                   // depmod on the guest kernels' modules
+    "cpio",                   // the guests' initramfs
+    "xz-utils",               // guest modules ship as .ko.xz (trixie)
+    "zstd",                   // or as .ko.zst
+    "debian-archive-keyring", // verifies the kernels' apt sources (also on a non-Debian host)
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -36,7 +36,7 @@ pub(super) struct Loaded {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Inferred {
     pub reason: &'static str,
-    pub function: &'static str,
+    pub functions: &'static [&'static str],
 }
 
 /// Why loading failed, with what was learnt of the kernel on the way.
@@ -114,7 +114,7 @@ pub(super) fn load(opts: Options) -> std::result::Result<Loaded, Box<Failed>> {
     let symbols = locations(&btf_info, &mut offsets, &mut limits);
     let inferred = location::named(&offsets.locations)
         .into_iter()
-        .map(|c| Inferred { reason: c.reason, function: c.function })
+        .map(|c| Inferred { reason: c.reason, functions: c.functions })
         .collect();
     drop(btf_info);
 
@@ -211,8 +211,9 @@ fn kernel_limits(hooks: &[HookStatus]) -> Vec<Limit> {
         out.push(Limit {
             feature: "drop_reasons",
             detail: "kfree_skb passes no drop reason on this kernel (the reason argument arrived in 5.17): \
-                     drops in functions with one cause (netfilter's nf_hook_slow, skb_queue_purge) are named \
-                     from /proc/kallsyms; others carry reason null and the function that dropped them"
+                     drops in functions with one cause (netfilter's nf_hook_slow; skb_queue_purge and \
+                     inet_sock_destruct emptying a closing socket's queues) are named from /proc/kallsyms; \
+                     others carry reason null and the function that dropped them"
                 .into(),
         });
     }

@@ -17,10 +17,10 @@ use probe_common::{LOCATION_RANGES, LocationRange, inferred};
 /// The kernel's symbol table.
 const KALLSYMS: &str = "/proc/kallsyms";
 
-/// A function that frees packets for one cause only.
+/// Functions that free packets for one cause only.
 #[derive(Debug)]
 pub struct Cause {
-    pub function: &'static str,
+    pub functions: &'static [&'static str],
     /// The name newer kernels give the cause (`enum skb_drop_reason`), so verdicts read the same.
     pub reason: &'static str,
     pub why: &'static str,
@@ -29,14 +29,17 @@ pub struct Cause {
 /// Index `i` is reason `inferred::BASE + i`.
 pub const CAUSES: &[Cause] = &[
     Cause {
-        function: "nf_hook_slow",
+        functions: &["nf_hook_slow"],
         reason: "NETFILTER_DROP",
         why: "nf_hook_slow frees a packet only on a netfilter DROP verdict (net/netfilter/core.c)",
     },
     Cause {
-        function: "skb_queue_purge",
+        // skb_queue_purge, and inet_sock_destruct where the inline __skb_queue_purge empties a
+        // closing socket's receive and error queues (net/ipv4/af_inet.c): delivery, not loss.
+        functions: &["skb_queue_purge", "inet_sock_destruct"],
         reason: "QUEUE_PURGE",
-        why: "skb_queue_purge empties a closing socket's queue (net/core/skbuff.c; QUEUE_PURGE from 6.6)",
+        why: "the function empties a closing socket's queues (net/core/skbuff.c, net/ipv4/af_inet.c; \
+              QUEUE_PURGE from 6.6)",
     },
 ];
 
@@ -101,14 +104,14 @@ pub fn hidden() -> Option<String> {
     }
 }
 
-/// Text ranges of the [`CAUSES`] at `wanted` indexes (and their `.cold` parts), at most
-/// [`LOCATION_RANGES`], from one pass over /proc/kallsyms. A function's end is the next
-/// function's start.
+/// Text ranges of the functions of the [`CAUSES`] at `wanted` indexes (and their `.cold`
+/// parts), at most [`LOCATION_RANGES`], from one pass over /proc/kallsyms. A function's end is
+/// the next function's start.
 pub fn ranges(wanted: &[usize]) -> std::io::Result<[LocationRange; LOCATION_RANGES]> {
-    // Functions before their .cold parts, so a table too small drops the cold parts first.
     let file = std::fs::File::open(KALLSYMS)?;
     let mut starts: Vec<u64> = Vec::new();
-    let mut found: Vec<(u64, usize)> = Vec::new();
+    // (is a .cold part, cause, address)
+    let mut found: Vec<(bool, usize, u64)> = Vec::new();
     for line in BufReader::new(file).lines() {
         let line = line?;
         let Some((addr, t, name)) = parse(&line) else { continue };
@@ -117,15 +120,17 @@ pub fn ranges(wanted: &[usize]) -> std::io::Result<[LocationRange; LOCATION_RANG
         }
         starts.push(addr);
         let base = name.strip_suffix(".cold").unwrap_or(name);
-        if let Some(&i) = wanted.iter().find(|&&i| CAUSES.get(i).is_some_and(|c| c.function == base)) {
-            found.push((addr, i));
+        let wants = |i: &usize| CAUSES.get(*i).is_some_and(|c| c.functions.contains(&base));
+        if let Some(&i) = wanted.iter().find(|i| wants(i)) {
+            found.push((base.len() != name.len(), i, addr));
         }
     }
     starts.sort_unstable();
     starts.dedup();
-    found.sort_by_key(|&(addr, i)| (i, addr));
+    // Functions before their .cold parts, so a full table loses cold parts first.
+    found.sort_unstable();
     let mut out = [LocationRange::default(); LOCATION_RANGES];
-    for (slot, (start, i)) in out.iter_mut().zip(found) {
+    for (slot, (_, i, start)) in out.iter_mut().zip(found) {
         let next = starts.partition_point(|&a| a <= start);
         let end = starts.get(next).copied().unwrap_or(start);
         let reason = inferred::BASE + u32::try_from(i).unwrap_or(0);
@@ -198,8 +203,11 @@ impl Table {
         Ok(Self { starts, names })
     }
 
+    /// The function holding a return address: the call is the instruction before it (a call
+    /// that ends a function returns to the next one's first byte), as perf and addr2line read it.
     fn lookup(&self, addr: u64) -> Option<String> {
-        let i = self.starts.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let call = addr.checked_sub(1)?;
+        let i = self.starts.partition_point(|s| s.0 <= call).checked_sub(1)?;
         let (start, at, len) = self.starts[i];
         let name = self.names.get(at as usize..(at + len) as usize)?;
         Some(format!("{name}+{:#x}", addr - start))
@@ -214,8 +222,10 @@ fn parse(line: &str) -> Option<(u64, char, &str)> {
     Some((addr, t, parts.next()?))
 }
 
+/// Functions, weak ones included (`W`/`w`: a weak function is text like any other, and leaving it
+/// out would stretch the function before it over it).
 fn is_text(t: char) -> bool {
-    matches!(t, 't' | 'T')
+    matches!(t, 't' | 'T' | 'w' | 'W')
 }
 
 #[cfg(test)]
@@ -244,8 +254,10 @@ mod tests {
     fn lookup_names_the_function_and_offset() {
         let t = Table { starts: vec![(0x1000, 0, 4), (0x2000, 4, 10)], names: "abcdtcp_v4_rcv".into() };
         assert_eq!(t.lookup(0x1010).as_deref(), Some("abcd+0x10"));
-        assert_eq!(t.lookup(0x2000).as_deref(), Some("tcp_v4_rcv+0x0"));
-        assert_eq!(t.lookup(0x0fff), None);
+        assert_eq!(t.lookup(0x2001).as_deref(), Some("tcp_v4_rcv+0x1"));
+        // A return address right after abcd's last call is abcd's, not the next function's.
+        assert_eq!(t.lookup(0x2000).as_deref(), Some("abcd+0x1000"));
+        assert_eq!(t.lookup(0x1000), None);
     }
 
     /// The ranges hold the functions' own addresses. Needs a kernel that shows this process its
@@ -260,5 +272,6 @@ mod tests {
         assert!(r[0].start != 0 && r[0].end > r[0].start, "{r:?}");
         let mut s = Symbols::default();
         assert_eq!(s.name(r[0].start + 1).as_deref(), Some("nf_hook_slow+0x1"));
+        assert!(is_text('W') && !is_text('r'));
     }
 }

@@ -357,6 +357,13 @@ impl Capture {
         out
     }
 
+    /// Why ICMP errors this kernel sends are not captured, when they are not (the optional
+    /// `icmp_send` hook did not attach).
+    pub fn icmp_unseen(&self) -> Option<String> {
+        let hook = self.hooks.iter().find(|h| h.tracepoint == "icmp_send")?;
+        (!hook.attached).then(|| hook.note.clone().unwrap_or_else(|| "icmp_send is not attached".into()))
+    }
+
     pub fn status(&self) -> Status {
         Status {
             available: true,
@@ -500,11 +507,15 @@ struct Decoder {
 
 impl Decoder {
     fn dispatch(&mut self, shared: &Shared, raw: &Event) {
-        let mut state = shared.state.lock().expect("capture state");
-        let watched = state.watches.iter().any(|w| w.matcher.matches(raw));
-        if !watched && state.subscriber.is_none() {
-            return;
+        {
+            let state = shared.state.lock().expect("capture state");
+            let watched = state.watches.iter().any(|w| w.matcher.matches(raw));
+            if !watched && state.subscriber.is_none() {
+                return;
+            }
         }
+        // Decoding may rescan namespaces or read /proc/kallsyms (once, on kernels that record no
+        // drop reason): not while holding the state probes register their watches in.
         if raw.netns != 0
             && self.netns.name(raw.netns) == raw.netns.to_string()
             && self.last_rescan.elapsed() > Duration::from_millis(500)
@@ -515,6 +526,7 @@ impl Decoder {
         }
         let Some(mut ev) = KernelEvent::decode(raw, &self.names, &self.netns) else { return };
         ev.locate(raw, self.symbols.as_mut());
+        let mut state = shared.state.lock().expect("capture state");
         for w in state.watches.iter_mut().filter(|w| w.matcher.matches(raw)) {
             w.events.push(ev.clone());
         }

@@ -257,11 +257,15 @@ pub(crate) fn drops(evidence: &[Evidence]) -> impl Iterator<Item = &Evidence> {
 /// "dropped by netfilter in netns n2 on flannel.1 (2 packets)" and the like.
 pub(crate) fn describe_drop(e: &Evidence) -> String {
     let ev = &e.event;
-    let reason = ev.reason.as_deref().unwrap_or("unknown reason");
-    let mut s = if reason == "NETFILTER_DROP" {
-        "dropped by netfilter".to_string()
-    } else {
-        format!("dropped by the kernel ({reason})")
+    let mut s = match (ev.reason.as_deref(), ev.location_function()) {
+        (Some("NETFILTER_DROP"), _) => "dropped by netfilter".to_string(),
+        (Some(reason), _) => format!("dropped by the kernel ({reason})"),
+        // A kernel that records no reason (before 5.17): where, and what that place drops for.
+        (None, Some(function)) => match crate::capture::location::candidates(function) {
+            Some(causes) => format!("dropped by the kernel in {function} (no reason recorded: {causes})"),
+            None => format!("dropped by the kernel in {function} (no reason recorded)"),
+        },
+        (None, None) => "dropped by the kernel (no reason recorded)".to_string(),
     };
     let _ = write!(s, " in netns {}", ev.netns);
     if let Some(dev) = &ev.device {

@@ -173,8 +173,11 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
         }
     }
     let peer_agent = add_peer_events(report, &mut hops, &mut all_evidence);
+    // A TCP probe refused with ICMP unreachable (EHOSTUNREACH): the kernel answered even when
+    // it cannot trace the ICMP error it sent (no icmp_send before 6.10).
+    let unreachable = probes.iter().any(|c| c.probe == "tcp" && c.cause == Some(Cause::Unreachable));
     for h in &mut hops {
-        if let Some((status, cause, what, flow)) = judge_evidence(&h.hop.evidence) {
+        if let Some((status, cause, what, flow)) = judge_evidence(&h.hop.evidence, unreachable) {
             // The kernel saw this hop: where it saw it is no longer inferred.
             if h.hop.inferred
                 && let Some(ev) = h.hop.evidence.iter().find(|e| is_fault(&e.event))
@@ -536,7 +539,7 @@ pub fn echo_verdict(echo: &icmp::Echo, capture_on: bool) -> Check {
         EchoOutcome::Answered { answer: Answer::Unreachable { code, from }, .. } => {
             (Status::Fail, Some(Cause::Unreachable), format!("ICMP destination unreachable (code {code}) from {from}"))
         }
-        EchoOutcome::Answered { .. } => match judge_evidence(&evidence) {
+        EchoOutcome::Answered { .. } => match judge_evidence(&evidence, false) {
             Some((status, cause, what, flow)) => (status, cause, format!("no echo reply: {what}{flow}")),
             None => (Status::Fail, Some(Cause::Timeout), format!("no echo reply ({unseen})")),
         },
@@ -559,7 +562,7 @@ fn is_fault(ev: &KernelEvent) -> bool {
 
 /// The status the placed evidence gives a hop (a drop, an ICMP error or a reset sent there):
 /// status, cause, what happened and the flow it happened to.
-fn judge_evidence(evidence: &[Evidence]) -> Option<(Status, Option<Cause>, String, String)> {
+fn judge_evidence(evidence: &[Evidence], unreachable: bool) -> Option<(Status, Option<Cause>, String, String)> {
     let faults: Vec<&Evidence> = evidence.iter().filter(|e| is_fault(&e.event)).collect();
     let netfilter = faults.iter().find(|e| e.event.reason.as_deref() == Some("NETFILTER_DROP"));
     let pick = faults.iter().find(|e| e.event.kind == EventKind::Icmp).or(netfilter).or_else(|| faults.first())?;
@@ -579,6 +582,10 @@ fn judge_evidence(evidence: &[Evidence]) -> Option<(Status, Option<Cause>, Strin
         }
         EventKind::Rst => (Cause::Refused, "reset (TCP RST sent)".to_string()),
         EventKind::Drop => match ev.reason.as_deref() {
+            // A netfilter drop the probe saw answered with ICMP unreachable is a REJECT.
+            Some("NETFILTER_DROP") if unreachable => {
+                (Cause::Unreachable, "rejected by netfilter (the probe got ICMP unreachable)".to_string())
+            }
             Some("NETFILTER_DROP") => (Cause::NetfilterDrop, "dropped by netfilter".to_string()),
             Some(r) => (Cause::KernelDrop, format!("dropped by the kernel ({r})")),
             None => (Cause::KernelDrop, "dropped by the kernel".to_string()),
@@ -849,6 +856,7 @@ mod tests {
             outcome,
             elapsed: Duration::from_millis(5),
             events,
+            icmp_unseen: None,
         }
     }
 

@@ -22,7 +22,11 @@ pub fn tcp_verdict(report: &Report, capture_on: bool) -> Check {
     // other causes, checksum and header errors, get no RST, and this connect got one).
     let no_socket = drops(&evidence).find(|e| {
         e.event.reason.as_deref() == Some("NO_SOCKET")
-            || (e.event.reason.is_none() && matches!(e.event.location_function(), Some("tcp_v4_rcv" | "tcp_v6_rcv")))
+            || (e.event.reason.is_none()
+                && matches!(
+                    e.event.location_function().and_then(|f| f.split('.').next()),
+                    Some("tcp_v4_rcv" | "tcp_v6_rcv")
+                ))
     });
     let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
 
@@ -47,7 +51,7 @@ pub fn tcp_verdict(report: &Report, capture_on: bool) -> Check {
             (Status::Fail, Some(Cause::NoRoute), format!("no route to the target from this namespace ({e})"))
         }
         Outcome::Unresolved(e) => (Status::Fail, Some(Cause::DnsError), format!("name did not resolve: {e}")),
-        Outcome::Failed(e) => failed(e, first_drop, icmp, rst_sent.or(no_socket)),
+        Outcome::Failed(e) => failed(e, first_drop, icmp, rst_sent.or(no_socket), report.icmp_unseen.as_deref()),
     };
     Check::probed("tcp", report.target.to_string(), (status, cause, detail), report.elapsed, evidence)
 }
@@ -57,6 +61,7 @@ fn failed(
     first_drop: Option<&Evidence>,
     icmp: Option<&Evidence>,
     rst: Option<&Evidence>,
+    icmp_unseen: Option<&str>,
 ) -> (Status, Option<Cause>, String) {
     let with_drop = |mut s: String| {
         if let Some(d) = first_drop {
@@ -97,10 +102,14 @@ fn failed(
                         ""
                     }
                 ),
-                None => format!(
-                    "{}: no ICMP seen on this machine (neighbour resolution failed, or the ICMP came from elsewhere)",
-                    errno_text(e)
-                ),
+                None => match icmp_unseen {
+                    // The kernel cannot show its ICMP errors: say so rather than guess why none was seen.
+                    Some(why) => format!("{}: ICMP errors are not captured on this kernel ({why})", errno_text(e)),
+                    None => format!(
+                        "{}: no ICMP seen on this machine (neighbour resolution failed, or the ICMP came from elsewhere)",
+                        errno_text(e)
+                    ),
+                },
             };
             (Status::Fail, Some(Cause::Unreachable), with_drop(d))
         }
@@ -138,6 +147,7 @@ mod tests {
             outcome,
             elapsed: Duration::from_secs(2),
             events,
+            icmp_unseen: None,
         }
     }
 
@@ -198,6 +208,24 @@ mod tests {
         let c = tcp_verdict(&report(Outcome::Failed(err), vec![drop, icmp]), true);
         assert_eq!(c.cause, Some(Cause::Unreachable));
         assert!(c.detail.contains("host-prohibited sent by netns n1 (a netfilter REJECT rule)"), "{}", c.detail);
+    }
+
+    /// Without the icmp_send tracepoint the REJECT's drop still names netfilter, and the missing
+    /// ICMP is put down to the kernel, not guessed at.
+    #[test]
+    fn reject_on_a_kernel_without_icmp_send_says_why_no_icmp() {
+        let mut r = report(
+            Outcome::Failed(io::Error::from_raw_os_error(libc::EHOSTUNREACH)),
+            vec![ev(EventKind::Drop, "NETFILTER_DROP", "n1")],
+        );
+        r.icmp_unseen = Some("kernel 5.10.0-46-amd64 has no tracepoint icmp_send".into());
+        let c = tcp_verdict(&r, true);
+        assert_eq!(c.cause, Some(Cause::Unreachable));
+        assert_eq!(
+            c.detail,
+            "connect: no route to host: ICMP errors are not captured on this kernel (kernel 5.10.0-46-amd64 has no \
+             tracepoint icmp_send); the SYN was dropped by netfilter in netns n1 on eth0"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use pnet_packet::{
     ipv4::Ipv4Packet,
 };
 
-use crate::capture::event::{EventKind, KernelEvent};
+use crate::capture::event::{EventKind, KernelEvent, Proto};
 
 /// What one size got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,13 +243,18 @@ pub fn classify(packet: &[u8], dst: Ipv4Addr, id: u16) -> Option<(u16, Answer)> 
 }
 
 /// Echo replies reach a raw socket as copies; the kernel's own ICMP handler then frees the
-/// original with NO_SOCKET (no ping socket wants it). That is delivery, not loss.
+/// original with NO_SOCKET (no ping socket wants it). That is delivery, not loss. Kernels that
+/// pass no drop reason (before 5.17) free it in icmp_rcv (net/ipv4/icmp.c) with none.
 pub fn without_delivered_replies(mut events: Vec<KernelEvent>, local: Ipv4Addr) -> Vec<KernelEvent> {
     events.retain(|e| {
+        let handler_freed = match e.reason.as_deref() {
+            Some(r) => r == "NO_SOCKET",
+            None => e.location_function().is_some_and(|f| f.split('.').next() == Some("icmp_rcv")),
+        };
         let delivered_reply = e.kind == EventKind::Drop
-            && e.reason.as_deref() == Some("NO_SOCKET")
+            && handler_freed
             && e.inner.is_none()
-            && e.flow.as_ref().is_some_and(|f| f.dst.ip() == IpAddr::V4(local));
+            && e.flow.as_ref().is_some_and(|f| f.proto == Proto::Icmp && f.dst.ip() == IpAddr::V4(local));
         !delivered_reply
     });
     events
@@ -258,6 +263,44 @@ pub fn without_delivered_replies(mut events: Vec<KernelEvent>, local: Ipv4Addr) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The handler's free of a reply the raw socket already has: by reason (5.17+) or, without
+    /// one, by where (icmp_rcv); a drop elsewhere, or of another protocol, stays.
+    #[test]
+    fn delivered_echo_replies_are_left_out_on_every_kernel() {
+        use crate::capture::event::FlowView;
+        let local = Ipv4Addr::new(10, 244, 1, 0);
+        let drop = |reason: Option<&str>, location: Option<&str>, proto: Proto| KernelEvent {
+            kind: EventKind::Drop,
+            reason: reason.map(String::from),
+            reason_note: None,
+            location: location.map(String::from),
+            direction: None,
+            icmp_type: None,
+            icmp_code: None,
+            device: Some("flannel.1".into()),
+            netns: "n1".into(),
+            netns_inode: 1,
+            flow: Some(FlowView { proto, src: "10.244.2.0:7".parse().unwrap(), dst: "10.244.1.0:7".parse().unwrap() }),
+            inner: None,
+            ts_ns: 0,
+            from_socket: false,
+        };
+        let events = vec![
+            drop(Some("NO_SOCKET"), None, Proto::Icmp),
+            drop(None, Some("icmp_rcv+0x16f"), Proto::Icmp),
+            drop(None, Some("ip_rcv_core+0x10"), Proto::Icmp),
+            drop(None, Some("icmp_rcv+0x16f"), Proto::Udp),
+            drop(Some("NETFILTER_DROP"), None, Proto::Icmp),
+        ];
+        let kept = without_delivered_replies(events, local);
+        let left: Vec<(Option<&str>, Option<&str>)> =
+            kept.iter().map(|e| (e.reason.as_deref(), e.location.as_deref())).collect();
+        assert_eq!(
+            left,
+            [(None, Some("ip_rcv_core+0x10")), (None, Some("icmp_rcv+0x16f")), (Some("NETFILTER_DROP"), None)]
+        );
+    }
 
     fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
         use pnet_packet::ipv4::MutableIpv4Packet;

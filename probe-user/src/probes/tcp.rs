@@ -35,6 +35,9 @@ pub struct Report {
     pub outcome: Outcome,
     pub elapsed: Duration,
     pub events: Vec<KernelEvent>,
+    /// Why ICMP errors cannot be in `events` though capture runs (a kernel without the
+    /// `icmp_send` tracepoint), so a verdict does not read their absence as none sent.
+    pub icmp_unseen: Option<String>,
 }
 
 pub async fn probe(target: &Target, deadline: Duration, capture: Option<&Capture>) -> Report {
@@ -51,6 +54,7 @@ pub async fn connect(target: &Target, deadline: Duration, capture: Option<&Captu
         outcome,
         elapsed: started.elapsed(),
         events,
+        icmp_unseen: capture.and_then(Capture::icmp_unseen),
     };
     let remote = match resolve(target, deadline).await {
         Ok(r) => r,

@@ -35,6 +35,9 @@ pub struct Kernel {
 
 const MIRROR: &str = "http://deb.debian.org/debian";
 const SECURITY: &str = "http://deb.debian.org/debian-security";
+/// Where Debian keeps suites past their support (bullseye, once LTS ends).
+const ARCHIVE: &str = "http://archive.debian.org/debian";
+const ARCHIVE_SECURITY: &str = "http://archive.debian.org/debian-security";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// Module folders the lab and the 9p boot need (the rest of the tree stays compressed).
@@ -47,11 +50,26 @@ const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 pub fn prepare(dir: &Path, series: Series, init: &str) -> Result<Kernel> {
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs)?;
-    let package = match newest_package(dir, series) {
+    // A suite past its support moves to archive.debian.org: look there when the mirror fails.
+    let package = match newest_package(dir, series, false).or_else(|e| {
+        println!("kernels: {} not on {MIRROR} ({e:#}); trying {ARCHIVE}", series.version);
+        newest_package(dir, series, true)
+    }) {
         Ok(p) => {
             if cached(&debs, &p).is_none() {
                 println!("kernels: apt-get download {p}");
-                sh(Command::new("apt-get").args(apt_options(dir, series)?).args(["download", &p]).current_dir(&debs))?;
+                let archived = Command::new("apt-get")
+                    .args(apt_options(dir, series, false)?)
+                    .args(["download", &p])
+                    .current_dir(&debs)
+                    .status()
+                    .map(|s| !s.success())?;
+                if archived {
+                    sh(Command::new("apt-get")
+                        .args(apt_options(dir, series, true)?)
+                        .args(["download", &p])
+                        .current_dir(&debs))?;
+                }
             }
             p
         }
@@ -75,14 +93,21 @@ pub fn prepare(dir: &Path, series: Series, init: &str) -> Result<Kernel> {
     Ok(Kernel { vmlinuz: root.join(format!("boot/vmlinuz-{release}")), release, root, initrd })
 }
 
-/// `-o Dir::...` options of the private apt configuration for a series.
-fn apt_options(dir: &Path, series: Series) -> Result<Vec<String>> {
-    let state = dir.join("apt").join(series.version);
+/// `-o Dir::...` options of the private apt configuration for a series (on Debian's mirror, or
+/// on its archive of old suites).
+fn apt_options(dir: &Path, series: Series, archive: bool) -> Result<Vec<String>> {
+    let state =
+        dir.join("apt").join(if archive { format!("{}-archive", series.version) } else { series.version.into() });
     std::fs::create_dir_all(state.join("lists/partial"))?;
     std::fs::create_dir_all(state.join("cache/archives/partial"))?;
     let mut sources = String::new();
     for suite in series.suites {
-        let base = if suite.ends_with("-security") { SECURITY } else { MIRROR };
+        let base = match (suite.ends_with("-security"), archive) {
+            (true, false) => SECURITY,
+            (false, false) => MIRROR,
+            (true, true) => ARCHIVE_SECURITY,
+            (false, true) => ARCHIVE,
+        };
         let _ = writeln!(sources, "deb [signed-by={KEYRING}] {base} {suite} main");
     }
     let list = state.join("sources.list");
@@ -99,13 +124,16 @@ fn apt_options(dir: &Path, series: Series) -> Result<Vec<String>> {
         // Downloads land in target/, which apt's sandbox user cannot write.
         "-o".into(),
         "APT::Sandbox::User=root".into(),
+        // The archive's Release files are past their validity by design.
+        "-o".into(),
+        format!("Acquire::Check-Valid-Until={}", if archive { "false" } else { "true" }),
     ])
 }
 
 /// The newest `linux-image-<series>.*-amd64` package (the generic flavour: the cloud one has no
 /// 9p, shared/KERNELS.md) in the series' suites, by Debian's version order.
-fn newest_package(dir: &Path, series: Series) -> Result<String> {
-    let opts = apt_options(dir, series)?;
+fn newest_package(dir: &Path, series: Series, archive: bool) -> Result<String> {
+    let opts = apt_options(dir, series, archive)?;
     let update = Command::new("apt-get").args(&opts).args(["update", "-qq"]).output()?;
     if !update.status.success() {
         bail!("apt-get update: {}", String::from_utf8_lossy(&update.stderr).trim());
