@@ -16,26 +16,22 @@ use serde_json::Value;
 
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// `netcheck -o json ARGS` in a mount namespace where `btf` is bind-mounted over the kernel's
-/// BTF.
-fn run_with_btf(btf: &Path, args: &[&str]) -> netcheck::Run {
-    let bin = netcheck::binary().unwrap();
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /sys/kernel/btf/vmlinux && exec \"$@\"",
-        ])
+/// `netcheck ARGS` in a mount namespace where `btf` is bind-mounted over the kernel's BTF.
+fn with_btf(btf: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$0\" /sys/kernel/btf/vmlinux && exec \"$@\"")
         .arg(btf)
-        .arg(&bin)
-        .args(["-o", "json"])
+        .arg(netcheck::binary().unwrap())
         .args(args)
         .output()
-        .expect("unshare (util-linux)");
-    netcheck::Run::from_output(&out)
+        .expect("unshare (util-linux)")
+}
+
+/// `netcheck -o json ARGS` with `btf` as the kernel's BTF.
+fn run_with_btf(btf: &Path, args: &[&str]) -> netcheck::Run {
+    let all: Vec<&str> = ["-o", "json"].iter().chain(args).copied().collect();
+    netcheck::Run::from_output(&with_btf(btf, &all))
 }
 
 /// A copy of the kernel's BTF with the string `from` (a whole name) renamed to `to` (same
@@ -203,21 +199,7 @@ fn missing_required_hook_names_it_and_the_kernel() {
     );
     assert_eq!(hook(&r, "tcp_receive_reset")["attached"], false);
     // The human output says it too.
-    let bin = netcheck::binary().unwrap();
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /sys/kernel/btf/vmlinux && exec \"$@\"",
-        ])
-        .arg(&btf)
-        .arg(&bin)
-        .args(["check", "tcp", "127.0.0.1:9"])
-        .output()
-        .unwrap();
+    let out = with_btf(&btf, &["check", "tcp", "127.0.0.1:9"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("capture unavailable: eBPF: tcp_receive_reset: kernel"), "{text}");
     assert!(text.contains("probes ran without kernel evidence"), "{text}");
