@@ -6,20 +6,20 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
-
-pub(crate) mod node;
 
 use clap::{Parser, Subcommand};
 
-use rustls::pki_types::CertificateDer;
-
 use crate::{
     capture::{self, Capture, event::KernelEvent},
-    correlation, discovery, netns,
+    correlation, discovery,
+    error::AnyResult,
+    jobs::{CertOptions, Job, node, node_pki_jobs, run_jobs, start_capture},
+    netns,
     output::{Format, Report},
-    probes::{Target, cert, dns, kubelet, mtu, tcp, vxlan},
+    probes::{Target, cert, dns, kubelet, mtu, vxlan},
+    time::{Clock, parse_duration},
 };
 
 #[derive(Debug, Parser)]
@@ -310,21 +310,6 @@ pub enum CheckCommand {
     },
 }
 
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>() {
-        return if secs.is_finite() && secs > 0.0 && secs < 86_400.0 {
-            Ok(Duration::from_secs_f64(secs))
-        } else {
-            Err("must be more than 0 and less than a day".to_string())
-        };
-    }
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 3s, 500ms)"))?;
-    if d.is_zero() {
-        return Err("must be more than 0".to_string());
-    }
-    Ok(d)
-}
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -359,39 +344,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-pub(crate) type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// One unit of work of a `check` command; a PEM file yields a check per certificate.
-pub(crate) enum Job {
-    Tcp(Target),
-    CertEndpoint(Target),
-    CertFile(PathBuf, Vec<CertificateDer<'static>>),
-    Kubeconfig(PathBuf, Vec<cert::KubeconfigItem>),
-    /// Judged while planning (e.g. a discovered file that could not be read).
-    Done(Vec<correlation::Check>),
-    Kubelet {
-        target: Target,
-        healthz_port: u16,
-        resolver: Option<Arc<dns::ResolvConf>>,
-    },
-    Dns(Box<dns::Spec>),
-    /// The API server's endpoint, judged against the kubeconfig's CA.
-    ApiServer {
-        target: Target,
-        roots: Option<Arc<Vec<CertificateDer<'static>>>>,
-    },
-    Mtu(mtu::Spec),
-    Vxlan(vxlan::Spec),
-}
-
-/// Options of `check cert`, shared by its jobs.
-#[derive(Clone, Default)]
-pub(crate) struct CertOptions {
-    pub(crate) server_name: Option<String>,
-    pub(crate) roots: Option<Arc<Vec<CertificateDer<'static>>>>,
-    pub(crate) warn_days: u32,
 }
 
 /// Reads and checks every input before anything touches the system.
@@ -488,40 +440,6 @@ fn plan(
             Ok((jobs, CertOptions { server_name: server_name.clone(), roots, warn_days: *warn_days }))
         }
     }
-}
-
-/// The node's certificate files; what cannot be read is a failed check, not a usage error.
-fn node_pki_jobs(root: &Path) -> Vec<Job> {
-    let unreadable = |path: &Path, e: crate::error::Error| {
-        let why = crate::error::chain(&e);
-        Job::Done(vec![correlation::Check::file(
-            "cert",
-            path.display().to_string(),
-            (correlation::Status::Fail, Some(correlation::Cause::CertUnreadable), why),
-        )])
-    };
-    let found = discovery::pki::scan(root);
-    if found.is_empty() {
-        let detail = format!("no kubeadm, kubelet or k3s certificates under {}", root.display());
-        return vec![Job::Done(vec![correlation::Check::file(
-            "cert",
-            format!("node PKI ({})", root.display()),
-            (correlation::Status::Skip, None, detail),
-        )])];
-    }
-    found
-        .into_iter()
-        .map(|f| match f {
-            discovery::pki::Found::Pem(p) => match cert::load_pem(&p) {
-                Ok(certs) => Job::CertFile(p, certs),
-                Err(e) => unreadable(&p, e),
-            },
-            discovery::pki::Found::Kubeconfig(p) => match cert::kubeconfig_items(&p, root) {
-                Ok(items) => Job::Kubeconfig(p, items),
-                Err(e) => unreadable(&p, e),
-            },
-        })
-        .collect()
 }
 
 /// What a command line asks for, read and checked before anything touches the system.
@@ -662,130 +580,6 @@ fn run_path(
     Ok(report.exit_code())
 }
 
-/// Loads the capture unless told not to; its absence is reported, never fatal.
-fn start_capture(disabled: bool, opts: capture::Options) -> (Option<Arc<Capture>>, capture::Status) {
-    if disabled {
-        return (None, capture::Status::off("disabled by --no-capture"));
-    }
-    match Capture::start(opts) {
-        Ok(c) => {
-            let s = c.status();
-            (Some(Arc::new(c)), s)
-        }
-        Err(u) => (None, capture::Status::unavailable(&u)),
-    }
-}
-
-/// Runs the jobs, concurrently unless `one_by_one` (kept for measuring what concurrency
-/// saves); checks come out in job order either way.
-pub(crate) async fn run_jobs(
-    jobs: Vec<Job>,
-    cert_options: &CertOptions,
-    deadline: Duration,
-    capture: Option<Arc<Capture>>,
-    one_by_one: bool,
-) -> Vec<correlation::Check> {
-    if one_by_one {
-        let mut checks = Vec::new();
-        for job in jobs {
-            checks.extend(run_job(job, cert_options.clone(), deadline, capture.clone()).await);
-        }
-        return checks;
-    }
-    let mut set = tokio::task::JoinSet::new();
-    for (i, job) in jobs.into_iter().enumerate() {
-        let (capture, opts) = (capture.clone(), cert_options.clone());
-        set.spawn(async move { (i, run_job(job, opts, deadline, capture).await) });
-    }
-    let mut done: Vec<(usize, Vec<correlation::Check>)> = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        if let Ok(item) = joined {
-            done.push(item);
-        }
-    }
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().flat_map(|(_, c)| c).collect()
-}
-
-/// One job's probes and verdicts.
-async fn run_job(
-    job: Job,
-    opts: CertOptions,
-    deadline: Duration,
-    capture: Option<Arc<Capture>>,
-) -> Vec<correlation::Check> {
-    let capture_on = capture.is_some();
-    match job {
-        Job::Tcp(target) => {
-            vec![correlation::tcp_verdict(&tcp::probe(&target, deadline, capture.as_deref()).await, capture_on)]
-        }
-        Job::CertEndpoint(target) => {
-            let report = cert::fetch(&target, opts.server_name.as_deref(), deadline, capture.as_deref()).await;
-            let roots = opts.roots.as_deref().map(Vec::as_slice);
-            vec![correlation::cert::endpoint_verdict("cert", report, roots, opts.warn_days, capture_on)]
-        }
-        Job::CertFile(path, certs) => {
-            let roots = opts.roots.as_deref().map(Vec::as_slice);
-            correlation::cert::file_verdicts(&path, &certs, roots, opts.warn_days)
-        }
-        Job::Kubeconfig(path, items) => correlation::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
-        Job::Done(checks) => checks,
-        Job::Kubelet { target, healthz_port, resolver } => {
-            let started = Instant::now();
-            let mut checks = Vec::new();
-            let (mut dial, mut server_name) = (target.clone(), None);
-            if let (Some(conf), None) = (resolver, target.ip()) {
-                // Half the deadline for the name, the rest for the kubelet.
-                let (lookup, ip) = resolve(&target.host, &conf, deadline / 2, capture.clone(), capture_on).await;
-                let Some(ip) = ip else {
-                    let failed = correlation::kubelet::unresolved(&target, &lookup);
-                    return vec![lookup, failed];
-                };
-                checks.push(lookup);
-                dial = Target { host: ip.to_string(), port: target.port };
-                server_name = Some(target.host.clone());
-            }
-            let remaining = deadline.saturating_sub(started.elapsed());
-            let report = cert::fetch(&dial, server_name.as_deref(), remaining, capture.as_deref()).await;
-            let roots = opts.roots.as_deref().map(Vec::as_slice);
-            checks.push(correlation::kubelet::endpoint(report, roots, opts.warn_days, capture_on));
-            if dial.ip().is_some_and(kubelet::is_local) {
-                let h = kubelet::healthz(healthz_port, deadline).await;
-                checks.push(correlation::kubelet::healthz(healthz_port, &h));
-            }
-            checks
-        }
-        Job::Mtu(spec) => vec![correlation::mtu::verdict(&mtu::run(spec, deadline, capture).await, capture_on)],
-        Job::Vxlan(spec) => {
-            vec![correlation::vxlan::verdict(&vxlan::run(spec, deadline, capture).await, capture_on)]
-        }
-        Job::ApiServer { target, roots } => {
-            let report = cert::fetch(&target, None, deadline, capture.as_deref()).await;
-            let roots = roots.as_deref().map(Vec::as_slice);
-            vec![correlation::cert::endpoint_verdict("apiserver", report, roots, opts.warn_days, capture_on)]
-        }
-        Job::Dns(spec) => correlation::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
-    }
-}
-
-/// A name resolved through netcheck's resolver (as a pod would): the lookup's check and the
-/// first address answered.
-async fn resolve(
-    name: &str,
-    conf: &dns::ResolvConf,
-    budget: Duration,
-    capture: Option<Arc<Capture>>,
-    capture_on: bool,
-) -> (correlation::Check, Option<std::net::IpAddr>) {
-    let report = dns::run(dns::Spec::new(name, conf.clone()), budget, capture).await;
-    let ip = report.lookup.answer().and_then(|a| match &a.outcome {
-        dns::Outcome::Answer(records) => records.iter().find_map(|r| r.parse().ok()),
-        _ => None,
-    });
-    let lookup = correlation::dns::verdicts(&report, capture_on).swap_remove(0);
-    (lookup, ip)
-}
-
 fn print_report(report: &Report, format: Format, npd_max: usize) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     match format {
@@ -845,46 +639,9 @@ fn print_event(out: &mut impl Write, ev: &KernelEvent, clock: &Clock, format: Fo
     out.flush()
 }
 
-/// Converts the kernel's monotonic timestamps to wall-clock time.
-pub(crate) struct Clock {
-    wall: SystemTime,
-    mono_ns: u64,
-}
-
-impl Clock {
-    pub(crate) fn now() -> Self {
-        Self { wall: SystemTime::now(), mono_ns: monotonic_ns() }
-    }
-
-    pub(crate) fn wall(&self, ts_ns: u64) -> SystemTime {
-        if ts_ns >= self.mono_ns {
-            self.wall + Duration::from_nanos(ts_ns - self.mono_ns)
-        } else {
-            self.wall - Duration::from_nanos(self.mono_ns - ts_ns)
-        }
-    }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let ts =
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
-    u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("0").is_err());
-        assert!(parse_duration("-1").is_err());
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn cli_shape() {

@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any error with its sources, for front ends that only report it (the command line, the
+/// agent's cycle).
+pub type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid target {input:?}: {why}")]

@@ -3,7 +3,8 @@
 use caps::{CapSet, Capability};
 use serde::Serialize;
 
-use crate::capture::btf::VMLINUX_BTF;
+/// Where the kernel exposes its own BTF (capture reads it; its absence is a missing feature).
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// A capability or kernel feature a part of netcheck needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -120,7 +120,7 @@ pub fn events_query(query: &str, window: Duration) -> Result<(Duration, Option<I
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "since" => {
-                since = crate::cli::parse_duration(value).map_err(|e| format!("since={value}: {e}"))?.min(window);
+                since = crate::time::parse_duration(value).map_err(|e| format!("since={value}: {e}"))?.min(window);
             }
             "host" => host = Some(value.parse().map_err(|_| format!("host={value}: not an IP address"))?),
             other => return Err(format!("unknown parameter {other:?} (since, host)")),

@@ -22,8 +22,8 @@ use kube::{
 };
 
 use crate::{
-    cli::node::Peer,
     correlation::{Check, Status},
+    jobs::node::Peer,
 };
 
 pub const CONDITION: &str = "NetworkPathProblem";

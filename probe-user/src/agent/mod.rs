@@ -17,7 +17,6 @@ pub mod events;
 pub mod http;
 mod k8s;
 mod metrics;
-pub mod sampling;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -33,11 +32,13 @@ use tokio::sync::watch;
 
 use crate::{
     capture::{self, Capture},
-    cli::{
-        AnyResult, CertOptions,
-        node::{self, Peer, Sampling},
-    },
     correlation,
+    error::AnyResult,
+    jobs::{
+        CertOptions,
+        node::{self, Peer, Sampling},
+        sampling,
+    },
     output::Report,
 };
 
@@ -229,7 +230,7 @@ async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>, r
         c.watch_addresses(&addresses);
     }
     let cert_options = CertOptions { warn_days: opts.warn_days, ..CertOptions::default() };
-    let checks = crate::cli::run_jobs(planned.jobs, &cert_options, opts.timeout, capture.clone(), false).await;
+    let checks = crate::jobs::run_jobs(planned.jobs, &cert_options, opts.timeout, capture.clone(), false).await;
     let status = capture.as_ref().map_or_else(|| shared.capture.clone(), |c| c.status());
     let mut report = Report::new(checks, status);
     report.problems = correlation::node::problems(&report.checks);

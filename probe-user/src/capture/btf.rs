@@ -191,8 +191,7 @@ const FIELDS: &[Field] = &[
     },
 ];
 
-/// Where the kernel exposes its own BTF.
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub use crate::privileges::VMLINUX_BTF;
 
 /// The running kernel's BTF, parsed once.
 pub struct KernelBtf {

@@ -5,8 +5,10 @@ pub mod cni;
 pub mod flannel;
 pub mod netlink;
 pub mod node;
+pub mod peer_agent;
 pub mod pki;
 pub mod pods;
+pub mod resolv_conf;
 
 use std::path::{Path, PathBuf};
 
@@ -72,7 +74,7 @@ pub fn node_upstreams(root: &Path, kubelet_resolv_conf: Option<&str>) -> Vec<std
         None => vec!["run/systemd/resolve/resolv.conf", "etc/resolv.conf"],
     };
     for file in files {
-        if let Ok(conf) = crate::probes::dns::ResolvConf::read(&root.join(file)) {
+        if let Ok(conf) = resolv_conf::ResolvConf::read(&root.join(file)) {
             let servers: Vec<_> = conf.nameservers.into_iter().filter(|ip| !ip.is_loopback()).collect();
             if !servers.is_empty() {
                 return servers;

@@ -19,7 +19,7 @@ static NEXT_ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new
 /// mixed with a counter, so concurrent probes of one process differ. Unpredictable enough for
 /// a probe, not for anything secret; never 0.
 pub fn fresh_id() -> u16 {
-    let ns = crate::cli::monotonic_ns();
+    let ns = crate::time::monotonic_ns();
     #[allow(clippy::cast_possible_truncation)]
     let clock = (ns ^ (ns >> 16) ^ (ns >> 32)) as u16;
     (clock ^ NEXT_ID.fetch_add(40_503, std::sync::atomic::Ordering::Relaxed)) | 1

@@ -218,7 +218,7 @@ async fn peer_events(
     let ends = [report.source_ip(), Some(IpAddr::V4(report.spec.dst))];
     let addr = std::net::SocketAddr::new(IpAddr::V4(peer.underlay), port);
     let since = elapsed + Duration::from_secs(2);
-    let events = crate::agent::events::fetch(addr, since, local, timeout).await;
+    let events = crate::discovery::peer_agent::fetch(addr, since, local, timeout).await;
     Some(events.map(|all| {
         all.into_iter()
             .filter(|e| e.inner.is_some_and(|f| ends.contains(&Some(f.src.ip())) || ends.contains(&Some(f.dst.ip()))))

@@ -26,7 +26,7 @@ pub struct Peer {
 }
 
 /// The agent's choice of peers: `k` of them for the node named `node` in `epoch`
-/// (see [`crate::agent::sampling`]). Without it every peer is checked.
+/// (see [`super::sampling`]). Without it every peer is checked.
 #[derive(Debug, Clone)]
 pub struct Sampling {
     pub node: String,
@@ -94,7 +94,7 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sam
         Some(dev) => {
             known = peers(dev, &api_nodes);
             probed = match sampling {
-                Some(s) => crate::agent::sampling::sample(&s.node, &known, |p| p.name.as_str(), s.k, s.epoch)
+                Some(s) => super::sampling::sample(&s.node, &known, |p| p.name.as_str(), s.k, s.epoch)
                     .into_iter()
                     .cloned()
                     .collect(),

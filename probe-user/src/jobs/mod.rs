@@ -1,0 +1,209 @@
+//! The work both front ends run: a check command's or the node's jobs, each a probe and its
+//! verdict, run concurrently with capture attached. `cli` plans them from a command line, the
+//! agent from discovery on every cycle.
+
+pub mod node;
+pub mod sampling;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rustls::pki_types::CertificateDer;
+
+use crate::{
+    capture::{self, Capture},
+    correlation, discovery,
+    probes::{Target, cert, dns, kubelet, mtu, tcp, vxlan},
+};
+
+/// One unit of work of a `check` command; a PEM file yields a check per certificate.
+pub enum Job {
+    Tcp(Target),
+    CertEndpoint(Target),
+    CertFile(PathBuf, Vec<CertificateDer<'static>>),
+    Kubeconfig(PathBuf, Vec<cert::KubeconfigItem>),
+    /// Judged while planning (e.g. a discovered file that could not be read).
+    Done(Vec<correlation::Check>),
+    Kubelet {
+        target: Target,
+        healthz_port: u16,
+        resolver: Option<Arc<dns::ResolvConf>>,
+    },
+    Dns(Box<dns::Spec>),
+    /// The API server's endpoint, judged against the kubeconfig's CA.
+    ApiServer {
+        target: Target,
+        roots: Option<Arc<Vec<CertificateDer<'static>>>>,
+    },
+    Mtu(mtu::Spec),
+    Vxlan(vxlan::Spec),
+}
+
+/// Options of `check cert`, shared by its jobs.
+#[derive(Clone, Default)]
+pub struct CertOptions {
+    pub server_name: Option<String>,
+    pub roots: Option<Arc<Vec<CertificateDer<'static>>>>,
+    pub warn_days: u32,
+}
+
+/// The node's certificate files; what cannot be read is a failed check, not a usage error.
+pub fn node_pki_jobs(root: &Path) -> Vec<Job> {
+    let unreadable = |path: &Path, e: crate::error::Error| {
+        let why = crate::error::chain(&e);
+        Job::Done(vec![correlation::Check::file(
+            "cert",
+            path.display().to_string(),
+            (correlation::Status::Fail, Some(correlation::Cause::CertUnreadable), why),
+        )])
+    };
+    let found = discovery::pki::scan(root);
+    if found.is_empty() {
+        let detail = format!("no kubeadm, kubelet or k3s certificates under {}", root.display());
+        return vec![Job::Done(vec![correlation::Check::file(
+            "cert",
+            format!("node PKI ({})", root.display()),
+            (correlation::Status::Skip, None, detail),
+        )])];
+    }
+    found
+        .into_iter()
+        .map(|f| match f {
+            discovery::pki::Found::Pem(p) => match cert::load_pem(&p) {
+                Ok(certs) => Job::CertFile(p, certs),
+                Err(e) => unreadable(&p, e),
+            },
+            discovery::pki::Found::Kubeconfig(p) => match cert::kubeconfig_items(&p, root) {
+                Ok(items) => Job::Kubeconfig(p, items),
+                Err(e) => unreadable(&p, e),
+            },
+        })
+        .collect()
+}
+
+/// Loads the capture unless told not to; its absence is reported, never fatal.
+pub fn start_capture(disabled: bool, opts: capture::Options) -> (Option<Arc<Capture>>, capture::Status) {
+    if disabled {
+        return (None, capture::Status::off("disabled by --no-capture"));
+    }
+    match Capture::start(opts) {
+        Ok(c) => {
+            let s = c.status();
+            (Some(Arc::new(c)), s)
+        }
+        Err(u) => (None, capture::Status::unavailable(&u)),
+    }
+}
+
+/// Runs the jobs, concurrently unless `one_by_one` (kept for measuring what concurrency
+/// saves); checks come out in job order either way.
+pub async fn run_jobs(
+    jobs: Vec<Job>,
+    cert_options: &CertOptions,
+    deadline: Duration,
+    capture: Option<Arc<Capture>>,
+    one_by_one: bool,
+) -> Vec<correlation::Check> {
+    if one_by_one {
+        let mut checks = Vec::new();
+        for job in jobs {
+            checks.extend(run_job(job, cert_options.clone(), deadline, capture.clone()).await);
+        }
+        return checks;
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (i, job) in jobs.into_iter().enumerate() {
+        let (capture, opts) = (capture.clone(), cert_options.clone());
+        set.spawn(async move { (i, run_job(job, opts, deadline, capture).await) });
+    }
+    let mut done: Vec<(usize, Vec<correlation::Check>)> = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        if let Ok(item) = joined {
+            done.push(item);
+        }
+    }
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().flat_map(|(_, c)| c).collect()
+}
+
+/// One job's probes and verdicts.
+async fn run_job(
+    job: Job,
+    opts: CertOptions,
+    deadline: Duration,
+    capture: Option<Arc<Capture>>,
+) -> Vec<correlation::Check> {
+    let capture_on = capture.is_some();
+    match job {
+        Job::Tcp(target) => {
+            vec![correlation::tcp_verdict(&tcp::probe(&target, deadline, capture.as_deref()).await, capture_on)]
+        }
+        Job::CertEndpoint(target) => {
+            let report = cert::fetch(&target, opts.server_name.as_deref(), deadline, capture.as_deref()).await;
+            let roots = opts.roots.as_deref().map(Vec::as_slice);
+            vec![correlation::cert::endpoint_verdict("cert", report, roots, opts.warn_days, capture_on)]
+        }
+        Job::CertFile(path, certs) => {
+            let roots = opts.roots.as_deref().map(Vec::as_slice);
+            correlation::cert::file_verdicts(&path, &certs, roots, opts.warn_days)
+        }
+        Job::Kubeconfig(path, items) => correlation::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
+        Job::Done(checks) => checks,
+        Job::Kubelet { target, healthz_port, resolver } => {
+            let started = Instant::now();
+            let mut checks = Vec::new();
+            let (mut dial, mut server_name) = (target.clone(), None);
+            if let (Some(conf), None) = (resolver, target.ip()) {
+                // Half the deadline for the name, the rest for the kubelet.
+                let (lookup, ip) = resolve(&target.host, &conf, deadline / 2, capture.clone(), capture_on).await;
+                let Some(ip) = ip else {
+                    let failed = correlation::kubelet::unresolved(&target, &lookup);
+                    return vec![lookup, failed];
+                };
+                checks.push(lookup);
+                dial = Target { host: ip.to_string(), port: target.port };
+                server_name = Some(target.host.clone());
+            }
+            let remaining = deadline.saturating_sub(started.elapsed());
+            let report = cert::fetch(&dial, server_name.as_deref(), remaining, capture.as_deref()).await;
+            let roots = opts.roots.as_deref().map(Vec::as_slice);
+            checks.push(correlation::kubelet::endpoint(report, roots, opts.warn_days, capture_on));
+            if dial.ip().is_some_and(kubelet::is_local) {
+                let h = kubelet::healthz(healthz_port, deadline).await;
+                checks.push(correlation::kubelet::healthz(healthz_port, &h));
+            }
+            checks
+        }
+        Job::Mtu(spec) => vec![correlation::mtu::verdict(&mtu::run(spec, deadline, capture).await, capture_on)],
+        Job::Vxlan(spec) => {
+            vec![correlation::vxlan::verdict(&vxlan::run(spec, deadline, capture).await, capture_on)]
+        }
+        Job::ApiServer { target, roots } => {
+            let report = cert::fetch(&target, None, deadline, capture.as_deref()).await;
+            let roots = roots.as_deref().map(Vec::as_slice);
+            vec![correlation::cert::endpoint_verdict("apiserver", report, roots, opts.warn_days, capture_on)]
+        }
+        Job::Dns(spec) => correlation::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
+    }
+}
+
+/// A name resolved through netcheck's resolver (as a pod would): the lookup's check and the
+/// first address answered.
+async fn resolve(
+    name: &str,
+    conf: &dns::ResolvConf,
+    budget: Duration,
+    capture: Option<Arc<Capture>>,
+    capture_on: bool,
+) -> (correlation::Check, Option<std::net::IpAddr>) {
+    let report = dns::run(dns::Spec::new(name, conf.clone()), budget, capture).await;
+    let ip = report.lookup.answer().and_then(|a| match &a.outcome {
+        dns::Outcome::Answer(records) => records.iter().find_map(|r| r.parse().ok()),
+        _ => None,
+    });
+    let lookup = correlation::dns::verdicts(&report, capture_on).swap_remove(0);
+    (lookup, ip)
+}
