@@ -72,6 +72,10 @@ pub struct Event {
     pub inner: Flow,
 }
 
+/// flannel's VXLAN UDP port (the Linux kernel's own default is 8472 too; IANA's is 4789): the
+/// port whose payload capture decodes unless told otherwise, and the probes' default.
+pub const FLANNEL_VXLAN_PORT: u16 = 8472;
+
 /// Kernel structure offsets, read by userspace from the running kernel's BTF and written
 /// into the eBPF object before it loads (a global), so one object works on every kernel
 /// without compiled-in layouts. An offset of `u32::MAX` means "not present on this kernel".
@@ -164,7 +168,7 @@ impl KernelOffsets {
         sk_v6_rcv_saddr: u32::MAX,
         dev_link_ops: u32::MAX,
         link_ops_kind: u32::MAX,
-        vxlan_port: 8472,
+        vxlan_port: FLANNEL_VXLAN_PORT as u32,
         watched_only: 0,
         valid: 0,
         not_specified: u32::MAX,

@@ -66,7 +66,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { vxlan_port: 8472, watched_only: false }
+        Self { vxlan_port: probe_common::FLANNEL_VXLAN_PORT, watched_only: false }
     }
 }
 

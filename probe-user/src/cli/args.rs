@@ -4,6 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
+use probe_common::FLANNEL_VXLAN_PORT;
 
 use crate::{output::Format, probes::kubelet, time::parse_duration};
 
@@ -35,7 +36,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// UDP port decoded as VXLAN in kernel evidence (flannel: 8472).
-    #[arg(long, global = true, default_value_t = 8472, value_name = "PORT")]
+    #[arg(long, global = true, default_value_t = FLANNEL_VXLAN_PORT, value_name = "PORT")]
     pub vxlan_port: u16,
     #[command(subcommand)]
     pub command: Command,
@@ -266,7 +267,7 @@ pub enum CheckCommand {
         #[arg(required = true, value_name = "PEER_UNDERLAY_IP")]
         peers: Vec<std::net::Ipv4Addr>,
         /// The VXLAN UDP port (flannel: 8472); also the port capture decodes.
-        #[arg(long, default_value_t = 8472)]
+        #[arg(long, default_value_t = FLANNEL_VXLAN_PORT)]
         port: u16,
         /// The VNI the device must have (flannel: 1).
         #[arg(long, value_name = "N")]

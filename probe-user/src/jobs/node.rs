@@ -215,7 +215,7 @@ fn peer_jobs(dev: &VxlanDevice, files: &NodeFiles, peers: &[Peer], kubelet_port:
     for peer in peers {
         jobs.push(Job::Vxlan(vxlan::Spec {
             peer: peer.underlay,
-            port: dev.port.unwrap_or(8472),
+            port: dev.port.unwrap_or(probe_common::FLANNEL_VXLAN_PORT),
             vni: dev.vni,
             device: Some(dev.name.clone()),
         }));

@@ -424,8 +424,12 @@ async fn node_probes(
         let peer = peer.clone();
         async move {
             let (peer, dev) = (peer?, overlay?);
-            let spec =
-                vxlan::Spec { peer: peer.underlay, port: dev.port.unwrap_or(8472), vni: None, device: Some(dev.name) };
+            let spec = vxlan::Spec {
+                peer: peer.underlay,
+                port: dev.port.unwrap_or(probe_common::FLANNEL_VXLAN_PORT),
+                vni: None,
+                device: Some(dev.name),
+            };
             Some(vxlan::run(spec, deadline, capture).await)
         }
     };
