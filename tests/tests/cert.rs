@@ -35,7 +35,7 @@ fn kubelet_certificate_with_ip_san_passes() {
     assert!(r.check()["detail"].as_str().unwrap().contains("trusted by the given CA"), "{r:?}");
 }
 
-/// FIELD.md case 2: the kubelet's certificate has no IP SAN; dialling the node by IP fails with
+/// docs/field-cases.md case 2: the kubelet's certificate has no IP SAN; dialling the node by IP fails with
 /// Go's exact message.
 #[test]
 fn kubelet_certificate_without_ip_san_is_a_name_mismatch() {

@@ -110,7 +110,7 @@ fn manifests_agree() {
 }
 
 /// The overlay for kernels before 5.11 targets the DaemonSet and adds exactly SYS_RESOURCE and
-/// SYSLOG (their reasons are in its comments and the README's Privileges table); the patched
+/// SYSLOG (their reasons are in its comments and docs/privileges.md); the patched
 /// DaemonSet still validates. `tests/tests/capture.rs` runs netcheck with these capabilities on
 /// each kernel of `cargo xtask kernels`.
 #[test]

@@ -120,7 +120,7 @@ fn nxdomain_lists_the_expansions() {
     assert_eq!(by_target(&r, &format!("server {}:53", dns.service))["status"], "pass", "{r:?}");
 }
 
-/// Acceptance 1, FIELD.md case 5: one CoreDNS replica unreachable. Its rung fails with the
+/// Acceptance 1, docs/field-cases.md case 5: one CoreDNS replica unreachable. Its rung fails with the
 /// netfilter drop as evidence; the Service rung is `partial` and names it.
 #[test]
 fn one_blocked_endpoint_is_partial_and_named() {

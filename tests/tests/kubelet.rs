@@ -43,7 +43,7 @@ fn healthy_kubelet_from_peer_and_from_its_node() {
     assert_eq!(checks[1]["status"], "pass");
 }
 
-/// Acceptance 5, FIELD.md case 2: the serving certificate has no IP SAN.
+/// Acceptance 5, docs/field-cases.md case 2: the serving certificate has no IP SAN.
 #[test]
 fn kubelet_certificate_without_ip_san() {
     if !require_root("kubelet_certificate_without_ip_san") {
@@ -57,7 +57,7 @@ fn kubelet_certificate_without_ip_san() {
     assert!(r.check()["detail"].as_str().unwrap().contains("doesn't contain any IP SANs"), "{r:?}");
 }
 
-/// Acceptance 5, FIELD.md case 1: the node rejects pod sources; its own pods fail with the
+/// Acceptance 5, docs/field-cases.md case 1: the node rejects pod sources; its own pods fail with the
 /// REJECT named, the other node's pods pass.
 #[test]
 fn pods_on_the_node_rejected() {
@@ -78,7 +78,7 @@ fn pods_on_the_node_rejected() {
     assert_eq!(r.code, 0, "{r:?}");
 }
 
-/// Acceptance 5, FIELD.md case 8: the kubelet is down; on its node both ports say so.
+/// Acceptance 5, docs/field-cases.md case 8: the kubelet is down; on its node both ports say so.
 #[test]
 fn kubelet_down() {
     if !require_root("kubelet_down") {
@@ -95,7 +95,7 @@ fn kubelet_down() {
     assert!(checks[1]["detail"].as_str().unwrap().contains("healthz port"), "{r:?}");
 }
 
-/// FIELD.md case 3: from a pod, the node's name goes through cluster DNS (resolv.conf search
+/// docs/field-cases.md case 3: from a pod, the node's name goes through cluster DNS (resolv.conf search
 /// list, the kube-dns Service), where node names do not exist.
 #[test]
 fn node_name_does_not_resolve_through_cluster_dns() {

@@ -1,4 +1,4 @@
-//! The library's layers run one way (README "Layout"): each module of probe-user/src may import
+//! The library's layers run one way (docs/architecture.md, "Layout"): each module of probe-user/src may import
 //! only modules below it. This reads every `crate::…` path in the source (grouped `use` lists
 //! included) and fails on an import that runs up or sideways, naming the file and the module.
 

@@ -55,7 +55,7 @@ fn ping_passes(netns: &str, dst: &str, size: u16) -> bool {
         .success()
 }
 
-/// Acceptance 2 and FIELD.md case 6: the switch between the nodes carries smaller frames than
+/// Acceptance 2 and docs/field-cases.md case 6: the switch between the nodes carries smaller frames than
 /// the nodes' uplinks and says nothing: a black hole, measured to the byte. tracepath, which
 /// trusts ICMP, reports the interface's 1450 instead.
 #[test]

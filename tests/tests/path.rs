@@ -141,7 +141,7 @@ fn healthy_pod_to_pod_across_nodes() {
     assert_eq!(r.check()["data"]["path"]["probes"][0]["probe"], "icmp");
 }
 
-/// Acceptance 2 (FIELD.md case 4): the peer drops VXLAN: the first failing hop is the peer's
+/// Acceptance 2 (docs/field-cases.md case 4): the peer drops VXLAN: the first failing hop is the peer's
 /// underlay, placed there by the kernel's NETFILTER_DROP of the encapsulated packet; the hops
 /// before it pass.
 #[test]
@@ -170,7 +170,7 @@ fn vxlan_dropped_on_the_peer_fails_the_peer_underlay() {
     assert!(lab.rule_packets(&n2.netns, "filter", "INPUT").unwrap() > 0);
 }
 
-/// Acceptance 3 (FIELD.md case 1): n1's INPUT rejects pod sources to the kubelet: the failing
+/// Acceptance 3 (docs/field-cases.md case 1): n1's INPUT rejects pod sources to the kubelet: the failing
 /// hop is n1's INPUT, and the verdict says pods cannot reach it while the node can.
 #[test]
 fn pod_to_own_node_kubelet_rejected_at_input() {

@@ -141,7 +141,7 @@ fn no_route_is_reported_as_such() {
     assert!(r.check()["evidence"].as_array().unwrap().is_empty());
 }
 
-/// Acceptance 4 (FIELD.md case 1): REJECT icmp-host-prohibited on n1's INPUT for pod sources:
+/// Acceptance 4 (docs/field-cases.md case 1): REJECT icmp-host-prohibited on n1's INPUT for pod sources:
 /// from a pod on n1 the kubelet is `unreachable` (with the NETFILTER_DROP), from n2's pod it passes.
 #[test]
 fn kubelet_rejected_for_pods_on_its_own_node_only() {
@@ -178,7 +178,7 @@ fn kubelet_rejected_for_pods_on_its_own_node_only() {
     assert_eq!(r.check()["status"], "pass");
 }
 
-/// Acceptance 5 (FIELD.md case 4): VXLAN dropped on the peer: the evidence is the drop of the
+/// Acceptance 5 (docs/field-cases.md case 4): VXLAN dropped on the peer: the evidence is the drop of the
 /// encapsulated packet, outer UDP 8472 and inner flow = the probe's.
 #[test]
 fn vxlan_dropped_on_peer_names_the_encapsulated_packet() {

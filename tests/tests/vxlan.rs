@@ -42,7 +42,7 @@ fn healthy_overlay_answers_both_ways() {
     }
 }
 
-/// Acceptance 3, FIELD.md case 4: UDP 8472 dropped on the peer: no reply, and the kernel's
+/// Acceptance 3, docs/field-cases.md case 4: UDP 8472 dropped on the peer: no reply, and the kernel's
 /// NETFILTER_DROP of the encapsulated echo on n2 is the evidence.
 #[test]
 fn vxlan_dropped_on_the_peer_is_no_reply_with_the_drop() {

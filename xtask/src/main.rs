@@ -31,7 +31,12 @@ enum Task {
     /// Set up, lint, build and run every test (unit, eBPF, lab scenarios) and a short benchmark.
     Test,
     /// Set up, build, bring up the lab and show real verdicts for each fault scenario.
-    Demo,
+    Demo {
+        /// Also run every command with `-o json` under this older netcheck binary and fail when
+        /// a document differs (timings, ports and namespace names aside): a refactor's check.
+        #[arg(long, value_name = "NETCHECK")]
+        compare_with: Option<PathBuf>,
+    },
     /// The lab for manual use.
     Lab {
         #[command(subcommand)]
@@ -72,10 +77,10 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => setup::run(),
         Task::Test => test(),
-        Task::Demo => {
+        Task::Demo { compare_with } => {
             setup::run()?;
             cargo(&["build", "--release", "-p", "probe-user"])?;
-            demo::run(&root().join("target/release/netcheck"))
+            demo::run(&demo::Netcheck::new(root().join("target/release/netcheck"), compare_with))
         }
         Task::Lab { action: LabAction::Up } => demo::lab_up(),
         Task::Lab { action: LabAction::Clean } => {

@@ -1,5 +1,5 @@
 //! Installs what a fresh machine lacks; each step checks first, so a second run does nothing.
-//! The recipe is the one verified in shared/TOOLCHAIN.md.
+//! The recipe is the one verified in docs/toolchain.md.
 
 use std::process::Command;
 
@@ -127,7 +127,7 @@ fn bpf_linker() -> Result<()> {
     if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
         return Ok(());
     }
-    // Its default feature is llvm-23; this machine's rustc uses LLVM 22 (shared/TOOLCHAIN.md).
+    // Its default feature is llvm-23; this machine's rustc uses LLVM 22 (docs/toolchain.md).
     println!("setup: cargo install bpf-linker {BPF_LINKER_VERSION} (LLVM 22)");
     sh(Command::new("cargo")
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])

@@ -35,7 +35,7 @@ pub fn endpoint(
     check
 }
 
-/// The node's name did not resolve the way a pod resolves it (FIELD.md case 3): what Go
+/// The node's name did not resolve the way a pod resolves it (docs/field-cases.md case 3): what Go
 /// clients print, and the usual way out.
 pub fn unresolved(target: &crate::probes::Target, lookup: &Check) -> Check {
     let detail = format!(

@@ -2,7 +2,7 @@
 //! sources stay untouched), unpacked and prepared for a guest under `target/kernels/`:
 //! modules decompressed where the guest's busybox `modprobe` must read them, `depmod` run on
 //! the tree, and an initramfs holding busybox and the modules that reach the host's root over
-//! 9p. See shared/KERNELS.md for the verified recipe this follows.
+//! 9p. See docs/kernels.md for the verified recipe this follows.
 
 use std::{
     path::{Path, PathBuf},
@@ -131,7 +131,7 @@ fn apt_options(dir: &Path, series: Series, archive: bool) -> Result<Vec<String>>
 }
 
 /// The newest `linux-image-<series>.*-amd64` package (the generic flavour: the cloud one has no
-/// 9p, shared/KERNELS.md) in the series' suites, by Debian's version order.
+/// 9p, docs/kernels.md) in the series' suites, by Debian's version order.
 fn newest_package(dir: &Path, series: Series, archive: bool) -> Result<String> {
     let opts = apt_options(dir, series, archive)?;
     let update = Command::new("apt-get").args(&opts).args(["update", "-qq"]).output()?;

@@ -83,7 +83,7 @@ pub fn run(only: &[String]) -> Result<()> {
         }
         results.push(result);
     }
-    println!("\nWhat capture gives, per kernel (README table):\n\n{}", table(&results));
+    println!("\nWhat capture gives, per kernel (docs/kernels.md's table):\n\n{}", table(&results));
     if !failed.is_empty() {
         bail!("kernels failed: {} (logs under {})", failed.join(", "), dir.join("run").display());
     }
@@ -308,7 +308,7 @@ impl GuestResult {
     }
 }
 
-/// The README's table: what capture gives on each kernel, from the guests' own reports.
+/// docs/kernels.md's table: what capture gives on each kernel, from the guests' own reports.
 fn table(results: &[GuestResult]) -> String {
     let mut s = String::from(
         "| kernel | drop reasons | RST reasons | ICMP errors | inner VXLAN flow | causes named from the drop's location |\n\

@@ -1,15 +1,17 @@
-//! `cargo xtask demo`: the fault scenarios of shared/FIELD.md on the lab, each with the
+//! `cargo xtask demo`: the fault scenarios of docs/field-cases.md on the lab, each with the
 //! command an operator would type and netcheck's real answer.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use netlab::{EXTERNAL_NAME, KUBELET_PORT, Lab, TempDir};
+
+mod compare;
+pub use compare::Netcheck;
 
 fn fresh_lab() -> Result<Lab> {
     let mut lab = Lab::new()?;
@@ -19,7 +21,7 @@ fn fresh_lab() -> Result<Lab> {
 }
 
 /// `check dns NAME` from pod a with a pod's resolv.conf and the whole ladder.
-fn show_dns(bin: &Path, lab: &Lab, name: &str) -> Result<()> {
+fn show_dns(bin: &Netcheck, lab: &Lab, name: &str) -> Result<()> {
     let dir = TempDir::new(&format!("demo-{}", lab.prefix));
     let conf = dir.write("resolv.conf", &Lab::pod_resolv_conf());
     let endpoints: Vec<String> = [1u8, 2].iter().map(|n| format!("10.244.{n}.10")).collect();
@@ -33,16 +35,16 @@ fn show_dns(bin: &Path, lab: &Lab, name: &str) -> Result<()> {
     show(bin, &lab.pod("a").netns, &args)
 }
 
-fn show(bin: &Path, netns: &str, args: &[&str]) -> Result<()> {
+fn show(bin: &Netcheck, netns: &str, args: &[&str]) -> Result<()> {
     println!("$ netcheck --netns {netns} {}", args.join(" "));
     let out = Command::new(bin).arg("--netns").arg(netns).args(args).output().context("run netcheck")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     println!("(exit code {})\n", out.status.code().unwrap_or(-1));
-    Ok(())
+    bin.compare(netns, args)
 }
 
-pub fn run(bin: &Path) -> Result<()> {
+pub fn run(bin: &Netcheck) -> Result<()> {
     if !netlab::require_root("demo") {
         bail!("the demo builds network namespaces: run it as root");
     }
@@ -58,7 +60,7 @@ pub fn run(bin: &Path) -> Result<()> {
         |lab| show(bin, &lab.pod("a").netns, &["check", "tcp", &pod_b(lab)]),
     )?;
     scenario(
-        "2. the listener in pod b stopped (FIELD.md case 8: nothing listens)",
+        "2. the listener in pod b stopped (docs/field-cases.md case 8: nothing listens)",
         |lab| {
             lab.stop_servers_on(8080);
             Ok(())
@@ -71,7 +73,7 @@ pub fn run(bin: &Path) -> Result<()> {
         |lab| show(bin, &lab.pod("a").netns, &["--timeout", "2s", "check", "tcp", &pod_b(lab)]),
     )?;
     scenario(
-        "4. n1 REJECTs pod sources to its kubelet (FIELD.md case 1): pods on n1 fail, pods on n2 pass",
+        "4. n1 REJECTs pod sources to its kubelet (docs/field-cases.md case 1): pods on n1 fail, pods on n2 pass",
         |lab| lab.reject_pods_to_kubelet(1),
         |lab| {
             let kubelet = format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip);
@@ -80,7 +82,7 @@ pub fn run(bin: &Path) -> Result<()> {
         },
     )?;
     scenario(
-        "5. n2 drops VXLAN (UDP 8472) on its underlay (FIELD.md case 4): TCP sees a timeout, netcheck names the overlay",
+        "5. n2 drops VXLAN (UDP 8472) on its underlay (docs/field-cases.md case 4): TCP sees a timeout, netcheck names the overlay",
         |lab| lab.drop_vxlan(2),
         |lab| {
             show(bin, &lab.pod("a").netns, &["--timeout", "2s", "check", "tcp", &pod_b(lab)])?;
@@ -111,7 +113,7 @@ pub fn run(bin: &Path) -> Result<()> {
         },
     )?;
     scenario(
-        "7. the kubelet's serving certificate has no IP SAN (FIELD.md case 2); checked from the other node",
+        "7. the kubelet's serving certificate has no IP SAN (docs/field-cases.md case 2); checked from the other node",
         |lab| {
             lab.stop_servers_on(KUBELET_PORT);
             lab.serve_kubelet(1, false)
@@ -126,24 +128,25 @@ pub fn run(bin: &Path) -> Result<()> {
             println!(
                 "$ setpriv --reuid=65534 --inh-caps=-all --bounding-set=-all netcheck check tcp {target}   (in pod a)"
             );
-            let out = netlab::unprivileged(&lab.pod("a").netns, bin).args(["check", "tcp", &target]).output()?;
+            let out = netlab::unprivileged(&lab.pod("a").netns, &bin.path).args(["check", "tcp", &target]).output()?;
             print!("{}", String::from_utf8_lossy(&out.stdout));
             println!("(exit code {})", out.status.code().unwrap_or(-1));
             Ok(())
         },
     )?;
     dns_scenarios(bin)?;
-    mtu_and_vxlan_scenarios(bin)
+    mtu_and_vxlan_scenarios(bin)?;
+    bin.verdict()
 }
 
-fn dns_scenarios(bin: &Path) -> Result<()> {
+fn dns_scenarios(bin: &Netcheck) -> Result<()> {
     scenario(
         "9. DNS, healthy: a short name through the search list (ndots:5), then every rung of the ladder",
         |_| Ok(()),
         |lab| show_dns(bin, lab, "kubernetes.default"),
     )?;
     scenario(
-        "10. one CoreDNS replica unreachable (FIELD.md case 5): the Service answers only sometimes",
+        "10. one CoreDNS replica unreachable (docs/field-cases.md case 5): the Service answers only sometimes",
         |lab| lab.block_dns_endpoint(2),
         |lab| show_dns(bin, lab, "kubernetes.default"),
     )?;
@@ -159,7 +162,7 @@ fn dns_scenarios(bin: &Path) -> Result<()> {
         },
     )?;
     scenario(
-        "12. a pod dials the kubelet by node name (FIELD.md case 3): node names are not in cluster DNS",
+        "12. a pod dials the kubelet by node name (docs/field-cases.md case 3): node names are not in cluster DNS",
         |_| Ok(()),
         |lab| {
             let dir = TempDir::new(&format!("demo-kubelet-{}", lab.prefix));
@@ -169,14 +172,14 @@ fn dns_scenarios(bin: &Path) -> Result<()> {
     )
 }
 
-fn mtu_and_vxlan_scenarios(bin: &Path) -> Result<()> {
+fn mtu_and_vxlan_scenarios(bin: &Netcheck) -> Result<()> {
     scenario(
         "13. path MTU, healthy: pod a -> pod b carries flannel's 1450",
         |_| Ok(()),
         |lab| show(bin, &lab.pod("a").netns, &["check", "mtu", &lab.pod("b").ip.to_string()]),
     )?;
     scenario(
-        "14. the switch between the nodes carries smaller frames and says nothing (FIELD.md case 6): a black hole",
+        "14. the switch between the nodes carries smaller frames and says nothing (docs/field-cases.md case 6): a black hole",
         |lab| lab.shrink_switch_mtu(1400),
         |lab| {
             let b = lab.pod("b").ip.to_string();
@@ -195,7 +198,7 @@ fn mtu_and_vxlan_scenarios(bin: &Path) -> Result<()> {
         |lab| show(bin, &lab.pod("a").netns, &["check", "mtu", &lab.pod("b").ip.to_string()]),
     )?;
     scenario(
-        "16. VXLAN from node n1 to n2: healthy, then UDP 8472 dropped on n2 (FIELD.md case 4)",
+        "16. VXLAN from node n1 to n2: healthy, then UDP 8472 dropped on n2 (docs/field-cases.md case 4)",
         |_| Ok(()),
         |lab| {
             let peer = lab.node(2).underlay_ip.to_string();
@@ -224,7 +227,7 @@ fn mtu_and_vxlan_scenarios(bin: &Path) -> Result<()> {
 }
 
 /// `netcheck node` on n1 with the API stand-in and a node root as kubeadm and flannel leave it.
-fn show_node(bin: &Path, lab: &mut Lab) -> Result<()> {
+fn show_node(bin: &Netcheck, lab: &mut Lab) -> Result<()> {
     let kubeconfig = lab.serve_api(1, &[Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10)])?;
     let root = TempDir::new(&format!("demo-node-{}", lab.prefix));
     lab.write_host_root(1, &root, &kubeconfig)?;
@@ -234,36 +237,36 @@ fn show_node(bin: &Path, lab: &mut Lab) -> Result<()> {
 }
 
 /// `netcheck path` run on node n1 from pod a's namespace, as on a node with `--from cni-...`.
-fn show_path(bin: &Path, lab: &Lab, dst: &str) -> Result<()> {
+fn show_path(bin: &Netcheck, lab: &Lab, dst: &str) -> Result<()> {
     let from = lab.pod("a").netns.clone();
     show(bin, &lab.node(1).netns, &["--timeout", "2s", "path", "--from", &from, dst])
 }
 
-fn path_scenarios(bin: &Path) -> Result<()> {
+fn path_scenarios(bin: &Netcheck) -> Result<()> {
     scenario(
         "20. path, healthy: pod a (n1) -> pod b (n2), hop by hop",
         |_| Ok(()),
         |lab| show_path(bin, lab, &pod_b(lab)),
     )?;
     scenario(
-        "21. path with UDP 8472 dropped on n2 (FIELD.md case 4): the first broken hop and the kernel's word for it",
+        "21. path with UDP 8472 dropped on n2 (docs/field-cases.md case 4): the first broken hop and the kernel's word for it",
         |lab| lab.drop_vxlan(2),
         |lab| show_path(bin, lab, &pod_b(lab)),
     )?;
     scenario(
-        "22. path from pod a to its own node's kubelet, pod sources rejected (FIELD.md case 1)",
+        "22. path from pod a to its own node's kubelet, pod sources rejected (docs/field-cases.md case 1)",
         |lab| lab.reject_pods_to_kubelet(1),
         |lab| show_path(bin, lab, &format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip)),
     )?;
     scenario(
-        "23. path with the switch carrying 1400-byte frames (FIELD.md case 6): where the black hole starts",
+        "23. path with the switch carrying 1400-byte frames (docs/field-cases.md case 6): where the black hole starts",
         |lab| lab.shrink_switch_mtu(1400),
         |lab| show_path(bin, lab, &pod_b(lab)),
     )
 }
 
 /// Agents on both nodes (2 s interval) with their node roots and the API stand-in.
-fn start_agents(bin: &Path, lab: &mut Lab, dirs: &mut Vec<TempDir>) -> Result<Vec<netlab::agent::Agent>> {
+fn start_agents(bin: &Netcheck, lab: &mut Lab, dirs: &mut Vec<TempDir>) -> Result<Vec<netlab::agent::Agent>> {
     let kubeconfig = lab.serve_api(1, &[Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10)])?;
     let mut agents = Vec::new();
     for n in [1u8, 2] {
@@ -281,7 +284,7 @@ fn start_agents(bin: &Path, lab: &mut Lab, dirs: &mut Vec<TempDir>) -> Result<Ve
             global.join(" "),
             args.join(" ")
         );
-        let mut agent = netlab::agent::Agent::start_binary(bin, &lab.node(n).netns, addr, &global, &args)?;
+        let mut agent = netlab::agent::Agent::start_binary(&bin.path, &lab.node(n).netns, addr, &global, &args)?;
         agent.wait_ready(Duration::from_secs(30))?;
         agents.push(agent);
         dirs.push(root);
@@ -308,7 +311,7 @@ fn show_metrics(agent: &netlab::agent::Agent) -> Result<()> {
     Ok(())
 }
 
-fn agent_scenarios(bin: &Path) -> Result<()> {
+fn agent_scenarios(bin: &Netcheck) -> Result<()> {
     scenario(
         "24. the DaemonSet's agent: metrics while healthy, then UDP 8472 dropped on n2",
         |_| Ok(()),

@@ -1,0 +1,185 @@
+//! `cargo xtask demo --compare-with OLD`: every `netcheck` command of the demo also runs with
+//! `-o json`, once with the old binary and once with the new one, on the same lab state; the two
+//! documents must agree on every field and value once run-to-run values are set aside. A
+//! refactor that should change no behaviour is checked with it against the commit before.
+
+use std::{
+    cell::RefCell,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+/// The netcheck binary the demo runs, and the one it is compared with.
+pub struct Netcheck {
+    pub path: PathBuf,
+    old: Option<PathBuf>,
+    compared: RefCell<Vec<(String, Vec<String>)>>,
+}
+
+impl AsRef<OsStr> for Netcheck {
+    fn as_ref(&self) -> &OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Netcheck {
+    pub fn new(path: PathBuf, old: Option<PathBuf>) -> Self {
+        Self { path, old, compared: RefCell::new(Vec::new()) }
+    }
+
+    /// Runs `args` (global options first) with `-o json` under both binaries and records how
+    /// the two documents differ; nothing happens without `--compare-with`.
+    pub fn compare(&self, netns: &str, args: &[&str]) -> Result<()> {
+        let Some(old) = &self.old else { return Ok(()) };
+        let args: Vec<&str> = match args.iter().position(|a| *a == "-o") {
+            Some(i) => args[..i].iter().chain(&args[i + 2..]).copied().collect(),
+            None => args.to_vec(),
+        };
+        let before = json_of(old, netns, &args)?;
+        let after = json_of(&self.path, netns, &args)?;
+        let mut differences = Vec::new();
+        diff("", &normalize(before), &normalize(after), &mut differences);
+        self.compared.borrow_mut().push((args.join(" "), differences));
+        Ok(())
+    }
+
+    /// Prints what was compared; fails when any document differed.
+    pub fn verdict(&self) -> Result<()> {
+        if self.old.is_none() {
+            return Ok(());
+        }
+        let compared = self.compared.borrow();
+        let differing: Vec<_> = compared.iter().filter(|(_, d)| !d.is_empty()).collect();
+        println!("\n=== JSON of {} commands compared with the old binary ===", compared.len());
+        for (command, differences) in &differing {
+            println!("netcheck {command}:");
+            for d in differences {
+                println!("  {d}");
+            }
+        }
+        if !differing.is_empty() {
+            bail!("{} of {} commands answer differently from the old binary", differing.len(), compared.len());
+        }
+        println!("every document agrees (timings, ports, namespace names and counts aside)");
+        Ok(())
+    }
+}
+
+fn json_of(bin: &Path, netns: &str, args: &[&str]) -> Result<Value> {
+    let out = Command::new(bin)
+        .args(["--netns", netns, "-o", "json"])
+        .args(args)
+        .output()
+        .with_context(|| format!("run {}", bin.display()))?;
+    let code = out.status.code().unwrap_or(-1);
+    let mut doc: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{} {}: no JSON on stdout (exit {code})", bin.display(), args.join(" ")))?;
+    doc["exit_code"] = code.into();
+    Ok(doc)
+}
+
+/// Fields whose values change from run to run: durations, counts of folded events, inodes.
+const RUN_TO_RUN: &[&str] = &["duration_ms", "ms", "rtt_ms", "load_ms", "netns_inode", "count"];
+
+/// The document with run-to-run values taken out: those fields, and in strings the lab's
+/// namespace names (`nclab<pid>x<n>`), ephemeral ports and times in milliseconds.
+fn normalize(v: Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(k, _)| !RUN_TO_RUN.contains(&k.as_str()))
+                .map(|(k, v)| (k, normalize(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(normalize).collect()),
+        Value::String(s) => Value::String(normalize_text(&s)),
+        other => other,
+    }
+}
+
+fn normalize_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(c) = rest.chars().next() {
+        if let Some(tail) = rest.strip_prefix("nclab") {
+            // nclab<digits>x<digits>
+            let end = tail.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(tail.len());
+            out.push_str("nclab*");
+            rest = &tail[end..];
+        } else if c == ':' && rest[1..].starts_with(|c: char| c.is_ascii_digit()) {
+            let end = rest[1..].find(|c: char| !c.is_ascii_digit()).map_or(rest.len(), |n| n + 1);
+            let port: u32 = rest[1..end].parse().unwrap_or(0);
+            // Linux's default ip_local_port_range starts at 32768; the lab's own ports are lower.
+            out.push_str(if port >= 32768 { ":*" } else { &rest[..end] });
+            rest = &rest[end..];
+        } else if c.is_ascii_digit() && !out.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '.') {
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+            let after = &rest[end..];
+            if after.starts_with(" ms") || after.starts_with("ms") || after.starts_with(" µs") {
+                out.push('#');
+            } else {
+                out.push_str(&rest[..end]);
+            }
+            rest = after;
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+/// Every path where `a` and `b` differ, with both values.
+fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                match y.get(k) {
+                    Some(vb) => diff(&format!("{path}.{k}"), va, vb, out),
+                    None => out.push(format!("{path}.{k}: only in the old output ({va})")),
+                }
+            }
+            for (k, vb) in y {
+                if !x.contains_key(k) {
+                    out.push(format!("{path}.{k}: only in the new output ({vb})"));
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                diff(&format!("{path}[{i}]"), va, vb, out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} -> {b}")),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_to_run_values_are_set_aside_and_the_rest_kept() {
+        assert_eq!(
+            normalize_text(
+                "dropped in netns nclab19789x4-n2, udp 192.168.50.11:48829 -> 192.168.50.12:8472 in 0.31 ms"
+            ),
+            "dropped in netns nclab*-n2, udp 192.168.50.11:* -> 192.168.50.12:8472 in # ms"
+        );
+        assert_eq!(normalize_text("no answer in 2.0 s from 10.96.0.10:53"), "no answer in 2.0 s from 10.96.0.10:53");
+    }
+
+    #[test]
+    fn a_changed_value_and_a_missing_field_are_both_found() {
+        let a = serde_json::json!({"status": "fail", "cause": "netfilter_drop", "duration_ms": 5, "hops": [1]});
+        let b = serde_json::json!({"status": "fail", "cause": "timeout", "duration_ms": 9});
+        let mut d = Vec::new();
+        diff("", &normalize(a), &normalize(b), &mut d);
+        assert_eq!(d, vec![".cause: \"netfilter_drop\" -> \"timeout\"", ".hops: only in the old output ([1])"]);
+    }
+}
