@@ -5,19 +5,30 @@
 use std::time::{Duration, SystemTime};
 
 /// `3s`, `500ms`, `2m` (humantime) or bare seconds (`2`, `0.5`); more than 0, less than a day.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     if let Ok(secs) = s.parse::<f64>() {
         return if secs.is_finite() && secs > 0.0 && secs < 86_400.0 {
             Ok(Duration::from_secs_f64(secs))
         } else {
-            Err("must be more than 0 and less than a day".to_string())
+            Err(DurationError::OutOfRange)
         };
     }
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 3s, 500ms)"))?;
+    let d = humantime::parse_duration(s).map_err(DurationError::Unreadable)?;
     if d.is_zero() {
-        return Err("must be more than 0".to_string());
+        return Err(DurationError::Zero);
     }
     Ok(d)
+}
+
+/// Why a duration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DurationError {
+    #[error("must be more than 0 and less than a day")]
+    OutOfRange,
+    #[error("{0} (examples: 3s, 500ms)")]
+    Unreadable(#[source] humantime::DurationError),
+    #[error("must be more than 0")]
+    Zero,
 }
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.

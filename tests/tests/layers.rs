@@ -10,7 +10,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("agent", 8),
     ("jobs", 7),
     ("output", 6),
-    ("correlation", 5),
+    ("verdict", 5),
     ("probes", 4),
     ("discovery", 3),
     ("capture", 2),

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netcheck::{correlation::cert, probes::cert::pem_certificates};
+use netcheck::{verdict::cert, discovery::certs::pem_certificates};
 use rustls::pki_types::CertificateDer;
 
 fuzz_target!(|data: &[u8]| {

@@ -113,17 +113,40 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
+/// Why `/events` refused its query string (answered with 400 and this text).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("since={value}: {source}")]
+    Since {
+        value: String,
+        #[source]
+        source: crate::time::DurationError,
+    },
+    #[error("host={value}: not an IP address")]
+    Host {
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("unknown parameter {0:?} (since, host)")]
+    Unknown(String),
+}
+
 /// `since` (default: the whole window, at most the window) and `host` from the query string.
-pub fn events_query(query: &str, window: Duration) -> Result<(Duration, Option<IpAddr>), String> {
+pub fn events_query(query: &str, window: Duration) -> Result<(Duration, Option<IpAddr>), QueryError> {
     let (mut since, mut host) = (window, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "since" => {
-                since = crate::time::parse_duration(value).map_err(|e| format!("since={value}: {e}"))?.min(window);
+                let parsed = crate::time::parse_duration(value)
+                    .map_err(|source| QueryError::Since { value: value.to_string(), source })?;
+                since = parsed.min(window);
             }
-            "host" => host = Some(value.parse().map_err(|_| format!("host={value}: not an IP address"))?),
-            other => return Err(format!("unknown parameter {other:?} (since, host)")),
+            "host" => {
+                host = Some(value.parse().map_err(|source| QueryError::Host { value: value.to_string(), source })?);
+            }
+            other => return Err(QueryError::Unknown(other.to_string())),
         }
     }
     Ok((since, host))

@@ -22,18 +22,34 @@ use kube::{
 };
 
 use crate::{
-    correlation::{Check, Status},
-    jobs::node::Peer,
+    discovery::api::ApiError,
+    jobs::node_checks::PeerNode,
+    verdict::{Check, Probe, Status},
 };
 
 pub const CONDITION: &str = "NetworkPathProblem";
 
 /// The hops judged across peers: probe, the hop's name in messages, the condition's reason.
-const HOPS: [(&str, &str, &str); 3] = [
-    ("vxlan", "VXLAN overlay", "OverlayBroken"),
-    ("mtu", "path MTU", "MtuBlackhole"),
-    ("kubelet", "kubelet", "KubeletUnreachable"),
+const HOPS: [(Probe, &str, &str); 3] = [
+    (Probe::Vxlan, "VXLAN overlay", "OverlayBroken"),
+    (Probe::Mtu, "path MTU", "MtuBlackhole"),
+    (Probe::Kubelet, "kubelet", "KubeletUnreachable"),
 ];
+
+/// Why the node condition or its Event was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("patch node {node} status: {source}")]
+    Patch {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("create event: {0}")]
+    Event(#[source] kube::Error),
+}
 
 /// What one cycle says about this node's paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,23 +64,24 @@ pub fn quorum(k: usize) -> usize {
     k / 2 + 1
 }
 
-/// The judgement of one cycle's checks against the peers probed; `peer_of` names the peer a
-/// check's target belongs to (empty: this node's own check).
-pub fn judge(checks: &[Check], probed: &[Peer], peer_of: &dyn Fn(&str) -> String) -> Judgement {
+/// The judgement of one cycle's checks against the peers probed; a check about a peer names it
+/// (`Check::peer`), this node's own checks do not count.
+pub fn judge(checks: &[Check], probed: &[PeerNode]) -> Judgement {
     let k = probed.len();
     let mut worst: Option<(usize, Judgement)> = None;
     for (probe, hop, reason) in HOPS {
-        let mut failing: Vec<String> = Vec::new();
+        let mut failing: Vec<(&str, String)> = Vec::new();
         for c in checks.iter().filter(|c| c.probe == probe && c.status == Status::Fail) {
-            let peer = peer_of(&c.target);
-            if peer.is_empty() || failing.iter().any(|f| f.starts_with(&format!("{peer} "))) {
+            let Some(peer) = c.peer.as_deref() else { continue };
+            if failing.iter().any(|(p, _)| *p == peer) {
                 continue;
             }
-            let cause = c.cause.map_or("failed", crate::correlation::Cause::as_str);
-            failing.push(format!("{peer} ({cause}: {})", crate::output::cut(&c.detail, 160)));
+            let cause = c.cause.map_or("failed", crate::verdict::Cause::as_str);
+            failing.push((peer, format!("{peer} ({cause}: {})", crate::output::cut(&c.detail, 160))));
         }
         if k > 0 && failing.len() >= quorum(k) && worst.as_ref().is_none_or(|(n, _)| failing.len() > *n) {
-            let message = format!("{hop} to {} of {k} sampled peers fails: {}", failing.len(), failing.join("; "));
+            let each: Vec<&str> = failing.iter().map(|(_, s)| s.as_str()).collect();
+            let message = format!("{hop} to {} of {k} sampled peers fails: {}", failing.len(), each.join("; "));
             worst = Some((failing.len(), Judgement { problem: true, reason: reason.into(), message }));
         }
     }
@@ -96,7 +113,7 @@ impl Reporter {
 
     /// Writes when the judgement's state differs from the last one written (or nothing was
     /// written yet); an Event on every change after the first write, and on a first problem.
-    pub async fn observe(&mut self, client: Client, j: &Judgement) -> Result<(), String> {
+    pub async fn observe(&mut self, client: Client, j: &Judgement) -> Result<(), WriteError> {
         if !self.changes(j) {
             return Ok(());
         }
@@ -114,13 +131,10 @@ impl Reporter {
         nodes
             .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(&patch))
             .await
-            .map_err(|e| format!("patch node {} status: {e}", self.node))?;
+            .map_err(|source| WriteError::Patch { node: self.node.clone(), source })?;
         if self.last.is_some() || j.problem {
             let events: Api<Event> = Api::namespaced(client, "default");
-            events
-                .create(&PostParams::default(), &event(&self.node, j, now))
-                .await
-                .map_err(|e| format!("create event: {e}"))?;
+            events.create(&PostParams::default(), &event(&self.node, j, now)).await.map_err(WriteError::Event)?;
         }
         self.last = Some(j.problem);
         Ok(())
@@ -163,15 +177,20 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::correlation::Cause;
+    use crate::verdict::{Cause, Verdict};
 
-    fn peer(name: &str, ip: &str) -> Peer {
-        Peer { name: name.into(), underlay: ip.parse().unwrap(), vtep: None }
+    fn peer(name: &str, ip: &str) -> PeerNode {
+        PeerNode { name: name.into(), underlay: ip.parse().unwrap(), vtep: None }
     }
 
-    fn check(probe: &'static str, target: &str, status: Status) -> Check {
+    /// A check as the planner makes it: about a peer when its address is one.
+    fn check(probe: Probe, target: &str, status: Status) -> Check {
         let cause = (status == Status::Fail).then_some(Cause::NetfilterDrop);
-        Check::probed(probe, target.into(), (status, cause, "dropped".into()), Duration::ZERO, Vec::new())
+        let peer = Some(name_of(target)).filter(|n| !n.is_empty());
+        Check {
+            peer,
+            ..Check::probed(probe, target.into(), Verdict::new(status, cause, "dropped"), Duration::ZERO, Vec::new())
+        }
     }
 
     fn name_of(target: &str) -> String {
@@ -188,19 +207,19 @@ mod tests {
         let peers = [peer("n2", "10.0.0.2"), peer("n3", "10.0.0.3"), peer("n4", "10.0.0.4")];
         assert_eq!((quorum(1), quorum(2), quorum(3), quorum(5)), (1, 2, 2, 3));
         let one = [
-            check("vxlan", "10.0.0.2:8472", Status::Fail),
-            check("vxlan", "10.0.0.3:8472", Status::Pass),
-            check("vxlan", "10.0.0.4:8472", Status::Pass),
+            check(Probe::Vxlan, "10.0.0.2:8472", Status::Fail),
+            check(Probe::Vxlan, "10.0.0.3:8472", Status::Pass),
+            check(Probe::Vxlan, "10.0.0.4:8472", Status::Pass),
         ];
-        let j = judge(&one, &peers, &name_of);
+        let j = judge(&one, &peers);
         assert!(!j.problem, "one peer of three is that peer's problem: {j:?}");
         let two = [
-            check("vxlan", "10.0.0.2:8472", Status::Fail),
-            check("vxlan", "10.0.0.3:8472", Status::Fail),
-            check("kubelet", "10.0.0.2:10250", Status::Fail),
-            check("dns", "kubernetes.default", Status::Fail),
+            check(Probe::Vxlan, "10.0.0.2:8472", Status::Fail),
+            check(Probe::Vxlan, "10.0.0.3:8472", Status::Fail),
+            check(Probe::Kubelet, "10.0.0.2:10250", Status::Fail),
+            check(Probe::Dns, "kubernetes.default", Status::Fail),
         ];
-        let j = judge(&two, &peers, &name_of);
+        let j = judge(&two, &peers);
         assert!(j.problem);
         assert_eq!(j.reason, "OverlayBroken");
         assert!(
@@ -209,10 +228,12 @@ mod tests {
             j.message
         );
         // Node-local checks (DNS here) never make a quorum on their own.
-        let local =
-            [check("dns", "kubernetes.default", Status::Fail), check("kubelet", "10.0.0.9:10250", Status::Fail)];
-        assert!(!judge(&local, &peers, &name_of).problem);
-        assert!(!judge(&two, &[], &name_of).problem, "no peers probed, no quorum");
+        let local = [
+            check(Probe::Dns, "kubernetes.default", Status::Fail),
+            check(Probe::Kubelet, "10.0.0.9:10250", Status::Fail),
+        ];
+        assert!(!judge(&local, &peers).problem);
+        assert!(!judge(&two, &[]).problem, "no peers probed, no quorum");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use prometheus_client::{
 
 use crate::{
     capture::{Aggregate, Capture, Counters},
-    correlation::{Check, Data, Status},
+    verdict::{Check, Data, Status},
 };
 
 /// What the last probe cycle found, as the gauges show it.
@@ -51,8 +51,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The gauges of one cycle's checks; `peer_of` names the peer a check's address belongs to.
-    pub fn of(checks: &[Check], problems: usize, peers: (usize, usize), peer_of: &dyn Fn(&str) -> String) -> Self {
+    /// The gauges of one cycle's checks, labelled with the peer each is about (`Check::peer`).
+    pub fn of(checks: &[Check], problems: usize, peers: (usize, usize)) -> Self {
         let mut s = Self {
             problems: count(problems),
             peers_known: count(peers.0),
@@ -61,11 +61,11 @@ impl Snapshot {
         };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         for c in checks {
-            let peer = peer_of(&c.target);
-            *s.checks.entry((c.probe, peer.clone(), status_name(c.status))).or_default() += 1;
+            let peer = c.peer.clone().unwrap_or_default();
+            *s.checks.entry((c.probe.as_str(), peer.clone(), status_name(c.status))).or_default() += 1;
             if matches!(c.status, Status::Fail | Status::Warn) {
-                let cause = c.cause.map_or("unknown", crate::correlation::Cause::as_str);
-                *s.failing.entry((c.probe, peer.clone(), cause)).or_default() += 1;
+                let cause = c.cause.map_or("unknown", crate::verdict::Cause::as_str);
+                *s.failing.entry((c.probe.as_str(), peer.clone(), cause)).or_default() += 1;
             }
             match &c.data {
                 Some(Data::Mtu(m)) => {
@@ -149,7 +149,7 @@ impl Metrics {
         self.cycle_seconds.observe(took.as_secs_f64());
         for c in checks.iter().filter(|c| c.status != Status::Skip) {
             #[expect(clippy::cast_precision_loss, reason = "milliseconds of a probe fit an f64 exactly")]
-            self.probe_seconds.get_or_create(&[("probe", c.probe)]).observe(c.duration_ms as f64 / 1000.0);
+            self.probe_seconds.get_or_create(&[("probe", c.probe.as_str())]).observe(c.duration_ms as f64 / 1000.0);
         }
         self.cycles.inc();
         *self.snapshot.lock().expect("metrics snapshot") = snapshot;
@@ -341,10 +341,13 @@ impl Collector for KernelCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlation::Cause;
+    use crate::verdict::{Cause, Probe, Verdict};
 
-    fn check(probe: &'static str, target: &str, status: Status, cause: Option<Cause>) -> Check {
-        Check::probed(probe, target.into(), (status, cause, String::new()), Duration::from_millis(12), Vec::new())
+    /// A check as the planner makes it: the ones to 192.168.50.12 are about peer n2.
+    fn check(probe: Probe, target: &str, status: Status, cause: Option<Cause>) -> Check {
+        let peer = target.starts_with("192.168.50.12").then(|| "n2".to_string());
+        let verdict = Verdict::new(status, cause, "");
+        Check { peer, ..Check::probed(probe, target.into(), verdict, Duration::from_millis(12), Vec::new()) }
     }
 
     fn series_lines(text: &str) -> Vec<&str> {
@@ -355,12 +358,11 @@ mod tests {
     fn exposition_is_openmetrics_with_bounded_labels() {
         let m = Metrics::new(None, Some("disabled".into()));
         let checks = vec![
-            check("vxlan", "192.168.50.12:8472", Status::Fail, Some(Cause::VxlanNoReply)),
-            check("kubelet", "192.168.50.12:10250", Status::Pass, None),
-            check("dns", "kubernetes.default", Status::Pass, None),
+            check(Probe::Vxlan, "192.168.50.12:8472", Status::Fail, Some(Cause::VxlanNoReply)),
+            check(Probe::Kubelet, "192.168.50.12:10250", Status::Pass, None),
+            check(Probe::Dns, "kubernetes.default", Status::Pass, None),
         ];
-        let peer_of = |t: &str| if t.starts_with("192.168.50.12") { "n2".to_string() } else { String::new() };
-        m.cycle(Duration::from_millis(300), &checks, Snapshot::of(&checks, 1, (3, 2), &peer_of));
+        m.cycle(Duration::from_millis(300), &checks, Snapshot::of(&checks, 1, (3, 2)));
         m.missed(1);
         let text = m.encode();
         for line in [
@@ -383,8 +385,8 @@ mod tests {
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
         assert_eq!(series_lines(&classic), series_lines(&text), "the same samples");
         // A second cycle replaces the first's gauges: a peer no longer probed leaves no series.
-        let checks = vec![check("dns", "kubernetes.default", Status::Pass, None)];
-        m.cycle(Duration::from_millis(300), &checks, Snapshot::of(&checks, 0, (3, 0), &peer_of));
+        let checks = vec![check(Probe::Dns, "kubernetes.default", Status::Pass, None)];
+        m.cycle(Duration::from_millis(300), &checks, Snapshot::of(&checks, 0, (3, 0)));
         let text = m.encode();
         assert!(!text.contains(r#"peer="n2""#), "{text}");
     }

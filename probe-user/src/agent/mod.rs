@@ -32,14 +32,14 @@ use tokio::sync::watch;
 
 use crate::{
     capture::{self, Capture},
-    correlation,
     error::AnyResult,
     jobs::{
         CertOptions,
-        node::{self, Peer, Sampling},
+        node_checks::{self, Sampling},
         sampling,
     },
-    output::Report,
+    output::Document,
+    verdict,
 };
 
 /// The agent's settings (see `netcheck agent --help`).
@@ -222,7 +222,7 @@ async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>, r
     let now_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let sampling =
         Sampling { node: opts.node_name.clone(), k: opts.peers, epoch: now_secs / opts.rotate.as_secs().max(1) };
-    let planned = node::plan(&opts.host_root, opts.kubeconfig.as_deref(), opts.timeout, Some(&sampling)).await;
+    let planned = node_checks::plan(&opts.host_root, opts.kubeconfig.as_deref(), opts.timeout, Some(&sampling)).await;
     if let Some(c) = &capture {
         // Events about any known peer reach userspace (for /events), not only the sampled ones.
         let addresses: Vec<IpAddr> =
@@ -232,16 +232,11 @@ async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>, r
     let cert_options = CertOptions { warn_days: opts.warn_days, ..CertOptions::default() };
     let checks = crate::jobs::run_jobs(planned.jobs, &cert_options, opts.timeout, capture.clone(), false).await;
     let status = capture.as_ref().map_or_else(|| shared.capture.clone(), |c| c.status());
-    let mut report = Report::new(checks, status);
-    report.problems = correlation::node::problems(&report.checks);
-    let peer_of = |target: &str| peer_name(&planned.probed, target);
-    let judgement = k8s::judge(&report.checks, &planned.probed, &peer_of);
-    let mut snapshot = metrics::Snapshot::of(
-        &report.checks,
-        report.problems.len(),
-        (planned.known.len(), planned.probed.len()),
-        &peer_of,
-    );
+    let mut report = Document::new(checks, status);
+    report.problems = verdict::problems::problems(&report.checks);
+    let judgement = k8s::judge(&report.checks, &planned.probed);
+    let mut snapshot =
+        metrics::Snapshot::of(&report.checks, report.problems.len(), (planned.known.len(), planned.probed.len()));
     snapshot.path_problem = Some((judgement.problem, judgement.reason.clone()));
     if let Some(reporter) = reporter
         && reporter.changes(&judgement)
@@ -264,14 +259,6 @@ async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>, r
     tracing::debug!(took = ?started.elapsed(), checks = report.checks.len(), problems = report.problems.len(), "cycle");
 }
 
-/// The peer a check's target (`IP`, `IP:PORT`) belongs to, by underlay or VTEP address; empty
-/// for this node's own checks.
-fn peer_name(peers: &[Peer], target: &str) -> String {
-    let host = target.parse::<SocketAddr>().map(|s| s.ip()).or_else(|_| target.parse::<IpAddr>());
-    let Ok(IpAddr::V4(ip)) = host else { return String::new() };
-    peers.iter().find(|p| p.underlay == ip || p.vtep == Some(ip)).map(|p| p.name.clone()).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,18 +274,5 @@ mod tests {
         assert!(unique.len() > 90, "delays repeat: {}", unique.len());
         assert_ne!(jitter(interval, 0.2, 1, 0), jitter(interval, 0.2, 2, 0), "agents differ");
         assert_eq!(jitter(interval, 0.0, 42, 3), Duration::ZERO);
-    }
-
-    #[test]
-    fn checks_are_named_by_their_peer() {
-        let peers = vec![Peer {
-            name: "n2".into(),
-            underlay: "192.168.50.12".parse().unwrap(),
-            vtep: Some("10.244.2.0".parse().unwrap()),
-        }];
-        assert_eq!(peer_name(&peers, "192.168.50.12:8472"), "n2");
-        assert_eq!(peer_name(&peers, "10.244.2.0"), "n2");
-        assert_eq!(peer_name(&peers, "192.168.50.13:10250"), "");
-        assert_eq!(peer_name(&peers, "kubernetes.default"), "");
     }
 }

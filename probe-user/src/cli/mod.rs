@@ -17,13 +17,14 @@ pub use self::args::{AgentArgs, CheckCommand, Cli, Command, NodeArgs, NpdCommand
 
 use crate::{
     capture::{self, Capture, event::KernelEvent},
-    correlation, discovery,
+    discovery,
     error::AnyResult,
-    jobs::{CertOptions, Job, node, node_pki_jobs, run_jobs, start_capture},
+    jobs::{CertOptions, Job, node_checks, node_pki_jobs, run_jobs, start_capture},
     netns,
-    output::{Format, Report},
-    probes::{Target, cert, dns, mtu, vxlan},
+    output::{Document, Format},
+    probes::{Target, dns, mtu, vxlan},
     time::Clock,
+    verdict,
 };
 
 /// Entry point of the binary.
@@ -74,7 +75,7 @@ fn plan(
             Ok((jobs, CertOptions::default()))
         }
         CheckCommand::Kubelet { nodes, port, healthz_port, ca, warn_days, resolv_conf } => {
-            let roots = ca.as_deref().map(cert::load_pem).transpose()?.map(Arc::new);
+            let roots = ca.as_deref().map(discovery::certs::load_pem).transpose()?.map(Arc::new);
             let resolver = resolv_conf.as_deref().map(dns::ResolvConf::read).transpose()?.map(Arc::new);
             let mut jobs = Vec::new();
             for node in nodes {
@@ -131,17 +132,17 @@ fn plan(
             Ok((jobs, CertOptions::default()))
         }
         CheckCommand::Cert { targets, node_pki, server_name, ca, warn_days } => {
-            let roots = ca.as_deref().map(cert::load_pem).transpose()?.map(Arc::new);
+            let roots = ca.as_deref().map(discovery::certs::load_pem).transpose()?.map(Arc::new);
             let mut jobs = Vec::new();
             for t in targets {
                 let path = Path::new(t);
                 if path.is_file() {
                     // PEM first; a file without certificates may be a kubeconfig.
-                    jobs.push(match cert::load_pem(path) {
+                    jobs.push(match discovery::certs::load_pem(path) {
                         Ok(certs) => Job::CertFile(path.to_path_buf(), certs),
                         Err(_) => Job::Kubeconfig(
                             path.to_path_buf(),
-                            cert::kubeconfig_items(path, &discovery::host_root(host_root))?,
+                            discovery::certs::kubeconfig_items(path, &discovery::host_root(host_root))?,
                         ),
                     });
                 } else if path.exists() || t.starts_with('/') || t.starts_with('.') {
@@ -210,7 +211,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         Work::Checks(jobs, cert_options) => run_checks(cli, opts, &cert_options, async { jobs }, false),
         Work::Node(cert_options, one_by_one) => {
             let root = discovery::host_root(cli.host_root.as_deref());
-            let plan = async { node::plan(&root, cli.kubeconfig.as_deref(), cli.timeout, None).await.jobs };
+            let plan = async { node_checks::plan(&root, cli.kubeconfig.as_deref(), cli.timeout, None).await.jobs };
             run_checks(cli, opts, &cert_options, plan, one_by_one)
         }
         Work::Path(from, dst, port, peer_agent) => run_path(cli, opts, &from, (dst, port), peer_agent),
@@ -260,9 +261,9 @@ fn run_checks(
     let checks =
         runtime.block_on(async { run_jobs(plan.await, cert_options, cli.timeout, capture.clone(), one_by_one).await });
     let status = capture.as_ref().map_or(status, |c| c.status());
-    let mut report = Report::new(checks, status);
+    let mut report = Document::new(checks, status);
     if matches!(cli.command, Command::Node(_)) {
-        report.problems = correlation::node::problems(&report.checks);
+        report.problems = verdict::problems::problems(&report.checks);
     }
     print_report(&report, cli.output, cli.npd_max)?;
     Ok(report.exit_code())
@@ -288,15 +289,15 @@ fn run_path(
     let node_netns = netns::current_inode()
         .and_then(|i| u32::try_from(i).ok())
         .map_or_else(|| "host".to_string(), |i| netns::NetnsNames::scan().name(i));
-    let (check, line) = correlation::path::verdict(&report, capture_on, &node_netns);
+    let (check, line) = verdict::path::verdict(&report, capture_on, &node_netns);
     let status = capture.as_ref().map_or(status, |c| c.status());
-    let mut report = Report::new(vec![check], status);
+    let mut report = Document::new(vec![check], status);
     report.verdict = Some(line);
     print_report(&report, cli.output, cli.npd_max)?;
     Ok(report.exit_code())
 }
 
-fn print_report(report: &Report, format: Format, npd_max: usize) -> std::io::Result<()> {
+fn print_report(report: &Document, format: Format, npd_max: usize) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => writeln!(out, "{}", report.to_json()),

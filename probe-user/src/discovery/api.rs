@@ -11,32 +11,65 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, Config, api::ListParams, config::KubeConfigOptions};
 
+/// Why the API could not be asked; each keeps the client's error as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{}: {source}", path.display())]
+    ReadKubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("{0}")]
+    Kubeconfig(#[source] kube::config::KubeconfigError),
+    #[error("no kubeconfig or in-cluster service account ({0})")]
+    NoConfig(#[source] kube::config::InferConfigError),
+    #[error("{0}")]
+    Client(#[source] kube::Error),
+    #[error("the API did not answer in time")]
+    Timeout,
+    /// A list request failed; `what` names the objects asked for.
+    #[error("listing {what}: {source}")]
+    List {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ApiError {
+    fn list(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let what = what.into();
+        move |source| Self::List { what, source }
+    }
+}
+
 /// The cluster DNS Service's namespace and name (kubeadm and k3s both call it kube-dns).
 pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 
 /// A client from `--kubeconfig`, else `$KUBECONFIG`/`~/.kube/config`, else the pod's service
 /// account; every request bounded by `timeout`. A kubeconfig under the node root `root` has
 /// its absolute file references read from there (see [`super::read_kubeconfig`]).
-pub async fn client(kubeconfig: Option<&Path>, root: &Path, timeout: Duration) -> Result<Client, String> {
+pub async fn client(kubeconfig: Option<&Path>, root: &Path, timeout: Duration) -> Result<Client, ApiError> {
     let mut config = match kubeconfig {
         Some(path) => {
-            let kc = super::read_kubeconfig(path, root).map_err(|e| format!("{}: {e}", path.display()))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| e.to_string())?
+            let kc = super::read_kubeconfig(path, root)
+                .map_err(|source| ApiError::ReadKubeconfig { path: path.to_path_buf(), source })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(ApiError::Kubeconfig)?
         }
-        None => Config::infer().await.map_err(|e| format!("no kubeconfig or in-cluster service account ({e})"))?,
+        None => Config::infer().await.map_err(ApiError::NoConfig)?,
     };
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(timeout);
     config.write_timeout = Some(timeout);
-    Client::try_from(config).map_err(|e| e.to_string())
+    Client::try_from(config).map_err(ApiError::Client)
 }
 
 /// The addresses of the Service's ready endpoints, from its EndpointSlices.
-pub async fn service_endpoints(client: Client, (namespace, service): (&str, &str)) -> Result<Vec<IpAddr>, String> {
+pub async fn service_endpoints(client: Client, (namespace, service): (&str, &str)) -> Result<Vec<IpAddr>, ApiError> {
     let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
     let params = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
-    let slices =
-        api.list(&params).await.map_err(|e| format!("listing EndpointSlices of {namespace}/{service}: {e}"))?;
+    let slices = api.list(&params).await.map_err(ApiError::list(format!("EndpointSlices of {namespace}/{service}")))?;
     Ok(ready_addresses(&slices.items))
 }
 
@@ -61,9 +94,9 @@ impl NodeInfo {
 }
 
 /// Every node with its InternalIP, podCIDR and Ready condition.
-pub async fn nodes(client: Client) -> Result<Vec<NodeInfo>, String> {
+pub async fn nodes(client: Client) -> Result<Vec<NodeInfo>, ApiError> {
     let api: Api<Node> = Api::all(client);
-    let list = api.list(&ListParams::default()).await.map_err(|e| format!("listing nodes: {e}"))?;
+    let list = api.list(&ListParams::default()).await.map_err(ApiError::list("nodes"))?;
     Ok(list.items.iter().map(node_info).collect())
 }
 
@@ -110,10 +143,10 @@ impl std::fmt::Display for PodInfo {
 }
 
 /// The pod behind an IP (host-network pods excluded: they share their node's IP).
-pub async fn pod_by_ip(client: Client, ip: IpAddr) -> Result<Option<PodInfo>, String> {
+pub async fn pod_by_ip(client: Client, ip: IpAddr) -> Result<Option<PodInfo>, ApiError> {
     let api: Api<Pod> = Api::all(client);
     let params = ListParams::default().fields(&format!("status.podIP={ip}"));
-    let pods = api.list(&params).await.map_err(|e| format!("listing pods with IP {ip}: {e}"))?;
+    let pods = api.list(&params).await.map_err(ApiError::list(format!("pods with IP {ip}")))?;
     Ok(pods.items.iter().find(|p| !p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false)).map(|p| PodInfo {
         namespace: p.metadata.namespace.clone().unwrap_or_default(),
         name: p.metadata.name.clone().unwrap_or_default(),

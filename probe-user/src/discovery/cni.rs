@@ -56,22 +56,56 @@ struct RawDelegate {
     bridge: Option<String>,
 }
 
+/// Why the node has no usable CNI configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    #[error("no CNI configuration")]
+    NoConfig,
+    #[error("{}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", file.display())]
+    Invalid {
+        file: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+}
+
+/// What is wrong with a network configuration file's text.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("not a CNI configuration: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("a plugin without a \"type\"")]
+    NoType,
+    #[error("plugin type {0:?} is not a binary name")]
+    NotABinary(String),
+    #[error("\"plugins\" is empty")]
+    EmptyPlugins,
+    #[error("neither \"plugins\" nor \"type\"")]
+    NoPlugins,
+}
+
 /// Parses a network configuration file's text: a list (`plugins`) or a single plugin (`type`).
-pub fn parse(file: &Path, text: &str) -> Result<Config, String> {
-    let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("not a CNI configuration: {e}"))?;
-    let plugin = |r: &RawConfig| -> Result<Plugin, String> {
-        let kind = r.kind.clone().filter(|k| !k.is_empty()).ok_or("a plugin without a \"type\"")?;
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_json::from_str(text).map_err(ConfigError::NotJson)?;
+    let plugin = |r: &RawConfig| -> Result<Plugin, ConfigError> {
+        let kind = r.kind.clone().filter(|k| !k.is_empty()).ok_or(ConfigError::NoType)?;
         if kind.contains('/') || kind.contains("..") {
-            return Err(format!("plugin type {kind:?} is not a binary name"));
+            return Err(ConfigError::NotABinary(kind));
         }
         let bridge = r.bridge.clone().or_else(|| r.delegate.as_ref().and_then(|d| d.bridge.clone()));
         Ok(Plugin { kind, bridge })
     };
     let plugins = match (&raw.plugins, &raw.kind) {
         (Some(list), _) if !list.is_empty() => list.iter().map(plugin).collect::<Result<Vec<_>, _>>()?,
-        (Some(_), _) => return Err("\"plugins\" is empty".into()),
+        (Some(_), _) => return Err(ConfigError::EmptyPlugins),
         (None, Some(_)) => vec![plugin(&raw)?],
-        (None, None) => return Err("neither \"plugins\" nor \"type\"".into()),
+        (None, None) => return Err(ConfigError::NoPlugins),
     };
     Ok(Config { file: file.to_path_buf(), name: raw.name.unwrap_or_default(), cni_version: raw.cni_version, plugins })
 }
@@ -92,12 +126,12 @@ pub fn config_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// What the node's CNI setup looks like under `root`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Found {
     /// The folders looked in.
     pub dirs: Vec<PathBuf>,
     /// The configuration the runtime would use, or why there is none / it cannot be read.
-    pub config: Result<Config, String>,
+    pub config: Result<Config, CniError>,
     /// Plugin types whose binary is in none of `bin_dirs`.
     pub missing_binaries: Vec<String>,
     pub bin_dirs: Vec<PathBuf>,
@@ -108,11 +142,11 @@ pub fn read(root: &Path) -> Found {
     let bin_dirs: Vec<PathBuf> = BIN_DIRS.iter().map(|d| root.join(d)).filter(|d| d.is_dir()).collect();
     let first = dirs.iter().find_map(|d| config_files(d).into_iter().next());
     let config = match first {
-        None => Err("no CNI configuration".to_string()),
-        Some(file) => std::fs::read_to_string(&file)
-            .map_err(|e| e.to_string())
-            .and_then(|text| parse(&file, &text))
-            .map_err(|e| format!("{}: {e}", file.display())),
+        None => Err(CniError::NoConfig),
+        Some(file) => match std::fs::read_to_string(&file) {
+            Ok(text) => parse(&file, &text).map_err(|source| CniError::Invalid { file, source }),
+            Err(source) => Err(CniError::Read { file, source }),
+        },
     };
     let missing_binaries = match &config {
         Ok(c) => c
@@ -154,17 +188,22 @@ mod tests {
     fn single_plugin_conf_and_bad_files() {
         let c = parse(Path::new("a.conf"), r#"{"name":"n","type":"bridge","bridge":"br9"}"#).unwrap();
         assert_eq!(c.plugins[0].bridge_device().as_deref(), Some("br9"));
-        assert!(parse(Path::new("x"), "{").unwrap_err().contains("not a CNI configuration"));
-        assert!(parse(Path::new("x"), r#"{"name":"n"}"#).unwrap_err().contains("neither"));
-        assert!(parse(Path::new("x"), r#"{"plugins":[]}"#).unwrap_err().contains("empty"));
-        assert!(parse(Path::new("x"), r#"{"plugins":[{"type":"../../bin/sh"}]}"#).unwrap_err().contains("binary name"));
+        let err = |text: &str| parse(Path::new("x"), text).unwrap_err();
+        assert!(matches!(err("{"), ConfigError::NotJson(_)));
+        assert!(err("{").to_string().starts_with("not a CNI configuration: "), "{}", err("{"));
+        assert!(matches!(err(r#"{"name":"n"}"#), ConfigError::NoPlugins));
+        assert!(matches!(err(r#"{"plugins":[]}"#), ConfigError::EmptyPlugins));
+        assert_eq!(
+            err(r#"{"plugins":[{"type":"../../bin/sh"}]}"#).to_string(),
+            r#"plugin type "../../bin/sh" is not a binary name"#
+        );
     }
 
     #[test]
     fn reads_the_first_file_and_finds_missing_binaries() {
         let root = std::env::temp_dir().join(format!("netcheck-cni-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        assert_eq!(read(&root).config, Err("no CNI configuration".into()));
+        assert!(matches!(read(&root).config, Err(CniError::NoConfig)));
         std::fs::create_dir_all(root.join("etc/cni/net.d")).unwrap();
         std::fs::create_dir_all(root.join("opt/cni/bin")).unwrap();
         std::fs::write(root.join("etc/cni/net.d/10-flannel.conflist"), FLANNEL).unwrap();

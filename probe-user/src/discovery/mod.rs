@@ -1,10 +1,14 @@
-//! What netcheck learns about the node it runs on, without the cluster API.
+//! What netcheck reads rather than probes: the node's files (its root as kubeadm and k3s lay it
+//! out, PKI, CNI, flannel), the kernel's tables (rtnetlink), certificate files, resolv.conf,
+//! the cluster API when one answers, and a peer node's agent. Nothing here sends probe traffic
+//! or judges what it read.
 
 pub mod api;
+pub mod certs;
 pub mod cni;
 pub mod flannel;
 pub mod netlink;
-pub mod node;
+pub mod node_files;
 pub mod peer_agent;
 pub mod pki;
 pub mod pods;

@@ -1,45 +1,74 @@
 //! A peer node's agent, asked for what its kernel saw (`GET /events`): `netcheck path` places
 //! those drops on the peer's hops.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use crate::capture::event::KernelEvent;
+
+/// Why a peer's agent gave no events.
+#[derive(Debug, thiserror::Error)]
+#[error("agent at {addr}: {failure}")]
+pub struct PeerAgentError {
+    pub addr: SocketAddr,
+    #[source]
+    pub failure: Failure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{0}")]
+    Http(#[source] hyper::Error),
+    #[error("{0}")]
+    Request(#[source] hyper::http::Error),
+    #[error("HTTP {status}: {body}")]
+    Status { status: hyper::StatusCode, body: String },
+    #[error("not the agent's JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("not the agent's events: {0}")]
+    NotEvents(#[source] serde_json::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
 
 /// Asks the agent at `addr` for the kernel events of the last `since` that touch `host`
 /// (`GET /events`), within `timeout`. For `netcheck path`, to see the peer node's side.
 pub async fn fetch(
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     since: Duration,
     host: Option<IpAddr>,
     timeout: Duration,
-) -> Result<Vec<KernelEvent>, String> {
+) -> Result<Vec<KernelEvent>, PeerAgentError> {
     use http_body_util::BodyExt as _;
     let path = match host {
         Some(h) => format!("/events?since={}s&host={h}", since.as_secs().max(1)),
         None => format!("/events?since={}s", since.as_secs().max(1)),
     };
     let asked = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(Failure::Connect)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(Failure::Http)?;
         tokio::spawn(conn);
         let request = hyper::Request::get(&path)
             .header(hyper::header::HOST, addr.to_string())
             .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+            .map_err(Failure::Request)?;
+        let response = sender.send_request(request).await.map_err(Failure::Http)?;
         let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = response.into_body().collect().await.map_err(Failure::Http)?.to_bytes();
         if !status.is_success() {
-            return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
+            return Err(Failure::Status { status, body: String::from_utf8_lossy(&body).trim().to_string() });
         }
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not the agent's JSON: {e}"))?;
-        serde_json::from_value::<Vec<KernelEvent>>(v["events"].clone())
-            .map_err(|e| format!("not the agent's events: {e}"))
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(Failure::NotJson)?;
+        serde_json::from_value::<Vec<KernelEvent>>(v["events"].clone()).map_err(Failure::NotEvents)
     };
+    let failed = |failure| PeerAgentError { addr, failure };
     match tokio::time::timeout(timeout, asked).await {
-        Ok(r) => r.map_err(|e| format!("agent at {addr}: {e}")),
-        Err(_) => Err(format!("agent at {addr}: no answer within {timeout:?}")),
+        Ok(r) => r.map_err(failed),
+        Err(_) => Err(failed(Failure::Timeout(timeout))),
     }
 }

@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashSet,
-    fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
@@ -115,11 +114,23 @@ pub async fn attached(root: &Path) -> std::io::Result<Vec<Attached>> {
     Ok(out)
 }
 
+/// Why no pod namespace on this node holds an address.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error("listing this node's veths: {0}")]
+    Veths(#[source] std::io::Error),
+    #[error("no pod namespace is attached to this namespace by a veth, so none holds {0}")]
+    NoneAttached(Ipv4Addr),
+    /// `unentered` names the first namespace that could not be entered, and how many.
+    #[error("none of the {count} pod namespaces attached to this node holds {ip}{unentered}")]
+    NotFound { ip: Ipv4Addr, count: usize, unentered: String },
+}
+
 /// The pod namespace on this node that holds `ip`.
-pub async fn find_by_ip(ip: Ipv4Addr, root: &Path) -> Result<Attached, String> {
-    let candidates = attached(root).await.map_err(|e| format!("listing this node's veths: {e}"))?;
+pub async fn find_by_ip(ip: Ipv4Addr, root: &Path) -> Result<Attached, FindError> {
+    let candidates = attached(root).await.map_err(FindError::Veths)?;
     if candidates.is_empty() {
-        return Err(format!("no pod namespace is attached to this namespace by a veth, so none holds {ip}"));
+        return Err(FindError::NoneAttached(ip));
     }
     let mut problems = Vec::new();
     for c in &candidates {
@@ -130,11 +141,8 @@ pub async fn find_by_ip(ip: Ipv4Addr, root: &Path) -> Result<Attached, String> {
             Err(e) => problems.push(crate::error::chain(&e)),
         }
     }
-    let mut why = format!("none of the {} pod namespaces attached to this node holds {ip}", candidates.len());
-    if let Some(p) = problems.first() {
-        let _ = write!(why, " ({} could not be entered: {p})", problems.len());
-    }
-    Err(why)
+    let unentered = problems.first().map(|p| format!(" ({} could not be entered: {p})", problems.len()));
+    Err(FindError::NotFound { ip, count: candidates.len(), unentered: unentered.unwrap_or_default() })
 }
 
 /// The calling thread's namespace's addresses.

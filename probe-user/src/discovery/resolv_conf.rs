@@ -54,8 +54,8 @@ impl ResolvConf {
     /// The fully qualified names a resolver asks for `name`, in order: a name with at least
     /// `ndots` dots is tried as it is first, otherwise the search list goes first; a name
     /// ending in a dot is only tried as it is.
-    pub fn expansions(&self, name: &str) -> Result<Vec<Name>, String> {
-        let absolute = |n: &str| Name::from_ascii(format!("{}.", n.trim_end_matches('.'))).map_err(|e| e.to_string());
+    pub fn expansions(&self, name: &str) -> Result<Vec<Name>, NameError> {
+        let absolute = |n: &str| Name::from_ascii(format!("{}.", n.trim_end_matches('.'))).map_err(NameError::Invalid);
         check_name(name)?;
         if name.ends_with('.') {
             return Ok(vec![absolute(name)?]);
@@ -79,24 +79,41 @@ impl ResolvConf {
     }
 }
 
+/// Why a name is no DNS name.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("empty name")]
+    Empty,
+    #[error("longer than 253 characters")]
+    TooLong,
+    #[error("empty label (two dots in a row)")]
+    EmptyLabel,
+    #[error("label {0:?} is longer than 63 characters")]
+    LabelTooLong(String),
+    #[error("label {0:?} has characters a DNS name cannot have")]
+    BadCharacters(String),
+    #[error("{0}")]
+    Invalid(#[source] hickory_proto::ProtoError),
+}
+
 /// A DNS name as users type it (labels of letters, digits, `-` and `_`; 253 bytes at most).
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     let trimmed = name.strip_suffix('.').unwrap_or(name);
     if trimmed.is_empty() {
-        return Err("empty name".into());
+        return Err(NameError::Empty);
     }
     if trimmed.len() > 253 {
-        return Err("longer than 253 characters".into());
+        return Err(NameError::TooLong);
     }
     for label in trimmed.split('.') {
         if label.is_empty() {
-            return Err("empty label (two dots in a row)".into());
+            return Err(NameError::EmptyLabel);
         }
         if label.len() > 63 {
-            return Err(format!("label {label:?} is longer than 63 characters"));
+            return Err(NameError::LabelTooLong(label.to_string()));
         }
         if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(format!("label {label:?} has characters a DNS name cannot have"));
+            return Err(NameError::BadCharacters(label.to_string()));
         }
     }
     Ok(())
@@ -153,7 +170,7 @@ mod tests {
     fn bad_names_are_refused_with_a_reason() {
         let c = ResolvConf::parse(POD.as_bytes());
         for (n, why) in [("", "empty"), ("a..b", "two dots"), ("a b", "characters"), (&"x".repeat(64), "63")] {
-            let e = c.expansions(n).unwrap_err();
+            let e = c.expansions(n).unwrap_err().to_string();
             assert!(e.contains(why), "{n}: {e}");
         }
     }

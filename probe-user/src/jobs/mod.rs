@@ -2,7 +2,7 @@
 //! verdict, run concurrently with capture attached. `cli` plans them from a command line, the
 //! agent from discovery on every cycle.
 
-pub mod node;
+pub mod node_checks;
 pub mod sampling;
 
 use std::{
@@ -15,8 +15,9 @@ use rustls::pki_types::CertificateDer;
 
 use crate::{
     capture::{self, Capture},
-    correlation, discovery,
+    discovery,
     probes::{Target, cert, dns, kubelet, mtu, tcp, vxlan},
+    verdict::{self, Probe},
 };
 
 /// One unit of work of a `check` command; a PEM file yields a check per certificate.
@@ -24,9 +25,9 @@ pub enum Job {
     Tcp(Target),
     CertEndpoint(Target),
     CertFile(PathBuf, Vec<CertificateDer<'static>>),
-    Kubeconfig(PathBuf, Vec<cert::KubeconfigItem>),
+    Kubeconfig(PathBuf, Vec<discovery::certs::KubeconfigItem>),
     /// Judged while planning (e.g. a discovered file that could not be read).
-    Done(Vec<correlation::Check>),
+    Done(Vec<verdict::Check>),
     Kubelet {
         target: Target,
         healthz_port: u16,
@@ -40,6 +41,11 @@ pub enum Job {
     },
     Mtu(mtu::Spec),
     Vxlan(vxlan::Spec),
+    /// A job about a peer node: its checks carry the peer's name (`Check::peer`).
+    Peer {
+        name: String,
+        job: Box<Job>,
+    },
 }
 
 /// Options of `check cert`, shared by its jobs.
@@ -54,29 +60,29 @@ pub struct CertOptions {
 pub fn node_pki_jobs(root: &Path) -> Vec<Job> {
     let unreadable = |path: &Path, e: crate::error::Error| {
         let why = crate::error::chain(&e);
-        Job::Done(vec![correlation::Check::file(
-            "cert",
+        Job::Done(vec![verdict::Check::file(
+            verdict::Probe::Cert,
             path.display().to_string(),
-            (correlation::Status::Fail, Some(correlation::Cause::CertUnreadable), why),
+            verdict::Verdict::fail(verdict::Cause::CertUnreadable, why),
         )])
     };
     let found = discovery::pki::scan(root);
     if found.is_empty() {
         let detail = format!("no kubeadm, kubelet or k3s certificates under {}", root.display());
-        return vec![Job::Done(vec![correlation::Check::file(
-            "cert",
+        return vec![Job::Done(vec![verdict::Check::file(
+            verdict::Probe::Cert,
             format!("node PKI ({})", root.display()),
-            (correlation::Status::Skip, None, detail),
+            verdict::Verdict::skip(detail),
         )])];
     }
     found
         .into_iter()
         .map(|f| match f {
-            discovery::pki::Found::Pem(p) => match cert::load_pem(&p) {
+            discovery::pki::Found::Pem(p) => match discovery::certs::load_pem(&p) {
                 Ok(certs) => Job::CertFile(p, certs),
                 Err(e) => unreadable(&p, e),
             },
-            discovery::pki::Found::Kubeconfig(p) => match cert::kubeconfig_items(&p, root) {
+            discovery::pki::Found::Kubeconfig(p) => match discovery::certs::kubeconfig_items(&p, root) {
                 Ok(items) => Job::Kubeconfig(p, items),
                 Err(e) => unreadable(&p, e),
             },
@@ -106,7 +112,7 @@ pub async fn run_jobs(
     deadline: Duration,
     capture: Option<Arc<Capture>>,
     one_by_one: bool,
-) -> Vec<correlation::Check> {
+) -> Vec<verdict::Check> {
     if one_by_one {
         let mut checks = Vec::new();
         for job in jobs {
@@ -119,7 +125,7 @@ pub async fn run_jobs(
         let (capture, opts) = (capture.clone(), cert_options.clone());
         set.spawn(async move { (i, run_job(job, opts, deadline, capture).await) });
     }
-    let mut done: Vec<(usize, Vec<correlation::Check>)> = Vec::new();
+    let mut done: Vec<(usize, Vec<verdict::Check>)> = Vec::new();
     while let Some(joined) = set.join_next().await {
         if let Ok(item) = joined {
             done.push(item);
@@ -135,22 +141,22 @@ async fn run_job(
     opts: CertOptions,
     deadline: Duration,
     capture: Option<Arc<Capture>>,
-) -> Vec<correlation::Check> {
+) -> Vec<verdict::Check> {
     let capture_on = capture.is_some();
     match job {
         Job::Tcp(target) => {
-            vec![correlation::tcp_verdict(&tcp::probe(&target, deadline, capture.as_deref()).await, capture_on)]
+            vec![verdict::tcp_verdict(&tcp::probe(&target, deadline, capture.as_deref()).await, capture_on)]
         }
         Job::CertEndpoint(target) => {
             let report = cert::fetch(&target, opts.server_name.as_deref(), deadline, capture.as_deref()).await;
             let roots = opts.roots.as_deref().map(Vec::as_slice);
-            vec![correlation::cert::endpoint_verdict("cert", report, roots, opts.warn_days, capture_on)]
+            vec![verdict::cert::endpoint_verdict(Probe::Cert, report, roots, opts.warn_days, capture_on)]
         }
         Job::CertFile(path, certs) => {
             let roots = opts.roots.as_deref().map(Vec::as_slice);
-            correlation::cert::file_verdicts(&path, &certs, roots, opts.warn_days)
+            verdict::cert::file_verdicts(&path, &certs, roots, opts.warn_days)
         }
-        Job::Kubeconfig(path, items) => correlation::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
+        Job::Kubeconfig(path, items) => verdict::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
         Job::Done(checks) => checks,
         Job::Kubelet { target, healthz_port, resolver } => {
             let started = Instant::now();
@@ -160,7 +166,7 @@ async fn run_job(
                 // Half the deadline for the name, the rest for the kubelet.
                 let (lookup, ip) = resolve(&target.host, &conf, deadline / 2, capture.clone(), capture_on).await;
                 let Some(ip) = ip else {
-                    let failed = correlation::kubelet::unresolved(&target, &lookup);
+                    let failed = verdict::kubelet::unresolved(&target, &lookup);
                     return vec![lookup, failed];
                 };
                 checks.push(lookup);
@@ -170,23 +176,30 @@ async fn run_job(
             let remaining = deadline.saturating_sub(started.elapsed());
             let report = cert::fetch(&dial, server_name.as_deref(), remaining, capture.as_deref()).await;
             let roots = opts.roots.as_deref().map(Vec::as_slice);
-            checks.push(correlation::kubelet::endpoint(report, roots, opts.warn_days, capture_on));
+            checks.push(verdict::kubelet::endpoint(report, roots, opts.warn_days, capture_on));
             if dial.ip().is_some_and(kubelet::is_local) {
                 let h = kubelet::healthz(healthz_port, deadline).await;
-                checks.push(correlation::kubelet::healthz(healthz_port, &h));
+                checks.push(verdict::kubelet::healthz(healthz_port, &h));
             }
             checks
         }
-        Job::Mtu(spec) => vec![correlation::mtu::verdict(&mtu::run(spec, deadline, capture).await, capture_on)],
+        Job::Mtu(spec) => vec![verdict::mtu::verdict(&mtu::run(spec, deadline, capture).await, capture_on)],
         Job::Vxlan(spec) => {
-            vec![correlation::vxlan::verdict(&vxlan::run(spec, deadline, capture).await, capture_on)]
+            vec![verdict::vxlan::verdict(&vxlan::run(spec, deadline, capture).await, capture_on)]
         }
         Job::ApiServer { target, roots } => {
             let report = cert::fetch(&target, None, deadline, capture.as_deref()).await;
             let roots = roots.as_deref().map(Vec::as_slice);
-            vec![correlation::cert::endpoint_verdict("apiserver", report, roots, opts.warn_days, capture_on)]
+            vec![verdict::cert::endpoint_verdict(Probe::Apiserver, report, roots, opts.warn_days, capture_on)]
         }
-        Job::Dns(spec) => correlation::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
+        Job::Dns(spec) => verdict::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
+        Job::Peer { name, job } => {
+            let mut checks = Box::pin(run_job(*job, opts, deadline, capture)).await;
+            for c in &mut checks {
+                c.peer = Some(name.clone());
+            }
+            checks
+        }
     }
 }
 
@@ -198,12 +211,34 @@ async fn resolve(
     budget: Duration,
     capture: Option<Arc<Capture>>,
     capture_on: bool,
-) -> (correlation::Check, Option<std::net::IpAddr>) {
+) -> (verdict::Check, Option<std::net::IpAddr>) {
     let report = dns::run(dns::Spec::new(name, conf.clone()), budget, capture).await;
     let ip = report.lookup.answer().and_then(|a| match &a.outcome {
         dns::Outcome::Answer(records) => records.iter().find_map(|r| r.parse().ok()),
         _ => None,
     });
-    let lookup = correlation::dns::verdicts(&report, capture_on).swap_remove(0);
+    let lookup = verdict::dns::verdicts(&report, capture_on).swap_remove(0);
     (lookup, ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{Check, Verdict};
+
+    #[tokio::test]
+    async fn a_peers_checks_carry_its_name_and_the_nodes_own_do_not() {
+        let done = |target: &str| Job::Done(vec![Check::file(Probe::Vxlan, target.into(), Verdict::pass("ok"))]);
+        let jobs = vec![
+            Job::Peer { name: "n2".into(), job: Box::new(done("192.168.50.12:8472")) },
+            done("local"),
+            Job::Peer { name: "192.168.50.13".into(), job: Box::new(done("192.168.50.13:8472")) },
+        ];
+        let checks = run_jobs(jobs, &CertOptions::default(), Duration::from_secs(1), None, false).await;
+        let peers: Vec<_> = checks.iter().map(|c| (c.target.as_str(), c.peer.as_deref())).collect();
+        assert_eq!(
+            peers,
+            [("192.168.50.12:8472", Some("n2")), ("local", None), ("192.168.50.13:8472", Some("192.168.50.13"))]
+        );
+    }
 }

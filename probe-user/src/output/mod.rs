@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     capture,
-    correlation::{Check, Status},
+    verdict::{Check, Status},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,9 +26,9 @@ pub struct Summary {
     pub skip: usize,
 }
 
-/// What a run of checks prints.
+/// What a run of checks prints: the JSON document, and the table drawn from it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct Document {
     pub checks: Vec<Check>,
     pub summary: Summary,
     pub capture: capture::Status,
@@ -37,10 +37,10 @@ pub struct Report {
     pub verdict: Option<String>,
     /// `netcheck node`: each fault once, with the checks that show it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<crate::correlation::node::Problem>,
+    pub problems: Vec<crate::verdict::problems::Problem>,
 }
 
-impl Report {
+impl Document {
     pub fn new(checks: Vec<Check>, capture: capture::Status) -> Self {
         let mut summary = Summary::default();
         for c in &checks {
@@ -168,7 +168,7 @@ impl Report {
     }
 }
 
-impl Report {
+impl Document {
     /// One line for node-problem-detector's condition message, at most `max` bytes: the first
     /// problem (a path's verdict, `node`'s first folded problem, else the first failing check)
     /// with how many more, or that everything passed.
@@ -212,7 +212,7 @@ pub fn cut(line: &str, max: usize) -> String {
     format!("{}...", &line[..end])
 }
 
-fn evidence_line(e: &crate::correlation::Evidence) -> String {
+fn evidence_line(e: &crate::verdict::Evidence) -> String {
     let times = if e.count > 1 { format!(" x{}", e.count) } else { String::new() };
     format!("{}{times}", e.event.summary())
 }
@@ -272,11 +272,11 @@ fn status_style(s: Status) -> Style {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlation::Cause;
+    use crate::verdict::{Cause, Probe};
 
     fn check(status: Status, cause: Option<Cause>) -> Check {
         Check {
-            probe: "tcp",
+            probe: Probe::Tcp,
             target: "10.0.0.1:80".into(),
             status,
             cause,
@@ -285,6 +285,7 @@ mod tests {
             evidence: vec![],
             hops: vec![],
             data: None,
+            peer: None,
         }
     }
 
@@ -299,7 +300,8 @@ mod tests {
 
     #[test]
     fn json_shape_is_stable() {
-        let r = Report::new(vec![check(Status::Pass, None), check(Status::Fail, Some(Cause::Timeout))], unavailable());
+        let r =
+            Document::new(vec![check(Status::Pass, None), check(Status::Fail, Some(Cause::Timeout))], unavailable());
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["summary"], serde_json::json!({"pass":1,"warn":0,"fail":1,"skip":0}));
         assert_eq!(v["checks"][1]["cause"], "timeout");
@@ -311,31 +313,31 @@ mod tests {
 
     #[test]
     fn npd_lines_are_short_and_say_the_first_problem() {
-        let ok = Report::new(vec![check(Status::Pass, None), check(Status::Skip, None)], unavailable());
+        let ok = Document::new(vec![check(Status::Pass, None), check(Status::Skip, None)], unavailable());
         assert_eq!(ok.to_npd(80), "ok: 1 checks passed");
-        let warn = Report::new(vec![check(Status::Warn, Some(Cause::CertExpiring))], unavailable());
+        let warn = Document::new(vec![check(Status::Warn, Some(Cause::CertExpiring))], unavailable());
         assert_eq!(warn.to_npd(80), "ok: 0 checks passed, 1 warning (tcp cert_expiring: 10.0.0.1:80)");
         assert_eq!(warn.exit_code(), 0);
-        let two = Report::new(
+        let two = Document::new(
             vec![check(Status::Fail, Some(Cause::Timeout)), check(Status::Fail, Some(Cause::Refused))],
             unavailable(),
         );
         assert_eq!(two.to_npd(80), "timeout: tcp 10.0.0.1:80 (+1 more): d");
         assert_eq!(two.exit_code(), 1);
-        let long = Report::new(
+        let long = Document::new(
             vec![Check { detail: "é".repeat(100), ..check(Status::Fail, Some(Cause::Timeout)) }],
             unavailable(),
         );
         let line = long.to_npd(80);
         assert!(line.len() <= 80 && line.ends_with("..."), "{line}");
-        let mut path = Report::new(vec![check(Status::Fail, Some(Cause::NetfilterDrop))], unavailable());
+        let mut path = Document::new(vec![check(Status::Fail, Some(Cause::NetfilterDrop))], unavailable());
         path.verdict = Some("peer-underlay: dropped by netfilter on n2 eth0".into());
         assert_eq!(path.to_npd(80), "netfilter_drop: peer-underlay: dropped by netfilter on n2 eth0");
     }
 
     #[test]
     fn text_has_no_escape_codes_without_colour() {
-        let r = Report::new(vec![check(Status::Pass, None)], unavailable());
+        let r = Document::new(vec![check(Status::Pass, None)], unavailable());
         let plain = r.to_text(false);
         assert!(!plain.contains('\u{1b}'));
         assert!(plain.contains("PASS"));

@@ -1,5 +1,5 @@
 //! Probes: each sends real traffic under a deadline and reports what happened, with the
-//! kernel events of its own flow. Turning that into a verdict is `correlation`'s job.
+//! kernel events of its own flow. Turning that into a verdict is `verdict`'s job.
 
 pub mod cert;
 pub mod dns;

@@ -94,7 +94,7 @@ pub struct NodeView {
     pub route_link: Option<Link>,
     /// The VXLAN device the route leads into, when it does.
     pub overlay: Option<VxlanDevice>,
-    pub peer: Option<Peer>,
+    pub peer: Option<OverlayPeer>,
     /// What stops the overlay from carrying the packet (no neighbour or FDB entry, device down).
     pub overlay_problems: Vec<String>,
     /// The route and interface the (outer) packets leave the node by.
@@ -104,7 +104,7 @@ pub struct NodeView {
 
 /// The peer node as the overlay's tables name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+pub struct OverlayPeer {
     /// The peer's VTEP address (flannel: 10.244.N.0), the route's gateway.
     pub vtep: Ipv4Addr,
     pub vtep_mac: String,
@@ -218,7 +218,8 @@ async fn peer_events(
     let ends = [report.source_ip(), Some(IpAddr::V4(report.spec.dst))];
     let addr = std::net::SocketAddr::new(IpAddr::V4(peer.underlay), port);
     let since = elapsed + Duration::from_secs(2);
-    let events = crate::discovery::peer_agent::fetch(addr, since, local, timeout).await;
+    // The report keeps the reason as text: it is shown as the peer hops' note.
+    let events = crate::discovery::peer_agent::fetch(addr, since, local, timeout).await.map_err(|e| e.to_string());
     Some(events.map(|all| {
         all.into_iter()
             .filter(|e| e.inner.is_some_and(|f| ends.contains(&Some(f.src.ip())) || ends.contains(&Some(f.dst.ip()))))
@@ -250,7 +251,7 @@ async fn names(report: &Report, timeout: Duration) -> Names {
             }
         };
         let (source, destination, peer_node) = tokio::join!(source, api::pod_by_ip(client.clone(), dst), peer_node);
-        Ok::<_, String>(Names {
+        Ok::<_, api::ApiError>(Names {
             source_pod: source?,
             destination_pod: destination?,
             peer_node: peer_node?,
@@ -259,7 +260,7 @@ async fn names(report: &Report, timeout: Duration) -> Names {
     };
     match tokio::time::timeout(timeout, asked).await {
         Ok(Ok(names)) => names,
-        Ok(Err(e)) => Names { unavailable: Some(e), ..Names::default() },
+        Ok(Err(e)) => Names { unavailable: Some(e.to_string()), ..Names::default() },
         Err(_) => Names { unavailable: Some(format!("the API did not answer within {timeout:?}")), ..Names::default() },
     }
 }
@@ -353,7 +354,7 @@ async fn node_view(spec: &Spec, source: &SourceView) -> NodeView {
             )),
             Some((_, IpAddr::V4(underlay))) => {
                 if let IpAddr::V4(vtep) = next_hop {
-                    view.peer = Some(Peer { vtep, vtep_mac: netlink::format_mac(mac), underlay: *underlay });
+                    view.peer = Some(OverlayPeer { vtep, vtep_mac: netlink::format_mac(mac), underlay: *underlay });
                 }
                 let route = netlink::route_get(IpAddr::V4(*underlay), None).await.map_err(|e| e.to_string());
                 view.underlay_link = route.as_ref().ok().and_then(|r| r.oif).and_then(by_index);

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 
 use serde::Serialize;
 
-use super::{Cause, Check, Data, Evidence, Status, describe_drop, drops};
+use super::{Cause, Check, Data, Evidence, Probe, Verdict, describe_drop, drops};
 use crate::{
     discovery::netlink::format_mac,
     probes::vxlan::{Outcome, Report},
@@ -30,22 +30,18 @@ pub fn verdict(report: &Report, capture_on: bool) -> Check {
     let evidence = Evidence::fold(report.events.clone());
     let peer = report.spec.peer;
     let port = report.spec.port;
-    let (status, cause, detail) = match &report.outcome {
+    let verdict = match &report.outcome {
         Outcome::Reply { rtt } => {
             let p = report.plan.as_ref().expect("a reply needs a plan");
-            (
-                Status::Pass,
-                None,
-                format!(
-                    "{}'s VTEP {} answered through the overlay ({} via {peer}:{}, VNI {}) in {:.1} ms",
-                    peer,
-                    p.peer_vtep,
-                    p.device,
-                    p.port,
-                    p.vni,
-                    rtt.as_secs_f64() * 1000.0
-                ),
-            )
+            Verdict::pass(format!(
+                "{}'s VTEP {} answered through the overlay ({} via {peer}:{}, VNI {}) in {:.1} ms",
+                peer,
+                p.peer_vtep,
+                p.device,
+                p.port,
+                p.vni,
+                rtt.as_secs_f64() * 1000.0
+            ))
         }
         Outcome::NoReply => {
             let p = report.plan.as_ref().expect("a probe needs a plan");
@@ -69,11 +65,11 @@ pub fn verdict(report: &Report, capture_on: bool) -> Check {
                 ),
                 None => d.push_str(" (capture unavailable: where the packets died is not shown)"),
             }
-            (Status::Fail, Some(Cause::VxlanNoReply), d)
+            Verdict::fail(Cause::VxlanNoReply, d)
         }
-        Outcome::Misconfigured(problems) => (Status::Fail, Some(Cause::VxlanMisconfigured), problems.join("; ")),
-        Outcome::NoPrivilege(why) => (Status::Skip, None, format!("configuration complete, tunnel not probed: {why}")),
-        Outcome::Failed(e) => (Status::Fail, Some(Cause::ProbeError), e.clone()),
+        Outcome::Misconfigured(problems) => Verdict::fail(Cause::VxlanMisconfigured, problems.join("; ")),
+        Outcome::NoPrivilege(why) => Verdict::skip(format!("configuration complete, tunnel not probed: {why}")),
+        Outcome::Failed(e) => Verdict::fail(Cause::ProbeError, e.clone()),
     };
     let plan = report.plan.as_ref();
     let data = VxlanData {
@@ -93,9 +89,8 @@ pub fn verdict(report: &Report, capture_on: bool) -> Check {
             _ => None,
         },
     };
-    let verdict = (status, cause, detail);
     Check {
         data: Some(Data::Vxlan(data)),
-        ..Check::probed("vxlan", format!("{peer}:{port}"), verdict, report.elapsed, evidence)
+        ..Check::probed(Probe::Vxlan, format!("{peer}:{port}"), verdict, report.elapsed, evidence)
     }
 }

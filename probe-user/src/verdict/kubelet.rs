@@ -3,7 +3,7 @@
 
 use rustls::pki_types::CertificateDer;
 
-use super::{Cause, Check, Status, cert::endpoint_verdict};
+use super::{Cause, Check, Probe, Status, Verdict, cert::endpoint_verdict};
 use crate::{
     capture::event::EventKind,
     probes::{cert::EndpointReport, kubelet::Healthz},
@@ -19,7 +19,7 @@ pub fn endpoint(
     warn_days: u32,
     capture_on: bool,
 ) -> Check {
-    let mut check = endpoint_verdict("kubelet", report, roots, warn_days, capture_on);
+    let mut check = endpoint_verdict(Probe::Kubelet, report, roots, warn_days, capture_on);
     let rejected = check.cause == Some(Cause::Unreachable)
         && check.evidence.iter().any(|e| {
             e.event.kind == EventKind::Icmp
@@ -46,24 +46,24 @@ pub fn unresolved(target: &crate::probes::Target, lookup: &Check) -> Check {
     let cause = lookup.cause.or(Some(Cause::DnsError));
     Check {
         duration_ms: lookup.duration_ms,
-        ..Check::file("kubelet", target.to_string(), (Status::Fail, cause, detail))
+        ..Check::file(Probe::Kubelet, target.to_string(), Verdict::new(Status::Fail, cause, detail))
     }
 }
 
 pub fn healthz(port: u16, h: &Healthz) -> Check {
     let target = format!("127.0.0.1:{port}/healthz");
-    let (status, cause, detail) = match &h.result {
-        Ok((200, body)) if body == "ok" => (Status::Pass, None, "ok".to_string()),
-        Ok((code, body)) => (Status::Fail, Some(Cause::KubeletUnhealthy), format!("HTTP {code}: {}", first_line(body))),
+    let Verdict { status, cause, detail } = match &h.result {
+        Ok((200, body)) if body == "ok" => Verdict::pass("ok"),
+        Ok((code, body)) => Verdict::fail(Cause::KubeletUnhealthy, format!("HTTP {code}: {}", first_line(body))),
         Err(e) if e.contains("refused") => {
-            (Status::Fail, Some(Cause::Refused), format!("nothing listens on the kubelet's healthz port ({e})"))
+            Verdict::fail(Cause::Refused, format!("nothing listens on the kubelet's healthz port ({e})"))
         }
-        Err(e) if e.contains("no answer") => (Status::Fail, Some(Cause::Timeout), e.clone()),
-        Err(e) => (Status::Fail, Some(Cause::KubeletUnhealthy), e.clone()),
+        Err(e) if e.contains("no answer") => Verdict::fail(Cause::Timeout, e.clone()),
+        Err(e) => Verdict::fail(Cause::KubeletUnhealthy, e.clone()),
     };
     Check {
         duration_ms: u64::try_from(h.elapsed.as_millis()).unwrap_or(u64::MAX),
-        ..Check::file("kubelet-healthz", target, (status, cause, detail))
+        ..Check::file(Probe::KubeletHealthz, target, Verdict { status, cause, detail })
     }
 }
 
@@ -92,6 +92,6 @@ mod tests {
             Some(Cause::Refused)
         );
         assert_eq!(healthz(10248, &h(Err("no answer within 3.0 s".into()))).cause, Some(Cause::Timeout));
-        assert_eq!(c.probe, "kubelet-healthz");
+        assert_eq!(c.probe, Probe::KubeletHealthz);
     }
 }

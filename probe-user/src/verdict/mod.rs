@@ -6,8 +6,8 @@ pub mod cni;
 pub mod dns;
 pub mod kubelet;
 pub mod mtu;
-pub mod node;
 pub mod path;
+pub mod problems;
 mod tcp;
 pub mod vxlan;
 
@@ -35,6 +35,91 @@ impl Status {
             Self::Fail => "fail",
             Self::Skip => "skip",
         }
+    }
+}
+
+/// What a check ran: its `probe` in JSON and the `probe` label of the agent's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Probe {
+    Tcp,
+    Dns,
+    Mtu,
+    Vxlan,
+    Cert,
+    Kubelet,
+    KubeletHealthz,
+    Apiserver,
+    Cni,
+    /// `node`'s VXLAN devices (a skipped check when they cannot be read).
+    Overlay,
+    Path,
+    /// An echo of `path` (to the destination when it has no port).
+    Icmp,
+    /// `path`'s echo to the pod's gateway.
+    Gateway,
+    /// `path`'s MTU probe of the underlay, node to peer node.
+    UnderlayMtu,
+    /// `path`'s TCP probe from the node's own namespace.
+    FromNode,
+}
+
+impl Probe {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Dns => "dns",
+            Self::Mtu => "mtu",
+            Self::Vxlan => "vxlan",
+            Self::Cert => "cert",
+            Self::Kubelet => "kubelet",
+            Self::KubeletHealthz => "kubelet-healthz",
+            Self::Apiserver => "apiserver",
+            Self::Cni => "cni",
+            Self::Overlay => "overlay",
+            Self::Path => "path",
+            Self::Icmp => "icmp",
+            Self::Gateway => "gateway",
+            Self::UnderlayMtu => "underlay-mtu",
+            Self::FromNode => "from-node",
+        }
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a check concluded: its status, the cause code and the line a person reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: Status,
+    pub cause: Option<Cause>,
+    pub detail: String,
+}
+
+impl Verdict {
+    pub fn new(status: Status, cause: Option<Cause>, detail: impl Into<String>) -> Self {
+        Self { status, cause, detail: detail.into() }
+    }
+
+    pub fn pass(detail: impl Into<String>) -> Self {
+        Self::new(Status::Pass, None, detail)
+    }
+
+    /// Not judged (nothing to check, or the probe could not run here), with why.
+    pub fn skip(detail: impl Into<String>) -> Self {
+        Self::new(Status::Skip, None, detail)
+    }
+
+    pub fn warn(cause: Cause, detail: impl Into<String>) -> Self {
+        Self::new(Status::Warn, Some(cause), detail)
+    }
+
+    pub fn fail(cause: Cause, detail: impl Into<String>) -> Self {
+        Self::new(Status::Fail, Some(cause), detail)
     }
 }
 
@@ -192,7 +277,7 @@ pub struct Hop {
 /// One check's result: the unit of the JSON output.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
-    pub probe: &'static str,
+    pub probe: Probe,
     pub target: String,
     pub status: Status,
     pub cause: Option<Cause>,
@@ -203,6 +288,10 @@ pub struct Check {
     /// What a probe measured beyond the verdict (e.g. `{"dns": {...}}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Data>,
+    /// The peer node the check is about (its name), set by the job that probed it: the agent's
+    /// `peer` label and quorum read it. Not in the JSON, whose `target` already names it.
+    #[serde(skip)]
+    pub peer: Option<String>,
 }
 
 /// Probe-specific results, keyed by probe in JSON.
@@ -219,9 +308,9 @@ pub enum Data {
 impl Check {
     /// A probe's check: its verdict, how long it took and what the kernel saw; no hops or data.
     pub fn probed(
-        probe: &'static str,
+        probe: Probe,
         target: String,
-        (status, cause, detail): (Status, Option<Cause>, String),
+        Verdict { status, cause, detail }: Verdict,
         elapsed: std::time::Duration,
         evidence: Vec<Evidence>,
     ) -> Self {
@@ -235,11 +324,12 @@ impl Check {
             evidence,
             hops: Vec::new(),
             data: None,
+            peer: None,
         }
     }
 
     /// A check that sent nothing (a file was read): no duration, evidence or hops.
-    pub fn file(probe: &'static str, target: String, verdict: (Status, Option<Cause>, String)) -> Self {
+    pub fn file(probe: Probe, target: String, verdict: Verdict) -> Self {
         Self::probed(probe, target, verdict, std::time::Duration::ZERO, Vec::new())
     }
 }

@@ -4,17 +4,17 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use super::{Cause, Check, Status};
+use super::{Cause, Check, Probe, Verdict};
 use crate::discovery::{
-    cni::Found,
+    cni::{CniError, Found},
     flannel::{SUBNET_ENV, SubnetEnv},
     netlink::Link,
 };
 
 pub fn verdict(found: &Found, subnet_env: Option<&SubnetEnv>, root: &Path, links: &[Link]) -> Check {
-    let fail = |detail: String| (Status::Fail, Some(Cause::CniMisconfigured), detail);
+    let fail = |detail: String| Verdict::fail(Cause::CniMisconfigured, detail);
     let (target, verdict) = match &found.config {
-        Err(e) if e == "no CNI configuration" => {
+        Err(CniError::NoConfig) => {
             let dirs: Vec<String> = found.dirs.iter().map(|d| d.display().to_string()).collect();
             let detail = format!(
                 "no CNI configuration in {}: the kubelet reports the node NotReady (\"network plugin is not ready: cni \
@@ -51,14 +51,14 @@ pub fn verdict(found: &Found, subnet_env: Option<&SubnetEnv>, root: &Path, links
                         if let Some(s) = subnet_env.and_then(|e| e.subnet.as_deref()) {
                             let _ = write!(d, "; pod subnet {s}");
                         }
-                        (Status::Pass, None, d)
+                        Verdict::pass(d)
                     }),
                 }
             };
             (target, verdict)
         }
     };
-    Check::file("cni", target, verdict)
+    Check::file(Probe::Cni, target, verdict)
 }
 
 /// The bridge plugin refuses a bridge that already has another address than the gateway of
@@ -68,7 +68,7 @@ fn bridge_verdict(
     config: &crate::discovery::cni::Config,
     subnet_env: Option<&SubnetEnv>,
     links: &[Link],
-) -> Option<(Status, Option<Cause>, String)> {
+) -> Option<Verdict> {
     let subnet = subnet_env?.subnet.as_deref()?;
     let (ip, prefix) = subnet.split_once('/')?;
     let ip: std::net::Ipv4Addr = ip.parse().ok()?;
@@ -79,9 +79,8 @@ fn bridge_verdict(
         return None;
     }
     let has: Vec<String> = bridge.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect();
-    Some((
-        Status::Fail,
-        Some(Cause::CniMisconfigured),
+    Some(Verdict::fail(
+        Cause::CniMisconfigured,
         format!(
             "failed to set bridge addr: \"{device}\" already has an IP address different from {subnet} (it has {}): \
              new pods on this node fail to start; the bridge is left from an earlier pod subnet",
@@ -94,8 +93,9 @@ fn bridge_verdict(
 mod tests {
     use super::*;
     use crate::discovery::cni::{Config, Plugin};
+    use crate::verdict::Status;
 
-    fn found(config: Result<Config, String>, missing: &[&str]) -> Found {
+    fn found(config: Result<Config, CniError>, missing: &[&str]) -> Found {
         Found {
             dirs: vec!["/r/etc/cni/net.d".into()],
             config,
@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn each_failure_in_the_runtime_s_words() {
         let root = Path::new("/r");
-        let none = verdict(&found(Err("no CNI configuration".into()), &[]), None, root, &[]);
+        let none = verdict(&found(Err(CniError::NoConfig), &[]), None, root, &[]);
         assert_eq!(none.cause, Some(Cause::CniMisconfigured));
         assert!(none.detail.contains("cni config uninitialized"), "{}", none.detail);
         let binary = verdict(&found(Ok(flannel()), &["flannel"]), Some(&env()), root, &[]);

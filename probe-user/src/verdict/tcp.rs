@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, io};
 
-use super::{Cause, Check, Evidence, Status, describe_drop, drops};
+use super::{Cause, Check, Evidence, Probe, Status, Verdict, describe_drop, drops};
 use crate::{
     capture::event::{Direction, EventKind},
     probes::tcp::{Outcome, Report},
@@ -30,30 +30,30 @@ pub fn tcp_verdict(report: &Report, capture_on: bool) -> Check {
     });
     let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
 
-    let (status, cause, detail) = match &report.outcome {
+    let verdict = match &report.outcome {
         Outcome::Connected => {
             let mut d = format!("connected in {:.0} ms", secs * 1000.0);
             if let Some(e) = first_drop {
                 let _ = write!(d, " after a retransmission: {}", describe_drop(e));
-                (Status::Warn, None, d)
+                Verdict::new(Status::Warn, None, d)
             } else {
-                (Status::Pass, None, d)
+                Verdict::pass(d)
             }
         }
         Outcome::TimedOut => match first_drop {
             Some(e) if e.event.reason.as_deref() == Some("NETFILTER_DROP") => {
-                (Status::Fail, Some(Cause::NetfilterDrop), format!("no answer in {secs:.1} s: {}", describe_drop(e)))
+                Verdict::fail(Cause::NetfilterDrop, format!("no answer in {secs:.1} s: {}", describe_drop(e)))
             }
-            Some(e) => (Status::Fail, Some(Cause::Timeout), format!("no answer in {secs:.1} s: {}", describe_drop(e))),
-            None => (Status::Fail, Some(Cause::Timeout), format!("no answer in {secs:.1} s ({unseen})")),
+            Some(e) => Verdict::fail(Cause::Timeout, format!("no answer in {secs:.1} s: {}", describe_drop(e))),
+            None => Verdict::fail(Cause::Timeout, format!("no answer in {secs:.1} s ({unseen})")),
         },
         Outcome::NoRoute(e) => {
-            (Status::Fail, Some(Cause::NoRoute), format!("no route to the target from this namespace ({e})"))
+            Verdict::fail(Cause::NoRoute, format!("no route to the target from this namespace ({e})"))
         }
-        Outcome::Unresolved(e) => (Status::Fail, Some(Cause::DnsError), format!("name did not resolve: {e}")),
+        Outcome::Unresolved(e) => Verdict::fail(Cause::DnsError, format!("name did not resolve: {e}")),
         Outcome::Failed(e) => failed(e, first_drop, icmp, rst_sent.or(no_socket), report.icmp_unseen.as_deref()),
     };
-    Check::probed("tcp", report.target.to_string(), (status, cause, detail), report.elapsed, evidence)
+    Check::probed(Probe::Tcp, report.target.to_string(), verdict, report.elapsed, evidence)
 }
 
 fn failed(
@@ -62,7 +62,7 @@ fn failed(
     icmp: Option<&Evidence>,
     rst: Option<&Evidence>,
     icmp_unseen: Option<&str>,
-) -> (Status, Option<Cause>, String) {
+) -> Verdict {
     let with_drop = |mut s: String| {
         if let Some(d) = first_drop {
             let _ = write!(s, "; the SYN was {}", describe_drop(d));
@@ -87,7 +87,7 @@ fn failed(
                 ),
                 None => "connection refused (RST)".to_string(),
             };
-            (Status::Fail, Some(Cause::Refused), d)
+            Verdict::fail(Cause::Refused, d)
         }
         Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => {
             let d = match icmp {
@@ -111,15 +111,14 @@ fn failed(
                     ),
                 },
             };
-            (Status::Fail, Some(Cause::Unreachable), with_drop(d))
+            Verdict::fail(Cause::Unreachable, with_drop(d))
         }
         // connect() returns EPERM when a local netfilter OUTPUT rule drops the SYN.
-        Some(libc::EPERM) => (
-            Status::Fail,
-            Some(Cause::NetfilterDrop),
+        Some(libc::EPERM) => Verdict::fail(
+            Cause::NetfilterDrop,
             with_drop("blocked by netfilter on this host (connect: operation not permitted)".to_string()),
         ),
-        _ => (Status::Fail, Some(Cause::ProbeError), with_drop(format!("connect failed: {e}"))),
+        _ => Verdict::fail(Cause::ProbeError, with_drop(format!("connect failed: {e}"))),
     }
 }
 
@@ -137,7 +136,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{capture::event::KernelEvent, correlation::tests::ev, probes::Target};
+    use crate::{capture::event::KernelEvent, probes::Target, verdict::tests::ev};
 
     fn report(outcome: Outcome, events: Vec<KernelEvent>) -> Report {
         Report {

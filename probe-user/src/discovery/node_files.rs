@@ -31,8 +31,8 @@ pub struct KubeletConfig {
 }
 
 impl KubeletConfig {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Self, serde_saphyr::Error> {
+        serde_saphyr::from_str(text)
     }
 
     /// clusterDNS entries that are IP addresses.
@@ -91,9 +91,24 @@ pub fn read(root: &Path) -> NodeFiles {
     files
 }
 
+/// Why a kubeconfig names no API server netcheck can dial.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Kubeconfig(#[source] kube::config::KubeconfigError),
+    #[error("no cluster for the current context")]
+    NoCluster,
+    #[error("the cluster has no server")]
+    NoServer,
+    #[error("{0}: not an https:// URL")]
+    NotHttps(String),
+    #[error("{0}: no host")]
+    NoHost(String),
+}
+
 /// The server of the kubeconfig's current context (or its only cluster).
-pub fn api_server(path: &Path) -> Result<ApiServer, String> {
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
+pub fn api_server(path: &Path) -> Result<ApiServer, ServerError> {
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(ServerError::Kubeconfig)?;
     let cluster_name = kc
         .current_context
         .as_ref()
@@ -105,17 +120,17 @@ pub fn api_server(path: &Path) -> Result<ApiServer, String> {
         None => kc.clusters.first(),
     }
     .and_then(|c| c.cluster.as_ref())
-    .ok_or("no cluster for the current context")?;
-    let server = cluster.server.as_deref().ok_or("the cluster has no server")?;
+    .ok_or(ServerError::NoCluster)?;
+    let server = cluster.server.as_deref().ok_or(ServerError::NoServer)?;
     Ok(ApiServer { address: host_port(server)?, kubeconfig: path.to_path_buf() })
 }
 
 /// `host:port` of an `https://host[:port][/path]` URL (443 when the port is left out).
-pub fn host_port(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("https://").ok_or_else(|| format!("{url}: not an https:// URL"))?;
+pub fn host_port(url: &str) -> Result<String, ServerError> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| ServerError::NotHttps(url.to_string()))?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
-        return Err(format!("{url}: no host"));
+        return Err(ServerError::NoHost(url.to_string()));
     }
     let has_port = if authority.starts_with('[') { authority.contains("]:") } else { authority.contains(':') };
     Ok(if has_port { authority.to_string() } else { format!("{authority}:443") })

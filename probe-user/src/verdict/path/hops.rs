@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 
 use crate::{
-    correlation::{Cause, Hop, Status},
     discovery::netlink::{Link, Route, RouteKind},
     probes::path::{Report, Source},
+    verdict::{Cause, Hop, Status, Verdict},
 };
 
 /// Which hop a piece of the path is: the order is the packet's.
@@ -79,7 +79,7 @@ impl Draft {
         }
     }
 
-    pub(super) fn judge(&mut self, status: Status, cause: Option<Cause>, detail: String) {
+    pub(super) fn judge(&mut self, Verdict { status, cause, detail }: Verdict) {
         if self.judged && self.hop.status >= status {
             return;
         }
@@ -150,7 +150,7 @@ pub(super) fn draft_hops(report: &Report, from: &str, node_netns: &str) -> Vec<D
             None => dev.name.clone(),
         };
         if !node.overlay_problems.is_empty() {
-            o.judge(Status::Fail, Some(Cause::VxlanMisconfigured), node.overlay_problems.join("; "));
+            o.judge(Verdict::fail(Cause::VxlanMisconfigured, node.overlay_problems.join("; ")));
         }
         hops.push(o);
     }
@@ -179,11 +179,11 @@ pub(super) fn draft_hops(report: &Report, from: &str, node_netns: &str) -> Vec<D
     if let Some(l) = &node.underlay_link {
         u.hop.detail = describe_route(ok_route(node.underlay_route.as_ref()), l);
         if !l.up || !l.lower_up {
-            u.judge(Status::Fail, Some(Cause::NoRoute), format!("{} is {}", l.name, link_state(l)));
+            u.judge(Verdict::fail(Cause::NoRoute, format!("{} is {}", l.name, link_state(l))));
         }
     }
     if let Some(Err(e)) = &node.underlay_route {
-        u.judge(Status::Fail, Some(Cause::NoRoute), format!("no underlay route to the peer: {e}"));
+        u.judge(Verdict::fail(Cause::NoRoute, format!("no underlay route to the peer: {e}")));
     }
     hops.push(u);
     if let Some(peer) = &node.peer {
@@ -206,7 +206,7 @@ pub(super) fn routing_hop(report: &Report, node_ns: Option<&String>) -> Draft {
     r.chain = Some(if report.spec.from == Source::Host { "OUTPUT" } else { "FORWARD" });
     match &node.route {
         Some(Err(e)) => {
-            r.judge(Status::Fail, Some(Cause::NoRoute), format!("the node has no route to {}: {e}", report.spec.dst));
+            r.judge(Verdict::fail(Cause::NoRoute, format!("the node has no route to {}: {e}", report.spec.dst)));
         }
         Some(Ok(route)) => {
             r.hop.detail = match (&node.route_link, route.kind) {
@@ -217,11 +217,10 @@ pub(super) fn routing_hop(report: &Report, node_ns: Option<&String>) -> Draft {
                 _ => String::new(),
             };
             if matches!(route.kind, RouteKind::Reject(_)) {
-                r.judge(
-                    Status::Fail,
-                    Some(Cause::NoRoute),
+                r.judge(Verdict::fail(
+                    Cause::NoRoute,
                     format!("the node routes {} to {}", report.spec.dst, reject_name(route)),
-                );
+                ));
             }
         }
         None => {
@@ -239,21 +238,17 @@ pub(super) fn pod_side(report: &Report, from: &str, node_ns: Option<&String>, ho
     let mut h = Draft::new(Kind::Source, Some(from.to_string()), src.link.as_ref(), false, String::new());
     match &src.route {
         Some(Err(e)) => {
-            h.judge(Status::Fail, Some(Cause::NoRoute), format!("no route to {} in {from}: {e}", report.spec.dst));
+            h.judge(Verdict::fail(Cause::NoRoute, format!("no route to {} in {from}: {e}", report.spec.dst)));
         }
         Some(Ok(r)) if matches!(r.kind, RouteKind::Reject(_)) => {
-            h.judge(
-                Status::Fail,
-                Some(Cause::NoRoute),
-                format!("{from} routes {} to {}", report.spec.dst, reject_name(r)),
-            );
+            h.judge(Verdict::fail(Cause::NoRoute, format!("{from} routes {} to {}", report.spec.dst, reject_name(r))));
         }
         _ => {}
     }
     if let Some(l) = &src.link {
         h.hop.detail = describe_route(ok_route(src.route.as_ref()), l);
         if !l.up || !l.lower_up {
-            h.judge(Status::Fail, Some(Cause::NoRoute), format!("{} in {from} is {}", l.name, link_state(l)));
+            h.judge(Verdict::fail(Cause::NoRoute, format!("{} in {from} is {}", l.name, link_state(l))));
         }
     }
     hops.push(h);
@@ -264,7 +259,7 @@ pub(super) fn pod_side(report: &Report, from: &str, node_ns: Option<&String>, ho
     if let Some(l) = &node.veth {
         v.hop.detail = format!("peer of the source's {}", src.link.as_ref().map_or("interface", |s| s.name.as_str()));
         if !l.up {
-            v.judge(Status::Fail, Some(Cause::NoRoute), format!("{} on the node is {}", l.name, link_state(l)));
+            v.judge(Verdict::fail(Cause::NoRoute, format!("{} on the node is {}", l.name, link_state(l))));
         }
     }
     hops.push(v);
@@ -274,7 +269,7 @@ pub(super) fn pod_side(report: &Report, from: &str, node_ns: Option<&String>, ho
             Some(l) => {
                 b.hop.detail = format!("{} has {}", l.name, addresses(l));
                 if !l.up {
-                    b.judge(Status::Fail, Some(Cause::NoRoute), format!("bridge {} is {}", l.name, link_state(l)));
+                    b.judge(Verdict::fail(Cause::NoRoute, format!("bridge {} is {}", l.name, link_state(l))));
                 }
             }
             None => b.hop.detail = "the veth is not enslaved to a bridge".into(),

@@ -11,11 +11,11 @@ use std::{fmt::Write as _, net::IpAddr};
 use serde::Serialize;
 
 use self::{
-    evidence::{add_peer_events, hop_for_event, is_fault, judge_evidence},
+    evidence::{Fault, add_peer_events, hop_for_event, is_fault, judge_evidence},
     hops::{Draft, Kind, draft_hops},
     judge::judge_probes,
 };
-use super::{Cause, Check, Data, Evidence, Status, mtu, tcp_verdict, vxlan};
+use super::{Cause, Check, Data, Evidence, Probe, Status, Verdict, mtu, tcp_verdict, vxlan};
 use crate::{
     capture::event::EventKind,
     probes::{
@@ -68,7 +68,7 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
 
     // What the kernel saw, placed by namespace and device.
     let mut all_evidence = Vec::new();
-    for check in probes.iter().filter(|c| matches!(c.probe, "tcp" | "icmp" | "vxlan")) {
+    for check in probes.iter().filter(|c| matches!(c.probe, Probe::Tcp | Probe::Icmp | Probe::Vxlan)) {
         for e in &check.evidence {
             if e.event.kind == EventKind::Drop && !is_fault(&e.event) {
                 continue;
@@ -87,9 +87,9 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
     let peer_agent = add_peer_events(report, &mut hops, &mut all_evidence);
     // A TCP probe refused with ICMP unreachable (EHOSTUNREACH): the kernel answered even when
     // it cannot trace the ICMP error it sent (no icmp_send before 6.10).
-    let unreachable = probes.iter().any(|c| c.probe == "tcp" && c.cause == Some(Cause::Unreachable));
+    let unreachable = probes.iter().any(|c| c.probe == Probe::Tcp && c.cause == Some(Cause::Unreachable));
     for h in &mut hops {
-        if let Some((status, cause, what, flow)) = judge_evidence(&h.hop.evidence, unreachable) {
+        if let Some(Fault { cause, what, flow }) = judge_evidence(&h.hop.evidence, unreachable) {
             // The kernel saw this hop: where it saw it is no longer inferred.
             if h.hop.inferred
                 && let Some(ev) = h.hop.evidence.iter().find(|e| is_fault(&e.event))
@@ -99,14 +99,14 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
                 h.hop.inferred = false;
             }
             let detail = format!("{what} on {}{flow}", h.location());
-            h.judge(status, cause, detail);
+            h.judge(Verdict::fail(cause, detail));
         }
     }
     judge_probes(report, &probes, &mut hops);
     let first_broken = hops.iter().position(|h| h.hop.status == Status::Fail);
     let arrived = probes
         .iter()
-        .find(|c| matches!(c.probe, "tcp" | "icmp"))
+        .find(|c| matches!(c.probe, Probe::Tcp | Probe::Icmp))
         .is_some_and(|c| matches!(c.status, Status::Pass | Status::Warn));
     for (i, h) in hops.iter_mut().enumerate() {
         match first_broken {
@@ -141,7 +141,13 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
     let check = Check {
         hops: hops.into_iter().map(|h| h.hop).collect(),
         data: Some(Data::Path(data)),
-        ..Check::probed("path", format!("{from} -> {dst}"), (status, cause, line.clone()), report.elapsed, all_evidence)
+        ..Check::probed(
+            Probe::Path,
+            format!("{from} -> {dst}"),
+            Verdict::new(status, cause, line.clone()),
+            report.elapsed,
+            all_evidence,
+        )
     };
     (check, line)
 }
@@ -160,7 +166,7 @@ fn probe_checks(report: &Report, capture_on: bool) -> Vec<Check> {
         None => {}
     }
     if let Some(g) = &report.gateway {
-        checks.push(Check { probe: "gateway", ..echo_verdict(g, capture_on) });
+        checks.push(Check { probe: Probe::Gateway, ..echo_verdict(g, capture_on) });
     }
     if let Some(v) = &report.vxlan {
         checks.push(vxlan::verdict(v, capture_on));
@@ -169,10 +175,10 @@ fn probe_checks(report: &Report, capture_on: bool) -> Vec<Check> {
         checks.push(mtu::verdict(m, capture_on));
     }
     if let Some(m) = &report.underlay_mtu {
-        checks.push(Check { probe: "underlay-mtu", ..mtu::verdict(m, capture_on) });
+        checks.push(Check { probe: Probe::UnderlayMtu, ..mtu::verdict(m, capture_on) });
     }
     if let Some(t) = &report.from_node {
-        checks.push(Check { probe: "from-node", ..tcp_verdict(t, capture_on) });
+        checks.push(Check { probe: Probe::FromNode, ..tcp_verdict(t, capture_on) });
     }
     checks
 }
@@ -183,20 +189,20 @@ pub fn echo_verdict(echo: &icmp::Echo, capture_on: bool) -> Check {
     let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
     let verdict = match &echo.outcome {
         EchoOutcome::Answered { answer: Answer::Reply, rtt } => {
-            (Status::Pass, None, format!("echo answered in {:.1} ms", rtt.as_secs_f64() * 1000.0))
+            Verdict::pass(format!("echo answered in {:.1} ms", rtt.as_secs_f64() * 1000.0))
         }
         EchoOutcome::Answered { answer: Answer::Unreachable { code, from }, .. } => {
-            (Status::Fail, Some(Cause::Unreachable), format!("ICMP destination unreachable (code {code}) from {from}"))
+            Verdict::fail(Cause::Unreachable, format!("ICMP destination unreachable (code {code}) from {from}"))
         }
         EchoOutcome::Answered { .. } => match judge_evidence(&evidence, false) {
-            Some((status, cause, what, flow)) => (status, cause, format!("no echo reply: {what}{flow}")),
-            None => (Status::Fail, Some(Cause::Timeout), format!("no echo reply ({unseen})")),
+            Some(Fault { cause, what, flow }) => Verdict::fail(cause, format!("no echo reply: {what}{flow}")),
+            None => Verdict::fail(Cause::Timeout, format!("no echo reply ({unseen})")),
         },
-        EchoOutcome::NoPrivilege(why) => (Status::Skip, None, format!("not sent: {why}")),
-        EchoOutcome::NoRoute(e) => (Status::Fail, Some(Cause::NoRoute), format!("no route: {e}")),
-        EchoOutcome::Failed(e) => (Status::Fail, Some(Cause::ProbeError), e.clone()),
+        EchoOutcome::NoPrivilege(why) => Verdict::skip(format!("not sent: {why}")),
+        EchoOutcome::NoRoute(e) => Verdict::fail(Cause::NoRoute, format!("no route: {e}")),
+        EchoOutcome::Failed(e) => Verdict::fail(Cause::ProbeError, e.clone()),
     };
-    Check::probed("icmp", echo.dst.to_string(), verdict, echo.elapsed, evidence)
+    Check::probed(Probe::Icmp, echo.dst.to_string(), verdict, echo.elapsed, evidence)
 }
 /// The one line: the first broken hop and why, or that the path is healthy.
 fn summary_line(report: &Report, hops: &[Draft], probes: &[Check], from: &str, dst: &str) -> String {
@@ -215,7 +221,7 @@ fn summary_line(report: &Report, hops: &[Draft], probes: &[Check], from: &str, d
         format!("{} ({place}): {}", broken.hop.name, broken.hop.detail)
     };
     if broken.kind == Kind::Input
-        && let Some(node_probe) = probes.iter().find(|c| c.probe == "from-node")
+        && let Some(node_probe) = probes.iter().find(|c| c.probe == Probe::FromNode)
     {
         let who = if report.spec.from == Source::Host { "this node" } else { "pods on this node" };
         if node_probe.status == Status::Pass {
@@ -239,7 +245,7 @@ mod tests {
         discovery::netlink::{Link, Route, RouteKind, VxlanDevice},
         probes::{
             Target,
-            path::{NodeView, Peer, SourceView, Spec},
+            path::{NodeView, OverlayPeer, SourceView, Spec},
             tcp,
         },
     };
@@ -313,7 +319,7 @@ mod tests {
                 route: Some(Ok(route(RouteKind::Unicast, 4, Some(Ipv4Addr::new(10, 244, 2, 0))))),
                 route_link: Some(link(4, "flannel.1", Some("vxlan"))),
                 overlay: Some(overlay),
-                peer: Some(Peer {
+                peer: Some(OverlayPeer {
                     vtep: Ipv4Addr::new(10, 244, 2, 0),
                     vtep_mac: "02:fa:00:00:00:02".into(),
                     underlay: Ipv4Addr::new(192, 168, 50, 12),

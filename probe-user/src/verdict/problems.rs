@@ -4,9 +4,11 @@
 //! and on an endpoint. The checks stay as they are (each is true); the problems list folds
 //! them onto the fault they share.
 
+use std::net::SocketAddr;
+
 use serde::Serialize;
 
-use super::{Cause, Check, Data, Status};
+use super::{Cause, Check, Data, Probe, Status};
 
 /// One fault, with the checks that show it (indices into the report's `checks`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -26,7 +28,7 @@ enum Key {
     Cert(String, String),
     /// A DNS rung behind the Service: a CoreDNS endpoint or an upstream, by address.
     DnsRung(String),
-    Check(&'static str, String),
+    Check(Probe, String),
 }
 
 /// The problems among `checks`, in the order their first check appears.
@@ -36,9 +38,9 @@ pub fn problems(checks: &[Check]) -> Vec<Problem> {
     // addresses (a lookup or a Service query DNATed there) are its symptoms.
     let rungs: Vec<String> = checks
         .iter()
-        .filter(|c| failing(c) && c.probe == "dns")
-        .filter_map(|c| rung_address(&c.target))
-        .map(str::to_string)
+        .filter(|c| failing(c) && c.probe == Probe::Dns)
+        .filter_map(rung_address)
+        .map(|a| a.to_string())
         .collect();
     let mut out: Vec<(Key, Problem)> = Vec::new();
     for (i, c) in checks.iter().enumerate().filter(|(_, c)| failing(c)) {
@@ -58,7 +60,7 @@ pub fn problems(checks: &[Check]) -> Vec<Problem> {
     // is the cause, and it names what the rung is.
     for (key, p) in &mut out {
         if let Key::DnsRung(_) = key
-            && let Some(root) = p.checks.iter().map(|&i| &checks[i]).find(|c| rung_address(&c.target).is_some())
+            && let Some(root) = p.checks.iter().map(|&i| &checks[i]).find(|c| rung_address(c).is_some())
         {
             (p.cause, p.detail, p.subject) = (root.cause, root.detail.clone(), subject(root, key));
         }
@@ -66,9 +68,12 @@ pub fn problems(checks: &[Check]) -> Vec<Problem> {
     out.into_iter().map(|(_, p)| p).collect()
 }
 
-/// "10.244.2.10:53" of the target "endpoint 10.244.2.10:53" (or "upstream ...").
-fn rung_address(target: &str) -> Option<&str> {
-    target.strip_prefix("endpoint ").or_else(|| target.strip_prefix("upstream "))
+/// The address of a DNS rung behind the Service (an endpoint or upstream) the check probed.
+fn rung_address(c: &Check) -> Option<SocketAddr> {
+    match &c.data {
+        Some(Data::Dns(d)) => d.rung,
+        _ => None,
+    }
 }
 
 fn key(c: &Check, rungs: &[String]) -> Key {
@@ -80,8 +85,8 @@ fn key(c: &Check, rungs: &[String]) -> Key {
     {
         return Key::Cert(cert.issuer.clone(), cert.serial.clone());
     }
-    if c.probe == "dns" {
-        if let Some(a) = rung_address(&c.target) {
+    if c.probe == Probe::Dns {
+        if let Some(a) = rung_address(c) {
             return Key::DnsRung(a.to_string());
         }
         if let Some(a) = rungs.iter().find(|a| c.detail.contains(a.as_str())) {
@@ -109,10 +114,23 @@ fn subject(c: &Check, key: &Key) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlation::cert::CertData;
+    use crate::verdict::Verdict;
+    use crate::verdict::cert::CertData;
 
-    fn check(probe: &'static str, target: &str, status: Status, cause: Option<Cause>, detail: &str) -> Check {
-        Check::file(probe, target.into(), (status, cause, detail.into()))
+    fn check(probe: Probe, target: &str, status: Status, cause: Option<Cause>, detail: &str) -> Check {
+        Check::file(probe, target.into(), Verdict::new(status, cause, detail))
+    }
+
+    /// A CoreDNS endpoint's check, as `verdict::dns::verdicts` makes it.
+    fn endpoint(addr: &str, status: Status, cause: Option<Cause>, detail: &str) -> Check {
+        let data = crate::verdict::dns::DnsData {
+            name: "kubernetes.default".into(),
+            qtype: "A".into(),
+            role: "endpoint",
+            queries: Vec::new(),
+            rung: Some(addr.parse().unwrap()),
+        };
+        Check { data: Some(Data::Dns(data)), ..check(Probe::Dns, &format!("endpoint {addr}"), status, cause, detail) }
     }
 
     fn cert(target: &str, serial: &str) -> Check {
@@ -124,7 +142,7 @@ mod tests {
         };
         Check {
             data: Some(Data::Cert(data)),
-            ..check("cert", target, Status::Warn, Some(Cause::CertExpiring), "expires in 9 days")
+            ..check(Probe::Cert, target, Status::Warn, Some(Cause::CertExpiring), "expires in 9 days")
         }
     }
 
@@ -132,22 +150,22 @@ mod tests {
     fn one_blocked_coredns_replica_is_one_problem() {
         let checks = vec![
             check(
-                "dns",
+                Probe::Dns,
                 "kubernetes.default",
                 Status::Warn,
                 Some(Cause::Partial),
                 "answered after (sent on to 10.244.2.10:53)",
             ),
             check(
-                "dns",
+                Probe::Dns,
                 "server 10.96.0.10:53",
                 Status::Fail,
                 Some(Cause::Partial),
                 "4 of 6 (sent on to 10.244.2.10:53)",
             ),
-            check("dns", "endpoint 10.244.1.10:53", Status::Pass, None, "ok"),
-            check("dns", "endpoint 10.244.2.10:53", Status::Fail, Some(Cause::NetfilterDrop), "dropped by netfilter"),
-            check("kubelet", "192.168.50.11:10250", Status::Fail, Some(Cause::CertNameMismatch), "no IP SANs"),
+            endpoint("10.244.1.10:53", Status::Pass, None, "ok"),
+            endpoint("10.244.2.10:53", Status::Fail, Some(Cause::NetfilterDrop), "dropped by netfilter"),
+            check(Probe::Kubelet, "192.168.50.11:10250", Status::Fail, Some(Cause::CertNameMismatch), "no IP SANs"),
         ];
         let p = problems(&checks);
         assert_eq!(p.len(), 2, "{p:?}");
@@ -174,8 +192,8 @@ mod tests {
     #[test]
     fn unrelated_dns_failures_stay_apart() {
         let checks = vec![
-            check("dns", "www.example.com", Status::Fail, Some(Cause::Nxdomain), "no such name"),
-            check("dns", "kubernetes.default", Status::Fail, Some(Cause::DnsTimeout), "no answer"),
+            check(Probe::Dns, "www.example.com", Status::Fail, Some(Cause::Nxdomain), "no such name"),
+            check(Probe::Dns, "kubernetes.default", Status::Fail, Some(Cause::DnsTimeout), "no answer"),
         ];
         assert_eq!(problems(&checks).len(), 2);
     }

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 
 use serde::Serialize;
 
-use super::{Cause, Check, Data, Evidence, Status, describe_drop, drops};
+use super::{Cause, Check, Data, Evidence, Probe, Verdict, describe_drop, drops};
 use crate::probes::mtu::{Answer, Outcome, Report};
 
 /// `data.mtu` of the check's JSON.
@@ -42,7 +42,7 @@ pub struct StepData {
 
 pub fn verdict(report: &Report, capture_on: bool) -> Check {
     let evidence = Evidence::fold(report.events.clone());
-    let (status, cause, detail) = judge(report, &evidence, capture_on);
+    let verdict = judge(report, &evidence, capture_on);
     let (path_mtu, exact, upper) = match report.outcome {
         Outcome::Measured { path_mtu, exact, upper } => (Some(path_mtu), exact, Some(upper)),
         _ => (None, false, None),
@@ -62,20 +62,19 @@ pub fn verdict(report: &Report, capture_on: bool) -> Check {
             .map(|s| StepData { size: s.size, result: s.answer.code(), probes: s.probes })
             .collect(),
     };
-    let verdict = (status, cause, detail);
     Check {
         data: Some(Data::Mtu(data)),
-        ..Check::probed("mtu", report.spec.host.to_string(), verdict, report.elapsed, evidence)
+        ..Check::probed(Probe::Mtu, report.spec.host.to_string(), verdict, report.elapsed, evidence)
     }
 }
 
-fn judge(report: &Report, evidence: &[Evidence], capture_on: bool) -> (Status, Option<Cause>, String) {
+fn judge(report: &Report, evidence: &[Evidence], capture_on: bool) -> Verdict {
     let host = report.spec.host;
     let (path_mtu, exact, upper) = match &report.outcome {
         Outcome::Measured { path_mtu, exact, upper } => (*path_mtu, *exact, *upper),
-        Outcome::NoPrivilege(why) => return (Status::Skip, None, format!("not measured: {why}")),
-        Outcome::NoRoute(e) => return (Status::Fail, Some(Cause::NoRoute), format!("no route to {host} ({e})")),
-        Outcome::Failed(e) => return (Status::Fail, Some(Cause::ProbeError), e.clone()),
+        Outcome::NoPrivilege(why) => return Verdict::skip(format!("not measured: {why}")),
+        Outcome::NoRoute(e) => return Verdict::fail(Cause::NoRoute, format!("no route to {host} ({e})")),
+        Outcome::Failed(e) => return Verdict::fail(Cause::ProbeError, e.clone()),
         Outcome::NoEcho(answer) => return no_echo(host, *answer, evidence, capture_on),
     };
     let (iface, iface_mtu) = report.interface.clone().unwrap_or_else(|| ("?".into(), upper));
@@ -97,9 +96,9 @@ fn judge(report: &Report, evidence: &[Evidence], capture_on: bool) -> (Status, O
             && *m > u32::from(path_mtu)
         {
             let _ = write!(d, "; but the CNI's MTU {m} ({path}) is larger than that");
-            return (Status::Warn, Some(Cause::MtuMismatch), d);
+            return Verdict::warn(Cause::MtuMismatch, d);
         }
-        return (Status::Pass, None, d);
+        return Verdict::pass(d);
     }
     let lost = format!("{}..{}", path_mtu + 1, tested_top);
     if let Some((mtu, from)) = report.signalled() {
@@ -108,7 +107,7 @@ fn judge(report: &Report, evidence: &[Evidence], capture_on: bool) -> (Status, O
              mtu {mtu}, from {from}), so PMTUD works, but the interface MTU should be at most {path_mtu}"
         );
         cni_note(&mut d);
-        return (Status::Warn, Some(Cause::MtuMismatch), d);
+        return Verdict::warn(Cause::MtuMismatch, d);
     }
     let mut d = format!(
         "path MTU {range}, but {iface} has MTU {iface_mtu} and no ICMP fragmentation-needed came back: packets of \
@@ -120,27 +119,24 @@ fn judge(report: &Report, evidence: &[Evidence], capture_on: bool) -> (Status, O
     } else if !capture_on {
         d.push_str(" (capture unavailable: where they vanish is not shown)");
     }
-    (Status::Fail, Some(Cause::MtuBlackhole), d)
+    Verdict::fail(Cause::MtuBlackhole, d)
 }
 
-fn no_echo(host: Ipv4Addr, answer: Answer, evidence: &[Evidence], capture_on: bool) -> (Status, Option<Cause>, String) {
+fn no_echo(host: Ipv4Addr, answer: Answer, evidence: &[Evidence], capture_on: bool) -> Verdict {
     let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
     if let Answer::Unreachable { code, from } = answer {
-        return (
-            Status::Fail,
-            Some(Cause::Unreachable),
+        return Verdict::fail(
+            Cause::Unreachable,
             format!("not measured: ICMP destination unreachable (code {code}) from {from} for a small ping"),
         );
     }
     match drops(evidence).find(|e| e.event.reason.as_deref() == Some("NETFILTER_DROP")) {
-        Some(e) => (
-            Status::Fail,
-            Some(Cause::NetfilterDrop),
+        Some(e) => Verdict::fail(
+            Cause::NetfilterDrop,
             format!("not measured: {host} does not answer a small ping: {}", describe_drop(e)),
         ),
-        None => (
-            Status::Fail,
-            Some(Cause::Timeout),
+        None => Verdict::fail(
+            Cause::Timeout,
             format!("not measured: {host} does not answer a small ping (ICMP echo; {unseen})"),
         ),
     }
@@ -152,6 +148,7 @@ mod tests {
 
     use super::*;
     use crate::probes::mtu::{Spec, Step};
+    use crate::verdict::Status;
 
     fn report(steps: &[(u16, Answer)], path_mtu: u16) -> Report {
         Report {

@@ -7,7 +7,7 @@ use std::{fmt::Write as _, net::SocketAddr};
 
 use serde::Serialize;
 
-use super::{Cause, Check, Data, Evidence, Status, describe_drop, drops, millis as ms};
+use super::{Cause, Check, Data, Evidence, Probe, Status, Verdict, describe_drop, drops, millis as ms};
 use crate::{
     capture::event::{EventKind, KernelEvent},
     probes::dns::{Lookup, Outcome, QueryReport, Report, Role, Rung, Transport},
@@ -24,6 +24,10 @@ pub struct DnsData {
     pub role: &'static str,
     /// Every query made, in order.
     pub queries: Vec<QueryData>,
+    /// The address of a rung behind the Service (a CoreDNS endpoint or an upstream): the node's
+    /// problems group its symptoms under it. Not in the JSON (the target names it).
+    #[serde(skip)]
+    pub rung: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,21 +60,22 @@ fn query_data(q: &QueryReport) -> QueryData {
 /// The checks of one `check dns NAME`: the lookup first, then the rungs in ladder order.
 pub fn verdicts(report: &Report, capture_on: bool) -> Vec<Check> {
     let qtype = report.spec.rtype.to_string();
-    let data = |role: &'static str, queries: &[QueryReport]| {
+    let data = |role: &'static str, rung: Option<SocketAddr>, queries: &[QueryReport]| {
         Some(Data::Dns(DnsData {
             name: report.spec.name.clone(),
             qtype: qtype.clone(),
             role,
             queries: queries.iter().map(query_data).collect(),
+            rung,
         }))
     };
     let mut rung_checks: Vec<(Role, Check)> = report
         .rungs
         .iter()
         .map(|r| {
-            let (status, cause, detail) = rung_verdict(r, capture_on);
+            let Verdict { status, cause, detail } = rung_verdict(r, capture_on);
             let check = Check {
-                probe: "dns",
+                probe: Probe::Dns,
                 target: format!("{} {}", r.role.as_str(), r.server),
                 status,
                 cause,
@@ -78,7 +83,8 @@ pub fn verdicts(report: &Report, capture_on: bool) -> Vec<Check> {
                 duration_ms: r.queries.iter().map(|q| ms(q.elapsed)).max().unwrap_or(0),
                 evidence: Evidence::fold(r.queries.iter().flat_map(|q| q.events.clone()).collect()),
                 hops: Vec::new(),
-                data: data(r.role.as_str(), &r.queries),
+                data: data(r.role.as_str(), (r.role != Role::Server).then_some(r.server), &r.queries),
+                peer: None,
             };
             (r.role, check)
         })
@@ -97,7 +103,7 @@ pub fn verdicts(report: &Report, capture_on: bool) -> Vec<Check> {
         .collect();
     endpoints_behind_servers(&mut rung_checks, &sent_to);
 
-    let (mut status, mut cause, mut detail) = lookup_verdict(report, capture_on);
+    let Verdict { mut status, mut cause, mut detail } = lookup_verdict(report, capture_on);
     // The deepest failing rung is where the fault is.
     if let Some((_, root)) = rung_checks.iter().rev().find(|(_, c)| c.status == Status::Fail) {
         let _ = write!(detail, "; failing rung: {}: {}", root.target, root.detail);
@@ -110,7 +116,7 @@ pub fn verdicts(report: &Report, capture_on: bool) -> Vec<Check> {
         }
     }
     let lookup_check = Check {
-        probe: "dns",
+        probe: Probe::Dns,
         target: report.spec.name.clone(),
         status,
         cause,
@@ -118,13 +124,14 @@ pub fn verdicts(report: &Report, capture_on: bool) -> Vec<Check> {
         duration_ms: ms(report.lookup.queries.iter().map(|q| q.elapsed).sum()),
         evidence: Evidence::fold(report.lookup.queries.iter().flat_map(|q| q.events.clone()).collect()),
         hops: Vec::new(),
-        data: data("lookup", &report.lookup.queries),
+        data: data("lookup", None, &report.lookup.queries),
+        peer: None,
     };
     let mut checks: Vec<Check> = std::iter::once(lookup_check).chain(rung_checks.into_iter().map(|(_, c)| c)).collect();
     if let Some(why) = &report.discovery_failed {
         let (ns, name) = crate::discovery::api::DNS_SERVICE;
         let detail = format!("not discovered from the API: {why}; --endpoint asks CoreDNS pods directly");
-        checks.push(Check::file("dns", format!("endpoints of {ns}/{name}"), (Status::Skip, None, detail)));
+        checks.push(Check::file(Probe::Dns, format!("endpoints of {ns}/{name}"), Verdict::skip(detail)));
     }
     checks
 }
@@ -175,9 +182,9 @@ fn answered(q: &QueryReport) -> bool {
     q.outcome.is_answer() || q.outcome == Outcome::Truncated
 }
 
-fn rung_verdict(r: &Rung, capture_on: bool) -> (Status, Option<Cause>, String) {
+fn rung_verdict(r: &Rung, capture_on: bool) -> Verdict {
     if let Some(why) = &r.skipped {
-        return (Status::Skip, None, why.clone());
+        return Verdict::skip(why.clone());
     }
     let count = |t: Transport| {
         let of: Vec<&QueryReport> = r.queries.iter().filter(|q| q.transport == t).collect();
@@ -195,20 +202,20 @@ fn rung_verdict(r: &Rung, capture_on: bool) -> (Status, Option<Cause>, String) {
     let Some(first_failure) = failed.first() else {
         let fastest = ok.iter().map(|q| q.elapsed).min().unwrap_or_default();
         let answer = ok.first().map(|q| q.outcome.to_string()).unwrap_or_default();
-        return (Status::Pass, None, format!("{name}: {answer} ({counts} answered, {} ms)", ms(fastest)));
+        return Verdict::pass(format!("{name}: {answer} ({counts} answered, {} ms)", ms(fastest)));
     };
     let (cause, why) = failure(first_failure, capture_on);
     if ok.is_empty() {
-        return (Status::Fail, Some(cause), format!("{name}: {why} ({counts} answered)"));
+        return Verdict::fail(cause, format!("{name}: {why} ({counts} answered)"));
     }
     if udp_ok == udp_n && tcp_ok == 0 {
-        return (Status::Fail, Some(cause), format!("UDP answers, TCP does not: {why} ({counts} answered)"));
+        return Verdict::fail(cause, format!("UDP answers, TCP does not: {why} ({counts} answered)"));
     }
     if tcp_ok == tcp_n && udp_ok == 0 {
-        return (Status::Fail, Some(cause), format!("TCP answers, UDP does not: {why} ({counts} answered)"));
+        return Verdict::fail(cause, format!("TCP answers, UDP does not: {why} ({counts} answered)"));
     }
     let detail = format!("{} of {} queries answered ({counts}); the others: {why}", ok.len(), r.queries.len());
-    (Status::Fail, Some(Cause::Partial), detail)
+    Verdict::fail(Cause::Partial, detail)
 }
 
 /// Lower is more telling (see `rung_verdict`).
@@ -276,7 +283,7 @@ fn dnat_target(events: &[KernelEvent], local: SocketAddr, dialled: SocketAddr) -
     })
 }
 
-fn lookup_verdict(report: &Report, capture_on: bool) -> (Status, Option<Cause>, String) {
+fn lookup_verdict(report: &Report, capture_on: bool) -> Verdict {
     let conf = &report.spec.conf;
     let lookup = &report.lookup;
     let name = &report.spec.name;
@@ -284,7 +291,7 @@ fn lookup_verdict(report: &Report, capture_on: bool) -> (Status, Option<Cause>, 
     let on = server.map(|s| format!(" on {s}")).unwrap_or_default();
     let asked = asked(lookup);
     if conf.nameservers.is_empty() {
-        return (Status::Fail, Some(Cause::ProbeError), "resolv.conf lists no nameserver".to_string());
+        return Verdict::fail(Cause::ProbeError, "resolv.conf lists no nameserver");
     }
     if let Some(a) = lookup.answer() {
         let extra = lookup.queries.len() - 1;
@@ -304,9 +311,9 @@ fn lookup_verdict(report: &Report, capture_on: bool) -> (Status, Option<Cause>, 
             let (cause, why) = failure(silent, capture_on);
             let cause = if cause == Cause::NetfilterDrop { cause } else { Cause::DnsTimeout };
             let _ = write!(d, "; an earlier query got {why}");
-            return (Status::Warn, Some(cause), d);
+            return Verdict::warn(cause, d);
         }
-        return (Status::Pass, None, d);
+        return Verdict::pass(d);
     }
     let last = lookup.queries.last();
     let all_negative = !lookup.queries.is_empty()
@@ -315,10 +322,10 @@ fn lookup_verdict(report: &Report, capture_on: bool) -> (Status, Option<Cause>, 
         let nodata = lookup.queries.iter().any(|q| q.outcome == Outcome::NoData);
         let cause = if nodata { Cause::Nodata } else { Cause::Nxdomain };
         let what = if nodata { "no such host (the name exists without that record type)" } else { "no such host" };
-        return (Status::Fail, Some(cause), format!("lookup {name}{on}: {what}; asked {asked}"));
+        return Verdict::fail(cause, format!("lookup {name}{on}: {what}; asked {asked}"));
     }
     let Some(last) = last else {
-        return (Status::Fail, Some(Cause::DnsTimeout), format!("lookup {name}: no time left to ask"));
+        return Verdict::fail(Cause::DnsTimeout, format!("lookup {name}: no time left to ask"));
     };
     // The query that decided: the first non-negative outcome.
     let decisive =
@@ -342,7 +349,7 @@ fn lookup_verdict(report: &Report, capture_on: bool) -> (Status, Option<Cause>, 
     if lookup.out_of_time {
         d.push_str("; stopped at the deadline");
     }
-    (Status::Fail, Some(cause), d)
+    Verdict::fail(cause, d)
 }
 
 /// "a (NXDOMAIN), b (SERVFAIL)": each name asked, once, with what came back last.
@@ -454,7 +461,7 @@ mod tests {
     #[test]
     fn a_service_whose_samples_all_hit_the_dead_endpoint_is_still_partial() {
         use crate::capture::event::{FlowView, Proto};
-        let mut dropped = crate::correlation::tests::ev(EventKind::Drop, "NETFILTER_DROP", "n2");
+        let mut dropped = crate::verdict::tests::ev(EventKind::Drop, "NETFILTER_DROP", "n2");
         dropped.flow = Some(FlowView {
             proto: Proto::Udp,
             src: "10.244.1.2:40000".parse().unwrap(),
@@ -477,11 +484,11 @@ mod tests {
     #[test]
     fn some_queries_unanswered_is_partial_and_tcp_only_failures_say_so() {
         let r = rung(Role::Server, "10.96.0.10:53", &[(UDP, answer()), (UDP, Outcome::TimedOut), (TCP, answer())]);
-        let (s, c, d) = rung_verdict(&r, true);
+        let Verdict { status: s, cause: c, detail: d } = rung_verdict(&r, true);
         assert_eq!((s, c), (Status::Fail, Some(Cause::Partial)));
         assert!(d.starts_with("2 of 3 queries answered (udp 1/2, tcp 1/1)"), "{d}");
         let r = rung(Role::Endpoint, "10.244.1.10:53", &[(UDP, answer()), (TCP, Outcome::PortRefused)]);
-        let (_, c, d) = rung_verdict(&r, true);
+        let Verdict { status: _, cause: c, detail: d } = rung_verdict(&r, true);
         assert_eq!(c, Some(Cause::Refused));
         assert!(d.starts_with("UDP answers, TCP does not: nothing listens on port 53 (RST"), "{d}");
     }
@@ -506,7 +513,7 @@ mod tests {
     #[test]
     fn timeouts_with_a_netfilter_drop_name_it_and_the_dnat_target() {
         use crate::capture::event::{FlowView, Proto};
-        let mut ev = crate::correlation::tests::ev(EventKind::Drop, "NETFILTER_DROP", "n2");
+        let mut ev = crate::verdict::tests::ev(EventKind::Drop, "NETFILTER_DROP", "n2");
         ev.flow = Some(FlowView {
             proto: Proto::Udp,
             src: "10.244.1.2:40000".parse().unwrap(),

@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use super::hops::{Draft, Kind};
 use crate::{
     capture::event::{Direction, EventKind, KernelEvent},
-    correlation::{Cause, Evidence, Status, same},
     discovery::netlink::Link,
     probes::path::{Report, Source},
+    verdict::{Cause, Evidence, same},
 };
 
 /// Whether an event says the kernel stopped the probe's packets (as opposed to what it
@@ -21,12 +21,17 @@ pub(super) fn is_fault(ev: &KernelEvent) -> bool {
     }
 }
 
-/// The status the placed evidence gives a hop (a drop, an ICMP error or a reset sent there):
-/// status, cause, what happened and the flow it happened to.
-pub(super) fn judge_evidence(
-    evidence: &[Evidence],
-    unreachable: bool,
-) -> Option<(Status, Option<Cause>, String, String)> {
+/// A fault the kernel saw at a hop, which fails it.
+pub(super) struct Fault {
+    pub cause: Cause,
+    /// What happened, e.g. "dropped by netfilter".
+    pub what: String,
+    /// The flow it happened to (": tcp a -> b", with the event count), or nothing.
+    pub flow: String,
+}
+
+/// The fault the placed evidence shows at a hop (a drop, an ICMP error or a reset sent there).
+pub(super) fn judge_evidence(evidence: &[Evidence], unreachable: bool) -> Option<Fault> {
     let faults: Vec<&Evidence> = evidence.iter().filter(|e| is_fault(&e.event)).collect();
     let netfilter = faults.iter().find(|e| e.event.reason.as_deref() == Some("NETFILTER_DROP"));
     let pick = faults.iter().find(|e| e.event.kind == EventKind::Icmp).or(netfilter).or_else(|| faults.first())?;
@@ -68,7 +73,7 @@ pub(super) fn judge_evidence(
     if count > 1 {
         let _ = write!(flow, " ({count} events)");
     }
-    Some((Status::Fail, Some(cause), what, flow))
+    Some(Fault { cause, what, flow })
 }
 
 /// The hop an event belongs to, by the namespace and device the kernel reported.

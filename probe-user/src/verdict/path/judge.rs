@@ -8,25 +8,25 @@ use super::{
     measured,
 };
 use crate::{
-    correlation::{Cause, Check, Status},
     probes::path::Report,
+    verdict::{Cause, Check, Probe, Status, Verdict},
 };
 
 /// Hops judged by the probes that cross them.
 pub(super) fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]) {
-    let find = |name: &str| probes.iter().find(|c| c.probe == name);
+    let find = |probe: Probe| probes.iter().find(|c| c.probe == probe);
     let any_fail_from = |hops: &[Draft], k: Kind| {
         let start = hops.iter().position(|h| h.kind == k).unwrap_or(hops.len());
         hops[start..].iter().any(|h| h.hop.status == Status::Fail)
     };
     let hop = with_hop;
-    if let Some(g) = find("gateway") {
+    if let Some(g) = find(Probe::Gateway) {
         match g.status {
             Status::Pass => hop(hops, Kind::Bridge, &mut |h| h.pass(&format!("gateway {} answers", g.target))),
             Status::Fail if !any_fail_from(hops, Kind::Source) => {
                 // An echo the node filters while the real traffic crosses is worth a warning,
                 // not a broken hop.
-                let arrived = find("tcp").or_else(|| find("icmp")).is_some_and(|f| f.status == Status::Pass);
+                let arrived = find(Probe::Tcp).or_else(|| find(Probe::Icmp)).is_some_and(|f| f.status == Status::Pass);
                 let (status, detail) = if arrived {
                     (
                         Status::Warn,
@@ -35,12 +35,12 @@ pub(super) fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]
                 } else {
                     (Status::Fail, format!("gateway {}: {}", g.target, g.detail))
                 };
-                hop(hops, Kind::Bridge, &mut |h| h.judge(status, g.cause, detail.clone()));
+                hop(hops, Kind::Bridge, &mut |h| h.judge(Verdict::new(status, g.cause, detail.clone())));
             }
             _ => {}
         }
     }
-    if let Some(v) = find("vxlan") {
+    if let Some(v) = find(Probe::Vxlan) {
         match v.status {
             Status::Pass => {
                 for k in [Kind::Overlay, Kind::Underlay, Kind::PeerUnderlay, Kind::PeerOverlay] {
@@ -48,14 +48,14 @@ pub(super) fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]
                 }
             }
             Status::Fail if v.cause == Some(Cause::VxlanMisconfigured) => {
-                hop(hops, Kind::Overlay, &mut |h| h.judge(Status::Fail, v.cause, v.detail.clone()));
+                hop(hops, Kind::Overlay, &mut |h| h.judge(Verdict::new(Status::Fail, v.cause, v.detail.clone())));
             }
             Status::Fail if !any_fail_from(hops, Kind::Underlay) => {
                 let detail = format!(
                     "{}; the fault is on the underlay or on the peer node (its side is not visible from here)",
                     v.detail
                 );
-                hop(hops, Kind::Underlay, &mut |h| h.judge(Status::Fail, v.cause, detail.clone()));
+                hop(hops, Kind::Underlay, &mut |h| h.judge(Verdict::new(Status::Fail, v.cause, detail.clone())));
             }
             Status::Fail => {
                 // The kernel placed the loss further on: the packets left this node.
@@ -65,7 +65,7 @@ pub(super) fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]
         }
     }
     judge_mtu(report, probes, hops);
-    if let Some(f) = find("tcp").or_else(|| find("icmp")) {
+    if let Some(f) = find(Probe::Tcp).or_else(|| find(Probe::Icmp)) {
         let last = hops.last().map_or(Kind::Destination, |h| h.kind);
         match f.status {
             Status::Pass | Status::Warn => {
@@ -74,14 +74,14 @@ pub(super) fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]
             Status::Fail if !hops.iter().any(|h| h.hop.status == Status::Fail) => {
                 let mut detail = f.detail.clone();
                 if hops.iter().any(|h| h.kind == Kind::Overlay)
-                    && find("vxlan").is_some_and(|v| v.status == Status::Pass)
+                    && find(Probe::Vxlan).is_some_and(|v| v.status == Status::Pass)
                 {
                     detail.push_str(
                         "; the overlay itself carries traffic to the peer node (VXLAN echo answered), so the fault is \
                          past the peer's VTEP",
                     );
                 }
-                hop(hops, last, &mut |h| h.judge(Status::Fail, f.cause, detail.clone()));
+                hop(hops, last, &mut |h| h.judge(Verdict::new(Status::Fail, f.cause, detail.clone())));
             }
             _ => {}
         }
@@ -98,9 +98,9 @@ pub(super) fn with_hop(hops: &mut [Draft], k: Kind, f: &mut dyn FnMut(&mut Draft
 /// Path MTU: a black hole (or smaller signalled MTU) towards the peer starts on the underlay;
 /// one only the source sees is placed on the overlay (or the routing hop without one).
 pub(super) fn judge_mtu(report: &Report, probes: &[Check], hops: &mut [Draft]) {
-    let find = |name: &str| probes.iter().find(|c| c.probe == name);
+    let find = |probe: Probe| probes.iter().find(|c| c.probe == probe);
     let hop = with_hop;
-    let pod_mtu = find("mtu").filter(|c| matches!(c.cause, Some(Cause::MtuBlackhole | Cause::MtuMismatch)));
+    let pod_mtu = find(Probe::Mtu).filter(|c| matches!(c.cause, Some(Cause::MtuBlackhole | Cause::MtuMismatch)));
     let pod_note = |d: &mut String| {
         if let (Some(c), Some(mtu)) = (pod_mtu, measured(report.mtu.as_ref())) {
             let iface = report.mtu.as_ref().and_then(|m| m.interface.clone());
@@ -111,7 +111,7 @@ pub(super) fn judge_mtu(report: &Report, probes: &[Check], hops: &mut [Draft]) {
             }
         }
     };
-    let underlay = find("underlay-mtu").filter(|c| matches!(c.status, Status::Fail | Status::Warn));
+    let underlay = find(Probe::UnderlayMtu).filter(|c| matches!(c.status, Status::Fail | Status::Warn));
     if let Some(u) = underlay.filter(|u| matches!(u.cause, Some(Cause::MtuBlackhole | Cause::MtuMismatch))) {
         let mut detail = match (u.cause, report.underlay_mtu.as_ref()) {
             (Some(Cause::MtuBlackhole), Some(m)) => {
@@ -127,12 +127,12 @@ pub(super) fn judge_mtu(report: &Report, probes: &[Check], hops: &mut [Draft]) {
         };
         pod_note(&mut detail);
         hop(hops, Kind::Underlay, &mut |h| {
-            h.judge(u.status, u.cause, detail.clone());
+            h.judge(Verdict::new(u.status, u.cause, detail.clone()));
             h.hop.evidence.extend(u.evidence.iter().cloned());
         });
     } else if let Some(m) = pod_mtu {
         let k = if hops.iter().any(|h| h.kind == Kind::Overlay) { Kind::Overlay } else { Kind::Routing };
         let detail = format!("path MTU from the source: {}", m.detail);
-        hop(hops, k, &mut |h| h.judge(m.status, m.cause, detail.clone()));
+        hop(hops, k, &mut |h| h.judge(Verdict::new(m.status, m.cause, detail.clone())));
     }
 }

@@ -11,15 +11,15 @@ use std::{
 
 use super::Job;
 use crate::{
-    correlation::{Check, Status},
-    discovery::{self, netlink::VxlanDevice, node::NodeFiles},
-    probes::{Target, cert, dns, kubelet, mtu, vxlan},
+    discovery::{self, netlink::VxlanDevice, node_files::NodeFiles},
+    probes::{Target, dns, kubelet, mtu, vxlan},
+    verdict::{Check, Probe, Verdict},
 };
 
 /// A peer node: its name (the API's; its underlay address when only the FDB knows it), the
 /// address its VXLAN traffic goes to, and its VTEP (overlay address) when the neighbour table has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+pub struct PeerNode {
     pub name: String,
     pub underlay: Ipv4Addr,
     pub vtep: Option<Ipv4Addr>,
@@ -38,14 +38,14 @@ pub struct Sampling {
 pub struct Planned {
     pub jobs: Vec<Job>,
     /// Every peer discovery found (FDB and API).
-    pub known: Vec<Peer>,
+    pub known: Vec<PeerNode>,
     /// The peers the jobs check (all known ones unless sampled).
-    pub probed: Vec<Peer>,
+    pub probed: Vec<PeerNode>,
 }
 
 /// The jobs for this node, and a `skip` check for each thing discovery could not find.
 pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sampling: Option<&Sampling>) -> Planned {
-    let files = discovery::node::read(root);
+    let files = discovery::node_files::read(root);
     // At once: the API's nodes (peers the FDB has lost are found this way), the VXLAN devices
     // and the links (the CNI bridge).
     let (api_nodes, devices, links) = tokio::join!(
@@ -58,27 +58,29 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sam
     let devices = match devices {
         Ok(d) => d,
         Err(e) => {
-            skipped.push(("overlay", format!("VXLAN devices not read: {e}")));
+            skipped.push((Probe::Overlay, format!("VXLAN devices not read: {e}")));
             Vec::new()
         }
     };
-    match dns_spec(&files, kubeconfig) {
-        Some(spec) => jobs.push(Job::Dns(Box::new(spec))),
-        None => skipped.push(("dns", format!("no clusterDNS: {}", files.notes.first().cloned().unwrap_or_default()))),
+    if let Some(spec) = dns_spec(&files, kubeconfig) {
+        jobs.push(Job::Dns(Box::new(spec)));
+    } else {
+        let why = files.notes.first().cloned().unwrap_or_default();
+        skipped.push((Probe::Dns, format!("no clusterDNS: {why}")));
     }
     match &files.api_server {
         Some(api) => match Target::parse(&api.address) {
             Ok(target) => {
-                let roots = cert::kubeconfig_items(&api.kubeconfig, root)
+                let roots = discovery::certs::kubeconfig_items(&api.kubeconfig, root)
                     .ok()
                     .and_then(|items| items.into_iter().find(|i| !i.client))
                     .and_then(|i| i.certs.ok())
                     .map(Arc::new);
                 jobs.push(Job::ApiServer { target, roots });
             }
-            Err(e) => skipped.push(("apiserver", e.to_string())),
+            Err(e) => skipped.push((Probe::Apiserver, e.to_string())),
         },
-        None => skipped.push(("apiserver", "no kubelet kubeconfig names the API server".to_string())),
+        None => skipped.push((Probe::Apiserver, "no kubelet kubeconfig names the API server".to_string())),
     }
     let kubelet_port = files.kubelet.as_ref().and_then(|k| k.port).unwrap_or(kubelet::PORT);
     let healthz_port = files.kubelet.as_ref().and_then(|k| k.healthz_port).unwrap_or(kubelet::HEALTHZ_PORT);
@@ -86,7 +88,8 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sam
     match overlay.and_then(|d| d.local) {
         Some(local) => jobs.push(kubelet_job(local, kubelet_port, healthz_port)),
         None => {
-            skipped.push(("kubelet", "this node's address is unknown (no VXLAN device with a local address)".into()));
+            skipped
+                .push((Probe::Kubelet, "this node's address is unknown (no VXLAN device with a local address)".into()));
         }
     }
     let (mut known, mut probed) = (Vec::new(), Vec::new());
@@ -102,18 +105,18 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sam
             };
             jobs.extend(peer_jobs(dev, &files, &probed, kubelet_port, healthz_port));
         }
-        None => skipped.push(("vxlan", "no VXLAN device in this namespace: no peers to check".into())),
+        None => skipped.push((Probe::Vxlan, "no VXLAN device in this namespace: no peers to check".into())),
     }
     // The CNI setup, judged against the bridge as the kernel has it.
     let links = links.unwrap_or_default();
     let cni = discovery::cni::read(root);
     let env = files.subnet_env.as_ref().map(|(e, _)| e);
-    jobs.push(Job::Done(vec![crate::correlation::cni::verdict(&cni, env, root, &links)]));
+    jobs.push(Job::Done(vec![crate::verdict::cni::verdict(&cni, env, root, &links)]));
     jobs.extend(super::node_pki_jobs(root));
     if !skipped.is_empty() {
         let checks = skipped
             .into_iter()
-            .map(|(probe, why)| Check::file(probe, "node".into(), (Status::Skip, None, format!("not checked: {why}"))))
+            .map(|(probe, why)| Check::file(probe, "node".into(), Verdict::skip(format!("not checked: {why}"))))
             .collect();
         jobs.push(Job::Done(checks));
     }
@@ -175,7 +178,7 @@ async fn api_nodes(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) ->
 /// The peers: the VXLAN device's FDB destinations and the API's nodes (so a peer the FDB lost
 /// is still checked), named by the API where it knows them, with the VTEP the neighbour table
 /// maps to each.
-fn peers(dev: &VxlanDevice, api_nodes: &[(String, Ipv4Addr)]) -> Vec<Peer> {
+fn peers(dev: &VxlanDevice, api_nodes: &[(String, Ipv4Addr)]) -> Vec<PeerNode> {
     let mut underlays: Vec<Ipv4Addr> = dev
         .fdb
         .iter()
@@ -203,26 +206,33 @@ fn peers(dev: &VxlanDevice, api_nodes: &[(String, Ipv4Addr)]) -> Vec<Peer> {
                     IpAddr::V4(v4) => Some(*v4),
                     IpAddr::V6(_) => None,
                 });
-            Peer { name, underlay, vtep }
+            PeerNode { name, underlay, vtep }
         })
         .collect()
 }
 
 /// For each peer: the tunnel, the path MTU to its VTEP and its kubelet.
-fn peer_jobs(dev: &VxlanDevice, files: &NodeFiles, peers: &[Peer], kubelet_port: u16, healthz_port: u16) -> Vec<Job> {
+fn peer_jobs(
+    dev: &VxlanDevice,
+    files: &NodeFiles,
+    peers: &[PeerNode],
+    kubelet_port: u16,
+    healthz_port: u16,
+) -> Vec<Job> {
     let cni_mtu = files.subnet_env.as_ref().and_then(|(env, path)| env.mtu.map(|m| (m, path.clone())));
     let mut jobs = Vec::new();
     for peer in peers {
-        jobs.push(Job::Vxlan(vxlan::Spec {
+        let mut push = |job| jobs.push(Job::Peer { name: peer.name.clone(), job: Box::new(job) });
+        push(Job::Vxlan(vxlan::Spec {
             peer: peer.underlay,
             port: dev.port.unwrap_or(probe_common::FLANNEL_VXLAN_PORT),
             vni: dev.vni,
             device: Some(dev.name.clone()),
         }));
         if let Some(vtep) = peer.vtep {
-            jobs.push(Job::Mtu(mtu::Spec { host: vtep, max: None, cni_mtu: cni_mtu.clone() }));
+            push(Job::Mtu(mtu::Spec { host: vtep, max: None, cni_mtu: cni_mtu.clone() }));
         }
-        jobs.push(kubelet_job(peer.underlay, kubelet_port, healthz_port));
+        push(kubelet_job(peer.underlay, kubelet_port, healthz_port));
     }
     jobs
 }

@@ -10,8 +10,11 @@ use std::{
 use rustls::pki_types::{CertificateDer, UnixTime};
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
-use super::{Cause, Check, Evidence, Status, tcp_verdict};
-use crate::probes::cert::{EndpointReport, KubeconfigItem, Name};
+use super::{Cause, Check, Evidence, Probe, Status, Verdict, tcp_verdict};
+use crate::{
+    discovery::certs::KubeconfigItem,
+    probes::cert::{EndpointReport, Name},
+};
 
 const DAY: i64 = 86_400;
 
@@ -80,7 +83,7 @@ impl CertData {
 fn cert_check(target: String, chain: &[CertificateDer<'_>], policy: Policy<'_>) -> Check {
     Check {
         data: chain.first().and_then(CertData::of).map(super::Data::Cert),
-        ..Check::file("cert", target, judge(chain, policy))
+        ..Check::file(Probe::Cert, target, judge(chain, policy))
     }
 }
 
@@ -99,13 +102,13 @@ pub struct Policy<'a> {
 }
 
 /// Status, cause (the most severe problem) and a detail naming every problem found.
-pub fn judge(chain: &[CertificateDer<'_>], policy: Policy<'_>) -> (Status, Option<Cause>, String) {
+pub fn judge(chain: &[CertificateDer<'_>], policy: Policy<'_>) -> Verdict {
     let Some(leaf) = chain.first() else {
-        return (Status::Fail, Some(Cause::TlsHandshake), "no certificate presented".to_string());
+        return Verdict::fail(Cause::TlsHandshake, "no certificate presented");
     };
     let f = match facts(leaf) {
         Ok(f) => f,
-        Err(e) => return (Status::Fail, Some(Cause::TlsHandshake), e),
+        Err(e) => return Verdict::fail(Cause::TlsHandshake, e),
     };
     let mut problems: Vec<(Cause, String)> = Vec::new();
     let now = policy.now;
@@ -148,12 +151,12 @@ pub fn judge(chain: &[CertificateDer<'_>], policy: Policy<'_>) -> (Status, Optio
             let trust =
                 if policy.roots.is_some() { "trusted by the given CA" } else { "trust not checked (no CA given)" };
             let name = policy.name.map(|n| format!(", valid for {n}")).unwrap_or_default();
-            (Status::Pass, None, format!("{subject}: expires in {}{name}, {trust}", days(left)))
+            Verdict::pass(format!("{subject}: expires in {}{name}, {trust}", days(left)))
         }
         Some((cause, _)) => {
             let status = if *cause == Cause::CertExpiring { Status::Warn } else { Status::Fail };
             let all: Vec<&str> = problems.iter().map(|(_, d)| d.as_str()).collect();
-            (status, Some(*cause), format!("{subject}: {}", all.join("; ")))
+            Verdict::new(status, Some(*cause), format!("{subject}: {}", all.join("; ")))
         }
     }
 }
@@ -247,7 +250,7 @@ pub fn now() -> i64 {
 /// The verdict of `check cert HOST:PORT` (and of `check kubelet`, named by `probe`): TCP
 /// problems keep the TCP probe's causes and evidence.
 pub fn endpoint_verdict(
-    probe: &'static str,
+    probe: Probe,
     report: EndpointReport,
     roots: Option<&[CertificateDer<'static>]>,
     warn_days: u32,
@@ -259,8 +262,8 @@ pub fn endpoint_verdict(
         return Check { probe, ..tcp_verdict(&tcp, capture_on) };
     };
     let data = handshake.as_ref().ok().and_then(|chain| chain.first()).and_then(CertData::of).map(super::Data::Cert);
-    let (status, cause, detail) = match handshake {
-        Err(e) => (Status::Fail, Some(Cause::TlsHandshake), format!("TLS handshake failed: {e}")),
+    let Verdict { status, cause, detail } = match handshake {
+        Err(e) => Verdict::fail(Cause::TlsHandshake, format!("TLS handshake failed: {e}")),
         Ok(chain) => judge(&chain, Policy { name: Some(&name), roots, now: now(), warn_days, client: false }),
     };
     Check {
@@ -273,6 +276,7 @@ pub fn endpoint_verdict(
         evidence: Evidence::fold(tcp.events),
         hops: Vec::new(),
         data,
+        peer: None,
     }
 }
 
@@ -304,7 +308,10 @@ pub fn kubeconfig_verdicts(path: &std::path::Path, items: Vec<KubeconfigItem>, w
     for item in items {
         let target = format!("{} ({})", path.display(), item.label);
         match &item.certs {
-            Err(e) => checks.push(Check::file("cert", target, (Status::Fail, Some(Cause::CertUnreadable), e.clone()))),
+            Err(e) => {
+                let verdict = Verdict::fail(Cause::CertUnreadable, e.to_string());
+                checks.push(Check::file(Probe::Cert, target, verdict));
+            }
             Ok(chain) if item.client => {
                 let policy = Policy { name: None, roots: item.roots.as_deref(), now, warn_days, client: true };
                 checks.push(cert_check(target, chain, policy));
@@ -363,7 +370,7 @@ mod tests {
         chain: &[CertificateDer<'_>],
         name: Option<&str>,
         roots: Option<&[CertificateDer<'static>]>,
-    ) -> (Status, Option<Cause>, String) {
+    ) -> Verdict {
         let name = name.map(Name::parse);
         judge(chain, Policy { name: name.as_ref(), roots, now: NOW, warn_days: 30, client: false })
     }
@@ -373,7 +380,7 @@ mod tests {
         let ca = Ca::new();
         let leaf = ca.leaf(&["n1"], &["192.168.50.11"], NOW - DAY, NOW + 365 * DAY);
         let roots = [ca.der()];
-        let (s, c, d) = judge_at(&[leaf], Some("192.168.50.11"), Some(&roots));
+        let Verdict { status: s, cause: c, detail: d } = judge_at(&[leaf], Some("192.168.50.11"), Some(&roots));
         assert_eq!((s, c), (Status::Pass, None), "{d}");
         assert!(d.contains("expires in 365 days") && d.contains("trusted by the given CA"), "{d}");
     }
@@ -383,27 +390,27 @@ mod tests {
         let ca = Ca::new();
         let roots = [ca.der()];
         let expired = ca.leaf(&["n1"], &[], NOW - 10 * DAY, NOW - 3 * DAY);
-        let (s, c, d) = judge_at(&[expired], Some("n1"), Some(&roots));
+        let Verdict { status: s, cause: c, detail: d } = judge_at(&[expired], Some("n1"), Some(&roots));
         assert_eq!((s, c), (Status::Fail, Some(Cause::CertExpired)));
         assert!(d.contains("expired 3 days ago"), "{d}");
         assert!(!d.contains("not trusted"), "expiry must not look like distrust: {d}");
 
         let future = ca.leaf(&["n1"], &[], NOW + 2 * DAY, NOW + 10 * DAY);
-        assert_eq!(judge_at(&[future], Some("n1"), Some(&roots)).1, Some(Cause::CertNotYetValid));
+        assert_eq!(judge_at(&[future], Some("n1"), Some(&roots)).cause, Some(Cause::CertNotYetValid));
 
         let expiring = ca.leaf(&["n1"], &[], NOW - DAY, NOW + 10 * DAY);
-        let (s, c, d) = judge_at(&[expiring], Some("n1"), Some(&roots));
+        let Verdict { status: s, cause: c, detail: d } = judge_at(&[expiring], Some("n1"), Some(&roots));
         assert_eq!((s, c), (Status::Warn, Some(Cause::CertExpiring)));
         assert!(d.contains("expires in 10 days") && d.contains("30-day warning"), "{d}");
 
         let foreign = Ca::named("other-ca").leaf(&["n1"], &[], NOW - DAY, NOW + 365 * DAY);
-        let (_, c, d) = judge_at(&[foreign], Some("n1"), Some(&roots));
+        let Verdict { status: _, cause: c, detail: d } = judge_at(&[foreign], Some("n1"), Some(&roots));
         assert_eq!(c, Some(Cause::CertUntrusted));
         assert!(d.contains("signed by an unknown authority"), "{d}");
 
         // A re-created CA with the same name (kubeadm's "kubernetes").
         let recreated = Ca::new().leaf(&["n1"], &[], NOW - DAY, NOW + 365 * DAY);
-        let (_, c, d) = judge_at(&[recreated], Some("n1"), Some(&roots));
+        let Verdict { status: _, cause: c, detail: d } = judge_at(&[recreated], Some("n1"), Some(&roots));
         assert_eq!(c, Some(Cause::CertUntrusted));
         assert!(d.contains("different CA with the same name"), "{d}");
     }
@@ -412,7 +419,8 @@ mod tests {
     fn names_follow_go_wording() {
         let ca = Ca::new();
         let dns_only = ca.leaf(&["n1"], &[], NOW - DAY, NOW + 365 * DAY);
-        let (_, c, d) = judge_at(std::slice::from_ref(&dns_only), Some("192.168.50.11"), None);
+        let Verdict { status: _, cause: c, detail: d } =
+            judge_at(std::slice::from_ref(&dns_only), Some("192.168.50.11"), None);
         assert_eq!(c, Some(Cause::CertNameMismatch));
         assert!(
             d.contains("x509: cannot validate certificate for 192.168.50.11 because it doesn't contain any IP SANs"),
@@ -421,10 +429,10 @@ mod tests {
         assert!(d.contains("trust") || c.is_some());
 
         let other_ip = ca.leaf(&[], &["10.0.0.1"], NOW - DAY, NOW + 365 * DAY);
-        let (_, _, d) = judge_at(&[other_ip], Some("10.0.0.2"), None);
+        let Verdict { status: _, cause: _, detail: d } = judge_at(&[other_ip], Some("10.0.0.2"), None);
         assert!(d.contains("x509: certificate is valid for 10.0.0.1, not 10.0.0.2"), "{d}");
 
-        let (_, c, d) = judge_at(&[dns_only], Some("n2"), None);
+        let Verdict { status: _, cause: c, detail: d } = judge_at(&[dns_only], Some("n2"), None);
         assert_eq!(c, Some(Cause::CertNameMismatch));
         assert!(d.contains("x509: certificate is valid for n1, not n2"), "{d}");
     }
@@ -434,7 +442,7 @@ mod tests {
         let ca = Ca::new();
         let roots = [Ca::new().der()];
         let leaf = ca.leaf(&["n1"], &[], NOW - 10 * DAY, NOW - DAY);
-        let (_, c, d) = judge_at(&[leaf], Some("10.0.0.1"), Some(&roots));
+        let Verdict { status: _, cause: c, detail: d } = judge_at(&[leaf], Some("10.0.0.1"), Some(&roots));
         assert_eq!(c, Some(Cause::CertExpired));
         assert!(d.contains("expired") && d.contains("not trusted") && d.contains("IP SANs"), "{d}");
     }
@@ -449,7 +457,7 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_certificate() {
-        let (s, c, d) = judge(
+        let Verdict { status: s, cause: c, detail: d } = judge(
             &[CertificateDer::from(vec![1, 2, 3])],
             Policy { name: None, roots: None, now: NOW, warn_days: 30, client: false },
         );
