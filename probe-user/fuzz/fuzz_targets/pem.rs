@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netcheck::{verdict::cert, discovery::certs::pem_certificates};
+use netcheck::{discovery::certs::pem_certificates, verdict::cert};
 use rustls::pki_types::CertificateDer;
 
 fuzz_target!(|data: &[u8]| {
