@@ -118,7 +118,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     {
         reason = r;
     }
-    emit(kind::DROP, reason, skb, 0, location);
+    emit::<true>(kind::DROP, reason, skb, 0, location);
     0
 }
 
@@ -127,7 +127,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 pub fn kfree_skb_location(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    emit(kind::DROP, located(location).unwrap_or(inferred::UNRECORDED), skb, 0, location);
+    emit::<true>(kind::DROP, located(location).unwrap_or(inferred::UNRECORDED), skb, 0, location);
     0
 }
 
@@ -137,7 +137,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
     let reason: u64 = ctx.arg(2);
-    emit(kind::RST_SENT, reason as u32, skb, sk, 0);
+    emit::<false>(kind::RST_SENT, reason as u32, skb, sk, 0);
     0
 }
 
@@ -146,7 +146,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_send_reset_sk(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
-    emit(kind::RST_SENT, inferred::UNRECORDED, skb, sk, 0);
+    emit::<false>(kind::RST_SENT, inferred::UNRECORDED, skb, sk, 0);
     0
 }
 
@@ -170,7 +170,7 @@ fn located(location: u64) -> Option<u32> {
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    emit(kind::RST_RECEIVED, 0, 0, sk, 0);
+    emit::<false>(kind::RST_RECEIVED, 0, 0, sk, 0);
     0
 }
 
@@ -179,13 +179,17 @@ pub fn icmp_send(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let icmp_type: u64 = ctx.arg(1);
     let code: u64 = ctx.arg(2);
-    emit(kind::ICMP_SENT, ((icmp_type as u32 & 0xff) << 8) | (code as u32 & 0xff), skb, 0, 0);
+    emit::<true>(kind::ICMP_SENT, ((icmp_type as u32 & 0xff) << 8) | (code as u32 & 0xff), skb, 0, 0);
     0
 }
 
 /// Builds the event from the packet (preferred) or the socket and sends it to userspace.
+/// `VXLAN`: the packet may be a VXLAN datagram whose inner flow is parsed too. A reset's packet
+/// is a TCP segment, never one, and leaving that parse out of the reset programs halves their
+/// verification (the verifier walks every combination of the packet's and the socket's paths;
+/// verifying is most of capture's start-up).
 #[inline(always)]
-fn emit(event_kind: u32, reason: u32, skb: u64, sk: u64, location: u64) {
+fn emit<const VXLAN: bool>(event_kind: u32, reason: u32, skb: u64, sk: u64, location: u64) {
     if off!(valid) == 0 {
         return;
     }
@@ -208,7 +212,7 @@ fn emit(event_kind: u32, reason: u32, skb: u64, sk: u64, location: u64) {
     let mut class = devclass::NONE;
     if skb != 0 {
         ev.len = read::<u32>(skb, off!(skb_len)).unwrap_or(0);
-        if parse_skb(skb, &mut ev).is_ok() {
+        if parse_skb::<VXLAN>(skb, &mut ev).is_ok() {
             ev.flags |= flags::HAS_FLOW;
         }
         let dev: u64 = read(skb, off!(skb_dev)).unwrap_or(0);
@@ -354,7 +358,7 @@ fn sock_flow(sk: u64, flow: &mut Flow) -> Res<()> {
 }
 
 #[inline(always)]
-fn parse_skb(skb: u64, ev: &mut Event) -> Res<()> {
+fn parse_skb<const VXLAN: bool>(skb: u64, ev: &mut Event) -> Res<()> {
     let head: u64 = read(skb, off!(skb_head))?;
     let network_header: u16 = read(skb, off!(skb_network_header))?;
     if network_header == HEADER_UNSET || head == 0 {
@@ -363,7 +367,7 @@ fn parse_skb(skb: u64, ev: &mut Event) -> Res<()> {
     let ip = head + u64::from(network_header);
     let l4 = parse_ip(ip, &mut ev.outer)?;
     let vxlan_port = off!(vxlan_port);
-    if ev.outer.proto == IPPROTO_UDP && u32::from(ev.outer.dport) == vxlan_port && l4 != 0 {
+    if VXLAN && ev.outer.proto == IPPROTO_UDP && u32::from(ev.outer.dport) == vxlan_port && l4 != 0 {
         // UDP header (8) + VXLAN header (8) + inner Ethernet (14).
         let ethertype: [u8; 2] = read(l4, 8 + 8 + 12)?;
         let ethertype = u16::from_be_bytes(ethertype);

@@ -103,15 +103,15 @@ fn main() -> Result<()> {
         }
         Task::Bench { quick } => {
             setup::run()?;
-            let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", "capture"];
+            let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--bpftrace"];
             if quick {
-                args.extend(["--", "--quick"]);
+                args.push("--quick");
             }
             cargo(&args)?;
             // `node` runs the real binary: the release one, as users get it.
             cargo(&["build", "--release", "-p", "probe-user"])?;
             let bin = root().join("target/release/netcheck");
-            for bench in ["node", "path", "agent"] {
+            for bench in ["node", "path", "agent", "startup"] {
                 let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", bench];
                 if quick {
                     args.extend(["--", "--quick"]);
@@ -170,6 +170,7 @@ fn test() -> Result<()> {
         let bin = root().join("target/debug/netcheck");
         cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "node", "--", "--quick"], &bin)?;
         cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "path", "--", "--quick"], &bin)?;
+        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "startup", "--", "--quick"], &bin)?;
         cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "agent", "--", "--quick"], &bin)
     })?;
     step("fuzz (10 s per target)", || fuzz(10))?;

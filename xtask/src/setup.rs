@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "umoci",                  // CI unpacks the image and runs netcheck from its root filesystem
     "file",                   // the image test checks the binary is static
     "qemu-system-x86",        // cargo xtask kernels boots Debian's kernels (TCG)
+    "bpftrace",               // cargo xtask bench: the baseline kfree_skb one-liner
     "kmod",                   // depmod on the guest kernels' modules
     "cpio",                   // the guests' initramfs
     "xz-utils",               // guest modules ship as .ko.xz (trixie)

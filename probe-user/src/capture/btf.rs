@@ -2,9 +2,9 @@
 //! structure offsets (so one object works on every kernel) and the names of drop and reset
 //! reasons (never a table compiled in: they differ between kernels).
 
-use std::{collections::HashMap, path::Path};
+use std::{cell::RefCell, collections::HashMap, io::Write as _, os::fd::AsRawFd as _, path::Path};
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use probe_common::{KernelOffsets, inferred};
 use serde::Serialize;
 
@@ -196,6 +196,8 @@ pub use crate::privileges::VMLINUX_BTF;
 /// The running kernel's BTF, parsed once.
 pub struct KernelBtf {
     btf: Btf,
+    /// The types of each name asked for: with the mmap backend a lookup by name scans every type.
+    named: RefCell<HashMap<String, Vec<Type>>>,
 }
 
 impl KernelBtf {
@@ -203,12 +205,34 @@ impl KernelBtf {
         Self::from_file(Path::new(VMLINUX_BTF))
     }
 
+    /// Reads the BTF in place (btf-rs's mmap backend: one pass indexes the types, names are
+    /// read where they lie) instead of its cache backend, which copies all of the kernel's
+    /// ~125,000 strings into hash maps and took most of capture's start-up. The kernel lets
+    /// `/sys/kernel/btf/vmlinux` be mapped only from 6.16 (kernel/bpf/sysfs_btf.c
+    /// `btf_sysfs_vmlinux_mmap`); elsewhere the file is copied into a memfd, which can be.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path).map_err(|source| Error::Btf {
+        let parse = |source: btf_rs::Error| Error::Btf {
             what: format!("parse {}", path.display()),
             source: Some(Box::new(source)),
-        })?;
-        Ok(Self { btf })
+        };
+        let btf = if let Ok(btf) = Btf::from_file_with_backend(path, Backend::Mmap) {
+            btf
+        } else {
+            let bytes = std::fs::read(path).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
+            let copy = memfd_copy(&bytes).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
+            Btf::from_file_with_backend(format!("/proc/self/fd/{}", copy.as_raw_fd()), Backend::Mmap).map_err(parse)?
+        };
+        Ok(Self { btf, named: RefCell::new(HashMap::new()) })
+    }
+
+    /// Every type named `name` (looked up once).
+    fn types_named(&self, name: &str) -> Vec<Type> {
+        if let Some(types) = self.named.borrow().get(name) {
+            return types.clone();
+        }
+        let types = self.btf.resolve_types_by_name(name).unwrap_or_default();
+        self.named.borrow_mut().insert(name.to_string(), types.clone());
+        types
     }
 
     /// Offsets of every field the eBPF programs read, each checked present with the size the
@@ -245,11 +269,10 @@ impl KernelBtf {
     /// The arguments a tracepoint passes (its `btf_trace_<name>` typedef: a pointer to a function
     /// whose first parameter is the tracepoint's own `void *`), or `None` without the tracepoint.
     pub fn tracepoint_args(&self, name: &str) -> Option<Vec<ArgType>> {
-        let typedef =
-            self.btf.resolve_types_by_name(&format!("btf_trace_{name}")).ok()?.into_iter().find_map(|t| match t {
-                Type::Typedef(t) => Some(t),
-                _ => None,
-            })?;
+        let typedef = self.types_named(&format!("btf_trace_{name}")).into_iter().find_map(|t| match t {
+            Type::Typedef(t) => Some(t),
+            _ => None,
+        })?;
         let Type::Ptr(ptr) = self.strip(self.btf.resolve_chained_type(&typedef).ok()?)? else { return None };
         let Type::FuncProto(proto) = self.strip(self.btf.resolve_chained_type(&ptr).ok()?)? else { return None };
         let args = proto
@@ -322,7 +345,7 @@ impl KernelBtf {
     }
 
     fn named_struct(&self, name: &str) -> Option<btf_rs::Struct> {
-        self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+        self.types_named(name).into_iter().find_map(|t| match t {
             Type::Struct(s) if s.size() > 0 => Some(s),
             _ => None,
         })
@@ -368,10 +391,7 @@ impl KernelBtf {
     /// Members of `enum name` with `prefix` removed from their names.
     pub fn enum_names(&self, name: &str, prefix: &str) -> HashMap<u32, String> {
         let mut out = HashMap::new();
-        let Ok(types) = self.btf.resolve_types_by_name(name) else {
-            return out;
-        };
-        for t in types {
+        for t in self.types_named(name) {
             if let Type::Enum(e) = t {
                 for m in &e.members {
                     if let Ok(n) = self.btf.resolve_name(m) {
@@ -431,6 +451,15 @@ impl ReasonNames {
         }
         self.reset.get(&value).cloned().unwrap_or_else(|| format!("REASON_{value}"))
     }
+}
+
+/// `bytes` in an anonymous memory file (mappable, unlike sysfs files before 6.16).
+fn memfd_copy(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    let fd = nix::sys::memfd::memfd_create(c"netcheck-btf", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    Ok(file)
 }
 
 #[cfg(test)]

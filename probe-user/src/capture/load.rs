@@ -2,8 +2,6 @@
 //! its BTF, location ranges from its symbols, then load and attach. What this kernel cannot give
 //! is returned as [`Limit`]s, never dropped silently.
 
-use std::time::Instant;
-
 use aya::{Ebpf, EbpfLoader, programs::BtfTracePoint};
 use probe_common::OFFSETS_GLOBAL;
 
@@ -12,6 +10,7 @@ use super::{
     btf::{KernelBtf, Limit, ReasonNames},
     hooks::{self, HOOKS, HookStatus},
     location,
+    phases::Timer,
 };
 use crate::{
     error::Error,
@@ -29,7 +28,8 @@ pub(super) struct Loaded {
     pub symbols: bool,
     /// Causes the programs name from a drop's location on this kernel.
     pub inferred: Vec<Inferred>,
-    pub load_ms: u64,
+    /// Start-up so far, phase by phase (`Capture::start` adds its own).
+    pub timer: Timer,
 }
 
 /// A cause the programs give drops that happen in a function (`capture.inferred` in the JSON).
@@ -71,56 +71,39 @@ pub(super) fn load(opts: Options) -> std::result::Result<Loaded, Box<Failed>> {
         let e = std::io::Error::other("this build has no eBPF programs (built without the `ebpf` feature)");
         return Err(fail(ebpf_error("load", e), Vec::new()));
     }
-    let started = Instant::now();
+    let mut timer = Timer::start();
+    // aya needs the kernel's BTF parsed its own way twice: for the programs' loads, and inside
+    // `EbpfLoader::new` (aya 0.14 bpf.rs parses it there unconditionally). Both run on other
+    // threads while netcheck reads its own view of it.
+    let aya_btf = std::thread::spawn(aya::Btf::from_sys_fs);
+    let new_loader = std::thread::spawn(EbpfLoader::new);
     let btf_info = KernelBtf::load().map_err(|e| fail(e, Vec::new()))?;
+    timer.lap("parse BTF (offsets, reasons, prototypes)");
     let (mut offsets, mut limits) = btf_info.offsets(opts.vxlan_port);
     offsets.watched_only = u32::from(opts.watched_only);
     let names = btf_info.reason_names();
     offsets.not_specified = names.drop.iter().find(|(_, n)| *n == "NOT_SPECIFIED").map_or(u32::MAX, |(v, _)| *v);
+    timer.lap("structure offsets and reason names");
 
-    let mut plan = Vec::new();
-    let mut hooks = Vec::new();
-    for hook in HOOKS {
-        let prototype = btf_info.tracepoint_args(hook.tracepoint);
-        let variant = prototype.as_deref().and_then(|p| hook.choose(p));
-        let note = match (&prototype, variant) {
-            (None, _) => {
-                Some(format!("kernel {kernel} has no tracepoint {} (no btf_trace_{0} in its BTF)", hook.tracepoint))
-            }
-            (Some(p), None) => Some(format!(
-                "the prototype {}{} of kernel {kernel} fits none of this build's programs",
-                hook.tracepoint,
-                hooks::render(p)
-            )),
-            _ => None,
-        };
-        if hook.required
-            && let Some(note) = &note
-        {
-            let mut status = status(hook, prototype.as_deref(), variant);
-            status.note = Some(note.clone());
-            hooks.push(status);
-            return Err(fail(ebpf_error(hook.tracepoint, std::io::Error::other(note.clone())), hooks));
-        }
-        let mut s = status(hook, prototype.as_deref(), variant);
-        s.note = note;
-        hooks.push(s);
-        if let Some(v) = variant {
-            plan.push((hook.tracepoint, v.program, hooks.len() - 1));
-        }
-    }
+    let (plan, mut hooks) = fit(&btf_info, &kernel).map_err(|(e, hooks)| fail(e, hooks))?;
     limits.extend(kernel_limits(&hooks));
+    timer.lap("hook prototypes");
 
     let symbols = locations(&btf_info, &mut offsets, &mut limits);
+    timer.lap("drop locations (kallsyms)");
     let inferred = location::named(&offsets.locations)
         .into_iter()
         .map(|c| Inferred { reason: c.reason, functions: c.functions })
         .collect();
     drop(btf_info);
+    timer.lap("free netcheck's BTF");
 
-    let btf = aya::Btf::from_sys_fs().map_err(|e| fail(ebpf_error("read kernel BTF", e), hooks.clone()))?;
-    let mut loader = EbpfLoader::new();
-    loader.btf(Some(&btf)).override_global(OFFSETS_GLOBAL, &offsets, true);
+    let joined = |e| fail(ebpf_error("read kernel BTF", std::io::Error::other(format!("{e:?}"))), hooks.clone());
+    let btf = aya_btf.join().map_err(joined)?.map_err(|e| fail(ebpf_error("read kernel BTF", e), hooks.clone()))?;
+    // Its own parse of the same BTF serves the object's relocations; ours serves `prog.load`.
+    let mut loader = new_loader.join().map_err(joined)?;
+    timer.lap("wait for aya's BTF parses");
+    loader.override_global(OFFSETS_GLOBAL, &offsets, true);
     if opts.watched_only {
         // Only the watched flows' events come through: a ring of 256 KiB (about 1900 events
         // per 20 ms poll) instead of 4 MiB, mapped twice into the agent's memory.
@@ -147,8 +130,12 @@ pub(super) fn load(opts: Options) -> std::result::Result<Loaded, Box<Failed>> {
             None => fail(ebpf_error("load object", e), hooks.clone()),
         }
     })?;
-    for (tracepoint, program, index) in plan {
-        match attach(&mut ebpf, tracepoint, program, &btf) {
+    timer.lap("load object (maps, object BTF)");
+    let results = attach_all(&mut ebpf, &plan, &btf);
+    timer.lap(format!("verify and attach {} programs at once", plan.len()));
+    for ((tracepoint, program, index), (result, took)) in plan.into_iter().zip(results) {
+        timer.note(format!("verify and attach {program} (alongside the others)"), took);
+        match result {
             Ok(()) => hooks[index].attached = true,
             Err(why) => {
                 let note = format!("kernel {kernel} refused {program} for {tracepoint}: {why}");
@@ -161,8 +148,48 @@ pub(super) fn load(opts: Options) -> std::result::Result<Loaded, Box<Failed>> {
             }
         }
     }
-    let load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    Ok(Loaded { ebpf, names, kernel, hooks, limits, symbols, inferred, load_ms })
+    Ok(Loaded { ebpf, names, kernel, hooks, limits, symbols, inferred, timer })
+}
+
+/// The program each hook gets from the kernel's prototype of its tracepoint, and each hook's
+/// status; a required hook no program fits fails it.
+#[expect(clippy::type_complexity, reason = "the plan and the statuses, or the error with the statuses so far")]
+fn fit(
+    btf_info: &KernelBtf,
+    kernel: &str,
+) -> std::result::Result<(Vec<(&'static str, &'static str, usize)>, Vec<HookStatus>), (Error, Vec<HookStatus>)> {
+    let mut plan = Vec::new();
+    let mut hooks = Vec::new();
+    for hook in HOOKS {
+        let prototype = btf_info.tracepoint_args(hook.tracepoint);
+        let variant = prototype.as_deref().and_then(|p| hook.choose(p));
+        let note = match (&prototype, variant) {
+            (None, _) => {
+                Some(format!("kernel {kernel} has no tracepoint {} (no btf_trace_{0} in its BTF)", hook.tracepoint))
+            }
+            (Some(p), None) => Some(format!(
+                "the prototype {}{} of kernel {kernel} fits none of this build's programs",
+                hook.tracepoint,
+                hooks::render(p)
+            )),
+            _ => None,
+        };
+        if hook.required
+            && let Some(note) = &note
+        {
+            let mut status = status(hook, prototype.as_deref(), variant);
+            status.note = Some(note.clone());
+            hooks.push(status);
+            return Err((ebpf_error(hook.tracepoint, std::io::Error::other(note.clone())), hooks));
+        }
+        let mut s = status(hook, prototype.as_deref(), variant);
+        s.note = note;
+        hooks.push(s);
+        if let Some(v) = variant {
+            plan.push((hook.tracepoint, v.program, hooks.len() - 1));
+        }
+    }
+    Ok((plan, hooks))
 }
 
 fn status(hook: &hooks::Hook, prototype: Option<&[hooks::ArgType]>, variant: Option<&hooks::Variant>) -> HookStatus {
@@ -176,13 +203,48 @@ fn status(hook: &hooks::Hook, prototype: Option<&[hooks::ArgType]>, variant: Opt
     }
 }
 
+/// Loads and attaches the planned programs, each on a thread of its own: the verifier runs
+/// without a global lock for privileged loads (kernel/bpf/verifier.c `bpf_check` takes
+/// `bpf_verifier_lock` only when `!bpf_capable()`), and verifying is most of start-up.
+/// The results come in plan order, with the time each took.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    plan: &[(&'static str, &'static str, usize)],
+    btf: &aya::Btf,
+) -> Vec<(std::result::Result<(), String>, std::time::Duration)> {
+    let mut programs: Vec<Option<&mut aya::programs::Program>> = plan.iter().map(|_| None).collect();
+    for (name, program) in ebpf.programs_mut() {
+        if let Some(i) = plan.iter().position(|(_, p, _)| *p == name) {
+            programs[i] = Some(program);
+        }
+    }
+    std::thread::scope(|scope| {
+        let running: Vec<_> = plan
+            .iter()
+            .zip(programs)
+            .map(|(&(tracepoint, name, _), program)| {
+                scope.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let result = match program {
+                        Some(p) => attach(p, tracepoint, btf),
+                        None => Err(format!("{name} is not in the object")),
+                    };
+                    (result, started.elapsed())
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| (Err("the loading thread panicked".into()), std::time::Duration::ZERO))
+            })
+            .collect()
+    })
+}
+
 /// Loads and attaches one program; the error is the verifier's own words when it refused.
-fn attach(ebpf: &mut Ebpf, tracepoint: &str, program: &str, btf: &aya::Btf) -> std::result::Result<(), String> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("{program} is not in the object"))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+fn attach(program: &mut aya::programs::Program, tracepoint: &str, btf: &aya::Btf) -> std::result::Result<(), String> {
+    let prog: &mut BtfTracePoint = program.try_into().map_err(|e: aya::programs::ProgramError| e.to_string())?;
     if let Err(e) = prog.load(tracepoint, btf) {
         return Err(match &e {
             aya::programs::ProgramError::LoadError { io_error, verifier_log } => {

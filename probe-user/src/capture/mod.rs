@@ -11,10 +11,11 @@ pub mod hooks;
 mod load;
 pub mod location;
 mod matcher;
+pub mod phases;
 
 use std::{
     collections::{HashMap, HashSet},
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd as _, OwnedFd},
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -95,9 +96,12 @@ pub struct Status {
     /// The kernel release capture was fitted to (`uname -r`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
-    /// From reading the kernel's BTF to the last program attached.
+    /// From reading the kernel's BTF to the reader running: the sum of `phases`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_ms: Option<u64>,
+    /// Start-up, phase by phase.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<phases::Phase>,
     /// Each tracepoint, the program chosen for this kernel's prototype, and whether it attached.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookStatus>,
@@ -169,6 +173,29 @@ struct Shared {
     stop: AtomicBool,
     state: Mutex<State>,
     drained: Condvar,
+    /// An eventfd in the reader's poll set (semaphore mode: each write of n wakes n passes), so
+    /// `sync` and stopping do not wait for the 20 ms poll timeout.
+    wake: OwnedFd,
+}
+
+impl Shared {
+    /// Makes the reader's next `passes` polls return at once.
+    fn nudge(&self, passes: u64) {
+        // SAFETY: an 8-byte write to our eventfd; a failure only means the reader wakes at its
+        // timeout instead.
+        let _ = unsafe { libc::write(self.wake.as_raw_fd(), (&raw const passes).cast(), 8) };
+    }
+}
+
+/// A non-blocking semaphore eventfd.
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: no pointers; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Loaded and attached programs plus the thread that reads their events. Dropping it stops the
@@ -186,6 +213,7 @@ pub struct Capture {
     limits: Vec<Limit>,
     inferred: Vec<load::Inferred>,
     load_ms: u64,
+    phases: Vec<phases::Phase>,
     // Keeps the programs attached; dropped last.
     ebpf: Ebpf,
 }
@@ -246,6 +274,7 @@ impl Capture {
             stop: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             drained: Condvar::new(),
+            wake: eventfd().map_err(|e| unavailable(Error::Io(e)))?,
         });
         let decoder = Decoder {
             names: loaded.names.clone(),
@@ -258,7 +287,11 @@ impl Capture {
             .name("capture".into())
             .spawn(move || reader.run())
             .map_err(|e| unavailable(Error::Io(e)))?;
-        tracing::debug!(load_ms = loaded.load_ms, "capture attached");
+        let mut timer = loaded.timer;
+        timer.lap("maps, namespace names, reader thread");
+        let load_ms = timer.total_ms();
+        let phases = timer.into_phases();
+        tracing::debug!(load_ms, "capture attached");
         Ok(Self {
             shared,
             thread: Some(thread),
@@ -270,7 +303,8 @@ impl Capture {
             hooks: loaded.hooks,
             limits: loaded.limits,
             inferred: loaded.inferred,
-            load_ms: loaded.load_ms,
+            load_ms,
+            phases,
             ebpf,
         })
     }
@@ -299,6 +333,7 @@ impl Capture {
         let state = self.shared.state.lock().expect("capture state");
         // Two passes: the one running now may have started before our events were queued.
         let target = state.drained + 2;
+        self.shared.nudge(2);
         let _unused = self
             .shared
             .drained
@@ -370,6 +405,7 @@ impl Capture {
             lost: self.counters().lost,
             kernel: Some(self.kernel.clone()),
             load_ms: Some(self.load_ms),
+            phases: self.phases.clone(),
             hooks: self.hooks.clone(),
             limits: self.limits.clone(),
             inferred: self.inferred.clone(),
@@ -417,6 +453,7 @@ impl Watched {
 impl Drop for Capture {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.nudge(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -473,11 +510,22 @@ struct Reader {
 impl Reader {
     fn run(mut self) {
         let fd = self.ring.as_fd().as_raw_fd();
+        let wake = self.shared.wake.as_raw_fd();
         loop {
+            let mut pfds = [
+                libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: wake, events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: two valid pollfds. The timeout bounds the wait when the programs queue
+            // less than their wake-up threshold and nobody nudges.
+            unsafe { libc::poll(pfds.as_mut_ptr(), 2, 20) };
+            if pfds[1].revents & libc::POLLIN != 0 {
+                let mut one = 0u64;
+                // SAFETY: an 8-byte read of our eventfd (semaphore mode: takes one pass).
+                let _ = unsafe { libc::read(wake, (&raw mut one).cast(), 8) };
+            }
+            // Read after the poll: a stop requested before it returned still gets this drain.
             let stopping = self.shared.stop.load(Ordering::Relaxed);
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd; a short timeout so stop and sync requests are served.
-            unsafe { libc::poll(&raw mut pfd, 1, 20) };
             while let Some(item) = self.ring.next() {
                 if item.len() < std::mem::size_of::<Event>() {
                     continue;

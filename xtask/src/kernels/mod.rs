@@ -277,14 +277,16 @@ impl GuestResult {
         }
         let load = self.status["load_ms"].as_u64().map_or_else(|| "?".into(), |ms| format!("{ms} ms"));
         let _ = writeln!(s, "  capture load (static release build, TCG): {load}");
-        for p in self.bench["programs"].as_array().into_iter().flatten() {
-            let _ = writeln!(
-                s,
-                "  {}: {} ns/event over {} runs (bpf_stats, under a drop flood; TCG)",
-                p["name"].as_str().unwrap_or("?"),
-                p["ns_per_event"].as_u64().unwrap_or(0),
-                p["runs"].as_u64().unwrap_or(0)
-            );
+        for (mode, key) in [("one-shot", "programs"), ("agent", "agent_programs")] {
+            for p in self.bench[key].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    s,
+                    "  {}: {} ns/event over {} runs ({mode} mode; bpf_stats, under a drop flood; TCG)",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["ns_per_event"].as_u64().unwrap_or(0),
+                    p["runs"].as_u64().unwrap_or(0)
+                );
+            }
         }
         if !self.bench_ok {
             let _ = writeln!(s, "  benchmark FAILED: see {}", self.out.join("bench.log").display());
