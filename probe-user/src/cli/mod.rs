@@ -19,7 +19,7 @@ use crate::{
     capture::{self, Capture, event::KernelEvent},
     discovery,
     error::AnyResult,
-    jobs::{CertOptions, Job, node_checks, node_pki_jobs, run_jobs, start_capture},
+    jobs::{self, CertOptions, Job, node_checks, node_pki_jobs, run_jobs, start_capture},
     netns,
     output::{Document, Format},
     probes::{Target, dns, mtu, vxlan},
@@ -278,18 +278,12 @@ fn run_path(
     peer_agent: Option<u16>,
 ) -> AnyResult<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let root = discovery::host_root(cli.host_root.as_deref());
+    let host_root = discovery::host_root(cli.host_root.as_deref());
+    let request = jobs::path::Request { from, dst, port, peer_agent, host_root, kubeconfig: cli.kubeconfig.clone() };
     // Before capture loads: a source that cannot be found is a usage error.
-    let (source, label) = runtime.block_on(crate::probes::path::resolve_source(from, &root))?;
-    let api = Some(crate::probes::path::ApiSpec { kubeconfig: cli.kubeconfig.clone(), host_root: root.clone() });
-    let spec = crate::probes::path::Spec { from: source, label, dst, port, api, peer_agent };
+    let spec = runtime.block_on(jobs::path::plan(request))?;
     let (capture, status) = start_capture(cli.no_capture, opts);
-    let capture_on = capture.is_some();
-    let report = runtime.block_on(crate::probes::path::run(spec, cli.timeout, capture.clone()))?;
-    let node_netns = netns::current_inode()
-        .and_then(|i| u32::try_from(i).ok())
-        .map_or_else(|| "host".to_string(), |i| netns::NetnsNames::scan().name(i));
-    let (check, line) = verdict::path::verdict(&report, capture_on, &node_netns);
+    let (check, line) = runtime.block_on(jobs::path::run(spec, cli.timeout, capture.clone()))?;
     let status = capture.as_ref().map_or(status, |c| c.status());
     let mut report = Document::new(vec![check], status);
     report.verdict = Some(line);

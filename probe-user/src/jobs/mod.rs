@@ -3,6 +3,7 @@
 //! agent from discovery on every cycle.
 
 pub mod node_checks;
+pub mod path;
 pub mod sampling;
 
 use std::{
