@@ -218,8 +218,10 @@ impl KernelBtf {
         let btf = if let Ok(btf) = Btf::from_file_with_backend(path, Backend::Mmap) {
             btf
         } else {
-            let bytes = std::fs::read(path).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
-            let copy = memfd_copy(&bytes).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
+            let unreadable =
+                |e: std::io::Error| Error::Btf { what: format!("read {}", path.display()), source: Some(Box::new(e)) };
+            let bytes = std::fs::read(path).map_err(unreadable)?;
+            let copy = memfd_copy(&bytes).map_err(unreadable)?;
             Btf::from_file_with_backend(format!("/proc/self/fd/{}", copy.as_raw_fd()), Backend::Mmap).map_err(parse)?
         };
         Ok(Self { btf, named: RefCell::new(HashMap::new()) })

@@ -98,10 +98,13 @@ pub(super) fn load(opts: Options) -> std::result::Result<Loaded, Box<Failed>> {
     drop(btf_info);
     timer.lap("free netcheck's BTF");
 
-    let joined = |e| fail(ebpf_error("read kernel BTF", std::io::Error::other(format!("{e:?}"))), hooks.clone());
-    let btf = aya_btf.join().map_err(joined)?.map_err(|e| fail(ebpf_error("read kernel BTF", e), hooks.clone()))?;
+    let panicked = |what: &str| fail(ebpf_error(what, std::io::Error::other("the thread panicked")), hooks.clone());
+    let btf = aya_btf
+        .join()
+        .map_err(|_| panicked("read kernel BTF"))?
+        .map_err(|e| fail(ebpf_error("read kernel BTF", e), hooks.clone()))?;
     // Its own parse of the same BTF serves the object's relocations; ours serves `prog.load`.
-    let mut loader = new_loader.join().map_err(joined)?;
+    let mut loader = new_loader.join().map_err(|_| panicked("create the eBPF loader"))?;
     timer.lap("wait for aya's BTF parses");
     loader.override_global(OFFSETS_GLOBAL, &offsets, true);
     if opts.watched_only {

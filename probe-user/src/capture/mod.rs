@@ -96,7 +96,8 @@ pub struct Status {
     /// The kernel release capture was fitted to (`uname -r`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
-    /// From reading the kernel's BTF to the reader running: the sum of `phases`.
+    /// From reading the kernel's BTF to the reader running: the laps of `phases` (entries that
+    /// ran "alongside the others" overlap the lap before them and are not added).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_ms: Option<u64>,
     /// Start-up, phase by phase.
