@@ -28,8 +28,8 @@ impl Timer {
     /// Ends the phase running since the previous lap.
     pub fn lap(&mut self, phase: impl Into<String>) {
         let now = Instant::now();
-        let ms = ((now - self.last).as_secs_f64() * 10_000.0).round() / 10.0;
         let phase = phase.into();
+        let ms = tenths(now - self.last);
         tracing::debug!(phase = %phase, ms, "capture start-up");
         self.phases.push(Phase { phase, ms });
         self.last = now;
@@ -37,7 +37,7 @@ impl Timer {
 
     /// A part of the last phase that ran alongside others (its own time, not a lap).
     pub fn note(&mut self, phase: impl Into<String>, took: std::time::Duration) {
-        let ms = (took.as_secs_f64() * 10_000.0).round() / 10.0;
+        let ms = tenths(took);
         let phase = phase.into();
         tracing::debug!(phase = %phase, ms, "capture start-up (in parallel)");
         self.phases.push(Phase { phase, ms });
@@ -51,6 +51,11 @@ impl Timer {
     pub fn into_phases(self) -> Vec<Phase> {
         self.phases
     }
+}
+
+/// Milliseconds to a tenth.
+fn tenths(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 #[cfg(test)]

@@ -38,9 +38,9 @@ impl Status {
     }
 }
 
-/// What a check ran: its `probe` in JSON and the `probe` label of the agent's metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// What a check ran: its `probe` in JSON and the `probe` label of the agent's metrics, both
+/// spelled by [`Probe::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Probe {
     Tcp,
     Dns,
@@ -83,6 +83,12 @@ impl Probe {
             Self::UnderlayMtu => "underlay-mtu",
             Self::FromNode => "from-node",
         }
+    }
+}
+
+impl Serialize for Probe {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
