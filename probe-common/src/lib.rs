@@ -2,7 +2,7 @@
 //!
 //! Every type here is `#[repr(C)]` and padding-free (explicit `_pad` fields) so that the
 //! kernel and userspace agree on the layout byte for byte, whatever the compiler does.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![expect(clippy::pub_underscore_fields, reason = "explicit padding fields keep the layout identical on both sides")]
 
 /// What produced an [`Event`].
@@ -33,7 +33,10 @@ pub mod flags {
 /// An IPv4 or IPv6 5-tuple as seen in a packet. Ports are in host byte order (for ICMP echo
 /// request/reply both hold the identifier, for other ICMP they are 0); addresses are
 /// in network byte order (IPv4 uses the first 4 bytes).
-#[repr(C)]
+///
+/// 8-byte aligned (its layout is the same, 40 bytes): the eBPF programs zero and copy it with
+/// five 64-bit moves, where 2-byte alignment made the compiler call a byte-wise `memset`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub saddr: [u8; 16],
@@ -117,7 +120,9 @@ pub struct KernelOffsets {
     /// This kernel's `SKB_DROP_REASON_NOT_SPECIFIED`: such drops are named by
     /// [`Self::locations`] when their location falls in one (`u32::MAX`: no such reason).
     pub not_specified: u32,
-    pub _pad: u32,
+    /// `net_device.flags` (`IFF_LOOPBACK` tells loopback from a physical NIC: neither has
+    /// link ops).
+    pub dev_flags: u32,
     /// Functions whose drops have one cause, for kernels that pass no reason (before 5.17) or
     /// lack that reason in their enum; empty ranges (start = end = 0) match nothing.
     pub locations: [LocationRange; LOCATION_RANGES],
@@ -172,7 +177,7 @@ impl KernelOffsets {
         watched_only: 0,
         valid: 0,
         not_specified: u32::MAX,
-        _pad: 0,
+        dev_flags: u32::MAX,
         locations: [LocationRange { start: 0, end: 0, reason: 0, _pad: 0 }; LOCATION_RANGES],
     };
 }
@@ -183,11 +188,9 @@ pub mod counter {
     pub const LOST: u32 = 0;
     /// Events submitted.
     pub const SENT: u32 = 1;
-    /// Events not counted in `AGGREGATES` because the map was full.
-    pub const AGGREGATE_FULL: u32 = 2;
     /// Events left out of the ring buffer by the `watched_only` filter (counted, not lost).
-    pub const FILTERED: u32 = 3;
-    pub const LEN: u32 = 4;
+    pub const FILTERED: u32 = 2;
+    pub const LEN: u32 = 3;
 }
 
 /// The class of device an event happened on, judged in the kernel from the device's link kind
@@ -209,24 +212,138 @@ pub mod devclass {
     pub const NAMES: [&str; 7] = ["none", "loopback", "veth", "bridge", "vxlan", "physical", "other"];
 }
 
-/// Key of the in-kernel `AGGREGATES` counters: event kind, device class and reason, packed as
-/// `kind << 24 | class << 16 | reason`. Drop reasons of a subsystem (above 16 bits: mac80211,
-/// openvswitch, named by module enums) share [`SUBSYSTEM_REASON`].
-#[must_use]
-pub const fn aggregate_key(kind: u32, class: u8, reason: u32) -> u32 {
-    let reason = if reason > 0xffff { SUBSYSTEM_REASON } else { reason };
-    u32::from_be_bytes([kind.to_be_bytes()[3], class, 0, 0]) | reason
+/// Where the in-kernel `AGGREGATES` counters keep each event: a per-CPU array of [`ROWS`]
+/// rows (one per event kind and device class) of [`SLOTS`] counters (one per reason), so
+/// counting an event is an index computation and an increment (an array lookup the verifier
+/// inlines), not a hash map's lookup and insert.
+pub mod aggregate {
+    use super::{LOCATION_RANGES, devclass, inferred, kind};
+
+    /// Counters per row.
+    pub const SLOTS: usize = 256;
+    /// Device classes per kind.
+    #[expect(clippy::cast_possible_truncation, reason = "seven names")]
+    const CLASSES: u32 = devclass::NAMES.len() as u32;
+    /// [`LOCATION_RANGES`] as a reason offset.
+    #[expect(clippy::cast_possible_truncation, reason = "eight ranges")]
+    const INFERRED: u32 = LOCATION_RANGES as u32;
+    /// Kinds (1..=4) × device classes.
+    pub const ROWS: u32 = 4 * CLASSES;
+
+    /// Drop reasons below this are their own slot (the kernel's `enum skb_drop_reason` stays
+    /// below 0x80 in 6.18).
+    const DIRECT_DROPS: u32 = 0xf0;
+    /// Slot of the first inferred cause ([`inferred::BASE`]).
+    const INFERRED_SLOT: u32 = 0xf0;
+    /// A drop reason above the table (not inferred, not a subsystem's).
+    pub const BEYOND_SLOT: u32 = 0xfd;
+    /// [`inferred::UNRECORDED`].
+    const UNRECORDED_SLOT: u32 = 0xfe;
+    /// Drop: a subsystem's reason (above 16 bits: mac80211, openvswitch); other kinds: a value
+    /// beyond their table.
+    pub const OTHER_SLOT: u32 = 0xff;
+
+    /// The row of an event kind on a device class.
+    #[must_use]
+    pub const fn row(event_kind: u32, class: u8) -> u32 {
+        let k = if event_kind >= 1 && event_kind <= 4 { event_kind - 1 } else { 3 };
+        let c = if (class as u32) < CLASSES { class as u32 } else { devclass::OTHER as u32 };
+        k * CLASSES + c
+    }
+
+    /// The kind and device class of a row.
+    #[must_use]
+    pub const fn row_parts(row: u32) -> (u32, u8) {
+        (row / CLASSES + 1, (row % CLASSES) as u8)
+    }
+
+    /// The slot of a reason within its kind's row (always below [`SLOTS`]).
+    #[must_use]
+    pub const fn slot(event_kind: u32, reason: u32) -> u32 {
+        match event_kind {
+            kind::DROP => {
+                if reason < DIRECT_DROPS {
+                    reason
+                } else if reason >= inferred::BASE && reason < inferred::BASE + INFERRED {
+                    INFERRED_SLOT + (reason - inferred::BASE)
+                } else if reason == inferred::UNRECORDED {
+                    UNRECORDED_SLOT
+                } else if reason > 0xffff {
+                    OTHER_SLOT
+                } else {
+                    BEYOND_SLOT
+                }
+            }
+            kind::RST_SENT => {
+                if reason < UNRECORDED_SLOT {
+                    reason
+                } else if reason == inferred::UNRECORDED {
+                    UNRECORDED_SLOT
+                } else {
+                    OTHER_SLOT
+                }
+            }
+            // `type << 8 | code`: every type and code icmp_send is given (3, 4, 5, 11, 12) fits;
+            // type 15 (information request, obsolete) would reach OTHER_SLOT's value.
+            kind::ICMP_SENT => {
+                let (t, c) = (reason >> 8, reason & 0xff);
+                if t < 15 && c < 16 { t << 4 | c } else { OTHER_SLOT }
+            }
+            _ => 0,
+        }
+    }
+
+    /// The reason a slot stands for, as the programs give it; `None` for [`BEYOND_SLOT`] and
+    /// [`OTHER_SLOT`] (reasons the table does not keep apart).
+    #[must_use]
+    pub const fn slot_reason(event_kind: u32, slot: u32) -> Option<u32> {
+        match event_kind {
+            kind::DROP => match slot {
+                s if s < DIRECT_DROPS => Some(s),
+                UNRECORDED_SLOT => Some(inferred::UNRECORDED),
+                BEYOND_SLOT | OTHER_SLOT => None,
+                s => Some(inferred::BASE + (s - INFERRED_SLOT)),
+            },
+            kind::RST_SENT => match slot {
+                UNRECORDED_SLOT => Some(inferred::UNRECORDED),
+                OTHER_SLOT => None,
+                s => Some(s),
+            },
+            kind::ICMP_SENT => match slot {
+                OTHER_SLOT => None,
+                s => Some((s >> 4) << 8 | (s & 0xf)),
+            },
+            _ => Some(0),
+        }
+    }
 }
 
-/// The reason an [`aggregate_key`] holds for a subsystem's drop reason.
-pub const SUBSYSTEM_REASON: u32 = 0xffff;
-
-/// The parts of an [`aggregate_key`]: kind, class, reason.
+/// The bit of the `WATCH_BITS` address filter an address (as [`WatchKey::addr`] holds it)
+/// sets: an event whose addresses all have their bit clear is not watched, which the programs
+/// learn from one array load before any hash lookup.
 #[must_use]
-pub const fn aggregate_parts(key: u32) -> (u32, u8, u32) {
-    let bytes = key.to_be_bytes();
-    (key >> 24, bytes[1], key & 0xffff)
+pub const fn watch_bit(addr: &[u8; 16]) -> u32 {
+    let mut folded = 0u32;
+    let mut i = 0;
+    while i < 16 {
+        folded ^= u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+        i += 4;
+    }
+    watch_bit_folded(folded)
 }
+
+/// [`watch_bit`] from the address's four little-endian words XORed together (for IPv4, the
+/// address's own word: the others are zero).
+#[must_use]
+pub const fn watch_bit_folded(folded: u32) -> u32 {
+    // Fibonacci hashing: the top bits of the product mix every input bit.
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - WATCH_BITS_LOG2)
+}
+
+/// log2 of the address filter's bits.
+pub const WATCH_BITS_LOG2: u32 = 16;
+/// Words (`u64`) of the `WATCH_BITS` map.
+pub const WATCH_WORDS: u32 = (1 << WATCH_BITS_LOG2) / 64;
 
 /// Key of the `WATCHED` map: an endpoint (address, port, IP protocol) whose packets reach
 /// userspace under `watched_only`, or a whole address when `port` and `proto` are 0. IPv4 uses
@@ -243,9 +360,6 @@ pub struct WatchKey {
 /// Capacity of the `WATCHED` map.
 pub const WATCHED_MAX: u32 = 16_384;
 
-/// Capacity of the `AGGREGATES` map: kinds × classes × reasons seen is far below it.
-pub const AGGREGATES_MAX: u32 = 4096;
-
 /// Name of the global the offsets are written to.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
@@ -260,7 +374,77 @@ mod user {
 }
 
 const _: () = assert!(core::mem::size_of::<Flow>() == 40);
+const _: () = assert!(core::mem::offset_of!(Event, outer) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<WatchKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Event>() == 8 + 8 + 6 * 4 + 16 + 2 * 40);
 const _: () = assert!(core::mem::size_of::<LocationRange>() == 24);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24 * 4 + LOCATION_RANGES * 24);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_keeps_its_own_slot_or_a_named_overflow() {
+        for reason in 0..0xf0 {
+            let slot = aggregate::slot(kind::DROP, reason);
+            assert_eq!(aggregate::slot_reason(kind::DROP, slot), Some(reason));
+        }
+        for i in 0..u32::try_from(LOCATION_RANGES).unwrap() {
+            let reason = inferred::BASE + i;
+            assert_eq!(aggregate::slot_reason(kind::DROP, aggregate::slot(kind::DROP, reason)), Some(reason));
+        }
+        let unrecorded = aggregate::slot(kind::DROP, inferred::UNRECORDED);
+        assert_eq!(aggregate::slot_reason(kind::DROP, unrecorded), Some(inferred::UNRECORDED));
+        // A subsystem's reason (mac80211: 1 << 16 | n) and one beyond the table are kept apart.
+        assert_eq!(aggregate::slot(kind::DROP, 0x1_0003), aggregate::OTHER_SLOT);
+        assert_eq!(aggregate::slot(kind::DROP, 0x0200), aggregate::BEYOND_SLOT);
+        assert_eq!(aggregate::slot_reason(kind::DROP, aggregate::OTHER_SLOT), None);
+        for reason in [0, 1, 29] {
+            let slot = aggregate::slot(kind::RST_SENT, reason);
+            assert_eq!(aggregate::slot_reason(kind::RST_SENT, slot), Some(reason));
+        }
+        let unrecorded = aggregate::slot(kind::RST_SENT, inferred::UNRECORDED);
+        assert_eq!(aggregate::slot_reason(kind::RST_SENT, unrecorded), Some(inferred::UNRECORDED));
+        // ICMP: port unreachable (3/3), admin prohibited (3/13), TTL exceeded (11/0).
+        for (t, c) in [(3, 3), (3, 13), (11, 0), (12, 2)] {
+            let reason = t << 8 | c;
+            assert_eq!(aggregate::slot_reason(kind::ICMP_SENT, aggregate::slot(kind::ICMP_SENT, reason)), Some(reason));
+        }
+        assert_eq!(aggregate::slot(kind::ICMP_SENT, 40 << 8), aggregate::OTHER_SLOT);
+        assert_eq!(aggregate::slot(kind::ICMP_SENT, 15 << 8 | 15), aggregate::OTHER_SLOT);
+        for k in [kind::DROP, kind::RST_SENT, kind::RST_RECEIVED, kind::ICMP_SENT] {
+            for reason in [0, 0xef, 0xff00, 0xfffe, 0xffff, 0x1_0000, u32::MAX] {
+                assert!((aggregate::slot(k, reason) as usize) < aggregate::SLOTS);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_hold_every_kind_and_class() {
+        let mut seen = [false; aggregate::ROWS as usize];
+        for k in [kind::DROP, kind::RST_SENT, kind::RST_RECEIVED, kind::ICMP_SENT] {
+            for class in 0..u8::try_from(devclass::NAMES.len()).unwrap() {
+                let row = aggregate::row(k, class);
+                assert!(row < aggregate::ROWS);
+                assert!(!seen[row as usize], "row {row} twice");
+                seen[row as usize] = true;
+                assert_eq!(aggregate::row_parts(row), (k, class));
+            }
+        }
+        assert!(aggregate::row(kind::DROP, 200) < aggregate::ROWS);
+    }
+
+    #[test]
+    fn an_ipv4_address_folds_to_its_own_word() {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[10, 244, 1, 2]);
+        assert_eq!(watch_bit(&addr), watch_bit_folded(u32::from_le_bytes([10, 244, 1, 2])));
+        let v6 = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert!(watch_bit(&v6) < 1 << WATCH_BITS_LOG2);
+        // Neighbouring pod addresses land on different bits.
+        let mut other = addr;
+        other[3] = 3;
+        assert_ne!(watch_bit(&addr), watch_bit(&other));
+    }
+}

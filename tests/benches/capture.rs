@@ -1,14 +1,21 @@
-//! Capture cost under a drop flood on the lab, in both modes.
+//! Capture cost under a drop flood on the lab, in each of its modes.
 //!
 //! - kernel: each program's `bpf_stats` (run_time_ns / run_cnt) while a flood of NETFILTER_DROP
-//!   drops crosses the overlay, in one-shot mode (every event to the ring buffer, as `check`,
-//!   `path` and `netcheck capture` run it) and in agent mode (watched-only: the flood's drops
-//!   are counted in the kernel and not queued, as on a node that drops packets all day);
-//! - userspace: events/s read from the ring buffer and decoded (the `netcheck capture` path),
-//!   events the kernel submitted, filtered and lost because the ring buffer was full;
+//!   drops crosses the overlay, in the three ways capture runs:
+//!   - one-shot, as `check`, `node` and `path` run it: the kernel filters on the probes' own
+//!     endpoints (one is watched here, as during a probe) and only counts the flood's drops;
+//!   - agent: the same filter on the peers' addresses (one is watched here), as on a node that
+//!     drops packets all day;
+//!   - stream, as `netcheck capture` runs it: every event to the ring buffer and decoded;
+//! - userspace: events/s read and decoded (stream), events submitted, filtered and lost because
+//!   the ring buffer was full;
 //! - the flood's own rate without capture and with each mode attached (what the machine pays);
 //! - capture's start-up phases (`capture.phases`);
 //! - with `--bpftrace`, bpftrace's count-by-reason one-liner on the same flood, side by side.
+//!
+//! The full run repeats every measurement in rounds (without capture, each mode, bpftrace, in
+//! turn) and reports medians: one flood's figure moves by several percent from run to run on
+//! this machine.
 //!
 //! `cargo xtask bench` (or `cargo bench -p netcheck-tests --bench capture [-- --quick]`); root.
 //! `--json FILE` also writes the figures as JSON (`cargo xtask kernels` reads them from each
@@ -17,7 +24,7 @@
 #![expect(clippy::cast_precision_loss, reason = "rates and averages printed for people")]
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,19 +32,38 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netcheck::capture::{Capture, Options};
+use netcheck::capture::{Capture, FlowMatcher, Options};
 use netlab::{Lab, udp_flood};
+
+/// How one capture mode runs during the flood.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    OneShot,
+    Agent,
+    Stream,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Self::OneShot => "one-shot capture",
+            Self::Agent => "agent capture",
+            Self::Stream => "stream capture",
+        }
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let with_bpftrace = args.iter().any(|a| a == "--bpftrace");
     let json_out = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
     if !netlab::require_root("capture benchmark") {
         return Ok(());
     }
     let _ = netlab::clean_stale();
-    let (count, max_time) =
-        if quick { (100_000, Duration::from_secs(3)) } else { (2_000_000, Duration::from_secs(10)) };
+    let (count, max_time, rounds) =
+        if quick { (100_000, Duration::from_secs(3), 1) } else { (1_000_000, Duration::from_secs(6), 3) };
     let lab = Lab::new()?;
     let (b, c) = (lab.pod("b").clone(), lab.pod("c").clone());
     lab.iptables(&lab.node(2).netns, &format!("-I FORWARD -d {} -p udp --dport 9999 -j DROP", b.ip))?;
@@ -48,45 +74,110 @@ fn main() -> anyhow::Result<()> {
         let sent = udp_flood(&c.netns, dst, count, max_time)?;
         let secs = started.elapsed().as_secs_f64();
         let rate = sent as f64 / secs;
-        println!("flood {label:<16} {sent:>9} packets in {secs:5.2} s = {rate:>9.0} packets/s");
+        println!("flood {label:<30} {sent:>9} packets in {secs:5.2} s = {rate:>9.0} packets/s");
         Ok(rate)
     };
 
-    println!("netcheck capture benchmark ({} run)", if quick { "quick" } else { "full" });
-    let base = flood("without capture")?;
-
-    // One-shot mode: every event to the ring buffer and a subscriber (`netcheck capture`).
-    let one_shot = capture_run(&flood, Options::default(), None)?;
-    println!("\nflood rate with capture: {:.1} % of the rate without", 100.0 * one_shot.rate / base);
-    // Agent mode: every event counted in the kernel, only watched addresses' events queued;
-    // the flood's addresses are not watched (a node's everyday drops).
-    // An address no lab packet carries (TEST-NET-1): watched, so the filter runs its lookups.
-    let unrelated = [std::net::IpAddr::from([192, 0, 2, 1])];
-    let agent = capture_run(&flood, Options { watched_only: true, ..Options::default() }, Some(&unrelated))?;
-    println!("\nflood rate with agent capture: {:.1} % of the rate without", 100.0 * agent.rate / base);
-    let bpftrace = if args.iter().any(|a| a == "--bpftrace") { Some(bpftrace_run(&flood)?) } else { None };
-
-    println!("\nkfree_skb in the kernel, same flood (ns/event):");
-    println!("  one-shot capture        {:>6}", one_shot.kfree_skb_ns);
-    println!("  agent (watched-only)    {:>6}", agent.kfree_skb_ns);
-    if let Some(ns) = bpftrace {
-        println!("  bpftrace count-by-reason {ns:>5}   (tracepoint:skb:kfree_skb {{ @[args->reason] = count(); }})");
+    println!("netcheck capture benchmark ({} run, {rounds} round(s))", if quick { "quick" } else { "full" });
+    let modes = [Mode::OneShot, Mode::Agent, Mode::Stream];
+    let mut without = Vec::new();
+    let mut runs: Vec<Vec<ModeFigures>> = modes.iter().map(|_| Vec::new()).collect();
+    let mut bpftrace = Vec::new();
+    for round in 1..=rounds {
+        println!("\n== round {round} ==");
+        without.push(flood("without capture")?);
+        for (i, mode) in modes.iter().enumerate() {
+            runs[i].push(capture_run(&flood, *mode, round == 1)?);
+        }
+        if with_bpftrace {
+            bpftrace.push(bpftrace_run(&flood)?);
+        }
     }
+
+    let base = median_f(&without);
+    println!("\n== medians of {rounds} round(s) ==");
+    println!("flood without capture: {base:.0} packets/s");
+    println!("\nkfree_skb in the kernel, same flood (ns/event; bpf_stats):");
+    let mut medians = Vec::new();
+    for (mode, figures) in modes.iter().zip(&runs) {
+        let ns = median_u(&figures.iter().map(|f| f.kfree_skb_ns).collect::<Vec<_>>());
+        let rate = median_f(&figures.iter().map(|f| f.rate).collect::<Vec<_>>());
+        let all: Vec<String> = figures.iter().map(|f| f.kfree_skb_ns.to_string()).collect();
+        println!(
+            "  {:<26} {ns:>5}   flood at {:5.1} % of its rate without capture   (rounds: {})",
+            mode.label(),
+            100.0 * rate / base,
+            all.join(", ")
+        );
+        medians.push((ns, rate));
+    }
+    if !bpftrace.is_empty() {
+        let (ns, rate) = (
+            median_u(&bpftrace.iter().map(|b| b.0).collect::<Vec<_>>()),
+            median_f(&bpftrace.iter().map(|b| b.1).collect::<Vec<_>>()),
+        );
+        let all: Vec<String> = bpftrace.iter().map(|b| b.0.to_string()).collect();
+        println!(
+            "  {:<26} {ns:>5}   flood at {:5.1} % of its rate without capture   (rounds: {})",
+            "bpftrace count-by-reason",
+            100.0 * rate / base,
+            all.join(", ")
+        );
+        println!("  (bpftrace: tracepoint:skb:kfree_skb {{ @[args->reason] = count(); }})");
+    }
+    let stream = runs[2].last().expect("one round at least");
+    println!(
+        "\nstream capture: {} events submitted, {} lost (ring buffer full), {} received and decoded in the last round",
+        stream.submitted, stream.lost, stream.received
+    );
     if let Some(path) = json_out {
-        let v = serde_json::json!({
-            "kernel": one_shot.status.kernel,
-            "load_ms": one_shot.status.load_ms,
-            "phases": one_shot.status.phases,
-            "programs": one_shot.figures,
-            "submitted": one_shot.submitted,
-            "lost": one_shot.lost,
-            "received": one_shot.received,
-            "agent_programs": agent.figures,
-            "flood_rate": { "without": base, "one_shot": one_shot.rate, "agent": agent.rate },
-        });
-        std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;
+        write_json(&path, &runs, &medians, base)?;
     }
     Ok(())
+}
+
+/// The figures as JSON for `cargo xtask kernels`: per mode its median ns/event and flood
+/// rate and the last round's programs; the first round's start-up.
+fn write_json(path: &str, runs: &[Vec<ModeFigures>], medians: &[(u64, f64)], base: f64) -> anyhow::Result<()> {
+    let stream = runs[2].last().expect("one round at least");
+    let first = &runs[0][0];
+    let mode_json = |i: usize| {
+        serde_json::json!({
+            "ns_per_event": medians[i].0,
+            "flood_rate": medians[i].1,
+            "programs": runs[i].last().map(|f| f.figures.clone()),
+        })
+    };
+    let v = serde_json::json!({
+        "kernel": first.status.kernel,
+        "load_ms": first.status.load_ms,
+        "phases": first.status.phases,
+        "forms": first.status.hooks.iter().map(|h| (h.tracepoint, h.form)).collect::<std::collections::BTreeMap<_, _>>(),
+        "programs": runs[0].last().map(|f| f.figures.clone()),
+        "agent_programs": runs[1].last().map(|f| f.figures.clone()),
+        "stream_programs": runs[2].last().map(|f| f.figures.clone()),
+        "one_shot": mode_json(0),
+        "agent": mode_json(1),
+        "stream": mode_json(2),
+        "submitted": stream.submitted,
+        "lost": stream.lost,
+        "received": stream.received,
+        "flood_rate": { "without": base, "one_shot": medians[0].1, "agent": medians[1].1, "stream": medians[2].1 },
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
+    Ok(())
+}
+
+fn median_f(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn median_u(values: &[u64]) -> u64 {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 /// What one capture mode cost under the flood.
@@ -100,26 +191,28 @@ struct ModeFigures {
     received: u64,
 }
 
-/// Starts capture in `opts`'s mode (watching `watch` in agent mode), floods, and reads the
-/// programs' `bpf_stats` and the counters. Fails when the flood ran no program or, in one-shot
-/// mode, when no event reached userspace.
-fn capture_run(
-    flood: &dyn Fn(&str) -> anyhow::Result<f64>,
-    opts: Options,
-    watch: Option<&[std::net::IpAddr]>,
-) -> anyhow::Result<ModeFigures> {
-    let agent = opts.watched_only;
-    let label = if agent { "agent capture" } else { "with capture" };
-    let capture = Capture::start(opts).map_err(|u| anyhow::anyhow!("capture unavailable: {}", u.detail))?;
-    if let Some(addresses) = watch {
-        capture.watch_addresses(addresses);
+/// Starts capture in `mode`, floods, and reads the programs' `bpf_stats` and the counters
+/// (printing the start-up phases when `verbose`). Fails when the flood ran no program, when a
+/// filtering mode did not filter the flood's drops out, or when no event reached userspace in
+/// stream mode.
+fn capture_run(flood: &dyn Fn(&str) -> anyhow::Result<f64>, mode: Mode, verbose: bool) -> anyhow::Result<ModeFigures> {
+    let filtering = mode != Mode::Stream;
+    let label = mode.label();
+    let capture = Capture::start(Options { watched_only: filtering, ..Options::default() })
+        .map_err(|u| anyhow::anyhow!("capture unavailable: {}", u.detail))?;
+    // Addresses no lab packet carries (TEST-NET-1), watched so that the filter runs its
+    // lookups: an endpoint as a probe's watch holds it, or a peer's address as the agent's.
+    let unrelated = IpAddr::from([192, 0, 2, 1]);
+    let _watch = (mode == Mode::OneShot).then(|| capture.watch(FlowMatcher::udp(SocketAddr::new(unrelated, 40000))));
+    if mode == Mode::Agent {
+        capture.watch_addresses(&[unrelated]);
     }
     let status = capture.status();
     let programs: Vec<String> = status
         .hooks
         .iter()
         .filter(|h| h.attached)
-        .filter_map(|h| h.program.map(|p| format!("{}:{p}", h.tracepoint)))
+        .filter_map(|h| h.program.map(|p| format!("{}:{p} ({})", h.tracepoint, h.form.map_or("?", |f| f.as_str()))))
         .collect();
     println!(
         "\n{label}: loaded in {} ms on {}: {}",
@@ -127,12 +220,14 @@ fn capture_run(
         status.kernel.as_deref().unwrap_or("?"),
         programs.join(", ")
     );
-    for p in &status.phases {
-        println!("  {:>7.1} ms  {}", p.ms, p.phase);
+    if verbose {
+        for p in &status.phases {
+            println!("  {:>7.1} ms  {}", p.ms, p.phase);
+        }
     }
     let received = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    let counter = (!agent).then(|| {
+    let counter = (!filtering).then(|| {
         let rx = capture.subscribe();
         let (received, done) = (received.clone(), done.clone());
         std::thread::spawn(move || {
@@ -143,12 +238,26 @@ fn capture_run(
             }
         })
     });
+    // The flood's rate with bpf_stats off, as the programs run in production (the statistics
+    // read the clock twice per run); then the cost per event with them on.
+    let rate = flood(label)?;
+    let caught_up = |target: u64| {
+        // The reader has drained the ring into the subscriber's channel; wait (bounded) until
+        // the counting thread has taken it all too.
+        capture.sync();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !filtering && received.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    caught_up(capture.counters().sent);
+    received.store(0, Ordering::Relaxed);
     let enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
     let before = capture.program_infos();
     let counters_before = capture.counters();
     let started = Instant::now();
-    let rate = flood(label)?;
-    capture.sync();
+    flood(&format!("{label} (bpf_stats)"))?;
+    caught_up(capture.counters().sent - counters_before.sent);
     let elapsed = started.elapsed().as_secs_f64();
     let after = capture.program_infos();
     let counters_after = capture.counters();
@@ -168,13 +277,13 @@ fn capture_run(
     println!("userspace:");
     println!("  events submitted by the kernel {submitted:>9}");
     println!("  events lost (ring buffer full) {lost:>9}");
-    if agent {
+    if filtering {
         println!("  events filtered in the kernel  {filtered:>9}  (counted, not queued)");
         // What this measures did not happen: no drop ran the program, or the flood's drops were
         // not filtered out.
         anyhow::ensure!(
             runs > 0 && filtered >= runs / 2,
-            "agent mode: the flood ran kfree_skb {runs} times, {filtered} filtered"
+            "{label}: the flood ran kfree_skb {runs} times, {filtered} filtered"
         );
     } else {
         println!("  events received                {got:>9}  = {:.0} events/s", got as f64 / elapsed);
@@ -186,8 +295,9 @@ fn capture_run(
     Ok(ModeFigures { status, figures, kfree_skb_ns, rate, submitted, lost, received: got })
 }
 
-/// bpftrace's count-by-reason one-liner on the same flood: its program's ns/event.
-fn bpftrace_run(flood: &dyn Fn(&str) -> anyhow::Result<f64>) -> anyhow::Result<u64> {
+/// bpftrace's count-by-reason one-liner on the same flood: its program's ns/event and the
+/// flood's rate.
+fn bpftrace_run(flood: &dyn Fn(&str) -> anyhow::Result<f64>) -> anyhow::Result<(u64, f64)> {
     use std::process::{Command, Stdio};
     let ours = |infos: &[aya::programs::ProgramInfo]| -> Vec<u32> {
         infos.iter().map(aya::programs::ProgramInfo::id).collect()
@@ -222,6 +332,8 @@ fn bpftrace_run(flood: &dyn Fn(&str) -> anyhow::Result<f64>) -> anyhow::Result<u
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // As for netcheck: the rate without bpf_stats, the cost with them.
+    let rate = flood("with bpftrace")?;
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
     let read = || {
         aya::programs::loaded_programs()
@@ -230,7 +342,7 @@ fn bpftrace_run(flood: &dyn Fn(&str) -> anyhow::Result<f64>) -> anyhow::Result<u
             .map(|p| (p.run_count(), p.run_time()))
     };
     let (runs0, time0) = read().ok_or_else(|| anyhow::anyhow!("bpftrace's program {id} vanished"))?;
-    flood("with bpftrace")?;
+    flood("bpftrace (bpf_stats)")?;
     let (runs1, time1) = read().ok_or_else(|| anyhow::anyhow!("bpftrace's program {id} vanished"))?;
     drop(stats);
     // SIGINT: bpftrace prints its map and exits.
@@ -239,8 +351,8 @@ fn bpftrace_run(flood: &dyn Fn(&str) -> anyhow::Result<f64>) -> anyhow::Result<u
     let runs = runs1.saturating_sub(runs0);
     anyhow::ensure!(runs > 0, "the flood did not run bpftrace's program");
     let ns = time1.saturating_sub(time0).as_nanos() / u128::from(runs);
-    println!("  bpftrace's program {id}: {runs} runs");
-    Ok(u64::try_from(ns)?)
+    println!("  bpftrace's program {id}: {runs} runs, {ns} ns/event");
+    Ok((u64::try_from(ns)?, rate))
 }
 
 /// Each program's runs and ns/event between two `bpf_stats` readings, printed and returned.

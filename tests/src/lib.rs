@@ -34,6 +34,7 @@ use nix::sched::{CloneFlags, setns};
 
 pub mod agent;
 mod api;
+pub mod btf;
 pub mod deploy;
 mod faults;
 mod host;

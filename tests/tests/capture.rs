@@ -87,6 +87,13 @@ fn capture_fits_the_running_kernel() {
     assert_eq!(rst["attached"], true);
     assert_eq!(hook(&r, "tcp_receive_reset")["attached"], true);
     assert_eq!(hook(&r, "icmp_send")["attached"], tp.icmp_send);
+    // A stock kernel takes one of the direct forms (packet bytes loaded directly where its
+    // verifier allows it, 6.17's); only a refusal of both leaves bpf_probe_read_kernel.
+    for h in r.json["capture"]["hooks"].as_array().unwrap().iter().filter(|h| h["attached"] == true) {
+        let form = h["form"].as_str().unwrap_or_default();
+        assert!(form == "packet" || form == "btf", "{h}");
+        assert_eq!(h.get("form_note").is_some(), form != "packet", "a slower form says why: {h}");
+    }
 
     let mut expected = Vec::new();
     if !tp.drop_reason {
@@ -146,6 +153,54 @@ fn missing_field_disables_only_its_part() {
     let received = r.evidence("rst").into_iter().find(|e| e["direction"] == "received");
     assert_eq!(received.map(|e| e["flow"]["dst"].clone()), Some("127.0.0.1:9".into()), "{r:?}");
     assert!(r.evidence("drop").is_empty(), "no packet flow, so no drop can be matched: {r:?}");
+}
+
+/// A kernel whose verifier refuses the direct forms, simulated by reading `sk_buff.len` one byte
+/// off: a BTF-typed load may not straddle two members, the helper reads any address. Each
+/// program that reads it loads in the probe-read form, says why the faster ones were refused,
+/// and the probe is judged with the same evidence; the reset-received program, which reads
+/// no packet, keeps its form.
+#[test]
+fn refused_direct_forms_fall_back_to_probe_reads() {
+    if !require_root("refused_direct_forms_fall_back_to_probe_reads") {
+        return;
+    }
+    let plain = netcheck::run(&["-o", "json", "check", "tcp", "127.0.0.1:9"]).unwrap();
+    let dir = TempDir::new("capture-form");
+    let mut bytes = std::fs::read(VMLINUX).expect("the kernel's BTF");
+    netlab::btf::shift_member(&mut bytes, "sk_buff", "len", 1).unwrap();
+    let btf = dir.path.join("vmlinux-len-shifted");
+    std::fs::write(&btf, bytes).unwrap();
+    let r = run_with_btf(&btf, &["check", "tcp", "127.0.0.1:9"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.check()["cause"], "refused", "{r:?}");
+    assert_eq!(r.json["capture"]["available"], true, "{r:?}");
+    let mut readers = vec!["kfree_skb", "tcp_send_reset"];
+    if hook(&r, "icmp_send")["attached"] == true {
+        readers.push("icmp_send");
+    }
+    for tp in readers {
+        let h = hook(&r, tp);
+        assert_eq!(h["attached"], true, "{h}");
+        assert_eq!(h["form"], "probe_read", "{h}");
+        let note = h["form_note"].as_str().unwrap_or_default();
+        assert!(note.contains("btf: ") && note.contains("member len"), "the verifier's refusal: {h}");
+    }
+    assert_eq!(hook(&r, "tcp_receive_reset")["form"], hook(&plain, "tcp_receive_reset")["form"], "{r:?}");
+    let flows = |run: &netcheck::Run| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = run.check()["evidence"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (e["kind"].as_str().unwrap_or("").to_string(), e["flow"]["dst"].as_str().unwrap_or("").to_string())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(!flows(&plain).is_empty(), "{plain:?}");
+    assert_eq!(flows(&r), flows(&plain), "the same evidence in the slower form: {r:?}");
 }
 
 /// An optional tracepoint this kernel lacks is a note; capture runs without it.

@@ -325,11 +325,6 @@ impl Collector for KernelCollector {
                 "Events kept in the kernel's counters only (not about a probe or peer)",
                 counters.filtered,
             ),
-            (
-                "capture_uncounted_events",
-                "Events not counted because the kernel's aggregate map was full",
-                counters.aggregate_full,
-            ),
         ] {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;

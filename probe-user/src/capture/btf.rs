@@ -182,6 +182,14 @@ const FIELDS: &[Field] = &[
         set: |o, v| o.dev_link_ops = v,
     },
     Field {
+        strukt: "net_device",
+        path: &["flags"],
+        size: 4,
+        feature: "device_classes",
+        without: "loopback is counted as a physical device",
+        set: |o, v| o.dev_flags = v,
+    },
+    Field {
         strukt: "rtnl_link_ops",
         path: &["kind"],
         size: 8,

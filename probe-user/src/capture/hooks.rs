@@ -22,12 +22,47 @@ pub enum Arg {
     Int,
 }
 
-/// One program of the eBPF object and the arguments it reads.
+/// One program of the eBPF object and the arguments it reads, in its two forms.
 #[derive(Debug)]
 pub struct Variant {
-    /// The program's name in the object (`probe-ebpf/src/main.rs`).
+    /// The program's name in the object (`probe-ebpf/src/main.rs`), in its fastest form; the
+    /// others are named with the form's suffix.
     pub program: &'static str,
     pub args: &'static [Arg],
+}
+
+/// How a loaded program reads kernel memory (`capture.hooks[].form`), fastest first: the
+/// loader takes the first form this kernel's verifier accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Structures and packet bytes loaded directly (packet bytes from 6.17).
+    Packet,
+    /// Structures loaded directly, packet bytes through `bpf_probe_read_kernel`.
+    Btf,
+    /// `bpf_probe_read_kernel` for everything, a helper call per read.
+    ProbeRead,
+}
+
+impl Form {
+    pub const ALL: [Self; 3] = [Self::Packet, Self::Btf, Self::ProbeRead];
+
+    /// The form's name in the JSON (`packet`, `btf`, `probe_read`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Packet => "packet",
+            Self::Btf => "btf",
+            Self::ProbeRead => "probe_read",
+        }
+    }
+
+    /// The name of `program` in this form in the object.
+    pub fn program(self, program: &str) -> String {
+        match self {
+            Self::Packet => program.to_string(),
+            Self::Btf => format!("{program}_btf"),
+            Self::ProbeRead => format!("{program}_probe_read"),
+        }
+    }
 }
 
 /// A tracepoint and its programs, the one reading the most arguments first.
@@ -139,15 +174,29 @@ pub struct HookStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub program: Option<&'static str>,
     pub attached: bool,
+    /// How the attached program reads kernel memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub form: Option<Form>,
+    /// Why the faster forms were refused, in the verifier's words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub form_note: Option<String>,
     pub required: bool,
     /// Why it is not attached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
+impl Serialize for Form {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// The first line of a verifier log that says what it refused, e.g. "func 'kfree_skb' doesn't
-/// have 3-th argument": the line after the instruction it stopped at. Lines before the first
-/// instruction are BTF notes ("arg#0 type is not a struct"), not the refusal.
+/// have 3-th argument": the line after the instruction it stopped at, the last one it printed.
+/// Lines after earlier instructions are notes ("func 'kfree_skb' arg0 has btf_id 873 type
+/// STRUCT 'sk_buff'" after the first argument's load), as are BTF notes before the first
+/// instruction ("arg#0 type is not a struct").
 pub fn verifier_error(log: &str) -> Option<&str> {
     let is_insn = |l: &str| {
         let digits = l.bytes().take_while(u8::is_ascii_digit).count();
@@ -165,7 +214,8 @@ pub fn verifier_error(log: &str) -> Option<&str> {
             || l.starts_with("parent ")
     };
     let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let after_insn = lines.windows(2).find(|w| is_insn(w[0]) && !is_insn(w[1]) && !summary(w[1])).map(|w| w[1]);
+    let after_insn =
+        lines.iter().rposition(|l| is_insn(l)).and_then(|i| lines[i + 1..].iter().copied().find(|l| !summary(l)));
     after_insn.or_else(|| lines.iter().rev().copied().find(|l| !is_insn(l) && !summary(l)))
 }
 
@@ -232,5 +282,14 @@ mod tests {
             Some("R1 invalid mem access 'scalar'")
         );
         assert_eq!(verifier_error(""), None);
+        // 6.18: a note after the first instruction, the refusal after the last one.
+        let log = "0: R1=ctx() R10=fp0\n0: (79) r6 = *(u64 *)(r1 +0)\nfunc 'kfree_skb' arg0 has btf_id 873 type STRUCT \
+                   'sk_buff'\n1: R1=ctx() R6_w=trusted_ptr_sk_buff()\n; let at = (base + off) @ read.rs:29\n\
+                   7: (61) r2 = *(u32 *)(r6 +113)\naccess beyond the end of member len (mend:116) in struct sk_buff \
+                   with off 113 size 4\nprocessed 8 insns (limit 1000000)";
+        assert_eq!(
+            verifier_error(log),
+            Some("access beyond the end of member len (mend:116) in struct sk_buff with off 113 size 4")
+        );
     }
 }

@@ -2,13 +2,18 @@
 //! its BTF, location ranges from its symbols, then load and attach. What this kernel cannot give
 //! is returned as [`Limit`]s, never dropped silently.
 
-use aya::{Ebpf, EbpfLoader, programs::BtfTracePoint};
+use std::time::Duration;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, Program},
+};
 use probe_common::OFFSETS_GLOBAL;
 
 use super::{
     Options, PROBE_OBJECT, WATCHED_RING_BYTES,
     btf::{KernelBtf, Limit, ReasonNames},
-    hooks::{self, HOOKS, HookStatus},
+    hooks::{self, Form, HOOKS, HookStatus},
     location,
     phases::Timer,
 };
@@ -136,10 +141,19 @@ pub(super) fn load(opts: Options) -> std::result::Result<Loaded, Box<Failed>> {
     timer.lap("load object (maps, object BTF)");
     let results = attach_all(&mut ebpf, &plan, &btf);
     timer.lap(format!("verify and attach {} programs at once", plan.len()));
-    for ((tracepoint, program, index), (result, took)) in plan.into_iter().zip(results) {
+    for ((tracepoint, variant, index), (attached, took)) in plan.into_iter().zip(results) {
+        let program = variant.program;
         timer.note(format!("verify and attach {program} (alongside the others)"), took);
-        match result {
-            Ok(()) => hooks[index].attached = true,
+        match attached.result {
+            Ok(form) => {
+                hooks[index].attached = true;
+                hooks[index].form = Some(form);
+                if !attached.refused.is_empty() {
+                    let note = attached.refused.join("; ");
+                    tracing::debug!(program, ?form, "faster forms refused: {note}");
+                    hooks[index].form_note = Some(note);
+                }
+            }
             Err(why) => {
                 let note = format!("kernel {kernel} refused {program} for {tracepoint}: {why}");
                 hooks[index].note = Some(note.clone());
@@ -160,7 +174,7 @@ pub(super) fn load(opts: Options) -> std::result::Result<Loaded, Box<Failed>> {
 fn fit(
     btf_info: &KernelBtf,
     kernel: &str,
-) -> std::result::Result<(Vec<(&'static str, &'static str, usize)>, Vec<HookStatus>), (Error, Vec<HookStatus>)> {
+) -> std::result::Result<(Vec<Planned>, Vec<HookStatus>), (Error, Vec<HookStatus>)> {
     let mut plan = Vec::new();
     let mut hooks = Vec::new();
     for hook in HOOKS {
@@ -189,7 +203,7 @@ fn fit(
         s.note = note;
         hooks.push(s);
         if let Some(v) = variant {
-            plan.push((hook.tracepoint, v.program, hooks.len() - 1));
+            plan.push((hook.tracepoint, v, hooks.len() - 1));
         }
     }
     Ok((plan, hooks))
@@ -201,57 +215,100 @@ fn status(hook: &hooks::Hook, prototype: Option<&[hooks::ArgType]>, variant: Opt
         prototype: prototype.map(hooks::render),
         program: variant.map(|v| v.program),
         attached: false,
+        form: None,
+        form_note: None,
         required: hook.required,
         note: None,
     }
 }
 
+/// A hook to attach: its tracepoint, the program chosen for the kernel's prototype, and the
+/// index of its status.
+type Planned = (&'static str, &'static hooks::Variant, usize);
+
+/// What attaching one planned program came to.
+struct Attached {
+    /// The form that attached, or why none did.
+    result: std::result::Result<Form, String>,
+    /// Why each faster form was refused ("packet: ..."), when a slower one attached.
+    refused: Vec<String>,
+}
+
 /// Loads and attaches the planned programs, each on a thread of its own: the verifier runs
 /// without a global lock for privileged loads (kernel/bpf/verifier.c `bpf_check` takes
 /// `bpf_verifier_lock` only when `!bpf_capable()`), and verifying is most of start-up.
-/// The results come in plan order, with the time each took.
-fn attach_all(
-    ebpf: &mut Ebpf,
-    plan: &[(&'static str, &'static str, usize)],
-    btf: &aya::Btf,
-) -> Vec<(std::result::Result<(), String>, std::time::Duration)> {
-    let mut programs: Vec<Option<&mut aya::programs::Program>> = plan.iter().map(|_| None).collect();
+/// Each takes the first of its forms the verifier accepts. The results come in plan order,
+/// with the time each took.
+fn attach_all(ebpf: &mut Ebpf, plan: &[Planned], btf: &aya::Btf) -> Vec<(Attached, Duration)> {
+    let names: Vec<Vec<String>> =
+        plan.iter().map(|(_, v, _)| Form::ALL.iter().map(|f| f.program(v.program)).collect()).collect();
+    let mut programs: Vec<Vec<Option<&mut Program>>> =
+        plan.iter().map(|_| Form::ALL.iter().map(|_| None).collect()).collect();
     for (name, program) in ebpf.programs_mut() {
-        if let Some(i) = plan.iter().position(|(_, p, _)| *p == name) {
-            programs[i] = Some(program);
+        let found = names.iter().enumerate().find_map(|(i, n)| n.iter().position(|f| f == name).map(|j| (i, j)));
+        if let Some((i, j)) = found {
+            programs[i][j] = Some(program);
         }
     }
     std::thread::scope(|scope| {
         let running: Vec<_> = plan
             .iter()
             .zip(programs)
-            .map(|(&(tracepoint, name, _), program)| {
+            .zip(&names)
+            .map(|((&(tracepoint, _, _), forms), names)| {
                 scope.spawn(move || {
                     let started = std::time::Instant::now();
-                    let result = match program {
-                        Some(p) => attach(p, tracepoint, btf),
-                        None => Err(format!("{name} is not in the object")),
-                    };
-                    (result, started.elapsed())
+                    let attached = attach_first(tracepoint, forms, names, btf);
+                    (attached, started.elapsed())
                 })
             })
             .collect();
         running
             .into_iter()
             .map(|t| {
-                t.join().unwrap_or_else(|_| (Err("the loading thread panicked".into()), std::time::Duration::ZERO))
+                t.join().unwrap_or_else(|_| {
+                    (
+                        Attached { result: Err("the loading thread panicked".into()), refused: Vec::new() },
+                        Duration::ZERO,
+                    )
+                })
             })
             .collect()
     })
 }
 
+/// The first form of a program that loads and attaches, fastest first.
+fn attach_first(tracepoint: &str, forms: Vec<Option<&mut Program>>, names: &[String], btf: &aya::Btf) -> Attached {
+    let mut refused = Vec::new();
+    for ((form, program), name) in Form::ALL.into_iter().zip(forms).zip(names) {
+        let result = match program {
+            Some(p) => attach(p, tracepoint, btf),
+            None => Err(format!("{name} is not in the object")),
+        };
+        match result {
+            Ok(()) => return Attached { result: Ok(form), refused },
+            Err(why) => refused.push(format!("{}: {why}", form.as_str())),
+        }
+    }
+    // None: one refusal when every form was refused for the same reason (a prototype none
+    // fits), else each form's own.
+    let words: Vec<&str> = refused.iter().map(|r| r.split_once(": ").map_or(r.as_str(), |(_, w)| w)).collect();
+    let why = if words.windows(2).all(|w| w[0] == w[1]) {
+        words.first().copied().unwrap_or("").to_string()
+    } else {
+        refused.join("; ")
+    };
+    Attached { result: Err(why), refused: Vec::new() }
+}
+
 /// Loads and attaches one program; the error is the verifier's own words when it refused.
-fn attach(program: &mut aya::programs::Program, tracepoint: &str, btf: &aya::Btf) -> std::result::Result<(), String> {
+fn attach(program: &mut Program, tracepoint: &str, btf: &aya::Btf) -> std::result::Result<(), String> {
     let prog: &mut BtfTracePoint = program.try_into().map_err(|e: aya::programs::ProgramError| e.to_string())?;
     if let Err(e) = prog.load(tracepoint, btf) {
         return Err(match &e {
             aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
                 let log = verifier_log.to_string();
+                tracing::debug!(tracepoint, "the verifier refused a program:\n{log}");
                 match hooks::verifier_error(&log) {
                     Some(line) => format!("{line} ({io_error})"),
                     None => format!("{io_error}"),

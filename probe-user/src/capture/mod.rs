@@ -12,9 +12,9 @@ mod load;
 pub mod location;
 mod matcher;
 pub mod phases;
+mod watched;
 
 use std::{
-    collections::{HashMap, HashSet},
     os::fd::{AsFd, AsRawFd, FromRawFd as _, OwnedFd},
     sync::{
         Arc, Condvar, Mutex,
@@ -27,9 +27,9 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
-use probe_common::{Event, WatchKey, aggregate_parts, counter, devclass, kind};
+use probe_common::{Event, aggregate, counter, devclass, kind};
 use serde::Serialize;
 
 pub use self::{
@@ -38,7 +38,11 @@ pub use self::{
     load::{Inferred, kernel_release},
     matcher::FlowMatcher,
 };
-use self::{event::KernelEvent, load::ebpf_error};
+use self::{
+    event::KernelEvent,
+    load::ebpf_error,
+    watched::{Watched, address_key},
+};
 use crate::{
     error::{Error, Result},
     netns::NetnsNames,
@@ -59,9 +63,10 @@ const WATCHED_RING_BYTES: u32 = 256 << 10;
 pub struct Options {
     /// UDP port whose payload is decoded as VXLAN (flannel: 8472).
     pub vxlan_port: u16,
-    /// Only events touching an address given to [`Capture::watch_addresses`] reach userspace;
-    /// the rest are only counted in the kernel ([`Capture::aggregates`]). For the agent, which
-    /// runs for days on nodes that drop packets all the time.
+    /// Only events of a flow being watched ([`Capture::watch`]) or touching an address given
+    /// to [`Capture::watch_addresses`] reach userspace; the rest are only counted in the
+    /// kernel ([`Capture::aggregates`]). Checks, `node`, `path` and the agent, which use only
+    /// those events, on nodes that may drop packets all the time; not `netcheck capture`.
     pub watched_only: bool,
 }
 
@@ -139,8 +144,6 @@ pub struct Counters {
     pub lost: u64,
     /// Left out of the ring buffer by the watched-address filter (still aggregated).
     pub filtered: u64,
-    /// Not aggregated because the aggregate map was full.
-    pub aggregate_full: u64,
 }
 
 /// One in-kernel aggregate: how many events of a kind, on a class of device, for a reason.
@@ -205,7 +208,7 @@ pub struct Capture {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     counters: PerCpuArray<MapData, u64>,
-    aggregates: PerCpuHashMap<MapData, u32, u64>,
+    aggregates: PerCpuArray<MapData, [u64; aggregate::SLOTS]>,
     /// The kernel's filter under `watched_only`, with how many holders each key has.
     watched: Option<Mutex<Watched>>,
     names: btf::ReasonNames,
@@ -267,10 +270,10 @@ impl Capture {
         let ring = RingBuf::try_from(take("EVENTS")?).map_err(|e| unavailable(ebpf_error("EVENTS", e)))?;
         let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| unavailable(ebpf_error("COUNTERS", e)))?;
         let aggregates =
-            PerCpuHashMap::try_from(take("AGGREGATES")?).map_err(|e| unavailable(ebpf_error("AGGREGATES", e)))?;
+            PerCpuArray::try_from(take("AGGREGATES")?).map_err(|e| unavailable(ebpf_error("AGGREGATES", e)))?;
         let map = BpfHashMap::try_from(take("WATCHED")?).map_err(|e| unavailable(ebpf_error("WATCHED", e)))?;
-        let watched =
-            opts.watched_only.then(|| Mutex::new(Watched { map, holders: HashMap::new(), addresses: HashSet::new() }));
+        let bits = Array::try_from(take("WATCH_BITS")?).map_err(|e| unavailable(ebpf_error("WATCH_BITS", e)))?;
+        let watched = opts.watched_only.then(|| Mutex::new(Watched::new(map, bits)));
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             state: Mutex::new(State::default()),
@@ -345,50 +348,43 @@ impl Capture {
     /// The programs' counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
         let sum = |i: u32| self.counters.get(&i, 0).map_or(0, |v| v.iter().sum());
-        Counters {
-            sent: sum(counter::SENT),
-            lost: sum(counter::LOST),
-            filtered: sum(counter::FILTERED),
-            aggregate_full: sum(counter::AGGREGATE_FULL),
-        }
+        Counters { sent: sum(counter::SENT), lost: sum(counter::LOST), filtered: sum(counter::FILTERED) }
     }
 
     /// Under `watched_only`: events touching these addresses reach userspace from now on
     /// (replacing the previous list). Without `watched_only` every event does anyway.
     pub fn watch_addresses(&self, addresses: &[std::net::IpAddr]) {
         let Some(w) = &self.watched else { return };
-        let mut w = w.lock().expect("watched map");
-        let wanted: Vec<WatchKey> = addresses.iter().map(|a| address_key(*a)).collect();
-        let before: Vec<WatchKey> = w.addresses.drain().collect();
-        for key in &wanted {
-            if w.addresses.insert(*key) {
-                w.hold(*key);
-            }
-        }
-        for key in before {
-            w.release(key);
-        }
+        let keys: Vec<_> = addresses.iter().map(|a| address_key(*a)).collect();
+        w.lock().expect("watched map").set_addresses(&keys);
     }
 
     /// Every in-kernel aggregate, summed over CPUs, named from this kernel's BTF.
     pub fn aggregates(&self) -> Vec<Aggregate> {
-        let mut out: Vec<Aggregate> = self
-            .aggregates
-            .iter()
-            .filter_map(std::result::Result::ok)
-            .map(|(key, values)| {
-                let (k, class, reason) = aggregate_parts(key);
-                let (kind_name, reason) = match k {
-                    kind::DROP if reason == probe_common::SUBSYSTEM_REASON => ("drop", "SUBSYSTEM".to_string()),
-                    kind::DROP => ("drop", self.names.drop_name(reason)),
-                    kind::RST_SENT => ("rst_sent", self.names.reset_name(reason)),
-                    kind::RST_RECEIVED => ("rst_received", String::new()),
-                    _ => ("icmp_sent", format!("{}/{}", reason >> 8, reason & 0xff)),
+        let mut out = Vec::new();
+        for row in 0..aggregate::ROWS {
+            let Ok(per_cpu) = self.aggregates.get(&row, 0) else { continue };
+            let (k, class) = aggregate::row_parts(row);
+            let device_class = devclass::NAMES.get(usize::from(class)).copied().unwrap_or("other");
+            for (slot, index) in (0u32..).zip(0..aggregate::SLOTS) {
+                let count: u64 = per_cpu.iter().map(|counters| counters[index]).sum();
+                if count == 0 {
+                    continue;
+                }
+                let reason = aggregate::slot_reason(k, slot);
+                let (kind_name, reason) = match (k, reason) {
+                    (kind::DROP, Some(r)) => ("drop", self.names.drop_name(r)),
+                    (kind::DROP, None) if slot == aggregate::OTHER_SLOT => ("drop", "SUBSYSTEM".into()),
+                    (kind::DROP, None) => ("drop", "OTHER".into()),
+                    (kind::RST_SENT, Some(r)) => ("rst_sent", self.names.reset_name(r)),
+                    (kind::RST_SENT, None) => ("rst_sent", "OTHER".into()),
+                    (kind::RST_RECEIVED, _) => ("rst_received", String::new()),
+                    (_, Some(r)) => ("icmp_sent", format!("{}/{}", r >> 8, r & 0xff)),
+                    (_, None) => ("icmp_sent", "other".into()),
                 };
-                let device_class = devclass::NAMES.get(usize::from(class)).copied().unwrap_or("other");
-                Aggregate { kind: kind_name, device_class, reason, count: values.iter().sum() }
-            })
-            .collect();
+                out.push(Aggregate { kind: kind_name, device_class, reason, count });
+            }
+        }
         out.sort_by(|a, b| (a.kind, a.device_class, &a.reason).cmp(&(b.kind, b.device_class, &b.reason)));
         out
     }
@@ -417,37 +413,6 @@ impl Capture {
     /// Name and kernel info (run_time_ns, run_cnt under `bpf_stats`) of each loaded program.
     pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
         self.ebpf.programs().filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i))).collect()
-    }
-}
-
-/// The kernel's `WATCHED` map and who holds each key: a probe's endpoint while it is watched,
-/// the agent's address list.
-struct Watched {
-    map: BpfHashMap<MapData, WatchKey, u8>,
-    holders: HashMap<WatchKey, usize>,
-    addresses: HashSet<WatchKey>,
-}
-
-impl Watched {
-    fn hold(&mut self, key: WatchKey) {
-        let n = self.holders.entry(key).or_insert(0);
-        *n += 1;
-        if *n == 1
-            && let Err(e) = self.map.insert(key, 1, 0)
-        {
-            // Full (16k keys): the flow's events stay in the kernel's counters only.
-            tracing::warn!("capture filter: {e}");
-        }
-    }
-
-    fn release(&mut self, key: WatchKey) {
-        if let Some(n) = self.holders.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.holders.remove(&key);
-                let _ = self.map.remove(&key);
-            }
-        }
     }
 }
 
@@ -584,16 +549,6 @@ impl Decoder {
             state.subscriber = None;
         }
     }
-}
-
-/// A whole address as the kernel side keys it: IPv4 in the first four bytes, port and protocol 0.
-fn address_key(a: std::net::IpAddr) -> WatchKey {
-    let mut key = WatchKey::default();
-    match a {
-        std::net::IpAddr::V4(v4) => key.addr[..4].copy_from_slice(&v4.octets()),
-        std::net::IpAddr::V6(v6) => key.addr = v6.octets(),
-    }
-    key
 }
 
 fn missing_map(name: &str) -> Error {

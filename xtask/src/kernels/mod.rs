@@ -215,7 +215,11 @@ fn script(out: &Path, bin: &Binaries) -> String {
     );
     let _ = writeln!(s, "cd {}", root().display());
     let _ = writeln!(s, "export NETLAB_TIME_SCALE={TIME_SCALE} NETCHECK_BIN={}", bin.netcheck.display());
-    let _ = writeln!(s, "\"$NETCHECK_BIN\" -o json check tcp 127.0.0.1:9 > {o}/status.json 2> {o}/status.err");
+    // The loader's debug log: each form's verifier log where the kernel refused it.
+    let _ = writeln!(
+        s,
+        "NETCHECK_LOG=netcheck::capture=debug \"$NETCHECK_BIN\" -o json check tcp 127.0.0.1:9 > {o}/status.json 2> {o}/status.err"
+    );
     for (name, exe) in &bin.tests {
         // Three at once: the tests mostly wait on their probes' deadlines.
         let _ = writeln!(s, "{} --test-threads=3 > {o}/{name}.log 2>&1; echo $? > {o}/{name}.rc", exe.display());
@@ -268,7 +272,8 @@ impl GuestResult {
             let proto = h["prototype"].as_str().unwrap_or("");
             match (h["attached"].as_bool(), h["program"].as_str()) {
                 (Some(true), Some(p)) => {
-                    let _ = writeln!(s, "    {tp}{proto} -> program {p}");
+                    let form = h["form"].as_str().unwrap_or("?");
+                    let _ = writeln!(s, "    {tp}{proto} -> program {p}, form {form}");
                 }
                 _ => {
                     let _ = writeln!(s, "    {tp}: not attached: {}", h["note"].as_str().unwrap_or("?"));
@@ -277,7 +282,7 @@ impl GuestResult {
         }
         let load = self.status["load_ms"].as_u64().map_or_else(|| "?".into(), |ms| format!("{ms} ms"));
         let _ = writeln!(s, "  capture load (static release build, TCG): {load}");
-        for (mode, key) in [("one-shot", "programs"), ("agent", "agent_programs")] {
+        for (mode, key) in [("one-shot", "programs"), ("agent", "agent_programs"), ("stream", "stream_programs")] {
             for p in self.bench[key].as_array().into_iter().flatten() {
                 let _ = writeln!(
                     s,
