@@ -4,31 +4,54 @@
 
 use std::time::{Duration, SystemTime};
 
-/// `3s`, `500ms`, `2m` (humantime) or bare seconds (`2`, `0.5`); more than 0, less than a day.
+/// `3s`, `500ms`, `2m` (humantime) or bare seconds (`2`, `0.5`); from 1 ms to a day, whichever
+/// way it is written (a deadline or window beyond a day is a typo, and adding one to an
+/// `Instant` may overflow).
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    if let Ok(secs) = s.parse::<f64>() {
-        return if secs.is_finite() && secs > 0.0 && secs < 86_400.0 {
-            Ok(Duration::from_secs_f64(secs))
-        } else {
-            Err(DurationError::OutOfRange)
-        };
-    }
-    let d = humantime::parse_duration(s).map_err(DurationError::Unreadable)?;
+    let d = if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(DurationError::OutOfRange);
+        }
+        Duration::try_from_secs_f64(secs).map_err(|_| DurationError::OutOfRange)?
+    } else {
+        humantime::parse_duration(s).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => DurationError::OutOfRange,
+            other => DurationError::Unreadable(other),
+        })?
+    };
     if d.is_zero() {
         return Err(DurationError::Zero);
+    }
+    if d < MIN || d >= MAX {
+        return Err(DurationError::OutOfRange);
     }
     Ok(d)
 }
 
+/// The agent's cycle: as [`parse_duration`], and at least a second (every cycle probes its peers
+/// and reads the API server; faster is a load, not a measurement).
+pub fn parse_interval(s: &str) -> Result<Duration, DurationError> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(DurationError::BelowInterval);
+    }
+    Ok(d)
+}
+
+const MIN: Duration = Duration::from_millis(1);
+const MAX: Duration = Duration::from_hours(24);
+
 /// Why a duration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DurationError {
-    #[error("must be more than 0 and less than a day")]
+    #[error("must be from 1ms to less than a day")]
     OutOfRange,
     #[error("{0} (examples: 3s, 500ms)")]
     Unreadable(#[source] humantime::DurationError),
     #[error("must be more than 0")]
     Zero,
+    #[error("must be at least 1s (each cycle probes the peers and reads the API server)")]
+    BelowInterval,
 }
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
@@ -70,5 +93,14 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+        // Bounded however it is written.
+        for bad in ["500000000000y", "1e300", "86400", "2d", "1ns", "0.0000001", "NaN", "inf"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
+        assert_eq!(parse_duration("23h").unwrap(), Duration::from_hours(23));
+        assert!(matches!(parse_duration("0s"), Err(DurationError::Zero)));
+        assert!(matches!(parse_interval("500ms"), Err(DurationError::BelowInterval)));
+        assert_eq!(parse_interval("30s").unwrap(), Duration::from_secs(30));
     }
 }

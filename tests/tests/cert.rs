@@ -147,6 +147,26 @@ fn pem_files_expired_expiring_not_yet_valid() {
     assert_eq!((r.code, &r.check()["status"]), (0, &serde_json::json!("pass")), "{r:?}");
 }
 
+/// A certificate whose notBefore is after its notAfter (valid at no time), judged against a CA:
+/// one failed row naming both dates and exit 1 (it panicked, and the output had no checks and
+/// exit 0).
+#[test]
+fn a_certificate_valid_at_no_time_is_one_failed_row() {
+    let pki = Pki::new("kubernetes").unwrap();
+    let n = now();
+    let dir = TempDir::new("pem-inverted");
+    let inverted = pki.serving_valid("kubelet", &["n1"], &[], Some((n + DAY, n - DAY))).unwrap().cert_pem;
+    let inverted = dir.write("inverted.crt", &inverted);
+    let ca = dir.write("ca.crt", &pki.ca_pem());
+    let r = netcheck::run(&["-o", "json", "--no-capture", "check", "cert", &inverted, "--ca", &ca]).unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    let checks = r.json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 1, "{r:?}");
+    assert_eq!(checks[0]["status"], "fail", "{r:?}");
+    assert_eq!(checks[0]["cause"], "cert_expired", "{r:?}");
+    assert!(checks[0]["detail"].as_str().unwrap().contains("valid at no time: notBefore"), "{r:?}");
+}
+
 #[test]
 fn unreadable_inputs_exit_2() {
     let dir = TempDir::new("bad");

@@ -19,6 +19,17 @@ fn bad_input_exits_2_with_a_message() {
     assert_usage_error(&["-o", "yaml", "check", "tcp", "127.0.0.1:1"], "invalid value");
     assert_usage_error(&["--timeout", "0", "check", "tcp", "127.0.0.1:1"], "more than 0");
     assert_usage_error(&["--timeout", "soon", "check", "tcp", "127.0.0.1:1"], "invalid value");
+    assert_usage_error(&["--timeout", "500000000000y", "check", "tcp", "127.0.0.1:1"], "from 1ms to less than a day");
+    assert_usage_error(&["agent", "--interval", "500000000000y"], "from 1ms to less than a day");
+    assert_usage_error(&["agent", "--interval", "1ns"], "from 1ms to less than a day");
+    assert_usage_error(&["agent", "--interval", "500ms"], "at least 1s");
+    assert_usage_error(&["capture", "--duration", "2d"], "less than a day");
+    // A root with nothing of a node is a usage error, not a list of failed node checks.
+    let empty = std::env::temp_dir().join(format!("netcheck-cli-not-a-node-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty_root = empty.display().to_string();
+    assert_usage_error(&["--host-root", &empty_root, "node"], "no Kubernetes node under");
+    std::fs::remove_dir_all(&empty).unwrap();
     assert_usage_error(&["--netns", "netcheck-no-such-ns", "check", "tcp", "127.0.0.1:1"], "netcheck-no-such-ns");
     assert_usage_error(&["frobnicate"], "unrecognized subcommand");
     let conf = std::env::temp_dir().join(format!("netcheck-cli-resolv-{}", std::process::id()));

@@ -194,6 +194,11 @@ const FUZZ_TARGETS: &[&str] = &[
     "icmp",
     "cni_config",
     "agent_query",
+    "kubelet_config",
+    "cert_judge",
+    "peer_events",
+    "kubeconfig_rebase",
+    "duration",
 ];
 
 fn fuzz(seconds: u32) -> Result<()> {

@@ -6,7 +6,11 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 use probe_common::FLANNEL_VXLAN_PORT;
 
-use crate::{output::Format, probes::kubelet, time::parse_duration};
+use crate::{
+    output::Format,
+    probes::kubelet,
+    time::{parse_duration, parse_interval},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -130,8 +134,8 @@ pub struct PathArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
-    /// Time between probe cycles.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    /// Time between probe cycles (at least 1s).
+    #[arg(long, default_value = "30s", value_parser = parse_interval, value_name = "DUR")]
     pub interval: Duration,
     /// Largest random delay added to each cycle's start, as a fraction of the interval (agents
     /// started together then do not probe in lockstep).

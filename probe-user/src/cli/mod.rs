@@ -214,6 +214,9 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         Work::Checks(jobs, cert_options) => run_checks(cli, opts, &cert_options, async { jobs }, false),
         Work::Node(cert_options, one_by_one) => {
             let root = discovery::host_root(cli.host_root.as_deref());
+            if let Some(why) = discovery::node_files::read(&root).not_a_node() {
+                return Err(why.into());
+            }
             let plan = async { node_checks::plan(&root, cli.kubeconfig.as_deref(), cli.timeout, None).await.jobs };
             run_checks(cli, opts, &cert_options, plan, one_by_one)
         }

@@ -37,28 +37,34 @@ pub fn host_root(arg: Option<&Path>) -> PathBuf {
 pub fn read_kubeconfig(path: &Path, root: &Path) -> Result<kube::config::Kubeconfig, kube::config::KubeconfigError> {
     let mut config = kube::config::Kubeconfig::read_from(path)?;
     if root != Path::new("/") && path.starts_with(root) {
-        let rebase = |reference: &mut Option<String>| {
-            if let Some(r) = reference.as_mut()
-                && let Ok(rest) = Path::new(r.as_str()).strip_prefix("/")
-                && !Path::new(r.as_str()).starts_with(root)
-            {
-                *r = root.join(rest).display().to_string();
-            }
-        };
-        for named in &mut config.auth_infos {
-            if let Some(auth) = named.auth_info.as_mut() {
-                rebase(&mut auth.client_certificate);
-                rebase(&mut auth.client_key);
-                rebase(&mut auth.token_file);
-            }
-        }
-        for named in &mut config.clusters {
-            if let Some(cluster) = named.cluster.as_mut() {
-                rebase(&mut cluster.certificate_authority);
-            }
-        }
+        rebase_references(&mut config, root);
     }
     Ok(config)
+}
+
+/// Rebases a kubeconfig's absolute file references (client certificate and key, token file,
+/// CA) onto `root`, leaving those already under it.
+pub fn rebase_references(config: &mut kube::config::Kubeconfig, root: &Path) {
+    let rebase = |reference: &mut Option<String>| {
+        if let Some(r) = reference.as_mut()
+            && let Ok(rest) = Path::new(r.as_str()).strip_prefix("/")
+            && !Path::new(r.as_str()).starts_with(root)
+        {
+            *r = root.join(rest).display().to_string();
+        }
+    };
+    for named in &mut config.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            rebase(&mut auth.client_certificate);
+            rebase(&mut auth.client_key);
+            rebase(&mut auth.token_file);
+        }
+    }
+    for named in &mut config.clusters {
+        if let Some(cluster) = named.cluster.as_mut() {
+            rebase(&mut cluster.certificate_authority);
+        }
+    }
 }
 
 /// The node's upstream resolvers: the nameservers of the resolv.conf that pods with

@@ -91,6 +91,24 @@ pub fn read(root: &Path) -> NodeFiles {
     files
 }
 
+impl NodeFiles {
+    /// Why `root` holds nothing of a Kubernetes node, when it does not: no kubelet
+    /// configuration, no kubelet kubeconfig and no CNI configuration. Any one of them makes it a
+    /// node (perhaps a broken one), whose checks then run.
+    pub fn not_a_node(&self) -> Option<String> {
+        let cni = super::cni::CONF_DIRS.iter().any(|d| !super::cni::config_files(&self.root.join(d)).is_empty());
+        (self.kubelet.is_none() && self.api_server.is_none() && !cni).then(|| {
+            format!(
+                "no Kubernetes node under {} (no kubelet configuration at {KUBELET_CONFIG}, no kubelet kubeconfig at {}, \
+                 no CNI configuration in {}); give the node's root with --host-root",
+                self.root.display(),
+                KUBELET_KUBECONFIGS.join(" or "),
+                super::cni::CONF_DIRS.join(" or ")
+            )
+        })
+    }
+}
+
 /// Why a kubeconfig names no API server netcheck can dial.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -152,6 +170,18 @@ mod tests {
         assert_eq!(c.cluster_domain.as_deref(), Some("cluster.local"));
         assert_eq!(c.healthz_port, Some(10248));
         assert!(KubeletConfig::parse("clusterDNS: 7").is_err());
+    }
+
+    #[test]
+    fn an_empty_root_is_not_a_node_and_any_part_of_one_is() {
+        let root = std::env::temp_dir().join(format!("netcheck-not-a-node-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let why = read(&root).not_a_node().unwrap();
+        assert!(why.starts_with(&format!("no Kubernetes node under {}", root.display())), "{why}");
+        std::fs::create_dir_all(root.join("etc/cni/net.d")).unwrap();
+        std::fs::write(root.join("etc/cni/net.d/10-flannel.conflist"), "{}").unwrap();
+        assert_eq!(read(&root).not_a_node(), None, "a CNI configuration alone is a (broken) node");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

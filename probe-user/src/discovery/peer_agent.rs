@@ -35,6 +35,13 @@ pub enum Failure {
     Timeout(Duration),
 }
 
+/// The events of an agent's `/events` reply (`{"events": [...]}`), as any host answering on
+/// the agent's port may write it.
+pub fn parse_events(body: &[u8]) -> Result<Vec<KernelEvent>, Failure> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(Failure::NotJson)?;
+    serde_json::from_value::<Vec<KernelEvent>>(v["events"].clone()).map_err(Failure::NotEvents)
+}
+
 /// Asks the agent at `addr` for the kernel events of the last `since` that touch `host`
 /// (`GET /events`), within `timeout`. For `netcheck path`, to see the peer node's side.
 pub async fn fetch(
@@ -63,8 +70,7 @@ pub async fn fetch(
         if !status.is_success() {
             return Err(Failure::Status { status, body: String::from_utf8_lossy(&body).trim().to_string() });
         }
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(Failure::NotJson)?;
-        serde_json::from_value::<Vec<KernelEvent>>(v["events"].clone()).map_err(Failure::NotEvents)
+        parse_events(&body)
     };
     let failed = |failure| PeerAgentError { addr, failure };
     match tokio::time::timeout(timeout, asked).await {

@@ -106,7 +106,8 @@ pub fn start_capture(disabled: bool, opts: capture::Options) -> (Option<Arc<Capt
 }
 
 /// Runs the jobs, concurrently unless `one_by_one` (kept for measuring what concurrency
-/// saves); checks come out in job order either way.
+/// saves); checks come out in job order either way. A job that crashes is a failed check
+/// (`internal_error`), never a missing one.
 pub async fn run_jobs(
     jobs: Vec<Job>,
     cert_options: &CertOptions,
@@ -114,26 +115,96 @@ pub async fn run_jobs(
     capture: Option<Arc<Capture>>,
     one_by_one: bool,
 ) -> Vec<verdict::Check> {
-    if one_by_one {
-        let mut checks = Vec::new();
-        for job in jobs {
-            checks.extend(run_job(job, cert_options.clone(), deadline, capture.clone()).await);
-        }
-        return checks;
-    }
-    let mut set = tokio::task::JoinSet::new();
-    for (i, job) in jobs.into_iter().enumerate() {
+    let runs = jobs.into_iter().map(|job| {
+        let subject = job.subject();
         let (capture, opts) = (capture.clone(), cert_options.clone());
-        set.spawn(async move { (i, run_job(job, opts, deadline, capture).await) });
+        (subject, run_job(job, opts, deadline, capture))
+    });
+    guarded(runs.collect(), one_by_one).await
+}
+
+/// What a job checks, for the row that stands in for it if it crashes.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    probe: Probe,
+    target: String,
+    peer: Option<String>,
+}
+
+impl Job {
+    fn subject(&self) -> Subject {
+        let (probe, target) = match self {
+            Self::Tcp(t) => (Probe::Tcp, t.to_string()),
+            Self::CertEndpoint(t) => (Probe::Cert, t.to_string()),
+            Self::CertFile(p, _) | Self::Kubeconfig(p, _) => (Probe::Cert, p.display().to_string()),
+            Self::Done(checks) => checks.first().map_or((Probe::Cert, String::new()), |c| (c.probe, c.target.clone())),
+            Self::Kubelet { target, .. } => (Probe::Kubelet, target.to_string()),
+            Self::Dns(spec) => (Probe::Dns, spec.name.clone()),
+            Self::ApiServer { target, .. } => (Probe::Apiserver, target.to_string()),
+            Self::Mtu(spec) => (Probe::Mtu, spec.host.to_string()),
+            Self::Vxlan(spec) => (Probe::Vxlan, spec.peer.to_string()),
+            Self::Peer { name, job } => {
+                let mut inner = job.subject();
+                inner.peer = Some(name.clone());
+                return inner;
+            }
+        };
+        Subject { probe, target, peer: None }
     }
-    let mut done: Vec<(usize, Vec<verdict::Check>)> = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        if let Ok(item) = joined {
-            done.push(item);
+}
+
+/// Runs each future on a task of its own (at once, or one after another) and returns their
+/// checks in order; a task that panics becomes one failed check of its subject.
+async fn guarded<F>(runs: Vec<(Subject, F)>, one_by_one: bool) -> Vec<verdict::Check>
+where
+    F: std::future::Future<Output = Vec<verdict::Check>> + Send + 'static,
+{
+    let mut subjects = Vec::new();
+    let mut results: Vec<Option<Result<Vec<verdict::Check>, tokio::task::JoinError>>> = Vec::new();
+    if one_by_one {
+        for (subject, run) in runs {
+            subjects.push(subject);
+            results.push(Some(tokio::spawn(run).await));
+        }
+    } else {
+        let mut set = tokio::task::JoinSet::new();
+        let mut ids = std::collections::HashMap::new();
+        for (i, (subject, run)) in runs.into_iter().enumerate() {
+            subjects.push(subject);
+            results.push(None);
+            ids.insert(set.spawn(run).id(), i);
+        }
+        while let Some(joined) = set.join_next_with_id().await {
+            let (id, result) = match joined {
+                Ok((id, checks)) => (id, Ok(checks)),
+                Err(e) => (e.id(), Err(e)),
+            };
+            if let Some(&i) = ids.get(&id) {
+                results[i] = Some(result);
+            }
         }
     }
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().flat_map(|(_, c)| c).collect()
+    subjects
+        .into_iter()
+        .zip(results)
+        .flat_map(|(subject, result)| match result {
+            Some(Ok(checks)) => checks,
+            Some(Err(e)) => vec![crashed(subject, &e)],
+            None => vec![crashed(subject, &"the task ended without a result")],
+        })
+        .collect()
+}
+
+/// The failed check that stands in for a crashed job.
+fn crashed(subject: Subject, why: &dyn std::fmt::Display) -> verdict::Check {
+    tracing::error!(probe = subject.probe.as_str(), target = subject.target, "check crashed: {why}");
+    let mut check = verdict::Check::file(
+        subject.probe,
+        subject.target,
+        verdict::Verdict::fail(verdict::Cause::InternalError, format!("netcheck failed while checking: {why}")),
+    );
+    check.peer = subject.peer;
+    check
 }
 
 /// One job's probes and verdicts.
@@ -225,7 +296,7 @@ async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::{Check, Verdict};
+    use crate::verdict::{Cause, Check, Status, Verdict};
 
     #[tokio::test]
     async fn a_peers_checks_carry_its_name_and_the_nodes_own_do_not() {
@@ -241,5 +312,41 @@ mod tests {
             peers,
             [("192.168.50.12:8472", Some("n2")), ("local", None), ("192.168.50.13:8472", Some("192.168.50.13"))]
         );
+    }
+
+    fn subject(target: &str) -> Subject {
+        Subject { probe: Probe::Tcp, target: target.into(), peer: Some("n2".into()) }
+    }
+
+    fn passing(target: &str) -> Vec<verdict::Check> {
+        vec![Check::file(Probe::Tcp, target.into(), Verdict::pass("ok"))]
+    }
+
+    /// A check that panics is one failed row in its place, in both ways of running, and the
+    /// others are unaffected.
+    #[test]
+    fn a_crashed_check_is_a_failed_row() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        for one_by_one in [false, true] {
+            let runs: Vec<(Subject, std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>)> = vec![
+                (subject("a:1"), Box::pin(async { passing("a:1") })),
+                (subject("b:2"), Box::pin(async { panic!("forced for the test") })),
+                (subject("c:3"), Box::pin(async { passing("c:3") })),
+            ];
+            let checks = rt.block_on(guarded(runs, one_by_one));
+            let rows: Vec<(&str, Status, Option<Cause>)> =
+                checks.iter().map(|c| (c.target.as_str(), c.status, c.cause)).collect();
+            assert_eq!(
+                rows,
+                [
+                    ("a:1", Status::Pass, None),
+                    ("b:2", Status::Fail, Some(Cause::InternalError)),
+                    ("c:3", Status::Pass, None)
+                ],
+                "one_by_one {one_by_one}"
+            );
+            assert!(checks[1].detail.contains("forced for the test"), "{}", checks[1].detail);
+            assert_eq!(checks[1].peer.as_deref(), Some("n2"));
+        }
     }
 }

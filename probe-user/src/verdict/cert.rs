@@ -123,8 +123,17 @@ pub fn judge(chain: &[CertificateDer<'_>], policy: Policy<'_>) -> Verdict {
             format!("not valid before {} (in {})", stamp(f.not_before), days(f.not_before - now)),
         ));
     }
+    if f.not_before > f.not_after {
+        problems.push((
+            Cause::CertExpired,
+            format!("valid at no time: notBefore {} is after notAfter {}", stamp(f.not_before), stamp(f.not_after)),
+        ));
+    }
+    // Trust is judged at a moment the certificate is valid, so that expiry is not also reported
+    // as distrust; a certificate valid at no time is judged now (and fails on its dates too).
+    let trust_at = if f.not_before <= f.not_after { now.clamp(f.not_before, f.not_after) } else { now };
     if let Some(roots) = policy.roots
-        && let Err(e) = trusted(leaf, &chain[1..], roots, now.clamp(f.not_before, f.not_after), policy.client)
+        && let Err(e) = trusted(leaf, &chain[1..], roots, trust_at, policy.client)
     {
         problems.push((Cause::CertUntrusted, format!("not trusted by the given CA: {e} (issuer {})", f.issuer)));
     }
@@ -413,6 +422,21 @@ mod tests {
         let Verdict { status: _, cause: c, detail: d } = judge_at(&[recreated], Some("n1"), Some(&roots));
         assert_eq!(c, Some(Cause::CertUntrusted));
         assert!(d.contains("different CA with the same name"), "{d}");
+    }
+
+    /// notBefore after notAfter: one failed verdict naming the dates, whatever `now` is (it
+    /// panicked in `i64::clamp`, and the check vanished from the output).
+    #[test]
+    fn a_certificate_valid_at_no_time_fails() {
+        let ca = Ca::new();
+        let roots = [ca.der()];
+        for (from, to) in [(NOW + DAY, NOW - DAY), (NOW - DAY, NOW - 2 * DAY), (NOW + 2 * DAY, NOW + DAY)] {
+            let inverted = ca.leaf(&["n1"], &[], from, to);
+            let Verdict { status: s, cause: c, detail: d } = judge_at(&[inverted], Some("n1"), Some(&roots));
+            assert_eq!(s, Status::Fail, "{d}");
+            assert!(matches!(c, Some(Cause::CertExpired | Cause::CertNotYetValid)), "{c:?}: {d}");
+            assert!(d.contains("valid at no time: notBefore"), "{d}");
+        }
     }
 
     #[test]

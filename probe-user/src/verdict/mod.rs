@@ -187,6 +187,8 @@ pub enum Cause {
     /// The node's CNI setup cannot give pods a network (no configuration, a plugin binary
     /// missing, flannel's subnet.env missing, the bridge holding another subnet's address).
     CniMisconfigured,
+    /// netcheck itself failed while checking (a crash in the check): a failure, never a gap.
+    InternalError,
 }
 
 impl Cause {
@@ -218,6 +220,7 @@ impl Cause {
             Self::VxlanNoReply => "vxlan_no_reply",
             Self::VxlanMisconfigured => "vxlan_misconfigured",
             Self::CniMisconfigured => "cni_misconfigured",
+            Self::InternalError => "internal_error",
         }
     }
 }
