@@ -43,6 +43,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A file under a node root (or named by the operator) that was not read; its own error
+    /// names the file (discovery's `RootError`, boxed: this module sits below discovery).
+    #[error(transparent)]
+    Unread(Box<dyn std::error::Error + Send + Sync>),
+
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -8,6 +8,9 @@
 //!
 //! `cargo bench -p netcheck-tests --bench agent [-- --quick] [--only sampling|flood|soak]
 //! [--soak-minutes M]`. `--quick` (CI): N = 10 and 1000, a 5 s flood, a 1 minute soak.
+//! It fails when what it measures did not happen: k peers not probed, cycles not done, the
+//! flood not sent or not counted by the kernel, events lost or cycles missed under it, the
+//! metrics not following the soak's faults.
 
 use std::{
     net::SocketAddr,
@@ -40,9 +43,7 @@ fn main() -> Result<()> {
             .unwrap_or_default(),
         soak_minutes: after("--soak-minutes").and_then(|m| m.parse().ok()).unwrap_or(if quick { 1.0 } else { 10.0 }),
     };
-    if !netlab::require_root("agent benchmark") {
-        return Ok(());
-    }
+    netlab::needs_root("agent benchmark");
     let _ = netlab::clean_stale();
     let wants = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
     if wants("sampling") {
@@ -120,6 +121,10 @@ fn sampling(args: &Args) -> Result<()> {
             kib_to_mib(rss)
         );
         ensure!((probed - 3.0).abs() < f64::EPSILON, "k = 3 peers probed, not {probed}");
+        // The API lists the lab's two nodes and the synthetic ones; n1 is the agent's own.
+        let listed = f64::from(u32::try_from(n)? + 1);
+        ensure!((known - listed).abs() < f64::EPSILON, "{n} synthetic peers and n2 listed, {known} known");
+        ensure!(cycles >= 4.0 && mean > 0.0, "{cycles} cycles, mean {mean} s");
         agent.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5))?;
     }
     Ok(())
@@ -136,6 +141,8 @@ fn flood(args: &Args) -> Result<()> {
         "flood: UDP to a closed port of n1's bridge address from pod a (2 senders, {seconds} s), agent interval 2 s"
     );
     let (lab, _root, agent) = lab_with_agent(0, "2s", "2s", &args.pass_through)?;
+    // The flood reaches every capture on the machine.
+    let _machine = netlab::machine_wide("agent benchmark (flood)");
     let before = metrics(&agent)?;
     let (cpu0, rss0, t0) = (agent.cpu_time()?, agent.rss_kib()?, Instant::now());
     let senders: Vec<_> = (0..2)
@@ -170,6 +177,15 @@ fn flood(args: &Args) -> Result<()> {
         kib_to_mib(rss1)
     );
     println!("  probe cycles during the flood: {cycles:.0} (interval 2 s), missed {missed:.0}");
+    ensure!(sent > 0, "the flood sent nothing");
+    // Each datagram is dropped (no socket on the bridge's address), counted in the kernel and
+    // kept there: the agent's filter watches only its peers.
+    ensure!(
+        drops > 0.0 && filtered > 0.0,
+        "the kernel counted {drops} drops of the flood, {filtered} kept in the kernel"
+    );
+    ensure!(lost == 0.0, "{lost} events lost (ring buffer full): the filter should keep the flood out of the ring");
+    ensure!(cycles >= 1.0, "no probe cycle ran during the {seconds} s flood (interval 2 s)");
     ensure!(missed == 0.0, "probe cycles were missed under the flood");
     Ok(())
 }

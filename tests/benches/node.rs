@@ -3,6 +3,7 @@
 //!
 //! `cargo xtask bench` (or `cargo bench -p netcheck-tests --bench node [-- --quick]`); root.
 //! The binary is `$NETCHECK_BIN`, else the one beside the bench (build probe-user first).
+//! It fails when a run fails, capture did not load, or the two ways ran different checks.
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +11,7 @@ use netlab::{Lab, TempDir, netcheck};
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    if !netlab::require_root("node benchmark") {
-        return Ok(());
-    }
+    netlab::needs_root("node benchmark");
     let _ = netlab::clean_stale();
     let runs = if quick { 3 } else { 10 };
     let mut lab = Lab::new()?;
@@ -25,7 +24,8 @@ fn main() -> anyhow::Result<()> {
     let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
     let netns = lab.node(1).netns.clone();
 
-    let measure = |label: &str, extra: Option<&str>| -> anyhow::Result<Vec<Duration>> {
+    // The wall times, and how many checks each run had (the same in every run).
+    let measure = |label: &str, extra: Option<&str>| -> anyhow::Result<(Vec<Duration>, usize)> {
         let mut times = Vec::new();
         let mut checks = 0;
         for _ in 0..runs {
@@ -35,7 +35,14 @@ fn main() -> anyhow::Result<()> {
             let r = netcheck::run_json_in(&netns, &args)?;
             times.push(started.elapsed());
             anyhow::ensure!(r.code == 0, "{label}: netcheck node failed: {}", r.stdout);
-            checks = r.json["checks"].as_array().map_or(0, Vec::len);
+            anyhow::ensure!(
+                r.json["capture"]["available"] == true,
+                "{label}: capture did not load: {}",
+                r.json["capture"]
+            );
+            let these = r.json["checks"].as_array().map_or(0, Vec::len);
+            anyhow::ensure!(checks == 0 || these == checks, "{label}: {these} checks, {checks} in the run before");
+            checks = these;
         }
         times.sort();
         println!(
@@ -44,10 +51,14 @@ fn main() -> anyhow::Result<()> {
             ms(times[times.len() / 2]),
             ms(times[times.len() - 1])
         );
-        Ok(times)
+        Ok((times, checks))
     };
-    let at_once = measure("at once", None)?;
-    let one_by_one = measure("one by one", Some("--one-by-one"))?;
+    let (at_once, checks) = measure("at once", None)?;
+    let (one_by_one, checks_one_by_one) = measure("one by one", Some("--one-by-one"))?;
+    anyhow::ensure!(
+        checks > 0 && checks == checks_one_by_one,
+        "{checks} checks at once, {checks_one_by_one} one by one"
+    );
     let (a, b) = (ms(at_once[at_once.len() / 2]), ms(one_by_one[one_by_one.len() / 2]));
     println!(
         "\nmedian wall time at once is {:.0} % of one by one (process start and capture load included in both)",

@@ -4,6 +4,8 @@
 //!
 //! `cargo xtask bench` (or `cargo bench -p netcheck-tests --bench path [-- --quick]`); root.
 //! The binary is `$NETCHECK_BIN`, else the one beside the bench (build probe-user first).
+//! It fails when a run's exit code is not the scenario's, or capture was not loaded (or not
+//! off with `--no-capture`): then the time is not that of what it names.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +13,7 @@ use netlab::{Lab, netcheck};
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    if !netlab::require_root("path benchmark") {
-        return Ok(());
-    }
+    netlab::needs_root("path benchmark");
     let _ = netlab::clean_stale();
     let runs = if quick { 3 } else { 10 };
     let mut lab = Lab::new()?;
@@ -30,6 +30,14 @@ fn main() -> anyhow::Result<()> {
             let r = netcheck::run_json_in(&netns, args)?;
             times.push(started.elapsed());
             anyhow::ensure!(r.code == want, "{label}: exit {} (wanted {want}): {}", r.code, r.stdout);
+            // What is measured is a run with capture loaded, or one without it.
+            let capturing = !args.contains(&"--no-capture");
+            anyhow::ensure!(
+                r.json["capture"]["available"] == capturing,
+                "{label}: capture available {}, wanted {capturing}: {}",
+                r.json["capture"]["available"],
+                r.json["capture"]
+            );
         }
         times.sort();
         println!(

@@ -4,7 +4,8 @@
 //!
 //! `cargo xtask bench` (or `cargo bench -p netcheck-tests --bench startup [-- --quick]`); root.
 //! The binary is `$NETCHECK_BIN`, else the one beside the bench. It fails when capture did not
-//! load (then there is nothing to measure).
+//! load, or was not off with `--no-capture`, or reported no phases (then there is nothing to
+//! measure).
 
 use std::time::{Duration, Instant};
 
@@ -12,9 +13,7 @@ use netlab::{Lab, netcheck};
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    if !netlab::require_root("start-up benchmark") {
-        return Ok(());
-    }
+    netlab::needs_root("start-up benchmark");
     let _ = netlab::clean_stale();
     let runs = if quick { 5 } else { 10 };
     let mut lab = Lab::new()?;
@@ -40,11 +39,25 @@ fn main() -> anyhow::Result<()> {
     let without = measure(&["--no-capture"])?;
     let (median_with, doc) = &with[with.len() / 2];
     let median_without = without[without.len() / 2].0;
-    anyhow::ensure!(
-        doc["capture"]["available"] == true,
-        "capture did not load, nothing to measure: {}",
-        doc["capture"]["detail"]
-    );
+    for (_, doc) in &with {
+        anyhow::ensure!(
+            doc["capture"]["available"] == true,
+            "capture did not load, nothing to measure: {}",
+            doc["capture"]["detail"]
+        );
+        anyhow::ensure!(
+            doc["capture"]["phases"].as_array().is_some_and(|p| !p.is_empty()),
+            "capture reported no start-up phases: {}",
+            doc["capture"]
+        );
+    }
+    for (_, doc) in &without {
+        anyhow::ensure!(
+            doc["capture"]["available"] == false && doc["capture"]["detail"] == "disabled by --no-capture",
+            "--no-capture still captured: {}",
+            doc["capture"]
+        );
+    }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let range = |v: &[(Duration, serde_json::Value)]| format!("{:.0}-{:.0}", ms(v[0].0), ms(v[v.len() - 1].0));
     println!("  with capture     median {:>6.1} ms  (range {} ms)", ms(*median_with), range(&with));

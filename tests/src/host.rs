@@ -20,6 +20,56 @@ pub fn udp_flood(netns: &str, dst: SocketAddr, count: u64, max_time: Duration) -
     })
 }
 
+/// Sends `count` bare TCP SYN segments from `src` to `dst` inside `netns` through a raw socket,
+/// spread over at most `max_time`: packets of a probe's own connection, as many as wanted,
+/// without the probe's TCP stack knowing. The kernel writes the IP header, with the source
+/// address its route to `dst` picks, so `src` must hold that address.
+pub fn tcp_flood(
+    netns: &str,
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    count: u64,
+    max_time: Duration,
+) -> Result<u64> {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sendto, socket};
+    let mut segment = [0u8; 20];
+    segment[0..2].copy_from_slice(&src.port().to_be_bytes());
+    segment[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    segment[4..8].copy_from_slice(&0x6e63_0001u32.to_be_bytes());
+    segment[12] = 5 << 4; // header length: 5 words, no options
+    segment[13] = 0x02; // SYN
+    segment[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    // The checksum over the pseudo-header (addresses, protocol, length) and the segment.
+    let mut words: Vec<u16> = Vec::new();
+    for octets in [src.ip().octets(), dst.ip().octets()] {
+        words.push(u16::from_be_bytes([octets[0], octets[1]]));
+        words.push(u16::from_be_bytes([octets[2], octets[3]]));
+    }
+    words.extend([6, 20]);
+    words.extend(segment.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]])));
+    let mut sum: u32 = words.iter().map(|&w| u32::from(w)).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let checksum = !u16::try_from(sum).expect("folded to 16 bits");
+    segment[16..18].copy_from_slice(&checksum.to_be_bytes());
+    in_netns(netns, move || {
+        let sock = socket(AddressFamily::Inet, SockType::Raw, SockFlag::empty(), SockProtocol::Tcp)
+            .context("raw TCP socket (CAP_NET_RAW)")?;
+        let to = SockaddrIn::from(dst);
+        let started = Instant::now();
+        let mut sent = 0;
+        while sent < count && started.elapsed() < max_time {
+            if sendto(sock.as_raw_fd(), &segment, &to, MsgFlags::empty()).is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    })
+}
+
 /// Runs `f` on a thread that has entered `netns` (sockets it makes live there).
 pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     let path = Path::new(NETNS_DIR).join(netns);
@@ -120,11 +170,73 @@ pub fn time_scale() -> u32 {
     std::env::var("NETLAB_TIME_SCALE").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
 }
 
-/// The lab needs root: a test that cannot run fails, it never passes quietly (`cargo xtask
-/// test` runs as root). Returns true so callers keep their `if !require_root(..)` guard.
-pub fn require_root(test: &str) -> bool {
-    assert!(nix::unistd::geteuid().is_root(), "{test} needs root (network namespaces, iptables, eBPF): run it as root");
+/// What the lab needs root for, said when it is missing.
+const ROOT_FOR: &str = "network namespaces, veths and iptables rules for the lab, eBPF programs for capture, \
+                        mounts and bounding sets for the privilege tests";
+
+/// Whether this process runs as root (euid 0), as the lab needs.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The lab needs root. A test or benchmark that cannot run fails naming what it lacked; it
+/// never returns early and passes (`cargo xtask test` checks for root before it builds).
+pub fn needs_root(what: &str) {
+    assert!(is_root(), "needs root: {what} runs as euid {}, and needs euid 0 for {ROOT_FOR}: run it as root", euid());
+}
+
+/// [`needs_root`] for call sites written as `if !require_root(..) { return; }`: it never
+/// returns false (it panics instead), so such a guard never skips.
+pub fn require_root(what: &str) -> bool {
+    needs_root(what);
     true
+}
+
+/// An environment variable a test cannot run without: its value, or a failure naming it and
+/// `how` to set it (never a quiet pass, never a guess).
+pub fn needs_env(name: &str, how: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!("needs {name}: it is not set; {how}"),
+    }
+}
+
+/// Where the machine-wide capture lock lives: /run is root's and exists on the host and in the
+/// kernel matrix's guests (a tmpfs there).
+const CAPTURE_LOCK: &str = "/run/netcheck-tests-capture.lock";
+
+/// Held by a test whose capture sees the whole machine or whose traffic every capture on the
+/// machine sees: a drop flood, the ring buffer filled on purpose, `netcheck capture`
+/// streaming every drop within a latency bound. They never overlap, in one test binary
+/// (threads) or across binaries and `cargo test` runs (an exclusive `flock` on a file, which
+/// the kernel releases when the holder exits, however it ends).
+#[must_use = "the lock is held until this is dropped"]
+pub struct MachineWide {
+    _file: File,
+}
+
+/// Waits for the machine-wide capture lock (see [`MachineWide`]); `what` is said while waiting.
+pub fn machine_wide(what: &str) -> MachineWide {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(CAPTURE_LOCK)
+        .unwrap_or_else(|e| panic!("{what}: open {CAPTURE_LOCK}: {e}"));
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!("{what}: waiting for {CAPTURE_LOCK} (another flood or live capture runs)");
+            file.lock().unwrap_or_else(|e| panic!("{what}: lock {CAPTURE_LOCK}: {e}"));
+        }
+        Err(std::fs::TryLockError::Error(e)) => panic!("{what}: lock {CAPTURE_LOCK}: {e}"),
+    }
+    MachineWide { _file: file }
 }
 
 /// A scratch folder under the system temp dir, removed when dropped.

@@ -39,6 +39,7 @@ pub mod deploy;
 mod faults;
 mod host;
 pub mod kernel;
+pub mod layouts;
 pub mod netcheck;
 pub mod pki;
 mod servers;

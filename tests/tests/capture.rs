@@ -4,13 +4,23 @@
 //! missing piece is simulated the way a container or another kernel presents it: in a private
 //! mount namespace, /sys/kernel/btf/vmlinux is replaced by nothing or by a copy of the real
 //! BTF with one name changed (the kernel itself is untouched, so what loads still works).
+//! Also the ring buffer filled on purpose: what it had no room for is counted and said.
 
-use std::{path::Path, process::Command};
+use std::{
+    net::SocketAddrV4,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use netlab::{
-    TempDir,
+    Lab, TempDir,
     kernel::{Tracepoints, memlock_charged},
-    netcheck, require_root,
+    needs_root, netcheck,
+};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
 };
 use serde_json::Value;
 
@@ -66,9 +76,7 @@ fn hook<'a>(r: &'a netcheck::Run, tracepoint: &str) -> &'a Value {
 /// tracepoints pass (read from tracefs, not from the BTF netcheck reads).
 #[test]
 fn capture_fits_the_running_kernel() {
-    if !require_root("capture_fits_the_running_kernel") {
-        return;
-    }
+    needs_root("capture_fits_the_running_kernel");
     let tp = Tracepoints::running().unwrap();
     let r = netcheck::run(&["-o", "json", "check", "tcp", "127.0.0.1:9"]).unwrap();
     assert_eq!(r.code, 1, "{r:?}");
@@ -119,9 +127,7 @@ fn capture_fits_the_running_kernel() {
 /// hiding it): capture is unavailable naming BTF, the probe still runs and judges.
 #[test]
 fn missing_btf_makes_capture_unavailable_and_probes_still_run() {
-    if !require_root("missing_btf_makes_capture_unavailable_and_probes_still_run") {
-        return;
-    }
+    needs_root("missing_btf_makes_capture_unavailable_and_probes_still_run");
     let r = run_with_btf(Path::new("/dev/null"), &["check", "tcp", "127.0.0.1:9"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(r.check()["cause"], "refused", "{r:?}");
@@ -135,9 +141,7 @@ fn missing_btf_makes_capture_unavailable_and_probes_still_run() {
 /// of capture runs (the client's RST, read from its socket, is still attached).
 #[test]
 fn missing_field_disables_only_its_part() {
-    if !require_root("missing_field_disables_only_its_part") {
-        return;
-    }
+    needs_root("missing_field_disables_only_its_part");
     let dir = TempDir::new("capture-field");
     let btf = doctored_btf(&dir, "network_header", "network_headeX");
     let r = run_with_btf(&btf, &["check", "tcp", "127.0.0.1:9"]);
@@ -162,9 +166,7 @@ fn missing_field_disables_only_its_part() {
 /// no packet, keeps its form.
 #[test]
 fn refused_direct_forms_fall_back_to_probe_reads() {
-    if !require_root("refused_direct_forms_fall_back_to_probe_reads") {
-        return;
-    }
+    needs_root("refused_direct_forms_fall_back_to_probe_reads");
     let plain = netcheck::run(&["-o", "json", "check", "tcp", "127.0.0.1:9"]).unwrap();
     let dir = TempDir::new("capture-form");
     let mut bytes = std::fs::read(VMLINUX).expect("the kernel's BTF");
@@ -199,16 +201,21 @@ fn refused_direct_forms_fall_back_to_probe_reads() {
         v.sort();
         v
     };
-    assert!(!flows(&plain).is_empty(), "{plain:?}");
+    // The SYN's no-socket drop, the RST the client received and, where the kernel traces it
+    // (6.10+), the RST sent for it: all of the probe's connection.
+    let dst = "127.0.0.1:9".to_string();
+    let mut expected = vec![("drop".to_string(), dst.clone()), ("rst".to_string(), dst.clone())];
+    if Tracepoints::running().unwrap().reset_reason {
+        expected.push(("rst".to_string(), dst));
+    }
+    assert_eq!(flows(&plain), expected, "{plain:?}");
     assert_eq!(flows(&r), flows(&plain), "the same evidence in the slower form: {r:?}");
 }
 
 /// An optional tracepoint this kernel lacks is a note; capture runs without it.
 #[test]
 fn missing_optional_hook_is_a_note() {
-    if !require_root("missing_optional_hook_is_a_note") {
-        return;
-    }
+    needs_root("missing_optional_hook_is_a_note");
     let dir = TempDir::new("capture-optional");
     // A kernel without icmp_send (before 6.10, unless backported) is the case itself.
     let r = if Tracepoints::running().unwrap().icmp_send {
@@ -233,9 +240,7 @@ fn missing_optional_hook_is_a_note() {
 /// kernel release; the probe still runs.
 #[test]
 fn missing_required_hook_names_it_and_the_kernel() {
-    if !require_root("missing_required_hook_names_it_and_the_kernel") {
-        return;
-    }
+    needs_root("missing_required_hook_names_it_and_the_kernel");
     let dir = TempDir::new("capture-required");
     let btf = doctored_btf(&dir, "btf_trace_tcp_receive_reset", "btf_trace_tcp_receive_resex");
     let r = run_with_btf(&btf, &["check", "tcp", "127.0.0.1:9"]);
@@ -265,9 +270,7 @@ fn missing_required_hook_names_it_and_the_kernel() {
 /// says so. On newer kernels nothing needs them and nothing is said.
 #[test]
 fn hidden_kallsyms_is_named_where_it_matters() {
-    if !require_root("hidden_kallsyms_is_named_where_it_matters") {
-        return;
-    }
+    needs_root("hidden_kallsyms_is_named_where_it_matters");
     let tp = Tracepoints::running().unwrap();
     let bin = netcheck::binary().unwrap();
     // The DaemonSet's capabilities, with CAP_SYS_RESOURCE where the kernel needs it to load.
@@ -307,9 +310,7 @@ fn hidden_kallsyms_is_named_where_it_matters() {
 /// memlock limit.
 #[test]
 fn deploy_capabilities_load_or_name_what_is_missing() {
-    if !require_root("deploy_capabilities_load_or_name_what_is_missing") {
-        return;
-    }
+    needs_root("deploy_capabilities_load_or_name_what_is_missing");
     let run = |overlay: Option<&str>| {
         let bin = netcheck::binary().unwrap();
         let out = Command::new("prlimit")
@@ -356,9 +357,7 @@ fn deploy_capabilities_load_or_name_what_is_missing() {
 /// both), so kfree_skb reads as `(struct pt_regs *, long)`.
 #[test]
 fn unknown_prototype_of_a_required_hook_is_named() {
-    if !require_root("unknown_prototype_of_a_required_hook_is_named") {
-        return;
-    }
+    needs_root("unknown_prototype_of_a_required_hook_is_named");
     let dir = TempDir::new("capture-prototype");
     let mut bytes = std::fs::read(VMLINUX).unwrap();
     let (a, b) = (b"\0btf_trace_kfree_skb\0", b"\0btf_trace_sys_enter\0");
@@ -382,4 +381,108 @@ fn unknown_prototype_of_a_required_hook_is_named() {
         "{r:?}"
     );
     assert!(r.json["capture"]["detail"].as_str().unwrap().contains("kfree_skb"), "{r:?}");
+}
+
+/// SYNs of the probe's connection sent while it is stopped; the 256 KiB ring holds about 1,800.
+const FLOOD: u64 = 20_000;
+
+/// A ring buffer with no room left: what the kernel could not queue is counted in `lost` and
+/// the report says events were lost, never a quiet partial answer. Forced: `check tcp` from pod
+/// a to pod b, black-holed on n2, is stopped (SIGSTOP, so its reader drains nothing) once its
+/// SYN was dropped, and 20,000 more SYNs of its own connection (a raw socket, same ports) are
+/// dropped the same way, each an event for its watched flow: far more than the 256 KiB ring
+/// holds (about 1,800). Resumed, it reports the loss, in JSON and in words.
+#[test]
+fn a_full_ring_buffer_is_counted_as_lost_and_said() {
+    needs_root("a_full_ring_buffer_is_counted_as_lost_and_said");
+    // Its flood is dropped in the kernel: every capture on the machine sees it.
+    let _machine = netlab::machine_wide("a_full_ring_buffer_is_counted_as_lost_and_said");
+    let _ = netlab::clean_stale();
+    let lab = Lab::new().unwrap();
+    let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
+    let n2 = lab.node(2).netns.clone();
+    lab.drop_forwarded_tcp(2, b.ip, 8080).unwrap();
+    let dst = SocketAddrV4::new(b.ip, 8080);
+    let overflowed = |json: bool| -> (Option<i32>, String, String) {
+        let dropped_before = lab.rule_packets(&n2, "filter", "FORWARD").unwrap();
+        let mut args = vec!["--netns", a.netns.as_str(), "--timeout", "3s", "check", "tcp"];
+        if json {
+            args.splice(0..0, ["-o", "json"]);
+        }
+        let target = dst.to_string();
+        args.push(&target);
+        let child =
+            Command::new(netcheck::binary().unwrap()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+        let child = child.unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        // Its SYN dropped on n2: capture is loaded and watching the connection by then.
+        let deadline = Instant::now() + Duration::from_secs(10) * netlab::time_scale();
+        while lab.rule_packets(&n2, "filter", "FORWARD").unwrap() == dropped_before {
+            assert!(Instant::now() < deadline, "the probe's SYN was not dropped on n2");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        kill(pid, Signal::SIGSTOP).unwrap();
+        let local = syn_sent_from(&a.netns, dst);
+        let sent = netlab::tcp_flood(&a.netns, local, dst, FLOOD, Duration::from_secs(10)).unwrap();
+        assert_eq!(sent, FLOOD);
+        // Every segment crossed the overlay and was dropped on n2 (the probe's own SYN
+        // retransmissions add a few more).
+        let dropped = lab.rule_packets(&n2, "filter", "FORWARD").unwrap() - dropped_before;
+        assert!(dropped > FLOOD, "dropped on n2: {dropped} of {FLOOD}");
+        kill(pid, Signal::SIGCONT).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = overflowed(true);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}{stderr}"));
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["capture"]["available"], true, "{report}");
+    let lost = report["capture"]["lost"].as_u64().unwrap();
+    // At most one ring's worth was queued: 256 KiB of 144-byte records (Event and header).
+    assert!(lost >= FLOOD - (256 << 10) / 144, "lost {lost} of {FLOOD}: {report}");
+    assert!(lost <= FLOOD + 10, "lost {lost} of {FLOOD}: {report}");
+    // What was queued is still the probe's evidence: its drop on n2.
+    let check = &report["checks"][0];
+    assert_eq!(check["cause"], "netfilter_drop", "{report}");
+    let drop = check["evidence"].as_array().unwrap().iter().find(|e| e["kind"] == "drop").cloned();
+    let drop = drop.unwrap_or_else(|| panic!("no drop evidence: {report}"));
+    assert_eq!(
+        (drop["reason"].as_str(), drop["netns"].as_str()),
+        (Some("NETFILTER_DROP"), Some(n2.as_str())),
+        "{drop}"
+    );
+    assert_eq!(drop["flow"]["dst"], dst.to_string(), "{drop}");
+
+    // The text report says it in words, with the count.
+    let (code, stdout, stderr) = overflowed(false);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let said: Vec<&str> = stdout.lines().filter(|l| l.contains("lost")).collect();
+    assert_eq!(said.len(), 1, "{stdout}");
+    let n: u64 = said[0]
+        .strip_prefix("capture: ")
+        .and_then(|rest| rest.strip_suffix(" kernel events lost (ring buffer full)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", said[0]));
+    assert!((FLOOD - (256 << 10) / 144..=FLOOD + 10).contains(&n), "{stdout}");
+}
+
+/// The local endpoint of `netns`'s connection in SYN-SENT to `dst` (`ss`).
+fn syn_sent_from(netns: &str, dst: SocketAddrV4) -> SocketAddrV4 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "ss", "-H", "-t", "-n", "state", "syn-sent"])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let (local, peer) = (fields.get(fields.len().checked_sub(2)?)?, fields.last()?);
+            (peer.parse::<SocketAddrV4>().ok()? == dst).then(|| local.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no connection to {dst} in SYN-SENT in {netns}: {text}"))
 }

@@ -323,3 +323,220 @@ fn node_pki_under_a_host_root() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.check()["status"], "skip");
 }
+
+/// A CA run with the openssl CLI, issuing X.509 v1 certificates the way operators make them by
+/// hand: `openssl ca` (like `openssl x509 -req` without `-extfile`) with no extensions section
+/// writes a version 1 certificate. `openssl ca` rather than `x509 -req` because it takes
+/// `-startdate`/`-enddate` (OpenSSL 3.0's `x509` has only `-days`), so dates are relative to
+/// now and never go stale. Without openssl the test fails, it does not skip.
+struct OpensslCa {
+    dir: std::path::PathBuf,
+    /// The CA's certificate (PEM), for `--ca` and kubeconfigs.
+    cert: String,
+}
+
+/// Runs `openssl` with `args` (split at spaces) in `dir`; panics with its stderr when it fails
+/// or is missing.
+fn openssl(dir: &std::path::Path, args: &str) -> String {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = std::process::Command::new("openssl")
+        .args(&args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl {args:?}: {e} (the v1 certificate tests need the openssl CLI)"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openssl {args:?}: {}\n{stderr}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `YYYYMMDDHHMMSSZ` of a Unix time (days to civil date: H. Hinnant's algorithm).
+fn generalized_time(unix: u64) -> String {
+    let (days, secs) = (unix / DAY, unix % DAY);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}{:02}{:02}{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+impl OpensslCa {
+    /// A CA (itself v3 with basicConstraints CA:TRUE, as kubeadm's) named `cn` (no spaces), in
+    /// `dir/name`.
+    fn new(dir: &TempDir, name: &str, cn: &str) -> Self {
+        let dir = dir.path.join(name);
+        std::fs::create_dir_all(dir.join("issued")).unwrap();
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("serial"), "1000\n").unwrap();
+        // No `x509_extensions` in [ca_v1]: what it issues has no extensions, so is v1.
+        let config = "[ca]\ndefault_ca = ca_v1\n\
+             [ca_v1]\ndatabase = index.txt\nnew_certs_dir = issued\nserial = serial\ndefault_md = sha256\n\
+             policy = any\nunique_subject = no\nemail_in_dn = no\n\
+             [any]\ncommonName = supplied\norganizationName = optional\n\
+             [req]\ndistinguished_name = dn\nx509_extensions = v3_ca\n[dn]\n\
+             [v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+             subjectKeyIdentifier = hash\n";
+        std::fs::write(dir.join("openssl.cnf"), config).unwrap();
+        let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        openssl(
+            &dir,
+            &format!("req -x509 -config openssl.cnf {key} -keyout ca.key -out ca.crt -subj /CN={cn} -days 3650"),
+        );
+        let cert = dir.join("ca.crt").display().to_string();
+        Self { dir, cert }
+    }
+
+    /// A v1 certificate for `subject` (no spaces, e.g. `/CN=system:node:n1/O=system:nodes`),
+    /// valid between two Unix times, with its key: `(cert, key)` paths. Checked to be v1.
+    fn v1(&self, file: &str, subject: &str, (from, to): (u64, u64)) -> (String, String) {
+        let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        openssl(
+            &self.dir,
+            &format!("req -new -config openssl.cnf {key} -keyout {file}.key -out {file}.csr -subj {subject}"),
+        );
+        let (from, to) = (generalized_time(from), generalized_time(to));
+        openssl(
+            &self.dir,
+            &format!(
+                "ca -batch -notext -config openssl.cnf -cert ca.crt -keyfile ca.key -in {file}.csr -out {file}.crt \
+                 -startdate {from} -enddate {to}"
+            ),
+        );
+        let text = openssl(&self.dir, &format!("x509 -in {file}.crt -noout -text"));
+        assert!(text.contains("Version: 1 (0x0)") && !text.contains("X509v3"), "not a v1 certificate:\n{text}");
+        let path = |f: String| self.dir.join(f).display().to_string();
+        (path(format!("{file}.crt")), path(format!("{file}.key")))
+    }
+}
+
+/// X.509 v1 PEM files judged against the CA as the API server (Go's crypto/x509) judges them:
+/// signed by the CA passes (no extended key usage: any usage), signed by another key of the
+/// same name is untrusted, an expired one is expired (not untrusted). A v1 client certificate
+/// in a kubeconfig passes too.
+#[test]
+fn v1_certificates_are_judged_as_go_does() {
+    let n = now();
+    let dir = TempDir::new("pem-v1");
+    let ca = OpensslCa::new(&dir, "ca", "kubernetes");
+    let recreated = OpensslCa::new(&dir, "recreated", "kubernetes");
+    let (good, _) = ca.v1("good", "/CN=system:node:n1/O=system:nodes", (n - DAY, n + 300 * DAY));
+    let (foreign, _) = recreated.v1("foreign", "/CN=system:node:n1/O=system:nodes", (n - DAY, n + 300 * DAY));
+    let (expired, _) = ca.v1("expired", "/CN=old-admin", (n - 30 * DAY, n - 2 * DAY));
+
+    let r =
+        netcheck::run(&["-o", "json", "--no-capture", "check", "cert", &good, &foreign, &expired, "--ca", &ca.cert])
+            .unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    let checks = r.json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 3, "{r:?}");
+    let detail = |i: usize| checks[i]["detail"].as_str().unwrap().to_string();
+
+    assert_eq!(checks[0]["status"], "pass", "{r:?}");
+    assert!(
+        detail(0).contains("trusted by the given CA (an X.509 v1 certificate, judged as Go's crypto/x509 does)"),
+        "{r:?}"
+    );
+    assert_eq!((&checks[1]["status"], &checks[1]["cause"]), (&"fail".into(), &"cert_untrusted".into()), "{r:?}");
+    assert!(detail(1).contains("signed by a different CA with the same name (the signature does not verify)"), "{r:?}");
+    assert_eq!((&checks[2]["status"], &checks[2]["cause"]), (&"fail".into(), &"cert_expired".into()), "{r:?}");
+    assert!(detail(2).contains("expired 2 days ago") && !detail(2).contains("not trusted"), "{r:?}");
+
+    // The same v1 certificate as a kubeconfig's client certificate (judged for clientAuth).
+    let b64 = |path: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+    };
+    let kubeconfig = dir.write(
+        "kubeconfig.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster: {{server: 'https://10.0.0.1:6443', \
+             certificate-authority-data: {}}}\ncontexts:\n- name: a\n  context: {{cluster: k, user: node}}\n\
+             current-context: a\nusers:\n- name: node\n  user: {{client-certificate-data: {}}}\n",
+            b64(&ca.cert),
+            b64(&good)
+        ),
+    );
+    let r = netcheck::run(&["-o", "json", "--no-capture", "check", "cert", &kubeconfig]).unwrap();
+    let client = r.json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["target"] == format!("{kubeconfig} (user node client certificate)"))
+        .unwrap_or_else(|| panic!("no client certificate check: {r:?}"))
+        .clone();
+    assert_eq!(client["status"], "pass", "{r:?}");
+    assert!(client["detail"].as_str().unwrap().contains("X.509 v1 certificate"), "{r:?}");
+}
+
+/// A TLS server presenting a v1 certificate (no SAN) for the name in its Common Name: Go
+/// (kubectl, kubelet) refuses it with "certificate relies on legacy Common Name field", and so
+/// does netcheck, while the chain itself is trusted. Served on loopback (no root needed).
+#[test]
+fn v1_server_certificate_without_san_fails_the_name_as_go_does() {
+    use std::{net::TcpListener, sync::Arc};
+
+    use rustls::{
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+        server::{ClientHello, ResolvesServerCert},
+        sign::CertifiedKey,
+    };
+
+    /// Serves the v1 certificate as it is (rustls's `with_single_cert` would parse it with
+    /// webpki, which takes only v3).
+    #[derive(Debug)]
+    struct Fixed(Arc<CertifiedKey>);
+    impl ResolvesServerCert for Fixed {
+        fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    let n = now();
+    let dir = TempDir::new("tls-v1");
+    let ca = OpensslCa::new(&dir, "ca", "kubernetes");
+    let (cert, key) = ca.v1("apiserver", "/CN=api.example.test", (n - DAY, n + 300 * DAY));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = provider.key_provider.load_private_key(PrivateKeyDer::from_pem_file(&key).unwrap()).unwrap();
+    let certified = CertifiedKey::new(vec![CertificateDer::from_pem_file(&cert).unwrap()], key);
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let runs = 2;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(runs).flatten() {
+            netlab::pki::serve_https_connection(config.clone(), stream, |_| b"HTTP/1.1 200 OK\r\n\r\n".to_vec());
+        }
+    });
+    let endpoint = format!("127.0.0.1:{port}");
+
+    let check = |extra: &[&str]| {
+        let mut args = vec!["-o", "json", "--no-capture", "check", "cert", &endpoint, "--ca", &ca.cert];
+        args.extend_from_slice(extra);
+        let r = netcheck::run(&args).unwrap();
+        assert_eq!(r.code, 1, "{r:?}");
+        assert_eq!(
+            (&r.check()["status"], &r.check()["cause"]),
+            (&"fail".into(), &"cert_name_mismatch".into()),
+            "{r:?}"
+        );
+        let detail = r.check()["detail"].as_str().unwrap().to_string();
+        assert!(!detail.contains("not trusted"), "the chain is trusted, only the name fails: {r:?}");
+        detail
+    };
+    let detail = check(&["--server-name", "api.example.test"]);
+    assert!(detail.contains("x509: certificate relies on legacy Common Name field, use SANs instead"), "{detail}");
+    let detail = check(&[]);
+    assert!(
+        detail.contains("x509: cannot validate certificate for 127.0.0.1 because it doesn't contain any IP SANs"),
+        "{detail}"
+    );
+}

@@ -50,10 +50,17 @@ fn bad_input_exits_2_with_a_message() {
 
 #[test]
 fn help_and_version_exit_0() {
-    for args in [["--help"], ["--version"]] {
-        let r = netcheck::run(&args).unwrap();
-        assert_eq!(r.code, 0, "{args:?}: {r:?}");
-        assert!(!r.stdout.is_empty());
+    let r = netcheck::run(&["--version"]).unwrap();
+    assert_eq!((r.code, r.stdout.as_str()), (0, format!("netcheck {}\n", env!("CARGO_PKG_VERSION")).as_str()), "{r:?}");
+    let r = netcheck::run(&["--help"]).unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("\nUsage: netcheck [OPTIONS] <COMMAND>\n"), "{}", r.stdout);
+    for command in ["check", "capture", "node", "path", "agent", "npd"] {
+        assert!(
+            r.stdout.lines().any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "{command}: {}",
+            r.stdout
+        );
     }
 }
 

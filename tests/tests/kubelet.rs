@@ -1,7 +1,7 @@
 //! `netcheck check kubelet` on the lab: the HTTPS kubelet on each node's 10250 (serving
 //! certificate from the lab CA) and its plain-HTTP healthz on the node's 127.0.0.1:10248.
 
-use netlab::{Lab, TempDir, netcheck, require_root};
+use netlab::{Lab, TempDir, needs_root, netcheck};
 
 fn lab(ip_san: bool) -> Lab {
     let _ = netlab::clean_stale();
@@ -21,9 +21,7 @@ fn ca_file(lab: &Lab) -> (TempDir, String) {
 /// and its local /healthz).
 #[test]
 fn healthy_kubelet_from_peer_and_from_its_node() {
-    if !require_root("healthy_kubelet_from_peer_and_from_its_node") {
-        return;
-    }
+    needs_root("healthy_kubelet_from_peer_and_from_its_node");
     let lab = lab(true);
     let (_dir, ca) = ca_file(&lab);
     let ip = lab.node(1).underlay_ip.to_string();
@@ -46,9 +44,7 @@ fn healthy_kubelet_from_peer_and_from_its_node() {
 /// Acceptance 5, docs/field-cases.md case 2: the serving certificate has no IP SAN.
 #[test]
 fn kubelet_certificate_without_ip_san() {
-    if !require_root("kubelet_certificate_without_ip_san") {
-        return;
-    }
+    needs_root("kubelet_certificate_without_ip_san");
     let lab = lab(false);
     let ip = lab.node(1).underlay_ip.to_string();
     let r = netcheck::run_json_in(&lab.node(2).netns, &["check", "kubelet", &ip]).unwrap();
@@ -61,9 +57,7 @@ fn kubelet_certificate_without_ip_san() {
 /// REJECT named, the other node's pods pass.
 #[test]
 fn pods_on_the_node_rejected() {
-    if !require_root("pods_on_the_node_rejected") {
-        return;
-    }
+    needs_root("pods_on_the_node_rejected");
     let lab = lab(true);
     lab.reject_pods_to_kubelet(1).unwrap();
     let ip = lab.node(1).underlay_ip.to_string();
@@ -81,9 +75,7 @@ fn pods_on_the_node_rejected() {
 /// Acceptance 5, docs/field-cases.md case 8: the kubelet is down; on its node both ports say so.
 #[test]
 fn kubelet_down() {
-    if !require_root("kubelet_down") {
-        return;
-    }
+    needs_root("kubelet_down");
     let mut lab = lab(true);
     lab.stop_servers_on(netlab::KUBELET_PORT);
     let ip = lab.node(1).underlay_ip.to_string();
@@ -99,9 +91,7 @@ fn kubelet_down() {
 /// list, the kube-dns Service), where node names do not exist.
 #[test]
 fn node_name_does_not_resolve_through_cluster_dns() {
-    if !require_root("node_name_does_not_resolve_through_cluster_dns") {
-        return;
-    }
+    needs_root("node_name_does_not_resolve_through_cluster_dns");
     let mut lab = lab(true);
     lab.start_dns().unwrap();
     let dir = TempDir::new(&format!("kubelet-dns-{}", lab.prefix));

@@ -7,13 +7,11 @@ use std::{
     time::Duration,
 };
 
-use netlab::{KUBELET_PORT, Lab, in_netns, require_root};
+use netlab::{KUBELET_PORT, Lab, in_netns, needs_root};
 
 #[test]
 fn kubelet_serves_https_with_a_certificate_from_the_lab_ca() {
-    if !require_root("kubelet_serves_https_with_a_certificate_from_the_lab_ca") {
-        return;
-    }
+    needs_root("kubelet_serves_https_with_a_certificate_from_the_lab_ca");
     let mut lab = Lab::new().unwrap();
     lab.start_servers().unwrap();
     let mut roots = rustls::RootCertStore::empty();
@@ -41,9 +39,7 @@ fn kubelet_serves_https_with_a_certificate_from_the_lab_ca() {
 
 #[test]
 fn lab_is_removed_when_dropped() {
-    if !require_root("lab_is_removed_when_dropped") {
-        return;
-    }
+    needs_root("lab_is_removed_when_dropped");
     let lab = Lab::new().unwrap();
     let names = lab.namespaces();
     assert_eq!(names.len(), 6, "switch, two nodes, three pods: {names:?}");

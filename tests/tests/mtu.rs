@@ -1,7 +1,7 @@
 //! `netcheck check mtu` on the lab: pod a (MTU 1450, flannel's default) to pod b across the
 //! VXLAN overlay.
 
-use netlab::{Lab, OVERLAY_MTU, TempDir, netcheck, require_root};
+use netlab::{Lab, OVERLAY_MTU, TempDir, needs_root, netcheck};
 use serde_json::Value;
 
 fn lab() -> Lab {
@@ -27,9 +27,7 @@ fn mtu(r: &netcheck::Run) -> &Value {
 /// Acceptance 2: a healthy path reports the overlay MTU, which matches flannel's subnet.env.
 #[test]
 fn healthy_path_reports_the_overlay_mtu() {
-    if !require_root("healthy_path_reports_the_overlay_mtu") {
-        return;
-    }
+    needs_root("healthy_path_reports_the_overlay_mtu");
     let lab = lab();
     let dir = TempDir::new(&format!("mtu-{}", lab.prefix));
     let env = dir.write("subnet.env", &format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU={OVERLAY_MTU}\nFLANNEL_IPMASQ=true\n"));
@@ -60,9 +58,7 @@ fn ping_passes(netns: &str, dst: &str, size: u16) -> bool {
 /// trusts ICMP, reports the interface's 1450 instead.
 #[test]
 fn shrunk_underlay_without_icmp_is_a_black_hole_exact_to_the_byte() {
-    if !require_root("shrunk_underlay_without_icmp_is_a_black_hole_exact_to_the_byte") {
-        return;
-    }
+    needs_root("shrunk_underlay_without_icmp_is_a_black_hole_exact_to_the_byte");
     let lab = lab();
     lab.shrink_switch_mtu(1400).unwrap();
     let r = check(&lab, None);
@@ -97,9 +93,7 @@ fn shrunk_underlay_without_icmp_is_a_black_hole_exact_to_the_byte() {
 /// with ICMP fragmentation-needed: a smaller MTU, not a black hole.
 #[test]
 fn signalled_smaller_mtu_is_not_a_black_hole() {
-    if !require_root("signalled_smaller_mtu_is_not_a_black_hole") {
-        return;
-    }
+    needs_root("signalled_smaller_mtu_is_not_a_black_hole");
     let lab = lab();
     lab.set_overlay_mtu(1, 1400).unwrap();
     let r = check(&lab, None);

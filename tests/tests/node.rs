@@ -1,7 +1,7 @@
 //! `netcheck node` on the lab: node n1's namespace with a node root written the way kubeadm
 //! and flannel leave it, the lab's DNS and an API stand-in on n1.
 
-use netlab::{Lab, TempDir, netcheck, require_root};
+use netlab::{Lab, TempDir, needs_root, netcheck};
 use serde_json::Value;
 
 fn lab() -> (Lab, TempDir) {
@@ -32,9 +32,7 @@ fn checks(r: &netcheck::Run) -> &Vec<Value> {
 /// healthz, VXLAN, MTU and kubelet of the peer, and the node's certificates.
 #[test]
 fn healthy_node_passes_every_check_it_finds() {
-    if !require_root("healthy_node_passes_every_check_it_finds") {
-        return;
-    }
+    needs_root("healthy_node_passes_every_check_it_finds");
     let (lab, root) = lab();
     let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
     let r = run_node(&lab, &root, &kubeconfig);
@@ -48,7 +46,7 @@ fn healthy_node_passes_every_check_it_finds() {
     // The only skip: upstreams are not asked for a cluster name.
     let skipped: Vec<&Value> = checks(&r).iter().filter(|c| c["status"] == "skip").collect();
     assert_eq!(skipped.len(), 1, "{skipped:?}");
-    assert!(skipped[0]["target"].as_str().unwrap().starts_with("upstream "), "{skipped:?}");
+    assert_eq!(skipped[0]["target"], format!("upstream {}:53", netlab::UPSTREAM_DNS_IP), "{skipped:?}");
     let peer = lab.node(2).underlay_ip.to_string();
     assert!(checks(&r).iter().any(|c| c["probe"] == "vxlan" && c["target"] == format!("{peer}:8472")));
     assert!(checks(&r).iter().any(|c| c["probe"] == "kubelet" && c["target"] == format!("{peer}:10250")));
@@ -59,9 +57,7 @@ fn healthy_node_passes_every_check_it_finds() {
 /// can and says what it skipped and why.
 #[test]
 fn unprivileged_node_runs_what_it_can() {
-    if !require_root("unprivileged_node_runs_what_it_can") {
-        return;
-    }
+    needs_root("unprivileged_node_runs_what_it_can");
     let (lab, root) = lab();
     let copy = netcheck::UnprivilegedCopy::new();
     let host_root = root.path.display().to_string();
@@ -76,8 +72,9 @@ fn unprivileged_node_runs_what_it_can() {
     assert!(status("dns").iter().any(|s| s == "pass"), "{r:?}");
     assert_eq!(status("apiserver"), ["pass"]);
     for probe in ["mtu", "vxlan"] {
+        // One of each, to the one peer (n2).
         let skipped: Vec<&Value> = checks(&r).iter().filter(|c| c["probe"] == probe).collect();
-        assert!(!skipped.is_empty(), "{probe}: {r:?}");
+        assert_eq!(skipped.len(), 1, "{probe}: {r:?}");
         assert!(
             skipped.iter().all(|c| c["status"] == "skip" && c["detail"].as_str().unwrap().contains("CAP_NET_RAW")),
             "{r:?}"
@@ -92,9 +89,7 @@ fn unprivileged_node_runs_what_it_can() {
 /// code; nothing else fails.
 #[test]
 fn faulty_node_reports_each_problem_once() {
-    if !require_root("faulty_node_reports_each_problem_once") {
-        return;
-    }
+    needs_root("faulty_node_reports_each_problem_once");
     let _ = netlab::clean_stale();
     let mut lab = Lab::new().unwrap();
     let b = lab.pod("b").clone();
@@ -145,9 +140,7 @@ fn faulty_node_reports_each_problem_once() {
 /// endpoints are a skip naming the API, and nothing fails.
 #[test]
 fn node_without_api_or_btf_runs_what_it_can() {
-    if !require_root("node_without_api_or_btf_runs_what_it_can") {
-        return;
-    }
+    needs_root("node_without_api_or_btf_runs_what_it_can");
     let (lab, root) = lab();
     let host_root = root.path.display().to_string();
     let bin = netcheck::binary().unwrap();
@@ -169,9 +162,9 @@ fn node_without_api_or_btf_runs_what_it_can() {
     assert_eq!(endpoints["status"], "skip");
     let why = endpoints["detail"].as_str().unwrap();
     assert!(why.contains("not discovered from the API") && why.contains("no kubeconfig"), "{why}");
-    for probe in ["apiserver", "kubelet", "kubelet-healthz", "vxlan", "mtu"] {
+    for (probe, n) in [("apiserver", 1), ("kubelet", 2), ("kubelet-healthz", 1), ("vxlan", 1), ("mtu", 1)] {
         let found: Vec<&Value> = checks(&r).iter().filter(|c| c["probe"] == probe).collect();
-        assert!(!found.is_empty() && found.iter().all(|c| c["status"] == "pass"), "{probe}: {found:?}");
+        assert!(found.len() == n && found.iter().all(|c| c["status"] == "pass"), "{probe}: {found:?}");
     }
     assert!(checks(&r).iter().all(|c| c["status"] != "fail" && c["status"] != "warn"), "{r:?}");
     assert!(r.json.get("problems").is_none(), "{r:?}");
@@ -181,9 +174,7 @@ fn node_without_api_or_btf_runs_what_it_can() {
 /// the node a new subnet): the bridge plugin's own error, before any pod is scheduled there.
 #[test]
 fn cni_bridge_holding_another_subnet_fails() {
-    if !require_root("cni_bridge_holding_another_subnet_fails") {
-        return;
-    }
+    needs_root("cni_bridge_holding_another_subnet_fails");
     let (lab, root) = lab();
     root.write(
         "run/flannel/subnet.env",
@@ -209,9 +200,7 @@ fn cni_bridge_holding_another_subnet_fails() {
 /// missed it), only the API still names n2, and its VXLAN check says what is missing.
 #[test]
 fn a_peer_the_fdb_lost_is_found_through_the_api() {
-    if !require_root("a_peer_the_fdb_lost_is_found_through_the_api") {
-        return;
-    }
+    needs_root("a_peer_the_fdb_lost_is_found_through_the_api");
     let (lab, root) = lab();
     lab.delete_fdb(1, 2).unwrap();
     let peer = lab.node(2).underlay_ip;
@@ -236,9 +225,7 @@ fn a_peer_the_fdb_lost_is_found_through_the_api() {
 /// 1 problem, 2 unknown.
 #[test]
 fn npd_mode_follows_the_custom_plugin_protocol() {
-    if !require_root("npd_mode_follows_the_custom_plugin_protocol") {
-        return;
-    }
+    needs_root("npd_mode_follows_the_custom_plugin_protocol");
     let (lab, root) = lab();
     let host_root = root.path.display().to_string();
     let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
@@ -258,13 +245,26 @@ fn npd_mode_follows_the_custom_plugin_protocol() {
     let n1 = lab.node(1).netns.clone();
     let (code, line) = npd(&n1);
     assert_eq!(code, Some(0));
-    assert!(line.starts_with("ok: 1"), "{line}");
+    // The same run as JSON says how many checks passed.
+    let r = run_node(&lab, &root, &kubeconfig);
+    let passed = r.json["summary"]["pass"].as_u64().unwrap();
+    assert_eq!(passed, checks(&r).len() as u64 - 1, "all but the upstream's skip: {}", r.stdout);
+    assert_eq!(line.trim_end(), format!("ok: {passed} checks passed"));
     lab.drop_vxlan(2).unwrap();
     let (code, line) = npd(&n1);
     assert_eq!(code, Some(1));
-    assert!(!line.starts_with("ok"), "{line}");
-    assert!(line.contains("(+"), "more than one problem is counted: {line}");
+    // The first problem (n2's CoreDNS pod, behind the dropped VXLAN) and how many more (two:
+    // more than one is counted). Its detail is cut to fit 80 bytes.
+    let line = line.trim_end();
+    let cause = ["netfilter_drop", "dns_timeout"].into_iter().find(|c| line.starts_with(&format!("{c}: ")));
+    let cause = cause.unwrap_or_else(|| panic!("{line}"));
+    assert!(line.starts_with(&format!("{cause}: CoreDNS endpoint 10.244.2.10:53 (+2 more): ")), "{line}");
+    assert!(line.len() == 80 && line.ends_with("..."), "cut to 80 bytes: {line}");
     let (code, line) = npd("netcheck-no-such-netns");
     assert_eq!(code, Some(2));
-    assert!(line.starts_with("unknown: "), "{line}");
+    assert_eq!(
+        line.trim_end(),
+        "unknown: network namespace \"netcheck-no-such-netns\": cannot open /var/run/net...",
+        "the error, cut to 80 bytes"
+    );
 }

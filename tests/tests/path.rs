@@ -1,7 +1,7 @@
 //! `netcheck path` on the lab (issue 4, acceptance 1-4): run in node n1's namespace, from pod
 //! a's namespace, the way it runs on a node with `--from cni-...`.
 
-use netlab::{KUBELET_PORT, Lab, OVERLAY_MTU, UNDERLAY_MTU, VXLAN_PORT, netcheck, require_root};
+use netlab::{KUBELET_PORT, Lab, OVERLAY_MTU, UNDERLAY_MTU, VXLAN_PORT, needs_root, netcheck};
 use serde_json::Value;
 
 fn lab() -> Lab {
@@ -48,9 +48,7 @@ fn verdict(r: &netcheck::Run) -> &str {
 /// lab's topology, the peer's side inferred.
 #[test]
 fn healthy_pod_to_pod_across_nodes() {
-    if !require_root("healthy_pod_to_pod_across_nodes") {
-        return;
-    }
+    needs_root("healthy_pod_to_pod_across_nodes");
     let lab = lab();
     let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
     let (n1, n2) = (lab.node(1).clone(), lab.node(2).clone());
@@ -94,7 +92,7 @@ fn healthy_pod_to_pod_across_nodes() {
     assert_eq!(data["path_mtu"], OVERLAY_MTU);
     assert_eq!(data["underlay_mtu"], UNDERLAY_MTU);
     assert!(hop(&r, "overlay")["detail"].as_str().unwrap().contains(&format!("port {VXLAN_PORT}")), "{r:?}");
-    assert!(verdict(&r).starts_with("healthy: "), "{r:?}");
+    assert_eq!(verdict(&r), format!("healthy: {} -> {}:8080 crosses 10 hops (4 inferred)", a.netns, b.ip), "{r:?}");
 
     // With the API: the pods at both ends and the peer node are named.
     let mut lab = lab;
@@ -123,7 +121,13 @@ fn healthy_pod_to_pod_across_nodes() {
     assert_eq!(names(&r).len(), 10);
     let r = path(&lab, 1, &b.ip.to_string(), &a.ip.to_string());
     assert_eq!(r.code, 2, "pod b is not on n1: {r:?}");
-    assert!(r.stderr.contains("none of the") && r.stderr.contains("holds 10.244.2.2"), "{}", r.stderr);
+    // n1's veths lead into pods a and c, and into the underlay switch (eth0's peer): three.
+    assert_eq!(
+        r.stderr,
+        format!("netcheck: --from {0}: none of the 3 pod namespaces attached to this node holds {0}\n", b.ip),
+        "{}",
+        r.stderr
+    );
 
     // To pod c on the same bridge: no routing, no overlay.
     let c = lab.pod("c").clone();
@@ -146,9 +150,7 @@ fn healthy_pod_to_pod_across_nodes() {
 /// before it pass.
 #[test]
 fn vxlan_dropped_on_the_peer_fails_the_peer_underlay() {
-    if !require_root("vxlan_dropped_on_the_peer_fails_the_peer_underlay") {
-        return;
-    }
+    needs_root("vxlan_dropped_on_the_peer_fails_the_peer_underlay");
     let lab = lab();
     lab.drop_vxlan(2).unwrap();
     let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
@@ -174,9 +176,7 @@ fn vxlan_dropped_on_the_peer_fails_the_peer_underlay() {
 /// hop is n1's INPUT, and the verdict says pods cannot reach it while the node can.
 #[test]
 fn pod_to_own_node_kubelet_rejected_at_input() {
-    if !require_root("pod_to_own_node_kubelet_rejected_at_input") {
-        return;
-    }
+    needs_root("pod_to_own_node_kubelet_rejected_at_input");
     let lab = lab();
     lab.reject_pods_to_kubelet(1).unwrap();
     let n1 = lab.node(1).clone();
@@ -207,9 +207,7 @@ fn pod_to_own_node_kubelet_rejected_at_input() {
 /// black hole starts on the underlay, with the usable MTU for the node and for the pod.
 #[test]
 fn underlay_black_hole_is_placed_with_the_usable_mtu() {
-    if !require_root("underlay_black_hole_is_placed_with_the_usable_mtu") {
-        return;
-    }
+    needs_root("underlay_black_hole_is_placed_with_the_usable_mtu");
     let lab = lab();
     lab.shrink_switch_mtu(1400).unwrap();
     let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
@@ -258,9 +256,7 @@ fn underlay_black_hole_is_placed_with_the_usable_mtu() {
 /// naming CAP_SYS_ADMIN (a usage/environment error, exit 2).
 #[test]
 fn unprivileged_path_runs_what_it_can() {
-    if !require_root("unprivileged_path_runs_what_it_can") {
-        return;
-    }
+    needs_root("unprivileged_path_runs_what_it_can");
     let lab = lab();
     let copy = netcheck::UnprivilegedCopy::new();
     let n1 = lab.node(1).netns.clone();

@@ -1,13 +1,11 @@
 //! The probe suite without privileges (an unprivileged `kubectl debug node` pod): what needs
 //! nothing runs, what needs a capability is skipped naming it, and nothing fails for it.
 
-use netlab::{Lab, TempDir, netcheck::UnprivilegedCopy, require_root};
+use netlab::{Lab, TempDir, needs_root, netcheck::UnprivilegedCopy};
 
 #[test]
 fn probes_run_or_name_the_capability_they_lack() {
-    if !require_root("probes_run_or_name_the_capability_they_lack") {
-        return;
-    }
+    needs_root("probes_run_or_name_the_capability_they_lack");
     let _ = netlab::clean_stale();
     let mut lab = Lab::new().unwrap();
     lab.start_dns().unwrap();

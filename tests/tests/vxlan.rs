@@ -1,7 +1,7 @@
 //! `netcheck check vxlan` on the lab: from node n1's namespace, an encapsulated echo to n2's
 //! VTEP (10.244.2.0 behind 192.168.50.12:8472, VNI 1), answered through the overlay.
 
-use netlab::{Lab, VNI, VXLAN_PORT, netcheck, require_root};
+use netlab::{Lab, VNI, VXLAN_PORT, needs_root, netcheck};
 use serde_json::Value;
 
 fn lab() -> Lab {
@@ -26,9 +26,7 @@ fn data(r: &netcheck::Run) -> &Value {
 /// neighbour entries.
 #[test]
 fn healthy_overlay_answers_both_ways() {
-    if !require_root("healthy_overlay_answers_both_ways") {
-        return;
-    }
+    needs_root("healthy_overlay_answers_both_ways");
     let lab = lab();
     for (from, to) in [(1, 2), (2, 1)] {
         let r = check(&lab, from, to);
@@ -46,9 +44,7 @@ fn healthy_overlay_answers_both_ways() {
 /// NETFILTER_DROP of the encapsulated echo on n2 is the evidence.
 #[test]
 fn vxlan_dropped_on_the_peer_is_no_reply_with_the_drop() {
-    if !require_root("vxlan_dropped_on_the_peer_is_no_reply_with_the_drop") {
-        return;
-    }
+    needs_root("vxlan_dropped_on_the_peer_is_no_reply_with_the_drop");
     let lab = lab();
     lab.drop_vxlan(2).unwrap();
     let r = check(&lab, 1, 2);
@@ -68,9 +64,7 @@ fn vxlan_dropped_on_the_peer_is_no_reply_with_the_drop() {
 /// Acceptance 3: n1 lost its FDB entry for n2: misconfigured, named, nothing sent.
 #[test]
 fn missing_fdb_entry_is_misconfigured() {
-    if !require_root("missing_fdb_entry_is_misconfigured") {
-        return;
-    }
+    needs_root("missing_fdb_entry_is_misconfigured");
     let lab = lab();
     lab.delete_fdb(1, 2).unwrap();
     let r = check(&lab, 1, 2);

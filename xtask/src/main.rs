@@ -74,6 +74,24 @@ enum LabAction {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Checked before anything is installed or built: without root the build would take
+    // minutes and most of what follows would then fail (a lab test that cannot run fails).
+    let root_for = match &cli.task {
+        Task::Test => Some((
+            "test",
+            "the lab tests build network namespaces, veths and iptables rules, capture loads eBPF programs, \
+             the image test unpacks the image and runs its netcheck in a chroot, and the kernel matrix's \
+             guests run the capture tests as root",
+        )),
+        Task::Bench { .. } => Some(("bench", "the benchmarks run on the lab (network namespaces) with eBPF capture")),
+        Task::Demo { .. } => Some(("demo", "the lab is built of network namespaces and capture loads eBPF programs")),
+        Task::Lab { .. } => Some(("lab", "the lab is built of network namespaces")),
+        Task::Kernels { .. } => Some(("kernels", "each guest runs the lab's capture tests as root")),
+        Task::Setup | Task::Fuzz { .. } | Task::Image => None,
+    };
+    if let Some((task, why)) = root_for {
+        need_root(task, why)?;
+    }
     match cli.task {
         Task::Setup => setup::run(),
         Task::Test => test(),
@@ -121,6 +139,18 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Fails unless this runs as root, saying which task needs it and why.
+fn need_root(task: &str, why: &str) -> Result<()> {
+    if !netlab::is_root() {
+        bail!(
+            "`cargo xtask {task}` needs root (euid 0) and runs as euid {}: {why}. It stopped before building or \
+             running anything; run it as root",
+            netlab::euid()
+        );
+    }
+    Ok(())
 }
 
 fn test() -> Result<()> {

@@ -81,7 +81,12 @@ fn plan(
             for node in nodes {
                 let host = if node.parse::<std::net::Ipv6Addr>().is_ok() { format!("[{node}]") } else { node.clone() };
                 let target = Target::parse(&format!("{host}:{port}"))?;
-                jobs.push(Job::Kubelet { target, healthz_port: *healthz_port, resolver: resolver.clone() });
+                jobs.push(Job::Kubelet {
+                    target,
+                    healthz_port: *healthz_port,
+                    resolver: resolver.clone(),
+                    self_signed_warns: false,
+                });
             }
             Ok((jobs, CertOptions { server_name: None, roots, warn_days: *warn_days }))
         }
@@ -114,11 +119,14 @@ fn plan(
             Ok((jobs, CertOptions::default()))
         }
         CheckCommand::Mtu { hosts, max, subnet_env } => {
-            let default = discovery::host_root(host_root).join(discovery::flannel::SUBNET_ENV);
-            let path = subnet_env.clone().or_else(|| default.exists().then_some(default));
-            let cni_mtu = match path {
-                Some(p) => discovery::flannel::SubnetEnv::read(&p)?.mtu.map(|m| (m, p)),
-                None => None,
+            let cni_mtu = match subnet_env {
+                Some(p) => discovery::flannel::SubnetEnv::read(p)?.mtu.map(|m| (m, p.clone())),
+                // The node's own, read inside its root; none there is no CNI MTU to compare.
+                None => discovery::node_root::NodeRoot::open(&discovery::host_root(host_root)).ok().and_then(|node| {
+                    let inside = Path::new(discovery::flannel::SUBNET_ENV);
+                    let text = node.read_to_string(inside).ok()?;
+                    discovery::flannel::SubnetEnv::parse(&text).mtu.map(|m| (m, node.shown(inside)))
+                }),
             };
             let jobs =
                 hosts.iter().map(|h| Job::Mtu(mtu::Spec { host: *h, max: *max, cni_mtu: cni_mtu.clone() })).collect();
@@ -142,7 +150,7 @@ fn plan(
                         Ok(certs) => Job::CertFile(path.to_path_buf(), certs),
                         Err(_) => Job::Kubeconfig(
                             path.to_path_buf(),
-                            discovery::certs::kubeconfig_items(path, &discovery::host_root(host_root))?,
+                            discovery::certs::kubeconfig_items(path, &discovery::host_root(host_root), None)?,
                         ),
                     });
                 } else if path.exists() || t.starts_with('/') || t.starts_with('.') {
@@ -214,7 +222,8 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         Work::Checks(jobs, cert_options) => run_checks(cli, opts, &cert_options, async { jobs }, false),
         Work::Node(cert_options, one_by_one) => {
             let root = discovery::host_root(cli.host_root.as_deref());
-            if let Some(why) = discovery::node_files::read(&root).not_a_node() {
+            let node = discovery::node_root::NodeRoot::open(&root).map_err(|e| format!("host root: {e}"))?;
+            if let Some(why) = discovery::node_files::read(&node).not_a_node() {
                 return Err(why.into());
             }
             let plan = async { node_checks::plan(&root, cli.kubeconfig.as_deref(), cli.timeout, None).await.jobs };

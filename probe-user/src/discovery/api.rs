@@ -14,11 +14,15 @@ use kube::{Api, Client, Config, api::ListParams, config::KubeConfigOptions};
 /// Why the API could not be asked; each keeps the client's error as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{}: {source}", path.display())]
-    ReadKubeconfig {
+    #[error(transparent)]
+    ReadKubeconfig(#[from] super::kubeconfig::KubeconfigError),
+    /// A file the kubeconfig names could not be read (inside the node root for the node's own).
+    #[error("{}: {reference} → {source}", path.display())]
+    Reference {
         path: std::path::PathBuf,
+        reference: String,
         #[source]
-        source: kube::config::KubeconfigError,
+        source: std::sync::Arc<super::node_root::RootError>,
     },
     #[error("{0}")]
     Kubeconfig(#[source] kube::config::KubeconfigError),
@@ -49,13 +53,20 @@ pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 
 /// A client from `--kubeconfig`, else `$KUBECONFIG`/`~/.kube/config`, else the pod's service
 /// account; every request bounded by `timeout`. A kubeconfig under the node root `root` has
-/// its absolute file references read from there (see [`super::read_kubeconfig`]).
+/// its file references read inside that root (see [`super::kubeconfig::read`]).
 pub async fn client(kubeconfig: Option<&Path>, root: &Path, timeout: Duration) -> Result<Client, ApiError> {
     let mut config = match kubeconfig {
         Some(path) => {
-            let kc = super::read_kubeconfig(path, root)
-                .map_err(|source| ApiError::ReadKubeconfig { path: path.to_path_buf(), source })?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(ApiError::Kubeconfig)?
+            let kc = super::kubeconfig::read(path, root)?;
+            // kube's client would open a reference left unread itself, in this process's
+            // filesystem: not the node's file.
+            if let Some((reference, source)) = kc.unread.first() {
+                let (path, reference, source) = (path.to_path_buf(), reference.clone(), source.clone());
+                return Err(ApiError::Reference { path, reference, source });
+            }
+            Config::from_custom_kubeconfig(kc.config, &KubeConfigOptions::default())
+                .await
+                .map_err(ApiError::Kubeconfig)?
         }
         None => Config::infer().await.map_err(ApiError::NoConfig)?,
     };

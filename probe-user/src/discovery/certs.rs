@@ -16,12 +16,13 @@ pub enum PemError {
     NoCertificate,
     #[error("inline data is not base64: {0}")]
     NotBase64(#[source] base64::DecodeError),
-    /// A certificate file a kubeconfig names (as written there).
-    #[error("{file}: {source}")]
+    /// A certificate file a kubeconfig names (as written there), and why it was not read
+    /// (which names the file as resolved).
+    #[error("{file} → {source}")]
     Unreadable {
         file: String,
         #[source]
-        source: std::io::Error,
+        source: std::sync::Arc<super::node_root::RootError>,
     },
     #[error("{file}: {source}")]
     InFile {
@@ -33,8 +34,12 @@ pub enum PemError {
 
 /// Every certificate in a PEM file (bundles included), in file order.
 pub fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
-    pem_certificates(&bytes).map_err(|why| Error::File { path: path.to_path_buf(), source: std::io::Error::other(why) })
+    pem_file(path, &super::node_root::read_file(path)?)
+}
+
+/// Every certificate in a PEM file's bytes; `shown` names the file in the error.
+pub fn pem_file(shown: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+    pem_certificates(bytes).map_err(|why| Error::File { path: shown.to_path_buf(), source: std::io::Error::other(why) })
 }
 
 /// Certificates of a PEM text; other PEM blocks (keys) are skipped.
@@ -65,26 +70,37 @@ pub struct KubeconfigItem {
 
 /// Reads a kubeconfig: every cluster's CA and every user's client certificate, inline
 /// (`*-data`, base64 PEM) or by file (relative paths are resolved against the kubeconfig's
-/// folder, as kubectl does).
-/// Absolute references of a kubeconfig under a mounted node root are read from that root
-/// (see [`crate::discovery::read_kubeconfig`]).
-pub fn kubeconfig_items(path: &Path, root: &Path) -> Result<Vec<KubeconfigItem>> {
-    let config = crate::discovery::read_kubeconfig(path, root)
+/// folder, as kubectl does). A kubeconfig under a mounted node root has its references read
+/// inside that root (see [`super::kubeconfig::read`]).
+/// `client_ca`: the CA the cluster judges client certificates by, when known (the kubelet's
+/// clientCAFile); else a client certificate is judged by its cluster's CA, which kubeadm uses
+/// for both but k3s does not (its clients are signed by a separate client CA).
+pub fn kubeconfig_items(
+    path: &Path,
+    root: &Path,
+    client_ca: Option<&[CertificateDer<'static>]>,
+) -> Result<Vec<KubeconfigItem>> {
+    let kc = super::kubeconfig::read(path, root)
         .map_err(|e| Error::File { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    let config = &kc.config;
     if config.clusters.is_empty() && config.auth_infos.is_empty() {
         return Err(Error::File {
             path: path.to_path_buf(),
             source: std::io::Error::other("neither PEM certificates nor a kubeconfig with clusters or users"),
         });
     }
-    Ok(items_of(&config))
+    Ok(items_of(&kc, client_ca))
 }
 
-/// The certificates of a parsed kubeconfig (file references already made absolute).
-pub fn items_of(config: &kube::config::Kubeconfig) -> Vec<KubeconfigItem> {
+/// The certificates of a kubeconfig whose references were read ([`super::kubeconfig`]).
+pub fn items_of(
+    kc: &super::kubeconfig::NodeKubeconfig,
+    client_ca: Option<&[CertificateDer<'static>]>,
+) -> Vec<KubeconfigItem> {
+    let config = &kc.config;
     let cluster_ca = |name: &str| -> Option<Result<Vec<CertificateDer<'static>>, PemError>> {
         let c = config.clusters.iter().find(|c| c.name == name)?.cluster.as_ref()?;
-        material(c.certificate_authority_data.as_deref(), c.certificate_authority.as_deref())
+        material(kc, c.certificate_authority_data.as_deref(), c.certificate_authority.as_deref())
     };
     let mut items = Vec::new();
     for named in &config.clusters {
@@ -99,7 +115,8 @@ pub fn items_of(config: &kube::config::Kubeconfig) -> Vec<KubeconfigItem> {
     }
     for named in &config.auth_infos {
         let Some(auth) = &named.auth_info else { continue };
-        let Some(certs) = material(auth.client_certificate_data.as_deref(), auth.client_certificate.as_deref()) else {
+        let Some(certs) = material(kc, auth.client_certificate_data.as_deref(), auth.client_certificate.as_deref())
+        else {
             continue;
         };
         // The cluster this user is used with: the current context's first, then any context's.
@@ -107,7 +124,10 @@ pub fn items_of(config: &kube::config::Kubeconfig) -> Vec<KubeconfigItem> {
         let mut with_user: Vec<_> =
             contexts.filter(|(_, ctx)| ctx.user.as_deref() == Some(named.name.as_str())).collect();
         with_user.sort_by_key(|(n, _)| config.current_context.as_deref() != Some(n.as_str()));
-        let roots = with_user.first().and_then(|(_, ctx)| cluster_ca(&ctx.cluster)).and_then(Result::ok);
+        let roots = match client_ca {
+            Some(ca) => Some(ca.to_vec()),
+            None => with_user.first().and_then(|(_, ctx)| cluster_ca(&ctx.cluster)).and_then(Result::ok),
+        };
         items.push(KubeconfigItem {
             label: format!("user {} client certificate", named.name),
             certs,
@@ -118,19 +138,31 @@ pub fn items_of(config: &kube::config::Kubeconfig) -> Vec<KubeconfigItem> {
     items
 }
 
-/// Inline base64 PEM wins over a file reference, as in kubectl.
-fn material(data: Option<&str>, file: Option<&str>) -> Option<Result<Vec<CertificateDer<'static>>, PemError>> {
+/// Inline base64 PEM (a file reference read is inline by now; inline data wins over a
+/// reference, as in kubectl); a reference still there is one that could not be read.
+fn material(
+    kc: &super::kubeconfig::NodeKubeconfig,
+    data: Option<&str>,
+    file: Option<&str>,
+) -> Option<Result<Vec<CertificateDer<'static>>, PemError>> {
     use base64::Engine as _;
     if let Some(data) = data {
         let decoded = base64::engine::general_purpose::STANDARD.decode(data.trim()).map_err(PemError::NotBase64);
-        return Some(decoded.and_then(|pem| pem_certificates(&pem)));
+        let certs = decoded.and_then(|pem| pem_certificates(&pem));
+        return Some(match file {
+            // Read from this file: its name says where a bad PEM came from.
+            Some(f) if kc.read_from(f) => {
+                certs.map_err(|source| PemError::InFile { file: f.to_string(), source: Box::new(source) })
+            }
+            _ => certs,
+        });
     }
     let file = file?;
-    Some(match std::fs::read(file) {
-        Ok(pem) => pem_certificates(&pem)
-            .map_err(|source| PemError::InFile { file: file.to_string(), source: Box::new(source) }),
-        Err(source) => Err(PemError::Unreadable { file: file.to_string(), source }),
-    })
+    let why = kc.unread(file).cloned().unwrap_or_else(|| {
+        let source = std::io::Error::other("not read");
+        std::sync::Arc::new(super::node_root::RootError::Io { path: file.into(), source })
+    });
+    Some(Err(PemError::Unreadable { file: file.to_string(), source: why }))
 }
 
 #[cfg(test)]

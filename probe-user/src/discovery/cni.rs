@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::node_root::{Kind, NodeRoot};
+
 /// Where CNI configurations live under the host root: the usual folder, then k3s's.
 pub const CONF_DIRS: &[&str] = &["etc/cni/net.d", "var/lib/rancher/k3s/agent/etc/cni/net.d"];
-/// Where plugin binaries live: the usual folder, then k3s's (its `current` data folder).
-pub const BIN_DIRS: &[&str] = &["opt/cni/bin", "var/lib/rancher/k3s/data/current/bin"];
+/// Where plugin binaries live: the usual folder, then k3s's: `data/cni` (the folder current k3s
+/// gives containerd as its CNI bin_dir, where users add plugins) and its `current` data folder's
+/// `bin` (older releases).
+pub const BIN_DIRS: &[&str] = &["opt/cni/bin", "var/lib/rancher/k3s/data/cni", "var/lib/rancher/k3s/data/current/bin"];
 
 /// A network configuration (a `.conflist`, or a single-plugin `.conf`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +65,9 @@ struct RawDelegate {
 pub enum CniError {
     #[error("no CNI configuration")]
     NoConfig,
-    #[error("{}: {source}", file.display())]
-    Read {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file is there but was not read (names it; a FIFO, too large, unreadable).
+    #[error(transparent)]
+    Read(super::node_root::RootError),
     #[error("{}: {source}", file.display())]
     Invalid {
         file: PathBuf,
@@ -110,25 +111,25 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(Config { file: file.to_path_buf(), name: raw.name.unwrap_or_default(), cni_version: raw.cni_version, plugins })
 }
 
-/// The configuration files of a folder in the order the runtime tries them (by name).
-pub fn config_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
+/// The configuration files of a folder in the order the runtime tries them (by name), as
+/// paths inside the node. libcni (libcni/conf.go ConfFiles) lists names by extension and then
+/// reads them; a FIFO or device there is kept, so reading it fails with a message instead of
+/// the runtime silently taking the next file.
+pub fn config_files(root: &NodeRoot, dir: &Path) -> Vec<PathBuf> {
+    root.list(dir)
+        .unwrap_or_default()
+        .into_iter()
         .filter(|p| {
-            p.is_file()
+            root.kind(p).is_some_and(|k| k != Kind::Dir)
                 && p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "conf" | "conflist" | "json"))
         })
-        .collect();
-    files.sort();
-    files
+        .collect()
 }
 
 /// What the node's CNI setup looks like under `root`.
 #[derive(Debug)]
 pub struct Found {
-    /// The folders looked in.
+    /// The folders looked in (as shown: under the root as given).
     pub dirs: Vec<PathBuf>,
     /// The configuration the runtime would use, or why there is none / it cannot be read.
     pub config: Result<Config, CniError>,
@@ -137,27 +138,32 @@ pub struct Found {
     pub bin_dirs: Vec<PathBuf>,
 }
 
-pub fn read(root: &Path) -> Found {
-    let dirs: Vec<PathBuf> = CONF_DIRS.iter().map(|d| root.join(d)).collect();
-    let bin_dirs: Vec<PathBuf> = BIN_DIRS.iter().map(|d| root.join(d)).filter(|d| d.is_dir()).collect();
-    let first = dirs.iter().find_map(|d| config_files(d).into_iter().next());
+pub fn read(root: &NodeRoot) -> Found {
+    let dirs: Vec<PathBuf> = CONF_DIRS.iter().map(|d| root.shown(Path::new(d))).collect();
+    let bins: Vec<&Path> = BIN_DIRS.iter().map(Path::new).filter(|d| root.is_dir(d)).collect();
+    let first = CONF_DIRS.iter().find_map(|d| config_files(root, Path::new(d)).into_iter().next());
     let config = match first {
         None => Err(CniError::NoConfig),
-        Some(file) => match std::fs::read_to_string(&file) {
-            Ok(text) => parse(&file, &text).map_err(|source| CniError::Invalid { file, source }),
-            Err(source) => Err(CniError::Read { file, source }),
+        Some(file) => match root.read_to_string(&file) {
+            Ok(text) => {
+                let file = root.shown(&file);
+                parse(&file, &text).map_err(|source| CniError::Invalid { file, source })
+            }
+            Err(e) => Err(CniError::Read(e)),
         },
     };
     let missing_binaries = match &config {
+        // The runtime execs the plugin: a symlink to it (k3s's data/current) counts, resolved
+        // inside the node.
         Ok(c) => c
             .plugins
             .iter()
             .map(|p| p.kind.clone())
-            .filter(|kind| !bin_dirs.iter().any(|d| d.join(kind).is_file()))
+            .filter(|kind| !bins.iter().any(|d| root.is_file(&d.join(kind))))
             .collect(),
         Err(_) => Vec::new(),
     };
-    Found { dirs, config, missing_binaries, bin_dirs }
+    Found { dirs, config, missing_binaries, bin_dirs: bins.iter().map(|d| root.shown(d)).collect() }
 }
 
 #[cfg(test)]
@@ -203,16 +209,31 @@ mod tests {
     fn reads_the_first_file_and_finds_missing_binaries() {
         let root = std::env::temp_dir().join(format!("netcheck-cni-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        assert!(matches!(read(&root).config, Err(CniError::NoConfig)));
+        std::fs::create_dir_all(&root).unwrap();
+        let node = NodeRoot::open(&root).unwrap();
+        assert!(matches!(read(&node).config, Err(CniError::NoConfig)));
         std::fs::create_dir_all(root.join("etc/cni/net.d")).unwrap();
         std::fs::create_dir_all(root.join("opt/cni/bin")).unwrap();
         std::fs::write(root.join("etc/cni/net.d/10-flannel.conflist"), FLANNEL).unwrap();
         std::fs::write(root.join("etc/cni/net.d/99-loopback.conf"), "{").unwrap();
         std::fs::write(root.join("etc/cni/net.d/README"), "not a config").unwrap();
         std::fs::write(root.join("opt/cni/bin/portmap"), "").unwrap();
-        let found = read(&root);
+        let found = read(&node);
         assert_eq!(found.config.as_ref().unwrap().name, "cbr0");
         assert_eq!(found.missing_binaries, ["flannel"]);
+        // k3s: plugins under data/current, an absolute symlink to the versioned data folder.
+        std::fs::create_dir_all(root.join("var/lib/rancher/k3s/data/abc123/bin")).unwrap();
+        std::fs::write(root.join("var/lib/rancher/k3s/data/abc123/bin/flannel"), "").unwrap();
+        std::os::unix::fs::symlink("/var/lib/rancher/k3s/data/abc123", root.join("var/lib/rancher/k3s/data/current"))
+            .unwrap();
+        assert_eq!(read(&node).missing_binaries, Vec::<String>::new());
+        // A FIFO where the first configuration is: refused by name, not waited on.
+        nix::unistd::mkfifo(&root.join("etc/cni/net.d/05-fifo.conf"), nix::sys::stat::Mode::S_IRUSR).unwrap();
+        let err = read(&node).config.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{}: a FIFO, not a regular file; not read", root.join("etc/cni/net.d/05-fifo.conf").display())
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 }

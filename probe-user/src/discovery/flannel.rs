@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Where flannel writes it, under the host root.
 pub const SUBNET_ENV: &str = "run/flannel/subnet.env";
@@ -45,8 +45,8 @@ impl SubnetEnv {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
-        Ok(Self::parse(&text))
+        let text = super::node_root::read_file(path)?;
+        Ok(Self::parse(&String::from_utf8_lossy(&text)))
     }
 }
 

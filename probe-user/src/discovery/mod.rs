@@ -7,8 +7,11 @@ pub mod api;
 pub mod certs;
 pub mod cni;
 pub mod flannel;
+pub mod kubeconfig;
+pub mod kubelet_config;
 pub mod netlink;
 pub mod node_files;
+pub mod node_root;
 pub mod peer_agent;
 pub mod pki;
 pub mod pods;
@@ -29,44 +32,6 @@ pub fn host_root(arg: Option<&Path>) -> PathBuf {
     PathBuf::from("/")
 }
 
-/// Reads a kubeconfig (relative file references resolved against its folder, as kubectl
-/// does). When the file lives under a mounted node root (`root` other than `/`), absolute
-/// references point into that node, not into this container: kubeadm's kubelet.conf names
-/// `/var/lib/kubelet/pki/kubelet-client-current.pem`, which in a `kubectl debug node` pod is
-/// `/host/var/lib/...`. Those are rebased onto the root.
-pub fn read_kubeconfig(path: &Path, root: &Path) -> Result<kube::config::Kubeconfig, kube::config::KubeconfigError> {
-    let mut config = kube::config::Kubeconfig::read_from(path)?;
-    if root != Path::new("/") && path.starts_with(root) {
-        rebase_references(&mut config, root);
-    }
-    Ok(config)
-}
-
-/// Rebases a kubeconfig's absolute file references (client certificate and key, token file,
-/// CA) onto `root`, leaving those already under it.
-pub fn rebase_references(config: &mut kube::config::Kubeconfig, root: &Path) {
-    let rebase = |reference: &mut Option<String>| {
-        if let Some(r) = reference.as_mut()
-            && let Ok(rest) = Path::new(r.as_str()).strip_prefix("/")
-            && !Path::new(r.as_str()).starts_with(root)
-        {
-            *r = root.join(rest).display().to_string();
-        }
-    };
-    for named in &mut config.auth_infos {
-        if let Some(auth) = named.auth_info.as_mut() {
-            rebase(&mut auth.client_certificate);
-            rebase(&mut auth.client_key);
-            rebase(&mut auth.token_file);
-        }
-    }
-    for named in &mut config.clusters {
-        if let Some(cluster) = named.cluster.as_mut() {
-            rebase(&mut cluster.certificate_authority);
-        }
-    }
-}
-
 /// The node's upstream resolvers: the nameservers of the resolv.conf that pods with
 /// `dnsPolicy: Default` (CoreDNS among them) get from the kubelet, under a node root mounted
 /// somewhere (never `/` itself: there it would be this process's own resolv.conf, which in a pod
@@ -83,8 +48,10 @@ pub fn node_upstreams(root: &Path, kubelet_resolv_conf: Option<&str>) -> Vec<std
         Some(f) => vec![f],
         None => vec!["run/systemd/resolve/resolv.conf", "etc/resolv.conf"],
     };
+    let Ok(node) = node_root::NodeRoot::open(root) else { return Vec::new() };
     for file in files {
-        if let Ok(conf) = resolv_conf::ResolvConf::read(&root.join(file)) {
+        if let Ok(text) = node.read(Path::new(file)) {
+            let conf = resolv_conf::ResolvConf::parse(&text);
             let servers: Vec<_> = conf.nameservers.into_iter().filter(|ip| !ip.is_loopback()).collect();
             if !servers.is_empty() {
                 return servers;

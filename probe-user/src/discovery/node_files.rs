@@ -3,43 +3,15 @@
 //! and flannel's subnet.env. Every file is optional; what is missing or
 //! unreadable is remembered as a note, never an error.
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
+use std::path::{Path, PathBuf};
+
+use super::{
+    flannel::{SUBNET_ENV, SubnetEnv},
+    kubelet_config::KubeletSetup,
+    node_root::NodeRoot,
 };
 
-use serde::Deserialize;
-
-use super::flannel::{SUBNET_ENV, SubnetEnv};
-
-/// kubeadm's kubelet configuration file.
-pub const KUBELET_CONFIG: &str = "var/lib/kubelet/config.yaml";
-/// The kubelet's kubeconfig: kubeadm, then k3s's agent.
-pub const KUBELET_KUBECONFIGS: &[&str] =
-    &["etc/kubernetes/kubelet.conf", "var/lib/rancher/k3s/agent/kubelet.kubeconfig"];
-
-/// The fields of a KubeletConfiguration netcheck uses (kubelet.config.k8s.io/v1beta1).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KubeletConfig {
-    #[serde(default, rename = "clusterDNS")]
-    pub cluster_dns: Vec<String>,
-    pub cluster_domain: Option<String>,
-    pub healthz_port: Option<u16>,
-    pub port: Option<u16>,
-    pub resolv_conf: Option<String>,
-}
-
-impl KubeletConfig {
-    pub fn parse(text: &str) -> Result<Self, serde_saphyr::Error> {
-        serde_saphyr::from_str(text)
-    }
-
-    /// clusterDNS entries that are IP addresses.
-    pub fn dns_servers(&self) -> Vec<IpAddr> {
-        self.cluster_dns.iter().filter_map(|s| s.trim().parse().ok()).collect()
-    }
-}
+pub use super::kubelet_config::{KUBELET_CONFIG, KUBELET_KUBECONFIGS, KubeletConfig};
 
 /// The API server, as the kubelet's kubeconfig names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,41 +25,43 @@ pub struct ApiServer {
 #[derive(Debug, Clone, Default)]
 pub struct NodeFiles {
     pub root: PathBuf,
+    /// The kubelet's configuration, when any source of it was found.
     pub kubelet: Option<KubeletConfig>,
+    /// Where the kubelet's settings came from (its process, files, drop-ins).
+    pub kubelet_setup: KubeletSetup,
     pub api_server: Option<ApiServer>,
     pub subnet_env: Option<(SubnetEnv, PathBuf)>,
+    /// A CNI configuration file is there (read or not).
+    pub cni: bool,
     /// What could not be learnt, and why.
     pub notes: Vec<String>,
 }
 
 /// Reads the node's files under `root`.
-pub fn read(root: &Path) -> NodeFiles {
-    let mut files = NodeFiles { root: root.to_path_buf(), ..NodeFiles::default() };
-    let kubelet_path = root.join(KUBELET_CONFIG);
-    match std::fs::read_to_string(&kubelet_path) {
-        Ok(text) => match KubeletConfig::parse(&text) {
-            Ok(c) => files.kubelet = Some(c),
-            Err(e) => files.notes.push(format!("{}: not a kubelet configuration ({e})", kubelet_path.display())),
-        },
-        Err(e) => files.notes.push(format!("{}: {e}", kubelet_path.display())),
+pub fn read(root: &NodeRoot) -> NodeFiles {
+    let mut files = NodeFiles { root: root.path().to_path_buf(), ..NodeFiles::default() };
+    let setup = super::kubelet_config::read(root);
+    files.notes.extend(setup.notes.iter().cloned());
+    if !setup.files.is_empty() || setup.pid.is_some() {
+        files.kubelet = Some(setup.config.clone());
     }
-    let kubeconfigs: Vec<PathBuf> = KUBELET_KUBECONFIGS.iter().map(|p| root.join(p)).collect();
-    match kubeconfigs.iter().find(|p| p.is_file()) {
-        Some(path) => match api_server(path) {
+    match setup.kubeconfig.as_deref() {
+        Some(path) => match api_server(root, path) {
             Ok(a) => files.api_server = Some(a),
-            Err(e) => files.notes.push(format!("{}: {e}", path.display())),
+            Err(e) => files.notes.push(format!("{}: {e}", root.shown(path).display())),
         },
         None => files.notes.push(format!(
             "no kubelet kubeconfig under {} ({})",
-            root.display(),
+            root.path().display(),
             KUBELET_KUBECONFIGS.join(", ")
         )),
     }
-    let env_path = root.join(SUBNET_ENV);
-    match SubnetEnv::read(&env_path) {
-        Ok(env) => files.subnet_env = Some((env, env_path)),
-        Err(e) => files.notes.push(crate::error::chain(&e)),
+    match root.read_to_string(Path::new(SUBNET_ENV)) {
+        Ok(text) => files.subnet_env = Some((SubnetEnv::parse(&text), root.shown(Path::new(SUBNET_ENV)))),
+        Err(e) => files.notes.push(e.to_string()),
     }
+    files.kubelet_setup = setup;
+    files.cni = super::cni::CONF_DIRS.iter().any(|d| !super::cni::config_files(root, Path::new(d)).is_empty());
     files
 }
 
@@ -96,8 +70,7 @@ impl NodeFiles {
     /// configuration, no kubelet kubeconfig and no CNI configuration. Any one of them makes it a
     /// node (perhaps a broken one), whose checks then run.
     pub fn not_a_node(&self) -> Option<String> {
-        let cni = super::cni::CONF_DIRS.iter().any(|d| !super::cni::config_files(&self.root.join(d)).is_empty());
-        (self.kubelet.is_none() && self.api_server.is_none() && !cni).then(|| {
+        (self.kubelet_setup.is_empty() && self.api_server.is_none() && !self.cni).then(|| {
             format!(
                 "no Kubernetes node under {} (no kubelet configuration at {KUBELET_CONFIG}, no kubelet kubeconfig at {}, \
                  no CNI configuration in {}); give the node's root with --host-root",
@@ -113,7 +86,7 @@ impl NodeFiles {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("{0}")]
-    Kubeconfig(#[source] kube::config::KubeconfigError),
+    Kubeconfig(#[source] super::kubeconfig::KubeconfigError),
     #[error("no cluster for the current context")]
     NoCluster,
     #[error("the cluster has no server")]
@@ -124,9 +97,10 @@ pub enum ServerError {
     NoHost(String),
 }
 
-/// The server of the kubeconfig's current context (or its only cluster).
-pub fn api_server(path: &Path) -> Result<ApiServer, ServerError> {
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(ServerError::Kubeconfig)?;
+/// The server of the kubeconfig's current context (or its only cluster), `path` inside the node.
+pub fn api_server(root: &NodeRoot, path: &Path) -> Result<ApiServer, ServerError> {
+    let shown = root.shown(path);
+    let kc = super::kubeconfig::read(&shown, root.path()).map_err(ServerError::Kubeconfig)?.config;
     let cluster_name = kc
         .current_context
         .as_ref()
@@ -140,7 +114,7 @@ pub fn api_server(path: &Path) -> Result<ApiServer, ServerError> {
     .and_then(|c| c.cluster.as_ref())
     .ok_or(ServerError::NoCluster)?;
     let server = cluster.server.as_deref().ok_or(ServerError::NoServer)?;
-    Ok(ApiServer { address: host_port(server)?, kubeconfig: path.to_path_buf() })
+    Ok(ApiServer { address: host_port(server)?, kubeconfig: shown })
 }
 
 /// `host:port` of an `https://host[:port][/path]` URL (443 when the port is left out).
@@ -156,6 +130,8 @@ pub fn host_port(url: &str) -> Result<String, ServerError> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     #[test]
@@ -176,11 +152,12 @@ mod tests {
     fn an_empty_root_is_not_a_node_and_any_part_of_one_is() {
         let root = std::env::temp_dir().join(format!("netcheck-not-a-node-{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
-        let why = read(&root).not_a_node().unwrap();
+        let node = NodeRoot::open(&root).unwrap();
+        let why = read(&node).not_a_node().unwrap();
         assert!(why.starts_with(&format!("no Kubernetes node under {}", root.display())), "{why}");
         std::fs::create_dir_all(root.join("etc/cni/net.d")).unwrap();
         std::fs::write(root.join("etc/cni/net.d/10-flannel.conflist"), "{}").unwrap();
-        assert_eq!(read(&root).not_a_node(), None, "a CNI configuration alone is a (broken) node");
+        assert_eq!(read(&node).not_a_node(), None, "a CNI configuration alone is a (broken) node");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -7,6 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::node_root::NodeRoot;
+
 /// Folders of PEM files (`*.crt`, `*.pem`; keys are skipped when read).
 const PEM_DIRS: &[&str] = &[
     "etc/kubernetes/pki",
@@ -21,55 +23,70 @@ const PEM_DIRS: &[&str] = &[
 const KUBECONFIG_DIRS: &[(&str, &str)] = &[("etc/kubernetes", ".conf"), ("var/lib/rancher/k3s/agent", ".kubeconfig")];
 const KUBECONFIG_FILES: &[&str] = &["etc/rancher/k3s/k3s.yaml"];
 
-/// A file found under the host root.
+/// A file found under the host root, by its path inside the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     Pem(PathBuf),
     Kubeconfig(PathBuf),
 }
 
-/// Every certificate file and kubeconfig of the node under `root`, each once (symlinks such
-/// as kubelet-client-current.pem are followed and counted once), in a stable order.
-pub fn scan(root: &Path) -> Vec<Found> {
+impl Found {
+    pub fn inside(&self) -> &Path {
+        match self {
+            Found::Pem(p) | Found::Kubeconfig(p) => p,
+        }
+    }
+}
+
+/// Every certificate file and kubeconfig of the node under `root`, each once (a file reached
+/// by two names, such as kubelet-client-current.pem and its dated target, is listed by the
+/// `-current` name), in a stable order. The kubelet's superseded rotations are left out: it
+/// writes each new certificate to a dated file, points `kubelet-{client,server}-current.pem`
+/// at it and never deletes the old ones (client-go's util/certificate/certificate_store.go),
+/// so a year-old node keeps expired dated files that nothing uses.
+pub fn scan(root: &NodeRoot) -> Vec<Found> {
     let mut seen = BTreeSet::new();
     let mut found = Vec::new();
     let mut add = |path: PathBuf, kubeconfig: bool| {
-        let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        if seen.insert(key) {
+        if root.identity(&path).is_none_or(|id| seen.insert(id)) {
             found.push(if kubeconfig { Found::Kubeconfig(path) } else { Found::Pem(path) });
         }
     };
     for dir in PEM_DIRS {
-        for path in files(&root.join(dir)) {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let mut files = root.files(Path::new(dir));
+        // `-current` names first, so they are the ones kept of two names for one file.
+        files.sort_by_key(|p| !name_of(p).ends_with("-current.pem"));
+        let current: Vec<String> =
+            files.iter().filter_map(|p| name_of(p).strip_suffix("-current.pem")).map(str::to_string).collect();
+        for path in files {
+            let name = name_of(&path);
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            let rotated = current.iter().any(|c| name.starts_with(&format!("{c}-")) && !name.ends_with("-current.pem"));
+            if rotated {
+                continue;
+            }
             if ext.eq_ignore_ascii_case("crt") || (ext.eq_ignore_ascii_case("pem") && !name.contains("key")) {
                 add(path, false);
             }
         }
     }
     for (dir, suffix) in KUBECONFIG_DIRS {
-        for path in files(&root.join(dir)) {
-            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(suffix)) {
+        for path in root.files(Path::new(dir)) {
+            if name_of(&path).ends_with(suffix) {
                 add(path, true);
             }
         }
     }
     for file in KUBECONFIG_FILES {
-        let path = root.join(file);
-        if path.is_file() {
-            add(path, true);
+        if root.is_file(Path::new(file)) {
+            add(PathBuf::from(file), true);
         }
     }
     found
 }
 
-/// Regular files of a folder (following symlinks), sorted by name.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut out: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
-    out.sort();
-    out
+fn name_of(path: &Path) -> &str {
+    path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -88,6 +105,7 @@ mod tests {
             ("etc/kubernetes/manifests.yaml", "x"),
             ("var/lib/kubelet/pki/kubelet.crt", "x"),
             ("var/lib/kubelet/pki/kubelet-client-2026.pem", "x"),
+            ("var/lib/kubelet/pki/kubelet-client-2025.pem", "expired, superseded"),
             ("var/lib/rancher/k3s/agent/kubelet.kubeconfig", "x"),
             ("etc/rancher/k3s/k3s.yaml", "x"),
         ] {
@@ -95,17 +113,18 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, text).unwrap();
         }
+        // As the kubelet makes it: absolute, naming the file as the node sees it.
         std::os::unix::fs::symlink(
-            root.join("var/lib/kubelet/pki/kubelet-client-2026.pem"),
+            "/var/lib/kubelet/pki/kubelet-client-2026.pem",
             root.join("var/lib/kubelet/pki/kubelet-client-current.pem"),
         )
         .unwrap();
-        let found = scan(&root);
+        let found = scan(&NodeRoot::open(&root).unwrap());
         let rel: Vec<String> = found
             .iter()
             .map(|f| match f {
-                Found::Pem(p) => format!("pem {}", p.strip_prefix(&root).unwrap().display()),
-                Found::Kubeconfig(p) => format!("kubeconfig {}", p.strip_prefix(&root).unwrap().display()),
+                Found::Pem(p) => format!("pem {}", p.display()),
+                Found::Kubeconfig(p) => format!("kubeconfig {}", p.display()),
             })
             .collect();
         assert_eq!(
@@ -113,14 +132,15 @@ mod tests {
             [
                 "pem etc/kubernetes/pki/ca.crt",
                 "pem etc/kubernetes/pki/etcd/server.crt",
-                "pem var/lib/kubelet/pki/kubelet-client-2026.pem",
+                "pem var/lib/kubelet/pki/kubelet-client-current.pem",
                 "pem var/lib/kubelet/pki/kubelet.crt",
                 "kubeconfig etc/kubernetes/admin.conf",
                 "kubeconfig var/lib/rancher/k3s/agent/kubelet.kubeconfig",
                 "kubeconfig etc/rancher/k3s/k3s.yaml",
             ]
         );
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        assert!(scan(&NodeRoot::open(&root.join("empty")).unwrap()).is_empty(), "an empty root finds nothing");
         std::fs::remove_dir_all(&root).unwrap();
-        assert!(scan(&root).is_empty(), "a missing root finds nothing, it does not fail");
     }
 }

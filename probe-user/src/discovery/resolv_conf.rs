@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::Path, time::Duration};
 
 use hickory_proto::rr::Name;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The resolver configuration of a pod (or node): what glibc and musl read from resolv.conf.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl ResolvConf {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read(path).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
+        let text = super::node_root::read_file(path)?;
         Ok(Self::parse(&text))
     }
 

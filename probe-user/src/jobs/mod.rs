@@ -33,6 +33,9 @@ pub enum Job {
         target: Target,
         healthz_port: u16,
         resolver: Option<Arc<dns::ResolvConf>>,
+        /// `node`'s: the kubelet's own self-signed certificate is a warning (see
+        /// [`verdict::kubelet::endpoint`]).
+        self_signed_warns: bool,
     },
     Dns(Box<dns::Spec>),
     /// The API server's endpoint, judged against the kubeconfig's CA.
@@ -67,7 +70,17 @@ pub fn node_pki_jobs(root: &Path) -> Vec<Job> {
             verdict::Verdict::fail(verdict::Cause::CertUnreadable, why),
         )])
     };
-    let found = discovery::pki::scan(root);
+    let node = match discovery::node_root::NodeRoot::open(root) {
+        Ok(node) => node,
+        Err(e) => return vec![unreadable(root, e.into())],
+    };
+    let found = discovery::pki::scan(&node);
+    // The cluster's client CA as the kubelet names it, read inside the root.
+    let client_ca = discovery::kubelet_config::read(&node)
+        .config
+        .client_ca_file()
+        .and_then(|f| node.read(Path::new(f)).ok())
+        .and_then(|pem| discovery::certs::pem_certificates(&pem).ok());
     if found.is_empty() {
         let detail = format!("no kubeadm, kubelet or k3s certificates under {}", root.display());
         return vec![Job::Done(vec![verdict::Check::file(
@@ -78,15 +91,22 @@ pub fn node_pki_jobs(root: &Path) -> Vec<Job> {
     }
     found
         .into_iter()
-        .map(|f| match f {
-            discovery::pki::Found::Pem(p) => match discovery::certs::load_pem(&p) {
-                Ok(certs) => Job::CertFile(p, certs),
-                Err(e) => unreadable(&p, e),
-            },
-            discovery::pki::Found::Kubeconfig(p) => match discovery::certs::kubeconfig_items(&p, root) {
-                Ok(items) => Job::Kubeconfig(p, items),
-                Err(e) => unreadable(&p, e),
-            },
+        .map(|f| {
+            let shown = node.shown(f.inside());
+            match f {
+                discovery::pki::Found::Pem(p) => {
+                    match node.read(&p).map_err(Into::into).and_then(|b| discovery::certs::pem_file(&shown, &b)) {
+                        Ok(certs) => Job::CertFile(shown, certs),
+                        Err(e) => unreadable(&shown, e),
+                    }
+                }
+                discovery::pki::Found::Kubeconfig(_) => {
+                    match discovery::certs::kubeconfig_items(&shown, root, client_ca.as_deref()) {
+                        Ok(items) => Job::Kubeconfig(shown, items),
+                        Err(e) => unreadable(&shown, e),
+                    }
+                }
+            }
         })
         .collect()
 }
@@ -230,7 +250,7 @@ async fn run_job(
         }
         Job::Kubeconfig(path, items) => verdict::cert::kubeconfig_verdicts(&path, items, opts.warn_days),
         Job::Done(checks) => checks,
-        Job::Kubelet { target, healthz_port, resolver } => {
+        Job::Kubelet { target, healthz_port, resolver, self_signed_warns } => {
             let started = Instant::now();
             let mut checks = Vec::new();
             let (mut dial, mut server_name) = (target.clone(), None);
@@ -248,7 +268,7 @@ async fn run_job(
             let remaining = deadline.saturating_sub(started.elapsed());
             let report = cert::fetch(&dial, server_name.as_deref(), remaining, capture.as_deref()).await;
             let roots = opts.roots.as_deref().map(Vec::as_slice);
-            checks.push(verdict::kubelet::endpoint(report, roots, opts.warn_days, capture_on));
+            checks.push(verdict::kubelet::endpoint(report, roots, opts.warn_days, capture_on, self_signed_warns));
             if dial.ip().is_some_and(kubelet::is_local) {
                 let h = kubelet::healthz(healthz_port, deadline).await;
                 checks.push(verdict::kubelet::healthz(healthz_port, &h));

@@ -45,7 +45,16 @@ pub struct Planned {
 
 /// The jobs for this node, and a `skip` check for each thing discovery could not find.
 pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sampling: Option<&Sampling>) -> Planned {
-    let files = discovery::node_files::read(root);
+    let node = match discovery::node_root::NodeRoot::open(root) {
+        Ok(node) => node,
+        Err(e) => {
+            let why = format!("the host root cannot be opened: {e}");
+            let check =
+                Check::file(Probe::Cni, "node".into(), Verdict::fail(crate::verdict::Cause::InternalError, why));
+            return Planned { jobs: vec![Job::Done(vec![check])], known: Vec::new(), probed: Vec::new() };
+        }
+    };
+    let files = discovery::node_files::read(&node);
     // At once: the API's nodes (peers the FDB has lost are found this way), the VXLAN devices
     // and the links (the CNI bridge).
     let (api_nodes, devices, links) = tokio::join!(
@@ -65,13 +74,20 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sam
     if let Some(spec) = dns_spec(&files, kubeconfig) {
         jobs.push(Job::Dns(Box::new(spec)));
     } else {
-        let why = files.notes.first().cloned().unwrap_or_default();
+        // Why, from the kubelet's side: a file it could not read first, then what was missing.
+        let setup = &files.kubelet_setup;
+        let why = match (setup.problems.first(), setup.notes.first()) {
+            (Some(problem), _) => problem.clone(),
+            (None, _) if files.kubelet.is_some() => "the kubelet's configuration sets none".to_string(),
+            (None, Some(missing)) => missing.clone(),
+            (None, None) => "no kubelet configuration found".to_string(),
+        };
         skipped.push((Probe::Dns, format!("no clusterDNS: {why}")));
     }
     match &files.api_server {
         Some(api) => match Target::parse(&api.address) {
             Ok(target) => {
-                let roots = discovery::certs::kubeconfig_items(&api.kubeconfig, root)
+                let roots = discovery::certs::kubeconfig_items(&api.kubeconfig, root, None)
                     .ok()
                     .and_then(|items| items.into_iter().find(|i| !i.client))
                     .and_then(|i| i.certs.ok())
@@ -109,7 +125,8 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sam
     }
     // The CNI setup, judged against the bridge as the kernel has it.
     let links = links.unwrap_or_default();
-    let cni = discovery::cni::read(root);
+    jobs.push(Job::Done(vec![crate::verdict::kubelet::configuration(&files.kubelet_setup)]));
+    let cni = discovery::cni::read(&node);
     let env = files.subnet_env.as_ref().map(|(e, _)| e);
     jobs.push(Job::Done(vec![crate::verdict::cni::verdict(&cni, env, root, &links)]));
     jobs.extend(super::node_pki_jobs(root));
@@ -149,7 +166,12 @@ fn dns_spec(files: &NodeFiles, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
 }
 
 fn kubelet_job(ip: Ipv4Addr, port: u16, healthz_port: u16) -> Job {
-    Job::Kubelet { target: Target { host: ip.to_string(), port }, healthz_port, resolver: None }
+    Job::Kubelet {
+        target: Target { host: ip.to_string(), port },
+        healthz_port,
+        resolver: None,
+        self_signed_warns: true,
+    }
 }
 
 /// The API's nodes and where they take VXLAN traffic (flannel's public IP, else the InternalIP);

@@ -41,7 +41,12 @@ pub struct Document {
 }
 
 impl Document {
-    pub fn new(checks: Vec<Check>, capture: capture::Status) -> Self {
+    pub fn new(mut checks: Vec<Check>, capture: capture::Status) -> Self {
+        if capture.lost > 0 {
+            for c in &mut checks {
+                c.detail = crate::verdict::evidence_incomplete(&c.detail, capture.lost);
+            }
+        }
         let mut summary = Summary::default();
         for c in &checks {
             match c.status {
@@ -309,6 +314,25 @@ mod tests {
         assert_eq!(v["capture"]["available"], false);
         assert_eq!(v["capture"]["missing"][0], "CAP_BPF");
         assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn lost_events_make_an_unseen_drop_incomplete_evidence() {
+        let mut timeout = check(Status::Fail, Some(Cause::Timeout));
+        timeout.detail = format!("no answer in 1s: {}", crate::verdict::NO_DROP_SEEN);
+        let lossy = capture::Status { available: true, lost: 7, ..capture::Status::default() };
+        let r = Document::new(vec![timeout.clone(), check(Status::Pass, None)], lossy);
+        assert_eq!(
+            r.checks[0].detail,
+            "no answer in 1s: no drop seen on this machine (evidence incomplete: 7 kernel events were lost, \
+             the ring buffer was full)"
+        );
+        assert_eq!(r.checks[1].detail, "d", "a detail without the claim is left alone");
+        let whole = capture::Status { available: true, ..capture::Status::default() };
+        assert_eq!(
+            Document::new(vec![timeout], whole).checks[0].detail,
+            "no answer in 1s: no drop seen on this machine"
+        );
     }
 
     #[test]

@@ -239,7 +239,7 @@ fn failure(q: &QueryReport, capture_on: bool) -> (Cause, String) {
     let via = q.local.and_then(|l| dnat_target(&q.events, l, q.server));
     let via = via.map(|d| format!(" (sent on to {d})")).unwrap_or_default();
     let transport = q.transport.as_str();
-    let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
+    let unseen = if capture_on { super::NO_DROP_SEEN } else { "capture unavailable" };
     match &q.outcome {
         Outcome::TimedOut => match drop {
             Some(e) if e.event.reason.as_deref() == Some("NETFILTER_DROP") => (

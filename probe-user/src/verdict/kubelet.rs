@@ -13,13 +13,32 @@ use crate::{
 /// and communication administratively prohibited (13).
 const PROHIBITED: [u8; 3] = [9, 10, 13];
 
+/// `self_signed_warns`: `node`'s view, where the kubelet's own self-signed serving certificate
+/// (no IP SAN) is how a default kubeadm node looks: a warning, not a failure. `check kubelet`
+/// asks whether a verifying client gets through, and fails it.
 pub fn endpoint(
     report: EndpointReport,
     roots: Option<&[CertificateDer<'static>]>,
     warn_days: u32,
     capture_on: bool,
+    self_signed_warns: bool,
 ) -> Check {
+    let self_signed =
+        roots.is_none() && report.handshake.as_ref().is_some_and(|h| h.as_ref().is_ok_and(|c| self_issued(c)));
     let mut check = endpoint_verdict(Probe::Kubelet, report, roots, warn_days, capture_on);
+    // Without serverTLSBootstrap (kubeadm's default) the kubelet serves a certificate it made
+    // for itself (client-go's cert.GenerateSelfSignedCertKey: `host@time`, signed by its own
+    // `host-ca@time`, a DNS name but no IP). The API server does not verify kubelet
+    // certificates unless given --kubelet-certificate-authority, so the node works; clients
+    // that verify by IP do not (docs/field-cases.md case 2: metrics-server).
+    if self_signed_warns && self_signed && check.cause == Some(Cause::CertNameMismatch) {
+        check.detail = format!(
+            "the kubelet's own self-signed serving certificate (serverTLSBootstrap off): the API server does not \
+             verify it, clients that do fail by IP (metrics-server without --kubelet-insecure-tls): {}",
+            check.detail
+        );
+        check.status = Status::Warn;
+    }
     let rejected = check.cause == Some(Cause::Unreachable)
         && check.evidence.iter().any(|e| {
             e.event.kind == EventKind::Icmp
@@ -33,6 +52,15 @@ pub fn endpoint(
         );
     }
     check
+}
+
+/// A chain that ends in a self-issued certificate (issuer = subject) it carries itself: one no
+/// cluster CA signed.
+fn self_issued(chain: &[CertificateDer<'static>]) -> bool {
+    chain
+        .last()
+        .and_then(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+        .is_some_and(|(_, c)| c.issuer().as_raw() == c.subject().as_raw())
 }
 
 /// The node's name did not resolve the way a pod resolves it (docs/field-cases.md case 3): what Go
@@ -65,6 +93,29 @@ pub fn healthz(port: u16, h: &Healthz) -> Check {
         duration_ms: u64::try_from(h.elapsed.as_millis()).unwrap_or(u64::MAX),
         ..Check::file(Probe::KubeletHealthz, target, Verdict { status, cause, detail })
     }
+}
+
+/// The kubelet's configuration as `node` read it: each value with its source when read
+/// (pass), the files the kubelet would choke on (fail), or nothing of a kubelet (skip).
+pub fn configuration(setup: &crate::discovery::kubelet_config::KubeletSetup) -> Check {
+    let target = match setup.pid {
+        Some(pid) => format!("kubelet pid {pid}"),
+        None => "kubelet configuration".to_string(),
+    };
+    let values = setup.describe().join("; ");
+    let verdict = if !setup.problems.is_empty() {
+        let mut detail = setup.problems.join("; ");
+        if !values.is_empty() {
+            detail = format!("{detail}; read: {values}");
+        }
+        Verdict::fail(Cause::KubeletMisconfigured, detail)
+    } else if setup.is_empty() {
+        let why = setup.notes.first().cloned().unwrap_or_else(|| "no kubelet process and no configuration".into());
+        Verdict::skip(format!("not checked: {why}"))
+    } else {
+        Verdict::pass(values)
+    };
+    Check::file(Probe::KubeletConfig, target, verdict)
 }
 
 fn first_line(body: &str) -> &str {

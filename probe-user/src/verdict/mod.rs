@@ -38,6 +38,19 @@ impl Status {
     }
 }
 
+/// How a verdict says the kernel showed no drop for its flow. When the capture lost events in the
+/// same run, the report adds that the evidence is incomplete ([`evidence_incomplete`]).
+pub const NO_DROP_SEEN: &str = "no drop seen on this machine";
+
+/// `NO_DROP_SEEN` in a detail, qualified: `lost` kernel events did not reach netcheck (ring
+/// buffer full), so a drop may have happened unseen.
+pub fn evidence_incomplete(detail: &str, lost: u64) -> String {
+    detail.replace(
+        NO_DROP_SEEN,
+        &format!("{NO_DROP_SEEN} (evidence incomplete: {lost} kernel events were lost, the ring buffer was full)"),
+    )
+}
+
 /// What a check ran: its `probe` in JSON and the `probe` label of the agent's metrics, both
 /// spelled by [`Probe::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,6 +61,8 @@ pub enum Probe {
     Vxlan,
     Cert,
     Kubelet,
+    /// `node`'s reading of the kubelet's configuration (its flags, files and drop-ins).
+    KubeletConfig,
     KubeletHealthz,
     Apiserver,
     Cni,
@@ -73,6 +88,7 @@ impl Probe {
             Self::Vxlan => "vxlan",
             Self::Cert => "cert",
             Self::Kubelet => "kubelet",
+            Self::KubeletConfig => "kubelet-config",
             Self::KubeletHealthz => "kubelet-healthz",
             Self::Apiserver => "apiserver",
             Self::Cni => "cni",
@@ -187,6 +203,9 @@ pub enum Cause {
     /// The node's CNI setup cannot give pods a network (no configuration, a plugin binary
     /// missing, flannel's subnet.env missing, the bridge holding another subnet's address).
     CniMisconfigured,
+    /// A configuration file the kubelet reads (its `--config`, a drop-in, kubeadm's
+    /// config.yaml) is unreadable, not a regular file or not a KubeletConfiguration.
+    KubeletMisconfigured,
     /// netcheck itself failed while checking (a crash in the check): a failure, never a gap.
     InternalError,
 }
@@ -220,6 +239,7 @@ impl Cause {
             Self::VxlanNoReply => "vxlan_no_reply",
             Self::VxlanMisconfigured => "vxlan_misconfigured",
             Self::CniMisconfigured => "cni_misconfigured",
+            Self::KubeletMisconfigured => "kubelet_misconfigured",
             Self::InternalError => "internal_error",
         }
     }

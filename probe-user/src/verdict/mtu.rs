@@ -123,7 +123,7 @@ fn judge(report: &Report, evidence: &[Evidence], capture_on: bool) -> Verdict {
 }
 
 fn no_echo(host: Ipv4Addr, answer: Answer, evidence: &[Evidence], capture_on: bool) -> Verdict {
-    let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
+    let unseen = if capture_on { super::NO_DROP_SEEN } else { "capture unavailable" };
     if let Answer::Unreachable { code, from } = answer {
         return Verdict::fail(
             Cause::Unreachable,

@@ -36,12 +36,7 @@ pub fn problems(checks: &[Check]) -> Vec<Problem> {
     let failing = |c: &Check| matches!(c.status, Status::Fail | Status::Warn);
     // The DNS rungs behind the Service that failed: other DNS checks that name one of their
     // addresses (a lookup or a Service query DNATed there) are its symptoms.
-    let rungs: Vec<String> = checks
-        .iter()
-        .filter(|c| failing(c) && c.probe == Probe::Dns)
-        .filter_map(rung_address)
-        .map(|a| a.to_string())
-        .collect();
+    let rungs: Vec<String> = checks.iter().filter(|c| failing(c)).filter_map(rung_of).collect();
     let mut out: Vec<(Key, Problem)> = Vec::new();
     for (i, c) in checks.iter().enumerate().filter(|(_, c)| failing(c)) {
         let key = key(c, &rungs);
@@ -59,8 +54,8 @@ pub fn problems(checks: &[Check]) -> Vec<Problem> {
     // A DNS problem is the rung's (its symptoms usually come first in check order): its verdict
     // is the cause, and it names what the rung is.
     for (key, p) in &mut out {
-        if let Key::DnsRung(_) = key
-            && let Some(root) = p.checks.iter().map(|&i| &checks[i]).find(|c| rung_address(c).is_some())
+        if let Key::DnsRung(address) = key
+            && let Some(root) = p.checks.iter().map(|&i| &checks[i]).find(|c| rung_of(c).as_ref() == Some(address))
         {
             (p.cause, p.detail, p.subject) = (root.cause, root.detail.clone(), subject(root, key));
         }
@@ -76,6 +71,16 @@ fn rung_address(c: &Check) -> Option<SocketAddr> {
     }
 }
 
+/// The rung a DNS check probed, by address: an endpoint's or upstream's, or a server's (the
+/// Service IP or whatever clusterDNS names; a server is the rung itself when nothing deeper
+/// fails, e.g. a stale clusterDNS).
+fn rung_of(c: &Check) -> Option<String> {
+    if c.probe != Probe::Dns {
+        return None;
+    }
+    rung_address(c).map(|a| a.to_string()).or_else(|| c.target.strip_prefix("server ").map(str::to_string))
+}
+
 fn key(c: &Check, rungs: &[String]) -> Key {
     if let Some(Data::Cert(cert)) = &c.data
         && matches!(
@@ -86,11 +91,14 @@ fn key(c: &Check, rungs: &[String]) -> Key {
         return Key::Cert(cert.issuer.clone(), cert.serial.clone());
     }
     if c.probe == Probe::Dns {
-        if let Some(a) = rung_address(c) {
-            return Key::DnsRung(a.to_string());
-        }
-        if let Some(a) = rungs.iter().find(|a| c.detail.contains(a.as_str())) {
+        // A check that names a failing rung deeper than its own is that rung's symptom (rungs
+        // are in ladder order: servers, then endpoints and upstreams).
+        let own = rung_of(c);
+        if let Some(a) = rungs.iter().rev().find(|a| Some(*a) != own.as_ref() && c.detail.contains(a.as_str())) {
             return Key::DnsRung(a.clone());
+        }
+        if let Some(a) = own {
+            return Key::DnsRung(a);
         }
     }
     Key::Check(c.probe, c.target.clone())
@@ -106,6 +114,7 @@ fn subject(c: &Check, key: &Key) -> String {
             format!("certificate {name} (serial {serial})")
         }
         Key::DnsRung(address) if c.target.starts_with("upstream ") => format!("upstream resolver {address}"),
+        Key::DnsRung(address) if c.target.starts_with("server ") => format!("DNS server {address}"),
         Key::DnsRung(address) => format!("CoreDNS endpoint {address}"),
         Key::Check(probe, target) => format!("{probe} {target}"),
     }
@@ -176,6 +185,26 @@ mod tests {
         assert_eq!(p[0].status, Status::Fail);
         assert_eq!(p[1].checks, [4]);
         assert_eq!(p[1].subject, "kubelet 192.168.50.11:10250");
+    }
+
+    #[test]
+    fn a_dead_server_rung_and_the_lookup_naming_it_are_one_problem() {
+        let checks = vec![
+            check(
+                Probe::Dns,
+                "kubernetes.default",
+                Status::Fail,
+                Some(Cause::DnsTimeout),
+                "no answer; failing rung: server 10.96.0.20:53: no answer",
+            ),
+            check(Probe::Dns, "server 10.96.0.20:53", Status::Fail, Some(Cause::DnsTimeout), "no answer"),
+            check(Probe::Dns, "server 10.96.0.2:53", Status::Pass, None, "ok"),
+        ];
+        let p = problems(&checks);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].subject, "DNS server 10.96.0.20:53");
+        assert_eq!(p[0].checks, [0, 1]);
+        assert_eq!(p[0].detail, "no answer", "the rung's own verdict");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub fn tcp_verdict(report: &Report, capture_on: bool) -> Check {
                     Some("tcp_v4_rcv" | "tcp_v6_rcv")
                 ))
     });
-    let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
+    let unseen = if capture_on { super::NO_DROP_SEEN } else { "capture unavailable" };
 
     let verdict = match &report.outcome {
         Outcome::Connected => {

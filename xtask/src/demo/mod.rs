@@ -45,7 +45,7 @@ fn show(bin: &Netcheck, netns: &str, args: &[&str]) -> Result<()> {
 }
 
 pub fn run(bin: &Netcheck) -> Result<()> {
-    if !netlab::require_root("demo") {
+    if !netlab::is_root() {
         bail!("the demo builds network namespaces: run it as root");
     }
     let _ = netlab::clean_stale();
@@ -366,7 +366,7 @@ fn scenario(
 
 /// `cargo xtask lab up`: the lab and its servers until Ctrl-C.
 pub fn lab_up() -> Result<()> {
-    if !netlab::require_root("lab up") {
+    if !netlab::is_root() {
         bail!("the lab builds network namespaces: run it as root");
     }
     let _ = netlab::clean_stale();

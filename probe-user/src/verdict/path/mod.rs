@@ -186,7 +186,7 @@ fn probe_checks(report: &Report, capture_on: bool) -> Vec<Check> {
 /// An ICMP echo's check.
 pub fn echo_verdict(echo: &icmp::Echo, capture_on: bool) -> Check {
     let evidence = Evidence::fold(echo.events.clone());
-    let unseen = if capture_on { "no drop seen on this machine" } else { "capture unavailable" };
+    let unseen = if capture_on { super::NO_DROP_SEEN } else { "capture unavailable" };
     let verdict = match &echo.outcome {
         EchoOutcome::Answered { answer: Answer::Reply, rtt } => {
             Verdict::pass(format!("echo answered in {:.1} ms", rtt.as_secs_f64() * 1000.0))
