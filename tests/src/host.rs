@@ -190,13 +190,6 @@ pub fn needs_root(what: &str) {
     assert!(is_root(), "needs root: {what} runs as euid {}, and needs euid 0 for {ROOT_FOR}: run it as root", euid());
 }
 
-/// [`needs_root`] for call sites written as `if !require_root(..) { return; }`: it never
-/// returns false (it panics instead), so such a guard never skips.
-pub fn require_root(what: &str) -> bool {
-    needs_root(what);
-    true
-}
-
 /// An environment variable a test cannot run without: its value, or a failure naming it and
 /// `how` to set it (never a quiet pass, never a guess).
 pub fn needs_env(name: &str, how: &str) -> String {

@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use netlab::{KUBELET_PORT, Lab, TempDir, netcheck, pki::Pki, require_root};
+use netlab::{KUBELET_PORT, Lab, TempDir, needs_root, netcheck, pki::Pki};
 
 const DAY: u64 = 86_400;
 
@@ -21,9 +21,7 @@ fn lab_with_kubelet(ip_san: bool) -> Lab {
 /// The kubelet's serving certificate, dialled by IP, trusted by the cluster CA: pass.
 #[test]
 fn kubelet_certificate_with_ip_san_passes() {
-    if !require_root("kubelet_certificate_with_ip_san_passes") {
-        return;
-    }
+    needs_root("kubelet_certificate_with_ip_san_passes");
     let lab = lab_with_kubelet(true);
     let dir = TempDir::new("ca-ok");
     let ca = dir.write("ca.crt", &lab.pki.ca_pem());
@@ -39,9 +37,7 @@ fn kubelet_certificate_with_ip_san_passes() {
 /// Go's exact message.
 #[test]
 fn kubelet_certificate_without_ip_san_is_a_name_mismatch() {
-    if !require_root("kubelet_certificate_without_ip_san_is_a_name_mismatch") {
-        return;
-    }
+    needs_root("kubelet_certificate_without_ip_san_is_a_name_mismatch");
     let lab = lab_with_kubelet(false);
     let ip = lab.node(1).underlay_ip;
     let r = netcheck::run_json_in(&lab.pod("b").netns, &["check", "cert", &format!("{ip}:{KUBELET_PORT}")]).unwrap();
@@ -62,9 +58,7 @@ fn kubelet_certificate_without_ip_san_is_a_name_mismatch() {
 /// A CA that did not sign the kubelet's certificate: untrusted.
 #[test]
 fn foreign_ca_is_untrusted() {
-    if !require_root("foreign_ca_is_untrusted") {
-        return;
-    }
+    needs_root("foreign_ca_is_untrusted");
     let lab = lab_with_kubelet(true);
     let dir = TempDir::new("ca-foreign");
     let ca = dir.write("other-ca.crt", &Pki::new("another-cluster-ca").unwrap().ca_pem());
@@ -78,9 +72,7 @@ fn foreign_ca_is_untrusted() {
 /// node: from a pod the SYN is masqueraded, and the RST after SNAT is not attributed yet.
 #[test]
 fn kubelet_down_is_refused() {
-    if !require_root("kubelet_down_is_refused") {
-        return;
-    }
+    needs_root("kubelet_down_is_refused");
     let _ = netlab::clean_stale();
     let lab = Lab::new().unwrap();
     let kubelet = format!("{}:{KUBELET_PORT}", lab.node(1).underlay_ip);
@@ -539,4 +531,159 @@ fn v1_server_certificate_without_san_fails_the_name_as_go_does() {
         detail.contains("x509: cannot validate certificate for 127.0.0.1 because it doesn't contain any IP SANs"),
         "{detail}"
     );
+}
+
+/// What a loopback TLS server saw of one connection: the version agreed when the client
+/// finished the handshake, else the server's error (the client's alert).
+type ServerSide = Result<rustls::ProtocolVersion, String>;
+
+/// A TLS server on 127.0.0.1 speaking only `version`, presenting the certificate in `cert` (a
+/// PEM file) as it is (a v1 one too: rustls's `with_single_cert` would parse it with webpki,
+/// which takes only v3) and signing the handshake with the key in `key` (a PEM file, not
+/// necessarily the certificate's: rustls checks that only in `with_single_cert`). Serves one
+/// connection, driving the handshake to its end and nothing more; returns `HOST:PORT` and what
+/// the server saw.
+fn serve_as_is(
+    cert: &str,
+    key: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> (String, std::sync::mpsc::Receiver<ServerSide>) {
+    use std::{net::TcpListener, sync::Arc, time::Duration};
+
+    use rustls::{
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+        server::{ClientHello, ResolvesServerCert},
+        sign::CertifiedKey,
+    };
+
+    #[derive(Debug)]
+    struct Fixed(Arc<CertifiedKey>);
+    impl ResolvesServerCert for Fixed {
+        fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = provider.key_provider.load_private_key(PrivateKeyDer::from_pem_file(key).unwrap()).unwrap();
+    let certified = CertifiedKey::new(vec![CertificateDer::from_pem_file(cert).unwrap()], key);
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(Ok(stream)) = listener.incoming().next() else { return };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), stream);
+        let seen = loop {
+            if !tls.conn.is_handshaking() {
+                break tls.conn.protocol_version().ok_or_else(|| "no version agreed".to_string());
+            }
+            if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                break Err(e.to_string());
+            }
+        };
+        let _ = tx.send(seen);
+    });
+    (format!("127.0.0.1:{port}"), rx)
+}
+
+/// The TLS versions a loopback server is pinned to, each with the version rustls reports.
+const TLS_VERSIONS: [(&rustls::SupportedProtocolVersion, rustls::ProtocolVersion); 2] = [
+    (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+    (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+];
+
+/// `netcheck -o json check cert ENDPOINT --ca CA EXTRA...` and what the server saw.
+fn check_endpoint(
+    endpoint: &str,
+    ca: &str,
+    extra: &[&str],
+    server: &std::sync::mpsc::Receiver<ServerSide>,
+) -> (netlab::netcheck::Run, ServerSide) {
+    let mut args = vec!["-o", "json", "--no-capture", "check", "cert", endpoint, "--ca", ca];
+    args.extend_from_slice(extra);
+    let r = netcheck::run(&args).unwrap();
+    let seen = server.recv_timeout(std::time::Duration::from_secs(20)).expect("the test server saw no connection");
+    (r, seen)
+}
+
+/// A server presenting an X.509 v1 certificate and holding its key, on TLS 1.2 and on TLS 1.3:
+/// netcheck checks the handshake signature with the certificate's key (rustls's helpers parse
+/// the certificate with webpki, which refuses v1, so the handshake used to fail and the
+/// failure was hidden behind the chain's verdict). The handshake completes (the server sees
+/// the client's Finished) and the verdict is Go's name failure, not `tls_handshake`.
+#[test]
+fn v1_server_certificate_handshake_signature_is_verified_on_tls12_and_tls13() {
+    let n = now();
+    let dir = TempDir::new("tls-v1-versions");
+    let ca = OpensslCa::new(&dir, "ca", "kubernetes");
+    let (cert, key) = ca.v1("apiserver", "/CN=api.example.test", (n - DAY, n + 300 * DAY));
+    for (version, agreed) in TLS_VERSIONS {
+        for (extra, expected) in [
+            (&["--server-name", "api.example.test"][..], "x509: certificate relies on legacy Common Name field"),
+            (&[][..], "x509: cannot validate certificate for 127.0.0.1 because it doesn't contain any IP SANs"),
+        ] {
+            let (endpoint, server) = serve_as_is(&cert, &key, version);
+            let (r, seen) = check_endpoint(&endpoint, &ca.cert, extra, &server);
+            assert_eq!(seen, Ok(agreed), "{agreed:?}: the server saw the handshake fail: {r:?}");
+            assert_eq!(r.code, 1, "{agreed:?}: {r:?}");
+            assert_eq!(
+                (&r.check()["status"], &r.check()["cause"]),
+                (&"fail".into(), &"cert_name_mismatch".into()),
+                "{agreed:?}: {r:?}"
+            );
+            let detail = r.check()["detail"].as_str().unwrap();
+            assert!(detail.contains(expected) && !detail.contains("not trusted"), "{agreed:?}: {r:?}");
+        }
+    }
+}
+
+/// A server presenting a certificate (v1 or v3, trusted by the CA) but signing the handshake
+/// with another key: it does not hold the certificate's key, so the handshake fails
+/// (`tls_handshake`, saying the signature does not verify) on TLS 1.2 and TLS 1.3, and the
+/// certificate it presented is not judged as if it were the server's. A v3 certificate with
+/// its own key, on loopback by IP SAN, still passes.
+#[test]
+fn server_signing_with_another_key_than_its_certificates_fails_the_handshake() {
+    let n = now();
+    let dir = TempDir::new("tls-wrong-key");
+    let ca = OpensslCa::new(&dir, "ca", "kubernetes");
+    let (v1_cert, _) = ca.v1("apiserver", "/CN=api.example.test", (n - DAY, n + 300 * DAY));
+    let (_, other_key) = ca.v1("other", "/CN=other.example.test", (n - DAY, n + 300 * DAY));
+    let pki = Pki::new("kubernetes").unwrap();
+    let v3 = pki.serving("apiserver", &["api.example.test"], &["127.0.0.1".parse().unwrap()]).unwrap();
+    let v3_ca = dir.write("v3-ca.crt", &pki.ca_pem());
+    let v3_cert = dir.write("v3.crt", &v3.cert_pem);
+    let v3_key = dir.write("v3.key", &v3.key_pem);
+
+    for (version, agreed) in TLS_VERSIONS {
+        for (what, cert, ca) in [("v1", &v1_cert, &ca.cert), ("v3", &v3_cert, &v3_ca)] {
+            let (endpoint, server) = serve_as_is(cert, &other_key, version);
+            let (r, seen) = check_endpoint(&endpoint, ca, &["--server-name", "api.example.test"], &server);
+            assert!(seen.is_err(), "{what} {agreed:?}: the server finished a handshake with a wrong key: {r:?}");
+            assert_eq!(r.code, 1, "{what} {agreed:?}: {r:?}");
+            assert_eq!(
+                (&r.check()["status"], &r.check()["cause"]),
+                (&"fail".into(), &"tls_handshake".into()),
+                "{what} {agreed:?}: {r:?}"
+            );
+            let detail = r.check()["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("the server's handshake signature does not verify with its certificate's key"),
+                "{what} {agreed:?}: {r:?}"
+            );
+        }
+
+        let (endpoint, server) = serve_as_is(&v3_cert, &v3_key, version);
+        let (r, seen) = check_endpoint(&endpoint, &v3_ca, &[], &server);
+        assert_eq!(seen, Ok(agreed), "v3 {agreed:?}: {r:?}");
+        assert_eq!((r.code, &r.check()["status"]), (0, &"pass".into()), "v3 {agreed:?}: {r:?}");
+    }
 }

@@ -235,8 +235,14 @@ fn fuzz(seconds: u32) -> Result<()> {
     let dir = root().join("probe-user/fuzz");
     for target in FUZZ_TARGETS {
         println!("fuzz {target}: {seconds} s");
+        // New inputs go to the first folder (not kept); the second holds the seeds kept in the
+        // repository (a long run's corpus, minimised), so a short run starts from its coverage.
+        let corpus = format!("corpus/{target}");
+        let seeds = format!("seeds/{target}");
+        std::fs::create_dir_all(dir.join(&corpus))?;
+        anyhow::ensure!(dir.join(&seeds).is_dir(), "no seed corpus at probe-user/fuzz/{seeds}");
         sh(Command::new("rustup")
-            .args(["run", "nightly", "cargo", "fuzz", "run", "-O", target, "--"])
+            .args(["run", "nightly", "cargo", "fuzz", "run", "-O", target, &corpus, &seeds, "--"])
             .arg(format!("-max_total_time={seconds}"))
             .args(["-rss_limit_mb=2048", "-print_final_stats=1"])
             .current_dir(&dir))?;

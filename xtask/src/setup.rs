@@ -20,6 +20,9 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",             // a real Prometheus scrapes the lab's agents; promtool checks the exposition
     "musl-tools",             // the image's static netcheck (C parts of ring built with musl-gcc)
     "busybox-static",         // the image's shell and tools
+    "gcc",                    // cc -static: the stand-in kubelet of tests/tests/kubelet_process.rs
+    "libc6-dev",              // its static libc
+    "openssl",                // X.509 v1 certificates for tests/tests/cert.rs (rcgen makes only v3)
     "skopeo",                 // CI inspects the image archive
     "umoci",                  // CI unpacks the image and runs netcheck from its root filesystem
     "file",                   // the image test checks the binary is static
