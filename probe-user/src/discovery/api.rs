@@ -60,7 +60,8 @@ pub async fn client(kubeconfig: Option<&Path>, root: &Path, timeout: Duration) -
             let kc = super::kubeconfig::read(path, root)?;
             // kube's client would open a reference left unread itself, in this process's
             // filesystem: not the node's file.
-            if let Some((reference, source)) = kc.unread.first() {
+            let used = current_references(&kc.config);
+            if let Some((reference, source)) = kc.unread.iter().find(|(r, _)| used.contains(&r.as_str())) {
                 let (path, reference, source) = (path.to_path_buf(), reference.clone(), source.clone());
                 return Err(ApiError::Reference { path, reference, source });
             }
@@ -74,6 +75,30 @@ pub async fn client(kubeconfig: Option<&Path>, root: &Path, timeout: Duration) -
     config.read_timeout = Some(timeout);
     config.write_timeout = Some(timeout);
     Client::try_from(config).map_err(ApiError::Client)
+}
+
+/// The file references of the current context's user and cluster: the only ones kube's client
+/// opens (another context's stale reference does not stop it).
+fn current_references(config: &kube::config::Kubeconfig) -> Vec<&str> {
+    let Some(context) = config
+        .current_context
+        .as_ref()
+        .and_then(|name| config.contexts.iter().find(|c| &c.name == name))
+        .and_then(|c| c.context.as_ref())
+    else {
+        return Vec::new();
+    };
+    let user = context.user.as_ref().and_then(|u| config.auth_infos.iter().find(|a| &a.name == u));
+    let user = user.and_then(|a| a.auth_info.as_ref());
+    let cluster = config.clusters.iter().find(|c| c.name == context.cluster).and_then(|c| c.cluster.as_ref());
+    let mut refs: Vec<&str> = Vec::new();
+    if let Some(u) = user {
+        refs.extend([&u.client_certificate, &u.client_key, &u.token_file].into_iter().flatten().map(String::as_str));
+    }
+    if let Some(c) = cluster {
+        refs.extend(c.certificate_authority.as_deref());
+    }
+    refs
 }
 
 /// The addresses of the Service's ready endpoints, from its EndpointSlices.

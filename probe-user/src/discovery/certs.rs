@@ -80,8 +80,8 @@ pub fn kubeconfig_items(
     root: &Path,
     client_ca: Option<&[CertificateDer<'static>]>,
 ) -> Result<Vec<KubeconfigItem>> {
-    let kc = super::kubeconfig::read(path, root)
-        .map_err(|e| Error::File { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    // Its error names the file already.
+    let kc = super::kubeconfig::read(path, root).map_err(|e| Error::Unread(Box::new(e)))?;
     let config = &kc.config;
     if config.clusters.is_empty() && config.auth_infos.is_empty() {
         return Err(Error::File {

@@ -76,12 +76,23 @@ pub fn read(path: &Path, root: &Path) -> Result<NodeKubeconfig, KubeconfigError>
 }
 
 /// Where a reference written in a kubeconfig in `folder` points, as a path in the same
-/// filesystem: absolute as written, relative ones joined onto the folder. `..` is kept: the
-/// resolver walks it (inside the root, never above it), since after a symlink it is not the
-/// lexical parent.
+/// filesystem: absolute as written, relative ones joined onto the folder, then cleaned
+/// lexically as client-go does (`filepath.Join`: `a/../b` is `b` whatever `a` links to; `..` never
+/// above `/`). The result is resolved inside the root, its symlinks followed there.
 pub fn reference_path(folder: &Path, reference: &str) -> PathBuf {
     let written = Path::new(reference);
-    if written.has_root() { written.to_path_buf() } else { folder.join(written) }
+    let joined = if written.has_root() { written.to_path_buf() } else { folder.join(written) };
+    let mut clean = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            std::path::Component::Normal(name) => clean.push(name),
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            _ => {}
+        }
+    }
+    clean
 }
 
 /// Reads each reference with `read` (given [`reference_path`]) and puts its bytes inline:
@@ -183,6 +194,10 @@ mod tests {
     fn references_are_joined_onto_the_folder() {
         assert_eq!(reference_path(Path::new("/etc/kubernetes"), "pki/ca.crt"), Path::new("/etc/kubernetes/pki/ca.crt"));
         assert_eq!(reference_path(Path::new("/etc/kubernetes"), "/x.pem"), Path::new("/x.pem"));
-        assert_eq!(reference_path(Path::new("/etc"), "../../x"), Path::new("/etc/../../x"));
+        assert_eq!(reference_path(Path::new("/etc"), "../../x"), Path::new("/x"), "never above /");
+        assert_eq!(
+            reference_path(Path::new("/etc/kubernetes"), "current/../ca.crt"),
+            Path::new("/etc/kubernetes/ca.crt")
+        );
     }
 }

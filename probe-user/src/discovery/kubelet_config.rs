@@ -17,7 +17,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::node_root::{NodeRoot, read_file};
+use super::node_root::{Kind, NodeRoot, read_file};
 
 /// kubeadm's kubelet configuration file.
 pub const KUBELET_CONFIG: &str = "var/lib/kubelet/config.yaml";
@@ -85,8 +85,11 @@ pub struct Flags {
     pub set: KubeletConfig,
 }
 
-/// The flags of a kubelet command line (`argv` without the program), as pflag reads them:
-/// `--name=value` or `--name value`; one dash works too. Unknown flags are skipped.
+/// The flags of a kubelet command line (`argv` without the program), as the kubelet's pflag
+/// set reads them: `--name=value` or `--name value`, `_` in a name as `-` (its word-separator
+/// normaliser), `--cluster-dns` repeatable and comma-separated (a string slice: values add up),
+/// an empty `--config=`/`--config-dir=`/`--kubeconfig=` leaving it unset. Unknown flags are
+/// skipped (a single dash is accepted too; the kubelet would refuse it).
 pub fn parse_flags(args: &[String]) -> Flags {
     let mut flags = Flags::default();
     let mut i = 0;
@@ -98,6 +101,8 @@ pub fn parse_flags(args: &[String]) -> Flags {
             Some((n, v)) => (n, Some(v.to_string())),
             None => (body, None),
         };
+        let name = name.replace('_', "-");
+        let name = name.as_str();
         let known = matches!(
             name,
             "config"
@@ -120,13 +125,14 @@ pub fn parse_flags(args: &[String]) -> Flags {
             }
             None => continue,
         };
+        let path = |v: String| (!v.is_empty()).then_some(v);
         match name {
-            "config" => flags.config = Some(value),
-            "config-dir" => flags.config_dir = Some(value),
-            "kubeconfig" => flags.kubeconfig = Some(value),
+            "config" => flags.config = path(value),
+            "config-dir" => flags.config_dir = path(value),
+            "kubeconfig" => flags.kubeconfig = path(value),
             "cluster-dns" => {
-                flags.set.cluster_dns =
-                    Some(value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect());
+                let added = value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from);
+                flags.set.cluster_dns.get_or_insert_with(Vec::new).extend(added);
             }
             "cluster-domain" => flags.set.cluster_domain = Some(value),
             "resolv-conf" => flags.set.resolv_conf = Some(value),
@@ -159,11 +165,9 @@ pub fn find_process(root: &Path) -> Result<Option<Process>, String> {
     let mut denied = None;
     for pid in pids {
         let Ok(cmdline) = read_file(Path::new(&format!("/proc/{pid}/cmdline"))) else { continue };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+        // NUL-terminated arguments; an empty one (`--resolv-conf ""`) is an argument too.
+        let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let Some(program) = args.first() else { continue };
         if Path::new(program).file_name().and_then(|n| n.to_str()) != Some("kubelet") {
             continue;
@@ -257,7 +261,26 @@ impl KubeletSetup {
     fn read_layer(&mut self, root: &NodeRoot, inside: &Path, from: &str, named: bool) {
         match root.read_to_string(inside) {
             Ok(text) => match KubeletConfig::parse(&text) {
-                Ok(layer) => {
+                Ok(mut layer) => {
+                    // The kubelet resolves a relative path field against the folder of the file
+                    // that sets it (pkg/kubelet/apis/config: ResolveRelativePaths).
+                    let folder = Path::new("/").join(inside.parent().unwrap_or(Path::new("")));
+                    let absolute = |p: &mut String| {
+                        if !p.is_empty() && !p.starts_with('/') {
+                            *p = folder.join(&*p).display().to_string();
+                        }
+                    };
+                    if let Some(r) = layer.resolv_conf.as_mut() {
+                        absolute(r);
+                    }
+                    if let Some(ca) = layer
+                        .authentication
+                        .as_mut()
+                        .and_then(|a| a.x509.as_mut())
+                        .and_then(|x| x.client_ca_file.as_mut())
+                    {
+                        absolute(ca);
+                    }
                     self.files.push(inside.to_path_buf());
                     self.overlay(layer, from);
                 }
@@ -270,12 +293,25 @@ impl KubeletSetup {
         }
     }
 
-    /// The `*.conf` drop-ins of a folder, by name.
-    fn read_drop_ins(&mut self, root: &NodeRoot, dir: &Path, from: &str) {
-        for file in root.files(dir) {
-            if file.extension().is_some_and(|e| e == "conf") {
-                let label = format!("{} {from}", Path::new("/").join(&file).display());
-                self.read_layer(root, &file, &label, true);
+    /// The `*.conf` drop-ins of a folder and its subfolders, in the order the kubelet walks
+    /// them (filepath.WalkDir: by name, a folder's files where its name sorts). `named`: the
+    /// kubelet's `--config-dir` names it, and a missing one stops the kubelet.
+    fn read_drop_ins(&mut self, root: &NodeRoot, dir: &Path, from: &str, named: bool) {
+        let entries = match root.list(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.is_not_found() && !named => return,
+            Err(e) => return self.problems.push(e.to_string()),
+        };
+        for entry in entries {
+            match root.kind(&entry) {
+                Some(Kind::Dir) => self.read_drop_ins(root, &entry, from, true),
+                // A FIFO or device named *.conf is read (and refused with why), as the kubelet
+                // would try to read it.
+                Some(_) if entry.extension().is_some_and(|e| e == "conf") => {
+                    let label = format!("{} {from}", Path::new("/").join(&entry).display());
+                    self.read_layer(root, &entry, &label, true);
+                }
+                _ => {}
             }
         }
     }
@@ -297,7 +333,7 @@ pub fn read(root: &NodeRoot) -> KubeletSetup {
     } else {
         setup.read_layer(root, Path::new(KUBELET_CONFIG), &format!("/{KUBELET_CONFIG}, kubeadm's path"), false);
         for dir in CONFIG_DIRS {
-            setup.read_drop_ins(root, Path::new(dir), "(drop-in)");
+            setup.read_drop_ins(root, Path::new(dir), "(drop-in)", false);
         }
         if let Some(kc) = KUBELET_KUBECONFIGS.iter().map(Path::new).find(|p| root.is_file(p)) {
             setup.kubeconfig = Some(Path::new("/").join(kc));
@@ -314,7 +350,7 @@ fn from_flags(root: &NodeRoot, setup: &mut KubeletSetup, pid: u32, flags: &Flags
         setup.read_layer(root, Path::new(config), &format!("{config}, --config of kubelet pid {pid}"), true);
     }
     if let Some(dir) = &flags.config_dir {
-        setup.read_drop_ins(root, Path::new(dir), &format!("(drop-in, --config-dir of kubelet pid {pid})"));
+        setup.read_drop_ins(root, Path::new(dir), &format!("(drop-in, --config-dir of kubelet pid {pid})"), true);
     }
     let from = format!("flag of kubelet pid {pid}");
     setup.overlay(flags.set.clone(), &from);
@@ -348,6 +384,18 @@ mod tests {
         assert_eq!(f.set.healthz_port, None, "not a port");
         assert_eq!(f.set.port, Some(10250));
         assert_eq!(parse_flags(&args("--config")), Flags::default(), "a flag without its value");
+        let f = parse_flags(&args(
+            "--cluster-dns=10.0.0.1 --cluster_domain=x.test --cluster-dns 10.0.0.2,10.0.0.3 --config=",
+        ));
+        assert_eq!(
+            f.set.cluster_dns,
+            Some(vec!["10.0.0.1".into(), "10.0.0.2".into(), "10.0.0.3".into()]),
+            "values add up"
+        );
+        assert_eq!(f.set.cluster_domain.as_deref(), Some("x.test"), "_ is -");
+        assert_eq!(f.config, None, "an empty --config= is unset");
+        let empty = parse_flags(&["--resolv-conf".into(), String::new(), "--config".into(), "/c.yaml".into()]);
+        assert_eq!((empty.set.resolv_conf.as_deref(), empty.config.as_deref()), (Some(""), Some("/c.yaml")));
     }
 
     #[test]
@@ -360,6 +408,8 @@ mod tests {
         std::fs::write(dir.join("etc/k/conf.d/20-b.conf"), "clusterDomain: twenty\n").unwrap();
         std::fs::write(dir.join("etc/k/conf.d/10-a.conf"), "clusterDomain: ten\nhealthzPort: 2\n").unwrap();
         std::fs::write(dir.join("etc/k/conf.d/30-c.yaml"), "clusterDomain: not-a-drop-in\n").unwrap();
+        std::fs::create_dir_all(dir.join("etc/k/conf.d/15-sub")).unwrap();
+        std::fs::write(dir.join("etc/k/conf.d/15-sub/x.conf"), "resolvConf: r.conf\n").unwrap();
         let root = NodeRoot::open(&dir).unwrap();
         let mut setup = KubeletSetup::default();
         let flags = parse_flags(&args("--config=/etc/k/config.yaml --config-dir=/etc/k/conf.d --cluster-dns=10.0.0.9"));
@@ -372,6 +422,8 @@ mod tests {
             [
                 "clusterDNS=10.0.0.9 (flag of kubelet pid 42)",
                 "clusterDomain=twenty (/etc/k/conf.d/20-b.conf (drop-in, --config-dir of kubelet pid 42))",
+                // A subfolder's drop-in, its relative path resolved against its own folder.
+                "resolvConf=/etc/k/conf.d/15-sub/r.conf (/etc/k/conf.d/15-sub/x.conf (drop-in, --config-dir of kubelet pid 42))",
                 "healthzPort=2 (/etc/k/conf.d/10-a.conf (drop-in, --config-dir of kubelet pid 42))",
             ]
         );

@@ -48,6 +48,8 @@ pub fn read(root: &NodeRoot) -> NodeFiles {
     match setup.kubeconfig.as_deref() {
         Some(path) => match api_server(root, path) {
             Ok(a) => files.api_server = Some(a),
+            // A kubeconfig that could not be read names itself.
+            Err(e @ ServerError::Kubeconfig(_)) => files.notes.push(e.to_string()),
             Err(e) => files.notes.push(format!("{}: {e}", root.shown(path).display())),
         },
         None => files.notes.push(format!(

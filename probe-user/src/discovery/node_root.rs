@@ -155,9 +155,16 @@ impl NodeRoot {
         let probe = self.resolve(inside, OFlag::O_PATH).map_err(io)?;
         let seen = nix::sys::stat::fstat(&probe).map_err(io)?;
         self.check_regular(inside, &seen)?;
-        // Opened a second time to read (an O_PATH descriptor cannot be read); the inode must
-        // be the one whose type was checked, or it was swapped in between.
-        let file = self.resolve(inside, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY).map_err(io)?;
+        // An O_PATH descriptor cannot be read: the very inode checked is reopened through its
+        // /proc/self/fd magic link, so nothing swapped in since is opened (a device opened has
+        // side effects). Without /proc the path is resolved again, and the inode compared.
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let by_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&probe));
+        let file = match nix::fcntl::open(by_fd.as_str(), flags, Mode::empty()) {
+            Ok(file) => file,
+            Err(Errno::ENOENT) => self.resolve(inside, flags).map_err(io)?,
+            Err(e) => return Err(io(e)),
+        };
         let now = nix::sys::stat::fstat(&file).map_err(io)?;
         if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino) {
             return Err(io(Errno::ESTALE));
@@ -234,9 +241,7 @@ impl NodeRoot {
                     other => return other,
                 }
             }
-            if !NO_OPENAT2.load(Ordering::Relaxed) {
-                return Err(Errno::EAGAIN);
-            }
+            // Renames kept racing the kernel's lookup: the walk takes it one name at a time.
         }
         walk(self.dir.as_fd(), &path, flags)
     }

@@ -100,13 +100,30 @@ async fn handshake(stream: tokio::net::TcpStream, name: &Name) -> Result<Vec<Cer
     match (result, bad_signature) {
         // The server did not prove it holds the key of the certificate it presented: that
         // certificate is not its own to judge.
-        (_, Some(e)) => Err(signature_failure(&e)),
+        (_, Some(e)) if disproves_key(&e, chain.first()) => Err(signature_failure(&e)),
         (Ok(_tls), None) => Ok(chain),
         // The chain was seen even when the handshake failed after it (e.g. a client certificate
-        // demanded): judge what was presented.
-        (Err(_), None) if !chain.is_empty() => Ok(chain),
+        // demanded), or a signature could not be checked at all (a key or certificate the
+        // crypto library refuses: RSA under 2048 bits, an unknown critical extension: that
+        // proves nothing either way): judge what was presented; the verdict says what it
+        // cannot verify.
+        (_, _) if !chain.is_empty() => Ok(chain),
+        (_, Some(e)) => Err(signature_failure(&e)),
         (Err(e), None) => Err(e.to_string()),
     }
+}
+
+/// Whether a refused handshake signature shows the server lacks the certificate's key: a bad
+/// signature under a key the library checks. ring refuses RSA keys under 2048 bits with the
+/// same error as a bad signature, so those prove nothing.
+fn disproves_key(e: &rustls::Error, leaf: Option<&CertificateDer<'static>>) -> bool {
+    if !matches!(e, rustls::Error::InvalidCertificate(CertificateError::BadSignature)) {
+        return false;
+    }
+    let small_rsa = leaf.and_then(|c| X509Certificate::from_der(c.as_ref()).ok()).is_some_and(|(_, c)| {
+        matches!(c.public_key().parsed(), Ok(x509_parser::public_key::PublicKey::RSA(k)) if k.key_size() < 2048)
+    });
+    !small_rsa
 }
 
 /// What a refused handshake signature means, for the `tls_handshake` row.

@@ -54,13 +54,34 @@ pub fn endpoint(
     check
 }
 
-/// A chain that ends in a self-issued certificate (issuer = subject) it carries itself: one no
-/// cluster CA signed.
+/// The kubelet's own serving certificate, as it makes one without serverTLSBootstrap
+/// (client-go's cert.GenerateSelfSignedCertKeyWithFixtures): a leaf named `HOST@UNIXTIME`, alone
+/// and self-issued, or signed by the `HOST-ca@UNIXTIME` CA it carries after it. Another chain
+/// that merely ends in its CA (k3s's serving-kubelet.crt, a bundle) is not this.
 fn self_issued(chain: &[CertificateDer<'static>]) -> bool {
-    chain
-        .last()
-        .and_then(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
-        .is_some_and(|(_, c)| c.issuer().as_raw() == c.subject().as_raw())
+    let parsed: Vec<_> = chain.iter().filter_map(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok()).collect();
+    let names: Vec<String> = parsed
+        .iter()
+        .map(|(_, c)| {
+            c.subject().iter_common_name().next().and_then(|n| n.as_str().ok()).unwrap_or_default().to_string()
+        })
+        .collect();
+    let stamped = |name: &str, suffix: &str| {
+        name.rsplit_once('@').is_some_and(|(host, time)| {
+            host.ends_with(suffix) && !time.is_empty() && time.bytes().all(|b| b.is_ascii_digit())
+        })
+    };
+    let self_signed = |i: usize| parsed[i].1.issuer().as_raw() == parsed[i].1.subject().as_raw();
+    match names.as_slice() {
+        [leaf] => stamped(leaf, "") && self_signed(0),
+        [leaf, ca] => {
+            stamped(leaf, "")
+                && stamped(ca, "-ca")
+                && self_signed(1)
+                && parsed[0].1.issuer().as_raw() == parsed[1].1.subject().as_raw()
+        }
+        _ => false,
+    }
 }
 
 /// The node's name did not resolve the way a pod resolves it (docs/field-cases.md case 3): what Go

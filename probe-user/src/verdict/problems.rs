@@ -81,6 +81,18 @@ fn rung_of(c: &Check) -> Option<String> {
     rung_address(c).map(|a| a.to_string()).or_else(|| c.target.strip_prefix("server ").map(str::to_string))
 }
 
+/// Whether `detail` names `address` as a whole (`10.0.0.1:53` is not in `10.0.0.1:5353` nor in
+/// `110.0.0.1:53`).
+fn names(detail: &str, address: &str) -> bool {
+    // Before it, a digit, letter or dot would make a longer address; after it, a digit or
+    // letter a longer port (a `:` or `.` after it ends a phrase).
+    let before = |c: char| c.is_ascii_alphanumeric() || c == '.';
+    detail.match_indices(address).any(|(i, _)| {
+        !detail[..i].chars().next_back().is_some_and(before)
+            && !detail[i + address.len()..].chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
 fn key(c: &Check, rungs: &[String]) -> Key {
     if let Some(Data::Cert(cert)) = &c.data
         && matches!(
@@ -94,7 +106,7 @@ fn key(c: &Check, rungs: &[String]) -> Key {
         // A check that names a failing rung deeper than its own is that rung's symptom (rungs
         // are in ladder order: servers, then endpoints and upstreams).
         let own = rung_of(c);
-        if let Some(a) = rungs.iter().rev().find(|a| Some(*a) != own.as_ref() && c.detail.contains(a.as_str())) {
+        if let Some(a) = rungs.iter().rev().find(|a| Some(*a) != own.as_ref() && names(&c.detail, a)) {
             return Key::DnsRung(a.clone());
         }
         if let Some(a) = own {
@@ -205,6 +217,14 @@ mod tests {
         assert_eq!(p[0].subject, "DNS server 10.96.0.20:53");
         assert_eq!(p[0].checks, [0, 1]);
         assert_eq!(p[0].detail, "no answer", "the rung's own verdict");
+    }
+
+    #[test]
+    fn an_address_is_named_whole() {
+        assert!(names("sent on to 10.0.0.1:53)", "10.0.0.1:53"));
+        assert!(names("10.0.0.1:53", "10.0.0.1:53"));
+        assert!(!names("sent on to 10.0.0.1:5353", "10.0.0.1:53"));
+        assert!(!names("sent on to 110.0.0.1:53", "10.0.0.1:53"));
     }
 
     #[test]
