@@ -138,16 +138,7 @@ impl Lab {
         // Ready when it answers on TCP 53 (it binds UDP and TCP together).
         let target = SocketAddr::new(addr.into(), 53);
         let ns = netns.to_string();
-        let up = in_netns(&ns, move || {
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(5) {
-                if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
-                    return Ok(true);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(false)
-        })?;
+        let up = listening(&ns, target)?;
         if !up {
             let _ = child.kill();
             let out = child.wait_with_output()?;
@@ -239,4 +230,18 @@ pub(crate) fn serve(
     });
     rx.recv().context("server thread")??;
     Ok(Server { addr, stop, thread: Some(thread) })
+}
+
+/// Whether something accepts TCP at `target` in `netns` within 5 s (a daemon just started).
+pub fn listening(netns: &str, target: std::net::SocketAddr) -> Result<bool> {
+    in_netns(netns, move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(false)
+    })
 }

@@ -58,6 +58,12 @@ fn start(root: &Path, args: &[&str]) -> Result<Running> {
     Ok(Running(cmd.spawn().context("starting the stand-in kubelet")?))
 }
 
+/// `netcheck node` on the fixture root, as JSON.
+fn node(root: &Path) -> Result<netcheck::Run> {
+    let root = root.to_str().context("root path")?;
+    netcheck::run(&["-o", "json", "--no-capture", "--timeout", "1s", "node", "--host-root", root])
+}
+
 #[test]
 fn the_kubelets_flags_name_its_configuration() -> Result<()> {
     netlab::needs_root("the_kubelets_flags_name_its_configuration");
@@ -94,16 +100,7 @@ fn the_kubelets_flags_name_its_configuration() -> Result<()> {
         ensure!(std::time::Instant::now() < deadline, "the stand-in kubelet did not chroot");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let run = netcheck::run(&[
-        "-o",
-        "json",
-        "--no-capture",
-        "--timeout",
-        "1s",
-        "node",
-        "--host-root",
-        root.to_str().unwrap(),
-    ])?;
+    let run = node(&root)?;
     let rows = run.json["checks"].as_array().context(run.stderr.clone())?;
     let row = rows.iter().find(|c| c["probe"] == "kubelet-config").context(run.stdout.clone())?;
     assert_eq!(row["target"], format!("kubelet pid {pid}"), "{row}");
@@ -123,16 +120,7 @@ fn the_kubelets_flags_name_its_configuration() -> Result<()> {
     drop(kubelet);
 
     // Without the process, kubeadm's path stands in (and says so).
-    let run = netcheck::run(&[
-        "-o",
-        "json",
-        "--no-capture",
-        "--timeout",
-        "1s",
-        "node",
-        "--host-root",
-        root.to_str().unwrap(),
-    ])?;
+    let run = node(&root)?;
     let rows = run.json["checks"].as_array().context(run.stderr.clone())?;
     let row = rows.iter().find(|c| c["probe"] == "kubelet-config").context(run.stdout.clone())?;
     assert_eq!(row["target"], "kubelet configuration");

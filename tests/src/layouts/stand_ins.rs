@@ -4,7 +4,6 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -138,16 +137,7 @@ fn dnsmasq(netns: &str, n: &NodeSpec) -> Result<Child> {
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().context("starting dnsmasq (is it installed? `cargo xtask setup` installs it)")?;
     let target = SocketAddr::new(n.cluster_dns.into(), 53);
-    let up = host::in_netns(netns, move || {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(5) {
-            if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(false)
-    })?;
+    let up = crate::servers::listening(netns, target)?;
     if !up {
         let _ = child.kill();
         let out = child.wait_with_output()?;
