@@ -25,11 +25,18 @@ impl Agent {
     /// `netcheck --netns NETNS GLOBAL... agent --listen ADDR AGENT...` (the binary of
     /// [`netcheck::binary`]), stderr to the test's.
     pub fn start(netns: &str, addr: SocketAddr, global: &[&str], agent: &[&str]) -> Result<Self> {
-        Self::start_binary(&netcheck::binary()?, netns, addr, global, agent)
+        Self::start_binary(&netcheck::binary()?, netns, addr, global, agent, &[])
     }
 
-    /// [`Self::start`] with a given binary.
-    pub fn start_binary(binary: &Path, netns: &str, addr: SocketAddr, global: &[&str], agent: &[&str]) -> Result<Self> {
+    /// [`Self::start`] with a given binary and more environment variables.
+    pub fn start_binary(
+        binary: &Path,
+        netns: &str,
+        addr: SocketAddr,
+        global: &[&str],
+        agent: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let listen = addr.to_string();
         let child = Command::new(binary)
             .args(["--netns", netns])
@@ -38,6 +45,7 @@ impl Agent {
             .args(agent)
             .stdout(Stdio::null())
             .env("NETCHECK_LOG", "netcheck=info")
+            .envs(env.iter().copied())
             .spawn()
             .context("start netcheck agent")?;
         Ok(Self { netns: netns.to_string(), addr, child: Some(child) })

@@ -58,7 +58,12 @@ impl Run {
 
 /// `netcheck ARGS...`
 pub fn run(args: &[&str]) -> Result<Run> {
-    let out = Command::new(binary()?).args(args).output()?;
+    run_with(args, &[])
+}
+
+/// [`run`] with more environment variables.
+pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Result<Run> {
+    let out = Command::new(binary()?).args(args).envs(env.iter().copied()).output()?;
     Ok(Run::from_output(&out))
 }
 

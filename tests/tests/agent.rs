@@ -34,6 +34,10 @@ fn lab() -> (Lab, Vec<Node>) {
 }
 
 fn start_agent(lab: &Lab, nodes: &[Node], n: u8, timeout: &str, agent: &[&str]) -> Agent {
+    start_agent_with(lab, nodes, n, timeout, agent, &[])
+}
+
+fn start_agent_with(lab: &Lab, nodes: &[Node], n: u8, timeout: &str, agent: &[&str], env: &[(&str, &str)]) -> Agent {
     let node = &nodes[usize::from(n - 1)];
     let host_root = node.root.path.display().to_string();
     let global = ["--timeout", timeout, "--host-root", &host_root, "--kubeconfig", &node.kubeconfig];
@@ -41,7 +45,7 @@ fn start_agent(lab: &Lab, nodes: &[Node], n: u8, timeout: &str, agent: &[&str]) 
     let mut args = vec!["--node-name", name.as_str()];
     args.extend_from_slice(agent);
     let addr = SocketAddr::new(lab.node(n).underlay_ip.into(), AGENT_PORT);
-    Agent::start(&lab.node(n).netns, addr, &global, &args).unwrap()
+    Agent::start_binary(&netlab::netcheck::binary().unwrap(), &lab.node(n).netns, addr, &global, &args, env).unwrap()
 }
 
 /// Series lines of an exposition (not comments), by metric name and labels.
@@ -376,4 +380,46 @@ fn unprivileged_agent_probes_and_says_what_it_lacks() {
     assert!(text.contains(r#"netcheck_checks{probe="kubelet",peer="n2",status="pass"} 1"#), "{text}");
     assert!(text.contains(r#"netcheck_checks{probe="vxlan",peer="n2",status="skip"} 1"#), "{text}");
     assert!(!text.contains(r#"status="fail""#), "{text}");
+}
+
+/// A check that crashes in the agent is a failed metric of its probe and peer (cause
+/// `internal_error`), never a gap in the series, and the agent goes on: forced in the VXLAN
+/// probe of the peer with the debug build's failpoint (`NETCHECK_FAILPOINT=crash:vxlan`; a
+/// release `NETCHECK_BIN` has none, and this test fails on it).
+#[test]
+fn a_crashed_check_is_a_failed_metric() {
+    needs_root("a_crashed_check_is_a_failed_metric");
+    // Its agent's probes are kernel events every capture on the machine counts (the exposition
+    // test's series must not change under it).
+    let _machine = netlab::machine_wide("a_crashed_check_is_a_failed_metric");
+    let (lab, nodes) = lab();
+    let mut agent = start_agent_with(
+        &lab,
+        &nodes,
+        1,
+        "2s",
+        &["--interval", "2s", "--no-node-condition"],
+        &[("NETCHECK_FAILPOINT", "crash:vxlan")],
+    );
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    // Two cycles: the crash does not stop the agent's loop.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, text) = agent.get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        r#"netcheck_checks{probe="vxlan",peer="n2",status="fail"} 1"#,
+        r#"netcheck_check_failing{probe="vxlan",peer="n2",cause="internal_error"} 1"#,
+        r#"netcheck_checks{probe="kubelet",peer="n2",status="pass"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    let cycles: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("netcheck_probe_cycles_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cycle count:\n{text}"));
+    assert!(cycles >= 2, "cycles {cycles}:\n{text}");
+    let failing: Vec<&str> = text.lines().filter(|l| l.starts_with("netcheck_check_failing{")).collect();
+    assert_eq!(failing, [r#"netcheck_check_failing{probe="vxlan",peer="n2",cause="internal_error"} 1"#], "{text}");
+    promtool_check(&text);
 }

@@ -391,7 +391,9 @@ const FLOOD: u64 = 20_000;
 /// a to pod b, black-holed on n2, is stopped (SIGSTOP, so its reader drains nothing) once its
 /// SYN was dropped, and 20,000 more SYNs of its own connection (a raw socket, same ports) are
 /// dropped the same way, each an event for its watched flow: far more than the 256 KiB ring
-/// holds (about 1,800). Resumed, it reports the loss, in JSON and in words.
+/// holds (about 1,800). Resumed, it reports the loss, in JSON and in words. Its second target
+/// is a listener on b that stopped accepting (full accept queue: no answer, and no drop in the
+/// kernel): its "no drop seen" is said to rest on incomplete evidence.
 #[test]
 fn a_full_ring_buffer_is_counted_as_lost_and_said() {
     needs_root("a_full_ring_buffer_is_counted_as_lost_and_said");
@@ -403,14 +405,16 @@ fn a_full_ring_buffer_is_counted_as_lost_and_said() {
     let n2 = lab.node(2).netns.clone();
     lab.drop_forwarded_tcp(2, b.ip, 8080).unwrap();
     let dst = SocketAddrV4::new(b.ip, 8080);
+    let stalled = SocketAddrV4::new(b.ip, 9090);
+    let _full = netlab::full_listener(&b.netns, stalled).unwrap();
     let overflowed = |json: bool| -> (Option<i32>, String, String) {
         let dropped_before = lab.rule_packets(&n2, "filter", "FORWARD").unwrap();
         let mut args = vec!["--netns", a.netns.as_str(), "--timeout", "3s", "check", "tcp"];
         if json {
             args.splice(0..0, ["-o", "json"]);
         }
-        let target = dst.to_string();
-        args.push(&target);
+        let targets = [dst.to_string(), stalled.to_string()];
+        args.extend(targets.iter().map(String::as_str));
         let child =
             Command::new(netcheck::binary().unwrap()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
         let child = child.unwrap();
@@ -457,11 +461,27 @@ fn a_full_ring_buffer_is_counted_as_lost_and_said() {
         "{drop}"
     );
     assert_eq!(drop["flow"]["dst"], dst.to_string(), "{drop}");
+    // The stalled listener's check: no answer, no drop seen, and that said to be incomplete.
+    let unanswered = &report["checks"][1];
+    assert_eq!(
+        (unanswered["target"].as_str(), unanswered["cause"].as_str()),
+        (Some(stalled.to_string().as_str()), Some("timeout")),
+        "{report}"
+    );
+    assert_eq!(
+        unanswered["detail"],
+        format!(
+            "no answer in 3.0 s (no drop seen on this machine; evidence incomplete: {lost} kernel events lost, the \
+             ring buffer was full)"
+        ),
+        "{report}"
+    );
+    assert_eq!(unanswered["evidence"].as_array().map(Vec::len), Some(0), "{report}");
 
     // The text report says it in words, with the count.
     let (code, stdout, stderr) = overflowed(false);
     assert_eq!(code, Some(1), "{stdout}{stderr}");
-    let said: Vec<&str> = stdout.lines().filter(|l| l.contains("lost")).collect();
+    let said: Vec<&str> = stdout.lines().filter(|l| l.starts_with("capture: ") && l.contains("lost")).collect();
     assert_eq!(said.len(), 1, "{stdout}");
     let n: u64 = said[0]
         .strip_prefix("capture: ")
@@ -469,6 +489,8 @@ fn a_full_ring_buffer_is_counted_as_lost_and_said() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{}", said[0]));
     assert!((FLOOD - (256 << 10) / 144..=FLOOD + 10).contains(&n), "{stdout}");
+    let stalled_row = stdout.lines().find(|l| l.contains(&stalled.to_string())).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(stalled_row.contains(&format!("evidence incomplete: {n} kernel events lost")), "{stdout}");
 }
 
 /// The local endpoint of `netns`'s connection in SYN-SENT to `dst` (`ss`).

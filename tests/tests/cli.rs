@@ -83,6 +83,43 @@ fn loopback_refused_and_pass_without_capture() {
     assert_eq!(r.json["capture"]["detail"], "disabled by --no-capture");
 }
 
+/// A check that crashes is a failed row of what it was checking (`internal_error`, the panic's
+/// message) and exit 1, never a missing row and "all passed": forced with the debug build's
+/// failpoint (`NETCHECK_FAILPOINT=crash:PROBE`; a release `NETCHECK_BIN` has none, and this
+/// test fails on it), in `check` and in `path`.
+#[test]
+fn a_crashed_check_is_a_failed_row_and_exit_1() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().to_string();
+    let crash = |probe: &str, args: &[&str]| {
+        let mut all = vec!["-o", "json", "--no-capture", "--timeout", "2s"];
+        all.extend_from_slice(args);
+        let r = netcheck::run_with(&all, &[("NETCHECK_FAILPOINT", &format!("crash:{probe}"))]).unwrap();
+        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        let rows: Vec<[String; 4]> = r.json["checks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{args:?}: {r:?}"))
+            .iter()
+            .map(|c| ["probe", "target", "status", "cause"].map(|k| c[k].as_str().unwrap_or_default().to_string()))
+            .collect();
+        let detail = r.check()["detail"].as_str().unwrap_or_default().to_string();
+        let said = format!("panicked with message \"crash forced by NETCHECK_FAILPOINT in the {probe} check\"");
+        assert!(detail.starts_with("netcheck failed while checking: task ") && detail.ends_with(&said), "{detail}");
+        (rows, r)
+    };
+    // Each target is a job of its own: each crashed job is its own row, in command-line order.
+    let (rows, r) = crash("tcp", &["check", "tcp", &open, "127.0.0.1:9"]);
+    assert_eq!(
+        rows,
+        [["tcp", open.as_str(), "fail", "internal_error"], ["tcp", "127.0.0.1:9", "fail", "internal_error"]],
+        "{r:?}"
+    );
+    assert_eq!(r.json["summary"]["fail"], 2, "{r:?}");
+    let (rows, r) = crash("path", &["path", "--from", "host", &open]);
+    assert_eq!(rows, [["path", format!("host -> {open}").as_str(), "fail", "internal_error"]], "{r:?}");
+    assert_eq!(r.json["verdict"], r.check()["detail"], "{r:?}");
+}
+
 /// `kubectl netcheck` runs kubectl (here a stand-in that records its arguments) with the
 /// `kubectl debug node/...` command line; a kubectl that cannot be run is exit 2.
 #[test]

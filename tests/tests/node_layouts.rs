@@ -167,6 +167,31 @@ fn kubeadm_control_plane_expired_kubelet_client_cert() {
     assert_one_problem(&r, "cert_expired");
 }
 
+/// A check that crashes is one failed row, `internal_error`, in its place: every other row is
+/// as on the healthy node, and the exit code is 1. The crash is forced in the DNS job with the
+/// debug build's failpoint (`NETCHECK_FAILPOINT=crash:dns`; a release `NETCHECK_BIN` has none,
+/// and this test fails on it).
+#[test]
+fn a_crashed_check_is_one_failed_row_among_the_others() {
+    let (_dir, layout) = solo("a_crashed_check_is_one_failed_row", layouts::kubeadm_control_plane, &cp1());
+    let net = SoloNode::serve(&layout).unwrap();
+    let r = net.run_node_with(&layout, &[("NETCHECK_FAILPOINT", "crash:dns")]).unwrap();
+    eprintln!("{}\n{}", r.stdout, r.stderr);
+    // The DNS job's rows (lookup, servers, endpoints) are one row of what it was checking.
+    let mut expected: Vec<Row> = layout.expected().into_iter().filter(|row| row.probe != "dns").collect();
+    expected.push(Row::new("dns", "kubernetes.default", "fail", Some("internal_error")));
+    expected.sort();
+    assert_rows(&layout, &r, &layout.root, &expected);
+    let crashed = checks(&r).iter().find(|c| c["cause"] == "internal_error").unwrap();
+    let detail = crashed["detail"].as_str().unwrap();
+    assert!(detail.starts_with("netcheck failed while checking: task "), "{detail}");
+    assert!(
+        detail.ends_with("panicked with message \"crash forced by NETCHECK_FAILPOINT in the dns check\""),
+        "{detail}"
+    );
+    assert_one_problem(&r, "internal_error");
+}
+
 #[test]
 fn kubeadm_worker_healthy() {
     let (_dir, layout) = solo("kubeadm_worker_healthy", layouts::kubeadm_worker, &w1());

@@ -223,10 +223,12 @@ fn run(cli: &Cli) -> AnyResult<u8> {
         Work::Node(cert_options, one_by_one) => {
             let root = discovery::host_root(cli.host_root.as_deref());
             let node = discovery::node_root::NodeRoot::open(&root).map_err(|e| format!("host root: {e}"))?;
-            if let Some(why) = discovery::node_files::read(&node).not_a_node() {
+            let files = discovery::node_files::read(&node);
+            if let Some(why) = files.not_a_node() {
                 return Err(why.into());
             }
-            let plan = async { node_checks::plan(&root, cli.kubeconfig.as_deref(), cli.timeout, None).await.jobs };
+            let plan =
+                async { node_checks::plan_read(&node, files, cli.kubeconfig.as_deref(), cli.timeout, None).await.jobs };
             run_checks(cli, opts, &cert_options, plan, one_by_one)
         }
         Work::Path(from, dst, port, peer_agent) => run_path(cli, opts, &from, (dst, port), peer_agent),

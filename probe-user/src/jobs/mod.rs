@@ -2,6 +2,7 @@
 //! verdict, run concurrently with capture attached. `cli` plans them from a command line, the
 //! agent from discovery on every cycle.
 
+pub mod guard;
 pub mod node_checks;
 pub mod path;
 pub mod sampling;
@@ -12,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use guard::{Subject, guarded};
 use rustls::pki_types::CertificateDer;
 
 use crate::{
@@ -74,11 +76,24 @@ pub fn node_pki_jobs(root: &Path) -> Vec<Job> {
         Ok(node) => node,
         Err(e) => return vec![unreadable(root, e.into())],
     };
-    let found = discovery::pki::scan(&node);
+    let kubelet = discovery::kubelet_config::read(&node);
+    pki_jobs(&node, root, kubelet.config.client_ca_file())
+}
+
+/// [`node_pki_jobs`] of an open root, client certificates judged against the kubelet's
+/// `clientCAFile` (a path inside the root) when it names one.
+pub(crate) fn pki_jobs(node: &discovery::node_root::NodeRoot, root: &Path, client_ca_file: Option<&str>) -> Vec<Job> {
+    let unreadable = |path: &Path, e: crate::error::Error| {
+        let why = crate::error::chain(&e);
+        Job::Done(vec![verdict::Check::file(
+            verdict::Probe::Cert,
+            path.display().to_string(),
+            verdict::Verdict::fail(verdict::Cause::CertUnreadable, why),
+        )])
+    };
+    let found = discovery::pki::scan(node);
     // The cluster's client CA as the kubelet names it, read inside the root.
-    let client_ca = discovery::kubelet_config::read(&node)
-        .config
-        .client_ca_file()
+    let client_ca = client_ca_file
         .and_then(|f| node.read(Path::new(f)).ok())
         .and_then(|pem| discovery::certs::pem_certificates(&pem).ok());
     if found.is_empty() {
@@ -143,14 +158,6 @@ pub async fn run_jobs(
     guarded(runs.collect(), one_by_one).await
 }
 
-/// What a job checks, for the row that stands in for it if it crashes.
-#[derive(Debug, Clone)]
-pub struct Subject {
-    probe: Probe,
-    target: String,
-    peer: Option<String>,
-}
-
 impl Job {
     fn subject(&self) -> Subject {
         let (probe, target) = match self {
@@ -162,7 +169,7 @@ impl Job {
             Self::Dns(spec) => (Probe::Dns, spec.name.clone()),
             Self::ApiServer { target, .. } => (Probe::Apiserver, target.to_string()),
             Self::Mtu(spec) => (Probe::Mtu, spec.host.to_string()),
-            Self::Vxlan(spec) => (Probe::Vxlan, spec.peer.to_string()),
+            Self::Vxlan(spec) => (Probe::Vxlan, format!("{}:{}", spec.peer, spec.port)),
             Self::Peer { name, job } => {
                 let mut inner = job.subject();
                 inner.peer = Some(name.clone());
@@ -173,60 +180,6 @@ impl Job {
     }
 }
 
-/// Runs each future on a task of its own (at once, or one after another) and returns their
-/// checks in order; a task that panics becomes one failed check of its subject.
-async fn guarded<F>(runs: Vec<(Subject, F)>, one_by_one: bool) -> Vec<verdict::Check>
-where
-    F: std::future::Future<Output = Vec<verdict::Check>> + Send + 'static,
-{
-    let mut subjects = Vec::new();
-    let mut results: Vec<Option<Result<Vec<verdict::Check>, tokio::task::JoinError>>> = Vec::new();
-    if one_by_one {
-        for (subject, run) in runs {
-            subjects.push(subject);
-            results.push(Some(tokio::spawn(run).await));
-        }
-    } else {
-        let mut set = tokio::task::JoinSet::new();
-        let mut ids = std::collections::HashMap::new();
-        for (i, (subject, run)) in runs.into_iter().enumerate() {
-            subjects.push(subject);
-            results.push(None);
-            ids.insert(set.spawn(run).id(), i);
-        }
-        while let Some(joined) = set.join_next_with_id().await {
-            let (id, result) = match joined {
-                Ok((id, checks)) => (id, Ok(checks)),
-                Err(e) => (e.id(), Err(e)),
-            };
-            if let Some(&i) = ids.get(&id) {
-                results[i] = Some(result);
-            }
-        }
-    }
-    subjects
-        .into_iter()
-        .zip(results)
-        .flat_map(|(subject, result)| match result {
-            Some(Ok(checks)) => checks,
-            Some(Err(e)) => vec![crashed(subject, &e)],
-            None => vec![crashed(subject, &"the task ended without a result")],
-        })
-        .collect()
-}
-
-/// The failed check that stands in for a crashed job.
-fn crashed(subject: Subject, why: &dyn std::fmt::Display) -> verdict::Check {
-    tracing::error!(probe = subject.probe.as_str(), target = subject.target, "check crashed: {why}");
-    let mut check = verdict::Check::file(
-        subject.probe,
-        subject.target,
-        verdict::Verdict::fail(verdict::Cause::InternalError, format!("netcheck failed while checking: {why}")),
-    );
-    check.peer = subject.peer;
-    check
-}
-
 /// One job's probes and verdicts.
 async fn run_job(
     job: Job,
@@ -234,6 +187,7 @@ async fn run_job(
     deadline: Duration,
     capture: Option<Arc<Capture>>,
 ) -> Vec<verdict::Check> {
+    guard::failpoint(job.subject().probe);
     let capture_on = capture.is_some();
     match job {
         Job::Tcp(target) => {
@@ -316,7 +270,7 @@ async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::{Cause, Check, Status, Verdict};
+    use crate::verdict::{Check, Verdict};
 
     #[tokio::test]
     async fn a_peers_checks_carry_its_name_and_the_nodes_own_do_not() {
@@ -332,41 +286,5 @@ mod tests {
             peers,
             [("192.168.50.12:8472", Some("n2")), ("local", None), ("192.168.50.13:8472", Some("192.168.50.13"))]
         );
-    }
-
-    fn subject(target: &str) -> Subject {
-        Subject { probe: Probe::Tcp, target: target.into(), peer: Some("n2".into()) }
-    }
-
-    fn passing(target: &str) -> Vec<verdict::Check> {
-        vec![Check::file(Probe::Tcp, target.into(), Verdict::pass("ok"))]
-    }
-
-    /// A check that panics is one failed row in its place, in both ways of running, and the
-    /// others are unaffected.
-    #[test]
-    fn a_crashed_check_is_a_failed_row() {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        for one_by_one in [false, true] {
-            let runs: Vec<(Subject, std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>)> = vec![
-                (subject("a:1"), Box::pin(async { passing("a:1") })),
-                (subject("b:2"), Box::pin(async { panic!("forced for the test") })),
-                (subject("c:3"), Box::pin(async { passing("c:3") })),
-            ];
-            let checks = rt.block_on(guarded(runs, one_by_one));
-            let rows: Vec<(&str, Status, Option<Cause>)> =
-                checks.iter().map(|c| (c.target.as_str(), c.status, c.cause)).collect();
-            assert_eq!(
-                rows,
-                [
-                    ("a:1", Status::Pass, None),
-                    ("b:2", Status::Fail, Some(Cause::InternalError)),
-                    ("c:3", Status::Pass, None)
-                ],
-                "one_by_one {one_by_one}"
-            );
-            assert!(checks[1].detail.contains("forced for the test"), "{}", checks[1].detail);
-            assert_eq!(checks[1].peer.as_deref(), Some("n2"));
-        }
     }
 }

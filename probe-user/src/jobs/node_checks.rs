@@ -11,7 +11,7 @@ use std::{
 
 use super::Job;
 use crate::{
-    discovery::{self, netlink::VxlanDevice, node_files::NodeFiles},
+    discovery::{self, netlink::VxlanDevice, node_files::NodeFiles, node_root::NodeRoot},
     probes::{Target, dns, kubelet, mtu, vxlan},
     verdict::{Check, Probe, Verdict},
 };
@@ -55,6 +55,19 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sam
         }
     };
     let files = discovery::node_files::read(&node);
+    plan_read(&node, files, kubeconfig, timeout, sampling).await
+}
+
+/// [`plan`] with the root open and its files read (`netcheck node` reads them first, to tell
+/// whether there is a node there at all).
+pub async fn plan_read(
+    node: &NodeRoot,
+    files: NodeFiles,
+    kubeconfig: Option<&Path>,
+    timeout: Duration,
+    sampling: Option<&Sampling>,
+) -> Planned {
+    let root = node.path();
     // At once: the API's nodes (peers the FDB has lost are found this way), the VXLAN devices
     // and the links (the CNI bridge).
     let (api_nodes, devices, links) = tokio::join!(
@@ -126,10 +139,10 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sam
     // The CNI setup, judged against the bridge as the kernel has it.
     let links = links.unwrap_or_default();
     jobs.push(Job::Done(vec![crate::verdict::kubelet::configuration(&files.kubelet_setup)]));
-    let cni = discovery::cni::read(&node);
+    let cni = discovery::cni::read(node);
     let env = files.subnet_env.as_ref().map(|(e, _)| e);
     jobs.push(Job::Done(vec![crate::verdict::cni::verdict(&cni, env, root, &links)]));
-    jobs.extend(super::node_pki_jobs(root));
+    jobs.extend(super::pki_jobs(node, root, files.kubelet_setup.config.client_ca_file()));
     if !skipped.is_empty() {
         let checks = skipped
             .into_iter()

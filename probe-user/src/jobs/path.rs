@@ -4,11 +4,12 @@
 
 use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
+use super::guard::{self, Subject};
 use crate::{
     capture::Capture,
     netns,
     probes::path::{self, ApiSpec, Spec},
-    verdict::{self, Check},
+    verdict::{self, Check, Probe},
 };
 
 /// What `netcheck path` was asked.
@@ -30,14 +31,32 @@ pub async fn plan(req: Request<'_>) -> Result<Spec, String> {
     Ok(Spec { from, label, dst: req.dst, port: req.port, api, peer_agent: req.peer_agent })
 }
 
-/// Runs the probes and judges them: the path's check with its hops, and the verdict line.
+/// Runs the probes and judges them: the path's check with its hops, and the verdict line. The
+/// probes run on a task of their own: if it crashes, the path is one failed check saying so
+/// (`internal_error`), never a missing report.
 pub async fn run(
     spec: Spec,
     timeout: Duration,
     capture: Option<Arc<Capture>>,
 ) -> crate::error::Result<(Check, String)> {
     let capture_on = capture.is_some();
-    let report = path::run(spec, timeout, capture).await?;
+    let dst = match spec.port {
+        Some(p) => format!("{}:{p}", spec.dst),
+        None => spec.dst.to_string(),
+    };
+    let subject = Subject::new(Probe::Path, format!("{} -> {dst}", spec.label));
+    let probes = tokio::spawn(async move {
+        guard::failpoint(Probe::Path);
+        path::run(spec, timeout, capture).await
+    });
+    let report = match probes.await {
+        Ok(report) => report?,
+        Err(crashed) => {
+            let check = guard::crashed(subject, &crashed);
+            let line = check.detail.clone();
+            return Ok((check, line));
+        }
+    };
     let node_netns = netns::current_inode()
         .and_then(|i| u32::try_from(i).ok())
         .map_or_else(|| "host".to_string(), |i| netns::NetnsNames::scan().name(i));

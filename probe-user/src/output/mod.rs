@@ -324,8 +324,8 @@ mod tests {
         let r = Document::new(vec![timeout.clone(), check(Status::Pass, None)], lossy);
         assert_eq!(
             r.checks[0].detail,
-            "no answer in 1s: no drop seen on this machine (evidence incomplete: 7 kernel events were lost, \
-             the ring buffer was full)"
+            "no answer in 1s: no drop seen on this machine; evidence incomplete: 7 kernel events lost, the ring \
+             buffer was full"
         );
         assert_eq!(r.checks[1].detail, "d", "a detail without the claim is left alone");
         let whole = capture::Status { available: true, ..capture::Status::default() };

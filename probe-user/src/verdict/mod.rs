@@ -47,7 +47,7 @@ pub const NO_DROP_SEEN: &str = "no drop seen on this machine";
 pub fn evidence_incomplete(detail: &str, lost: u64) -> String {
     detail.replace(
         NO_DROP_SEEN,
-        &format!("{NO_DROP_SEEN} (evidence incomplete: {lost} kernel events were lost, the ring buffer was full)"),
+        &format!("{NO_DROP_SEEN}; evidence incomplete: {lost} kernel events lost, the ring buffer was full"),
     )
 }
 

@@ -74,6 +74,11 @@ impl SoloNode {
 
     /// `netcheck -o json --netns NETNS --timeout 3s --host-root ROOT --kubeconfig KUBELET_KUBECONFIG node`.
     pub fn run_node(&self, layout: &Layout) -> Result<netcheck::Run> {
+        self.run_node_with(layout, &[])
+    }
+
+    /// [`Self::run_node`] with more environment variables.
+    pub fn run_node_with(&self, layout: &Layout, env: &[(&str, &str)]) -> Result<netcheck::Run> {
         let root = layout.root.display().to_string();
         let kubeconfig = layout.path(&layout.kubelet_kubeconfig).display().to_string();
         let out = Command::new(netcheck::binary()?)
@@ -82,6 +87,7 @@ impl SoloNode {
             .env_remove("KUBECONFIG")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("HOME", "/nonexistent")
+            .envs(env.iter().copied())
             .output()?;
         Ok(netcheck::Run::from_output(&out))
     }

@@ -288,7 +288,7 @@ fn start_agents(bin: &Netcheck, lab: &mut Lab, dirs: &mut Vec<TempDir>) -> Resul
             global.join(" "),
             args.join(" ")
         );
-        let mut agent = netlab::agent::Agent::start_binary(&bin.path, &lab.node(n).netns, addr, &global, &args)?;
+        let mut agent = netlab::agent::Agent::start_binary(&bin.path, &lab.node(n).netns, addr, &global, &args, &[])?;
         agent.wait_ready(Duration::from_secs(30))?;
         agents.push(agent);
         dirs.push(root);
