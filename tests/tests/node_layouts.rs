@@ -192,6 +192,36 @@ fn a_crashed_check_is_one_failed_row_among_the_others() {
     assert_one_problem(&r, "internal_error");
 }
 
+/// CNI plugins are where the container runtime looks, not where they usually are: containerd's
+/// config.toml (version 2, GKE's layout) takes them from /home/kubernetes/bin. With them there,
+/// and none in /opt/cni/bin, the node is healthy; with containerd pointed there and the plugins
+/// left in /opt/cni/bin, the plugin is missing, in containerd's words and folder.
+#[test]
+fn cni_plugins_where_containerd_looks() {
+    let (_dir, mut layout) = solo("cni_plugins_where_containerd_looks", layouts::kubeadm_control_plane, &cp1());
+    layout.plugins_in_containerd_folder(layouts::GKE_BIN_DIR).unwrap();
+    let r = run_solo(&layout);
+    assert_rows(&layout, &r, &layout.root, &layout.expected());
+    assert!(r.json.get("problems").is_none(), "{}", r.stdout);
+
+    let (_dir, mut layout) = solo("cni_plugins_where_containerd_does_not", layouts::kubeadm_control_plane, &cp1());
+    layout.plant(Problem::PluginsWhereContainerdDoesNotLook).unwrap();
+    let r = run_solo(&layout);
+    assert_rows(&layout, &r, &layout.root, &layout.expected());
+    let cni = check(&r, &layout.root, &layout.cni_config);
+    let detail = cni["detail"].as_str().unwrap();
+    let bin = layout.path(layouts::GKE_BIN_DIR).display().to_string();
+    let config = layout.path("/etc/containerd/config.toml").display().to_string();
+    assert_eq!(
+        detail,
+        format!(
+            "failed to find plugin \"flannel\" in path [{bin}]: every pod sandbox on this node fails to start (the \
+             plugin folders of containerd ({config}))"
+        )
+    );
+    assert_one_problem(&r, "cni_misconfigured");
+}
+
 #[test]
 fn kubeadm_worker_healthy() {
     let (_dir, layout) = solo("kubeadm_worker_healthy", layouts::kubeadm_worker, &w1());

@@ -8,12 +8,45 @@ use serde::Deserialize;
 
 use super::node_root::{Kind, NodeRoot};
 
-/// Where CNI configurations live under the host root: the usual folder, then k3s's.
+/// Where CNI configurations live when the runtime's configuration does not say (see
+/// [`super::runtime`]): the usual folder, then k3s's.
 pub const CONF_DIRS: &[&str] = &["etc/cni/net.d", "var/lib/rancher/k3s/agent/etc/cni/net.d"];
-/// Where plugin binaries live: the usual folder, then k3s's: `data/cni` (the folder current k3s
-/// gives containerd as its CNI bin_dir, where users add plugins) and its `current` data folder's
-/// `bin` (older releases).
+/// Where plugin binaries live when the runtime's configuration does not say: the usual folder,
+/// then k3s's: `data/cni` (the folder current k3s gives containerd as its CNI bin_dir, where
+/// users add plugins) and its `current` data folder's `bin` (older releases).
 pub const BIN_DIRS: &[&str] = &["opt/cni/bin", "var/lib/rancher/k3s/data/cni", "var/lib/rancher/k3s/data/current/bin"];
+
+/// The folders the container runtime takes CNI configurations and plugins from (inside the
+/// node), and what said so.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    pub conf: Vec<PathBuf>,
+    pub bins: Vec<PathBuf>,
+    /// `containerd (FILE)` / `CRI-O (FILES)` when the runtime's configuration gave them.
+    pub source: Option<String>,
+    /// Why the runtime's configuration could not be used (the usual folders were looked in).
+    pub problem: Option<String>,
+}
+
+/// The runtime's CNI folders: from its configuration file, else the usual ones.
+pub fn dirs(root: &NodeRoot) -> Dirs {
+    let usual = |problem: Option<String>| Dirs {
+        conf: CONF_DIRS.iter().map(PathBuf::from).collect(),
+        bins: BIN_DIRS.iter().map(PathBuf::from).collect(),
+        source: None,
+        problem,
+    };
+    match super::runtime::read(root) {
+        Ok(Some(r)) => Dirs {
+            conf: vec![PathBuf::from(&r.conf_dir)],
+            bins: r.bin_dirs.iter().map(PathBuf::from).collect(),
+            source: Some(r.source()),
+            problem: None,
+        },
+        Ok(None) => usual(None),
+        Err(e) => usual(Some(e.to_string())),
+    }
+}
 
 /// A network configuration (a `.conflist`, or a single-plugin `.conf`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,13 +168,21 @@ pub struct Found {
     pub config: Result<Config, CniError>,
     /// Plugin types whose binary is in none of `bin_dirs`.
     pub missing_binaries: Vec<String>,
+    /// The plugin folders that exist (as shown).
     pub bin_dirs: Vec<PathBuf>,
+    /// Every plugin folder looked in (as shown).
+    pub looked_in: Vec<PathBuf>,
+    /// What named the folders: the runtime's configuration, or `None` for the usual ones.
+    pub source: Option<String>,
+    /// Why the runtime's configuration could not be used.
+    pub runtime_problem: Option<String>,
 }
 
 pub fn read(root: &NodeRoot) -> Found {
-    let dirs: Vec<PathBuf> = CONF_DIRS.iter().map(|d| root.shown(Path::new(d))).collect();
-    let bins: Vec<&Path> = BIN_DIRS.iter().map(Path::new).filter(|d| root.is_dir(d)).collect();
-    let first = CONF_DIRS.iter().find_map(|d| config_files(root, Path::new(d)).into_iter().next());
+    let runtime = dirs(root);
+    let dirs: Vec<PathBuf> = runtime.conf.iter().map(|d| root.shown(d)).collect();
+    let bins: Vec<&Path> = runtime.bins.iter().map(PathBuf::as_path).filter(|d| root.is_dir(d)).collect();
+    let first = runtime.conf.iter().find_map(|d| config_files(root, d).into_iter().next());
     let config = match first {
         None => Err(CniError::NoConfig),
         Some(file) => match root.read_to_string(&file) {
@@ -163,7 +204,18 @@ pub fn read(root: &NodeRoot) -> Found {
             .collect(),
         Err(_) => Vec::new(),
     };
-    Found { dirs, config, missing_binaries, bin_dirs: bins.iter().map(|d| root.shown(d)).collect() }
+    let bin_dirs = bins.iter().map(|d| root.shown(d)).collect();
+    // Looked in, whether they exist or not (a missing folder is the runtime's too).
+    let looked_in = runtime.bins.iter().map(|d| root.shown(d)).collect();
+    Found {
+        dirs,
+        config,
+        missing_binaries,
+        bin_dirs,
+        looked_in,
+        source: runtime.source,
+        runtime_problem: runtime.problem,
+    }
 }
 
 #[cfg(test)]

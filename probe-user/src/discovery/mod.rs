@@ -16,6 +16,7 @@ pub mod peer_agent;
 pub mod pki;
 pub mod pods;
 pub mod resolv_conf;
+pub mod runtime;
 
 use std::path::{Path, PathBuf};
 

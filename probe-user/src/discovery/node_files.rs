@@ -63,7 +63,7 @@ pub fn read(root: &NodeRoot) -> NodeFiles {
         Err(e) => files.notes.push(e.to_string()),
     }
     files.kubelet_setup = setup;
-    files.cni = super::cni::CONF_DIRS.iter().any(|d| !super::cni::config_files(root, Path::new(d)).is_empty());
+    files.cni = super::cni::dirs(root).conf.iter().any(|d| !super::cni::config_files(root, d).is_empty());
     files
 }
 

@@ -28,15 +28,22 @@ pub fn verdict(found: &Found, subnet_env: Option<&SubnetEnv>, root: &Path, links
             let target = config.file.display().to_string();
             let kinds: Vec<&str> = config.plugins.iter().map(|p| p.kind.as_str()).collect();
             let verdict = if let Some(kind) = found.missing_binaries.first() {
-                let dirs: Vec<String> = if found.bin_dirs.is_empty() {
-                    vec![root.join(crate::discovery::cni::BIN_DIRS[0]).display().to_string()]
+                // The folders that exist, as the runtime's error lists its path; none: the first
+                // one it would look in.
+                let shown = if found.bin_dirs.is_empty() {
+                    &found.looked_in[..1.min(found.looked_in.len())]
                 } else {
-                    found.bin_dirs.iter().map(|d| d.display().to_string()).collect()
+                    &found.bin_dirs[..]
                 };
-                fail(format!(
+                let dirs: Vec<String> = shown.iter().map(|d| d.display().to_string()).collect();
+                let mut d = format!(
                     "failed to find plugin \"{kind}\" in path [{}]: every pod sandbox on this node fails to start",
                     dirs.join(" ")
-                ))
+                );
+                if let Some(source) = &found.source {
+                    let _ = write!(d, " (the plugin folders of {source})");
+                }
+                fail(d)
             } else {
                 let flannel = kinds.contains(&"flannel");
                 match (flannel, subnet_env) {
@@ -58,6 +65,13 @@ pub fn verdict(found: &Found, subnet_env: Option<&SubnetEnv>, root: &Path, links
             (target, verdict)
         }
     };
+    let mut verdict = verdict;
+    if let Some(problem) = &found.runtime_problem {
+        let _ = write!(
+            verdict.detail,
+            "; the container runtime's configuration was not used ({problem}): looked in the usual folders"
+        );
+    }
     Check::file(Probe::Cni, target, verdict)
 }
 
@@ -101,6 +115,9 @@ mod tests {
             config,
             missing_binaries: missing.iter().map(ToString::to_string).collect(),
             bin_dirs: vec!["/r/opt/cni/bin".into()],
+            looked_in: vec!["/r/opt/cni/bin".into()],
+            source: None,
+            runtime_problem: None,
         }
     }
 

@@ -25,6 +25,39 @@ pub enum Problem {
     /// The kubelet's clusterDNS names a Service IP nothing serves (the kube-dns Service was
     /// re-created with another IP; pods get a dead nameserver).
     StaleClusterDns,
+    /// kubeadm: containerd's config.toml (version 2) names another plugin folder,
+    /// [`GKE_BIN_DIR`], while the plugins stay in /opt/cni/bin, where containerd never looks:
+    /// `failed to find plugin "flannel" in path [/home/kubernetes/bin]`.
+    PluginsWhereContainerdDoesNotLook,
+}
+
+/// The CNI plugin folder GKE's containerd is configured with.
+pub const GKE_BIN_DIR: &str = "/home/kubernetes/bin";
+
+/// containerd's config.toml (version 2, as GKE writes it) with its CNI plugin folder.
+fn containerd_config(bin_dir: &str) -> String {
+    format!(
+        "version = 2\nroot = \"/var/lib/containerd\"\nstate = \"/run/containerd\"\n\n\
+         [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.10\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{bin_dir}\"\n  conf_dir = \"/etc/cni/net.d\"\n"
+    )
+}
+
+impl Layout {
+    /// kubeadm: the CNI plugins in `bin_dir` and containerd configured to take them from
+    /// there (GKE's layout): a healthy node, whose plugins /opt/cni/bin does not have.
+    pub fn plugins_in_containerd_folder(&mut self, bin_dir: &str) -> Result<()> {
+        if !matches!(self.flavour, Flavour::KubeadmControlPlane | Flavour::KubeadmWorker) {
+            bail!("containerd's own configuration is kubeadm's here");
+        }
+        let w = Writer { root: self.root.clone(), files: Vec::new(), aliases: Vec::new() };
+        w.dir(bin_dir, 0o755)?;
+        for plugin in std::fs::read_dir(self.path("/opt/cni/bin"))? {
+            let plugin = plugin?;
+            std::fs::rename(plugin.path(), self.path(bin_dir).join(plugin.file_name()))?;
+        }
+        w.file("/etc/containerd/config.toml", &containerd_config(bin_dir), 0o644)
+    }
 }
 
 impl Layout {
@@ -103,6 +136,14 @@ impl Layout {
                 );
                 std::fs::write(self.path(&file), text)?;
                 self.kubelet_dns = stale;
+            }
+            Problem::PluginsWhereContainerdDoesNotLook => {
+                if !matches!(self.flavour, Flavour::KubeadmControlPlane | Flavour::KubeadmWorker) {
+                    bail!("{problem:?} is kubeadm's");
+                }
+                w.file("/etc/containerd/config.toml", &containerd_config(GKE_BIN_DIR), 0o644)?;
+                let cni = self.cni_config.clone();
+                self.expect("cni", &cni, "fail", Some("cni_misconfigured"));
             }
         }
         Ok(())
