@@ -333,7 +333,10 @@ mod tests {
     #[test]
     fn the_disk_check_says_what_it_needs() {
         let err = check_disk(&root(), u64::MAX, true).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("the builds of `cargo xtask test` need about {} GiB free", u64::MAX)), "{err}");
+        assert!(
+            err.starts_with(&format!("the builds of `cargo xtask test` need about {} GiB free", u64::MAX)),
+            "{err}"
+        );
         let free = check_disk(&root(), u64::MAX, false).unwrap();
         assert_eq!(check_disk(&root(), 0, true).unwrap(), free);
         let missing = root().join("no-such-folder");

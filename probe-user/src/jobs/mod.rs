@@ -62,19 +62,20 @@ pub struct CertOptions {
     pub warn_days: u32,
 }
 
+/// A certificate file that could not be read: a failed check, not a usage error.
+fn unreadable(path: &Path, e: &crate::error::Error) -> Job {
+    Job::Done(vec![verdict::Check::file(
+        verdict::Probe::Cert,
+        path.display().to_string(),
+        verdict::Verdict::fail(verdict::Cause::CertUnreadable, crate::error::chain(e)),
+    )])
+}
+
 /// The node's certificate files; what cannot be read is a failed check, not a usage error.
 pub fn node_pki_jobs(root: &Path) -> Vec<Job> {
-    let unreadable = |path: &Path, e: crate::error::Error| {
-        let why = crate::error::chain(&e);
-        Job::Done(vec![verdict::Check::file(
-            verdict::Probe::Cert,
-            path.display().to_string(),
-            verdict::Verdict::fail(verdict::Cause::CertUnreadable, why),
-        )])
-    };
     let node = match discovery::node_root::NodeRoot::open(root) {
         Ok(node) => node,
-        Err(e) => return vec![unreadable(root, e.into())],
+        Err(e) => return vec![unreadable(root, &e.into())],
     };
     let kubelet = discovery::kubelet_config::read(&node);
     pki_jobs(&node, root, kubelet.config.client_ca_file())
@@ -83,14 +84,6 @@ pub fn node_pki_jobs(root: &Path) -> Vec<Job> {
 /// [`node_pki_jobs`] of an open root, client certificates judged against the kubelet's
 /// `clientCAFile` (a path inside the root) when it names one.
 pub(crate) fn pki_jobs(node: &discovery::node_root::NodeRoot, root: &Path, client_ca_file: Option<&str>) -> Vec<Job> {
-    let unreadable = |path: &Path, e: crate::error::Error| {
-        let why = crate::error::chain(&e);
-        Job::Done(vec![verdict::Check::file(
-            verdict::Probe::Cert,
-            path.display().to_string(),
-            verdict::Verdict::fail(verdict::Cause::CertUnreadable, why),
-        )])
-    };
     let found = discovery::pki::scan(node);
     // The cluster's client CA as the kubelet names it, read inside the root.
     let client_ca = client_ca_file
@@ -112,13 +105,13 @@ pub(crate) fn pki_jobs(node: &discovery::node_root::NodeRoot, root: &Path, clien
                 discovery::pki::Found::Pem(p) => {
                     match node.read(&p).map_err(Into::into).and_then(|b| discovery::certs::pem_file(&shown, &b)) {
                         Ok(certs) => Job::CertFile(shown, certs),
-                        Err(e) => unreadable(&shown, e),
+                        Err(e) => unreadable(&shown, &e),
                     }
                 }
                 discovery::pki::Found::Kubeconfig(_) => {
                     match discovery::certs::kubeconfig_items(&shown, root, client_ca.as_deref()) {
                         Ok(items) => Job::Kubeconfig(shown, items),
-                        Err(e) => unreadable(&shown, e),
+                        Err(e) => unreadable(&shown, &e),
                     }
                 }
             }
