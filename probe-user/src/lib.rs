@@ -16,6 +16,7 @@ pub mod capture;
 pub mod cli;
 pub mod discovery;
 pub mod error;
+pub mod failpoint;
 pub mod jobs;
 pub mod netns;
 pub mod output;

@@ -52,7 +52,9 @@ where
     let (tx, rx) = tokio::sync::oneshot::channel();
     let label = netns.clone().unwrap_or_else(|| "current".into());
     let spawned = std::thread::Builder::new().name("netcheck-netns".into()).spawn(move || {
-        let result = (|| {
+        // A panic in `work` goes back to the caller as a panic (below), so the task guard there
+        // turns it into a failed check with its message, as for work on the caller's thread.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if let Some(ns) = &netns {
                 enter(ns)?;
             }
@@ -60,13 +62,17 @@ where
                 Error::Netns { name: netns.clone().unwrap_or_default(), why: "runtime".into(), source: Some(e) }
             })?;
             Ok(runtime.block_on(work()))
-        })();
+        }));
         let _ = tx.send(result);
     });
     if let Err(e) = spawned {
         return Err(Error::Netns { name: label, why: "cannot start a thread".into(), source: Some(e) });
     }
-    rx.await.unwrap_or_else(|_| Err(Error::Netns { name: label, why: "its thread panicked".into(), source: None }))
+    match rx.await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => Err(Error::Netns { name: label, why: "its thread ended without a result".into(), source: None }),
+    }
 }
 
 /// Inode of the namespace netcheck started in (recorded before any `enter`).

@@ -70,22 +70,23 @@ pub fn tcp_flood(
     })
 }
 
-/// A TCP listener on `addr` inside `netns` whose accept queue is full (backlog 0, one
-/// connection made and never accepted): a SYN to it gets no answer and no drop event, since
+/// A TCP listener on `addr` inside `netns` whose accept queue is full (backlog 1, two
+/// connections made and never accepted): a SYN to it gets no answer and no drop event, since
 /// `tcp_conn_request` counts ListenOverflows and its caller consumes the SYN rather than
 /// freeing it as a drop (net/ipv4/tcp_input.c, tcp_rcv_state_process; the same from 5.10 to
-/// 6.18). An application that stopped accepting, as a node sees it. Both sockets close when
-/// the returned pair is dropped.
-pub fn full_listener(netns: &str, addr: std::net::SocketAddrV4) -> Result<(std::os::fd::OwnedFd, TcpStream)> {
+/// 6.18). An application that stopped accepting, as a node sees it. Backlog 1, not 0: with 0
+/// the request queue counts as full from the first SYN and the fillers would need SYN cookies.
+/// Both sockets close when the returned value is dropped.
+pub fn full_listener(netns: &str, addr: std::net::SocketAddrV4) -> Result<(std::os::fd::OwnedFd, [TcpStream; 2])> {
     use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket};
     in_netns(netns, move || {
         let sock = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).context("socket")?;
         setsockopt(&sock, nix::sys::socket::sockopt::ReuseAddr, &true)?;
         bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &SockaddrIn::from(addr)).context("bind")?;
-        listen(&sock, Backlog::new(0)?).context("listen")?;
-        // The one connection the queue holds (more than the backlog's 0 fills it).
-        let filler = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2)).context("fill the queue")?;
-        Ok((sock, filler))
+        listen(&sock, Backlog::new(1)?).context("listen")?;
+        // The queue holds one more than the backlog: two connections fill it.
+        let fill = || TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2)).context("fill the queue");
+        Ok((sock, [fill()?, fill()?]))
     })
 }
 

@@ -86,7 +86,7 @@ fn loopback_refused_and_pass_without_capture() {
 /// A check that crashes is a failed row of what it was checking (`internal_error`, the panic's
 /// message) and exit 1, never a missing row and "all passed": forced with the debug build's
 /// failpoint (`NETCHECK_FAILPOINT=crash:PROBE`; a release `NETCHECK_BIN` has none, and this
-/// test fails on it), in `check` and in `path`.
+/// test fails on it), in `check` and in `path` (also in its thread in the source's namespace).
 #[test]
 fn a_crashed_check_is_a_failed_row_and_exit_1() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -103,8 +103,10 @@ fn a_crashed_check_is_a_failed_row_and_exit_1() {
             .map(|c| ["probe", "target", "status", "cause"].map(|k| c[k].as_str().unwrap_or_default().to_string()))
             .collect();
         let detail = r.check()["detail"].as_str().unwrap_or_default().to_string();
-        let said = format!("panicked with message \"crash forced by NETCHECK_FAILPOINT in the {probe} check\"");
-        assert!(detail.starts_with("netcheck failed while checking: task ") && detail.ends_with(&said), "{detail}");
+        let said = format!(
+            "netcheck failed while checking: it panicked: crash forced by NETCHECK_FAILPOINT in the {probe} check"
+        );
+        assert_eq!(detail, said);
         (rows, r)
     };
     // Each target is a job of its own: each crashed job is its own row, in command-line order.
@@ -115,9 +117,12 @@ fn a_crashed_check_is_a_failed_row_and_exit_1() {
         "{r:?}"
     );
     assert_eq!(r.json["summary"]["fail"], 2, "{r:?}");
-    let (rows, r) = crash("path", &["path", "--from", "host", &open]);
-    assert_eq!(rows, [["path", format!("host -> {open}").as_str(), "fail", "internal_error"]], "{r:?}");
-    assert_eq!(r.json["verdict"], r.check()["detail"], "{r:?}");
+    // `path` crashing in its own task, and in the thread that probes from the source's namespace.
+    for probe in ["path", "path-source"] {
+        let (rows, r) = crash(probe, &["path", "--from", "host", &open]);
+        assert_eq!(rows, [["path", format!("host -> {open}").as_str(), "fail", "internal_error"]], "{r:?}");
+        assert_eq!(r.json["verdict"], r.check()["detail"], "{r:?}");
+    }
 }
 
 /// `kubectl netcheck` runs kubectl (here a stand-in that records its arguments) with the

@@ -11,9 +11,9 @@ fn lab() -> Lab {
     lab
 }
 
-/// `netcheck path` in node `node`'s namespace, from `from` (a namespace or "host").
-/// `netcheck path` with a 2 s deadline, scaled under emulation (NETLAB_TIME_SCALE): a TCG guest
-/// loaded by anything else was seen to take longer than 1.5 s for the API stand-in's answer.
+/// `netcheck path` in node `node`'s namespace, from `from` (a namespace or "host"), with a 2 s
+/// deadline, scaled under emulation (NETLAB_TIME_SCALE): a TCG guest loaded by anything else was
+/// seen to take longer than 1.5 s for the API stand-in's answer.
 fn path(lab: &Lab, node: u8, from: &str, dst: &str) -> netcheck::Run {
     let timeout = format!("{}s", 2 * netlab::time_scale());
     let r =
@@ -268,7 +268,8 @@ fn unprivileged_path_runs_what_it_can() {
     let copy = netcheck::UnprivilegedCopy::new();
     let n1 = lab.node(1).netns.clone();
     let b = lab.pod("b").clone();
-    let r = copy.run_json_in(&n1, &["--timeout", "2s", "path", &format!("{}:8080", b.ip)]);
+    let timeout = format!("{}s", 2 * netlab::time_scale());
+    let r = copy.run_json_in(&n1, &["--timeout", &timeout, "path", &format!("{}:8080", b.ip)]);
     eprintln!("{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json["capture"]["available"], false);

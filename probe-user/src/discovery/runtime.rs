@@ -38,12 +38,22 @@ pub struct RuntimeCni {
 pub struct CniSettings {
     pub conf_dir: Option<String>,
     pub bin_dirs: Option<Vec<String>>,
+    /// CRI-O's older `plugin_dir`, which it adds after `plugin_dirs` (pkg/config/config.go).
+    pub extra_bin_dir: Option<String>,
+    /// containerd with its CRI plugin disabled (`disabled_plugins`, as Docker's containerd.io
+    /// package ships it): not the kubelet's runtime.
+    pub cri_disabled: bool,
 }
 
 impl CniSettings {
-    /// `later`'s settings over these (a CRI-O drop-in over the main file).
+    /// `later`'s settings over these (a CRI-O drop-in over the main file), key by key.
     fn overlay(self, later: Self) -> Self {
-        Self { conf_dir: later.conf_dir.or(self.conf_dir), bin_dirs: later.bin_dirs.or(self.bin_dirs) }
+        Self {
+            conf_dir: later.conf_dir.or(self.conf_dir),
+            bin_dirs: later.bin_dirs.or(self.bin_dirs),
+            extra_bin_dir: later.extra_bin_dir.or(self.extra_bin_dir),
+            cri_disabled: later.cri_disabled || self.cri_disabled,
+        }
     }
 }
 
@@ -52,32 +62,40 @@ impl CniSettings {
 pub enum RuntimeError {
     #[error(transparent)]
     Read(#[from] super::node_root::RootError),
-    #[error("{}: not valid TOML: {}", file.display(), source.message())]
-    Toml { file: PathBuf, source: toml::de::Error },
+    /// `at`: `LINE:COLUMN` of the error in the file.
+    #[error("{}:{at}: not valid TOML: {message}", file.display())]
+    Toml { file: PathBuf, at: String, message: String },
 }
 
-/// The runtime's CNI folders under `root`: the first containerd configuration found, else
-/// CRI-O's; `Ok(None)` when the node has neither (the defaults apply).
+/// How many CRI-O drop-in files are read at most (the folder is walked recursively).
+const MAX_DROP_INS: usize = 256;
+
+/// The runtime's CNI folders under `root`: the first containerd configuration found whose CRI
+/// plugin is enabled, else CRI-O's; `Ok(None)` when the node has neither (the defaults apply).
 pub fn read(root: &NodeRoot) -> Result<Option<RuntimeCni>, RuntimeError> {
     let parsed = |file: &Path, parse: fn(&str) -> Result<CniSettings, toml::de::Error>| {
         let text = root.read_to_string(file)?;
-        parse(&text).map_err(|source| RuntimeError::Toml { file: root.shown(file), source })
+        parse(&text).map_err(|e| {
+            let at = e.span().map_or_else(|| "1:1".to_string(), |span| line_column(&text, span.start));
+            RuntimeError::Toml { file: root.shown(file), at, message: e.message().to_string() }
+        })
     };
-    if let Some(file) = CONTAINERD_FILES.iter().map(Path::new).find(|f| root.is_file(f)) {
+    for file in CONTAINERD_FILES.iter().map(Path::new).filter(|f| root.is_file(f)) {
         let settings = parsed(file, parse_containerd)?;
-        return Ok(Some(RuntimeCni::new("containerd", vec![root.shown(file)], settings)));
+        if !settings.cri_disabled {
+            return Ok(Some(RuntimeCni::new("containerd", vec![root.shown(file)], settings)));
+        }
     }
     let main = Path::new(CRIO_FILE);
-    let drop_ins: Vec<PathBuf> = root
-        .list(Path::new(CRIO_DROP_INS))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "conf") && root.is_file(p))
-        .collect();
+    let mut drop_ins = Vec::new();
+    if root.is_dir(Path::new(CRIO_DROP_INS)) {
+        walk_files(root, Path::new(CRIO_DROP_INS), &mut drop_ins)?;
+    }
     if !root.is_file(main) && drop_ins.is_empty() {
         return Ok(None);
     }
-    // crio.conf, then each drop-in in name order, later keys over earlier (crio(8)).
+    // crio.conf, then every file under crio.conf.d in path order whatever its name (CRI-O's
+    // UpdateFromPath walks the folder; OpenShift writes `00-default`), later keys over earlier.
     let mut settings = CniSettings::default();
     let mut files = Vec::new();
     for file in root.is_file(main).then_some(main.to_path_buf()).into_iter().chain(drop_ins) {
@@ -87,52 +105,98 @@ pub fn read(root: &NodeRoot) -> Result<Option<RuntimeCni>, RuntimeError> {
     Ok(Some(RuntimeCni::new("CRI-O", files, settings)))
 }
 
+/// The regular files under `dir`, depth first in name order (Go's filepath.Walk), at most
+/// [`MAX_DROP_INS`].
+fn walk_files(root: &NodeRoot, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RuntimeError> {
+    for path in root.list(dir)? {
+        if out.len() >= MAX_DROP_INS {
+            break;
+        }
+        match root.kind(&path) {
+            Some(super::node_root::Kind::Dir) => walk_files(root, &path, out)?,
+            Some(super::node_root::Kind::File) => out.push(path),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `LINE:COLUMN` (from 1) of a byte offset in `text`.
+fn line_column(text: &str, offset: usize) -> String {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.split(|&b| b == b'\n').count();
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    format!("{line}:{column}")
+}
+
 impl RuntimeCni {
     fn new(runtime: &'static str, files: Vec<PathBuf>, settings: CniSettings) -> Self {
-        let bin_dirs = settings.bin_dirs.filter(|d| !d.is_empty()).unwrap_or_else(|| vec![DEFAULT_BIN_DIR.into()]);
+        let mut bin_dirs = settings.bin_dirs.filter(|d| !d.is_empty()).unwrap_or_else(|| vec![DEFAULT_BIN_DIR.into()]);
+        if let Some(extra) = settings.extra_bin_dir.filter(|d| !bin_dirs.contains(d)) {
+            bin_dirs.push(extra);
+        }
         Self { runtime, files, conf_dir: settings.conf_dir.unwrap_or_else(|| DEFAULT_CONF_DIR.into()), bin_dirs }
     }
 
-    /// Where the settings came from, for a check's detail: `containerd (/etc/containerd/config.toml)`.
+    /// Where the settings came from, for a check's detail: `containerd's /etc/containerd/config.toml`.
     pub fn source(&self) -> String {
         let files: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
-        format!("{} ({})", self.runtime, files.join(", "))
+        format!("{}'s {}", self.runtime, files.join(", "))
     }
 }
 
-/// containerd's CNI settings: the CRI plugin's `cni` table, whose name depends on the file's
-/// `version` (containerd's config migration, `pkg/cri/config`): 3 (containerd 2.x)
-/// `plugins."io.containerd.cri.v1.runtime".cni` with `bin_dirs` (2.1+) or `bin_dir`; 2
-/// `plugins."io.containerd.grpc.v1.cri".cni`; 1 or none `plugins.cri.cni`.
+/// The CRI plugin's names in a containerd configuration, by the file's `version`, the first
+/// one's keys winning (containerd's config migration, internal/cri/config): 3 (containerd 2.x)
+/// `io.containerd.cri.v1.runtime`, whose missing keys containerd 2.3 fills from a
+/// `io.containerd.grpc.v1.cri` table; 2 `io.containerd.grpc.v1.cri`; 1 or none `cri`, or
+/// the full name (a name with a dot is kept as it is).
+fn cri_plugin_names(version: i64) -> &'static [&'static str] {
+    match version {
+        3.. => &["io.containerd.cri.v1.runtime", "io.containerd.grpc.v1.cri"],
+        2 => &["io.containerd.grpc.v1.cri"],
+        _ => &["cri", "io.containerd.grpc.v1.cri"],
+    }
+}
+
+/// containerd's CNI settings: the CRI plugin's `cni` table ([`cri_plugin_names`]): `conf_dir`,
+/// `bin_dirs` (2.1+; an empty list counts as unset) or `bin_dir`; and whether
+/// `disabled_plugins` turns the CRI plugin off.
 pub fn parse_containerd(text: &str) -> Result<CniSettings, toml::de::Error> {
     let doc: toml::Table = text.parse()?;
     let version = doc.get("version").and_then(toml::Value::as_integer).unwrap_or(1);
-    let plugin = match version {
-        3.. => "io.containerd.cri.v1.runtime",
-        2 => "io.containerd.grpc.v1.cri",
-        _ => "cri",
-    };
-    let cni = doc.get("plugins").and_then(|p| p.get(plugin)).and_then(|c| c.get("cni"));
-    let Some(cni) = cni else { return Ok(CniSettings::default()) };
-    let bin_dirs = cni
-        .get("bin_dirs")
-        .and_then(toml::Value::as_array)
-        .map(|dirs| strings(dirs))
-        .or_else(|| string(cni, "bin_dir").map(|d| vec![d]));
-    Ok(CniSettings { conf_dir: string(cni, "conf_dir"), bin_dirs })
+    let cri_disabled = doc.get("disabled_plugins").and_then(toml::Value::as_array).is_some_and(|names| {
+        names
+            .iter()
+            .filter_map(toml::Value::as_str)
+            .any(|n| matches!(n, "cri" | "io.containerd.grpc.v1.cri" | "io.containerd.cri.v1.runtime"))
+    });
+    let mut settings = CniSettings { cri_disabled, ..CniSettings::default() };
+    let plugins = doc.get("plugins");
+    for name in cri_plugin_names(version) {
+        let Some(cni) = plugins.and_then(|p| p.get(*name)).and_then(|c| c.get("cni")) else { continue };
+        let bin_dirs = cni
+            .get("bin_dirs")
+            .and_then(toml::Value::as_array)
+            .map(|dirs| strings(dirs))
+            .filter(|dirs| !dirs.is_empty())
+            .or_else(|| string(cni, "bin_dir").map(|d| vec![d]));
+        settings.conf_dir = settings.conf_dir.or_else(|| string(cni, "conf_dir"));
+        settings.bin_dirs = settings.bin_dirs.or(bin_dirs);
+    }
+    Ok(settings)
 }
 
-/// CRI-O's CNI settings: `[crio.network]` `network_dir` and `plugin_dirs` (or the older
-/// single `plugin_dir`).
+/// CRI-O's CNI settings: `[crio.network]` `network_dir`, `plugin_dirs` and the older
+/// `plugin_dir` (added after them).
 pub fn parse_crio(text: &str) -> Result<CniSettings, toml::de::Error> {
     let doc: toml::Table = text.parse()?;
     let Some(network) = doc.get("crio").and_then(|c| c.get("network")) else { return Ok(CniSettings::default()) };
-    let bin_dirs = network
-        .get("plugin_dirs")
-        .and_then(toml::Value::as_array)
-        .map(|dirs| strings(dirs))
-        .or_else(|| string(network, "plugin_dir").map(|d| vec![d]));
-    Ok(CniSettings { conf_dir: string(network, "network_dir"), bin_dirs })
+    Ok(CniSettings {
+        conf_dir: string(network, "network_dir"),
+        bin_dirs: network.get("plugin_dirs").and_then(toml::Value::as_array).map(|dirs| strings(dirs)),
+        extra_bin_dir: string(network, "plugin_dir"),
+        cri_disabled: false,
+    })
 }
 
 /// The non-empty strings of a TOML array (anything else in it is not a folder).
@@ -152,6 +216,7 @@ mod tests {
         CniSettings {
             conf_dir: conf.map(String::from),
             bin_dirs: bins.map(|b| b.iter().map(|s| (*s).to_string()).collect()),
+            ..CniSettings::default()
         }
     }
 
@@ -178,11 +243,22 @@ version = 3
                 Some(&["/opt/cni/bin", "/var/lib/rancher/k3s/data/cni"])
             )
         );
+        // Version 1: the short name, or the full one.
         let v1 = "[plugins.cri.cni]\nbin_dir = \"/usr/libexec/cni\"\n";
         assert_eq!(parse_containerd(v1).unwrap(), settings(None, Some(&["/usr/libexec/cni"])));
-        // A version 2 file's table under a version 3 name is not what containerd reads.
-        let mismatched = "version = 3\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\nbin_dir = \"/x\"\n";
-        assert_eq!(parse_containerd(mismatched).unwrap(), CniSettings::default());
+        let v1_full = "[plugins.\"io.containerd.grpc.v1.cri\".cni]\nconf_dir = \"/c\"\n";
+        assert_eq!(parse_containerd(v1_full).unwrap(), settings(Some("/c"), None));
+        // Version 3: a key the new table lacks comes from the old one (containerd 2.3).
+        let mixed = "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".cni]\nconf_dir = \"/c\"\n\
+                     [plugins.\"io.containerd.grpc.v1.cri\".cni]\nbin_dir = \"/x\"\nconf_dir = \"/old\"\n";
+        assert_eq!(parse_containerd(mixed).unwrap(), settings(Some("/c"), Some(&["/x"])));
+        // An empty bin_dirs leaves bin_dir in force.
+        let empty = "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".cni]\nbin_dirs = []\nbin_dir = \"/x\"\n";
+        assert_eq!(parse_containerd(empty).unwrap(), settings(None, Some(&["/x"])));
+        // Docker's containerd.io package: CRI off, not the kubelet's runtime.
+        let docker = "disabled_plugins = [\"cri\"]\n";
+        assert!(parse_containerd(docker).unwrap().cri_disabled);
+        assert!(!parse_containerd(v2).unwrap().cri_disabled);
         assert_eq!(parse_containerd("").unwrap(), CniSettings::default());
         assert!(parse_containerd("version = [").is_err());
     }
@@ -194,16 +270,26 @@ version = 3
             parse_crio(conf).unwrap(),
             settings(Some("/etc/kubernetes/cni/net.d/"), Some(&["/var/lib/cni/bin", "/usr/libexec/cni"]))
         );
-        assert_eq!(
-            parse_crio("[crio.network]\nplugin_dir = \"/opt/bin\"\n").unwrap(),
-            settings(None, Some(&["/opt/bin"]))
-        );
+        // The older plugin_dir is added after plugin_dirs (their default when unset).
+        let old = parse_crio("[crio.network]\nplugin_dir = \"/opt/bin\"\n").unwrap();
+        assert_eq!(old.extra_bin_dir.as_deref(), Some("/opt/bin"));
+        assert_eq!(RuntimeCni::new("CRI-O", Vec::new(), old).bin_dirs, [DEFAULT_BIN_DIR, "/opt/bin"]);
         assert_eq!(parse_crio("[crio.runtime]\nx = 1\n").unwrap(), CniSettings::default());
+    }
+
+    /// A scratch folder, removed when dropped (also when the test fails).
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
     fn the_runtime_found_under_a_root() {
-        let dir = std::env::temp_dir().join(format!("netcheck-runtime-{}", std::process::id()));
+        let scratch = Scratch(std::env::temp_dir().join(format!("netcheck-runtime-{}", std::process::id())));
+        let dir = scratch.0.clone();
         let _ = std::fs::remove_dir_all(&dir);
         let write = |path: &str, text: &str| {
             let p = dir.join(path);
@@ -213,31 +299,43 @@ version = 3
         std::fs::create_dir_all(&dir).unwrap();
         let root = NodeRoot::open(&dir).unwrap();
         assert_eq!(read(&root).unwrap(), None, "nothing: the defaults apply");
-        // CRI-O: a drop-in over crio.conf.
+        // CRI-O: every file under crio.conf.d over crio.conf, in path order, whatever its name
+        // (OpenShift's `00-default`), subfolders too.
         write(
             "etc/crio/crio.conf",
             "[crio.network]\nnetwork_dir = \"/etc/cni/net.d\"\nplugin_dirs = [\"/opt/cni/bin\"]\n",
         );
-        write("etc/crio/crio.conf.d/10-bins.conf", "[crio.network]\nplugin_dirs = [\"/usr/libexec/cni\"]\n");
-        write("etc/crio/crio.conf.d/README", "not read");
+        write(
+            "etc/crio/crio.conf.d/00-default",
+            "[crio.network]\nnetwork_dir = \"/etc/kubernetes/cni/net.d/\"\nplugin_dirs = [\"/var/lib/cni/bin\"]\n",
+        );
+        write("etc/crio/crio.conf.d/10-more/bins.conf", "[crio.network]\nplugin_dirs = [\"/usr/libexec/cni\"]\n");
         let crio = read(&root).unwrap().unwrap();
-        assert_eq!((crio.runtime, crio.conf_dir.as_str()), ("CRI-O", "/etc/cni/net.d"));
+        assert_eq!((crio.runtime, crio.conf_dir.as_str()), ("CRI-O", "/etc/kubernetes/cni/net.d/"));
         assert_eq!(crio.bin_dirs, ["/usr/libexec/cni"]);
-        assert_eq!(crio.files, [dir.join("etc/crio/crio.conf"), dir.join("etc/crio/crio.conf.d/10-bins.conf")]);
+        assert_eq!(
+            crio.files,
+            [
+                dir.join("etc/crio/crio.conf"),
+                dir.join("etc/crio/crio.conf.d/00-default"),
+                dir.join("etc/crio/crio.conf.d/10-more/bins.conf")
+            ]
+        );
+        // A containerd whose CRI plugin is off (Docker's) is not the runtime: CRI-O still is.
+        write("etc/containerd/config.toml", "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
+        assert_eq!(read(&root).unwrap().unwrap().runtime, "CRI-O");
         // containerd's file comes first; one without a cni table has the defaults.
         write("etc/containerd/config.toml", "version = 2\n");
         let containerd = read(&root).unwrap().unwrap();
-        assert_eq!(containerd.source(), format!("containerd ({})", dir.join("etc/containerd/config.toml").display()));
+        assert_eq!(containerd.source(), format!("containerd's {}", dir.join("etc/containerd/config.toml").display()));
         assert_eq!(
             (containerd.conf_dir.as_str(), containerd.bin_dirs.as_slice()),
             (DEFAULT_CONF_DIR, &[DEFAULT_BIN_DIR.to_string()][..])
         );
-        write("etc/containerd/config.toml", "version = = 2\n");
+        // Invalid TOML: the file, the line and column, the parser's message.
+        write("etc/containerd/config.toml", "version = 2\nroot = = 1\n");
         let err = read(&root).unwrap_err().to_string();
-        assert!(
-            err.starts_with(&format!("{}: not valid TOML: ", dir.join("etc/containerd/config.toml").display())),
-            "{err}"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
+        let file = dir.join("etc/containerd/config.toml");
+        assert!(err.starts_with(&format!("{}:2:8: not valid TOML: ", file.display())), "{err}");
     }
 }

@@ -1,7 +1,6 @@
 //! No check vanishes: every job runs on a task of its own, and a task that panics becomes a
-//! failed check of what it was checking (`internal_error`), in its place. Debug builds also
-//! have a switch that makes a probe crash on purpose, so the tests can show this of the binary
-//! and the agent, not only of this module.
+//! failed check of what it was checking (`internal_error`), in its place, with the panic's
+//! message ([`crate::failpoint`] makes one on purpose for the tests).
 
 use crate::verdict::{self, Probe};
 
@@ -17,23 +16,6 @@ impl Subject {
     pub fn new(probe: Probe, target: String) -> Self {
         Self { probe, target, peer: None }
     }
-}
-
-/// The environment variable of [`failpoint`]: `crash:PROBE` (a probe's name, as in the output).
-pub const FAILPOINT_ENV: &str = "NETCHECK_FAILPOINT";
-
-/// Panics when the debug build was told to crash `probe` (`NETCHECK_FAILPOINT=crash:PROBE`).
-/// Release builds, the image's among them, compile it to nothing: no environment variable can
-/// make a deployed netcheck crash.
-pub fn failpoint(probe: Probe) {
-    // The crash is the point here, not an assertion about the program.
-    #[cfg(debug_assertions)]
-    #[allow(clippy::manual_assert)]
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v.strip_prefix("crash:") == Some(probe.as_str())) {
-        panic!("crash forced by {FAILPOINT_ENV} in the {} check", probe.as_str());
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = probe;
 }
 
 /// Runs each future on a task of its own (at once, or one after another) and returns their
@@ -72,10 +54,25 @@ where
         .zip(results)
         .flat_map(|(subject, result)| match result {
             Some(Ok(checks)) => checks,
-            Some(Err(e)) => vec![crashed(subject, &e)],
+            Some(Err(e)) => vec![crashed(subject, &why(e))],
             None => vec![crashed(subject, &"the task ended without a result")],
         })
         .collect()
+}
+
+/// What a task that did not finish says: its panic's message, or that it was cancelled
+/// (tokio's own wording carries a task id, noise in a row or a metric).
+pub fn why(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => match panic.downcast::<String>() {
+            Ok(message) => format!("it panicked: {message}"),
+            Err(panic) => match panic.downcast::<&'static str>() {
+                Ok(message) => format!("it panicked: {message}"),
+                Err(_) => "it panicked".to_string(),
+            },
+        },
+        Err(_) => "it was cancelled".to_string(),
+    }
 }
 
 /// The failed check that stands in for a crashed job.
@@ -126,7 +123,7 @@ mod tests {
                 ],
                 "one_by_one {one_by_one}"
             );
-            assert!(checks[1].detail.contains("forced for the test"), "{}", checks[1].detail);
+            assert_eq!(checks[1].detail, "netcheck failed while checking: it panicked: forced for the test");
             assert_eq!(checks[1].peer.as_deref(), Some("n2"));
         }
     }

@@ -46,13 +46,13 @@ pub async fn run(
     };
     let subject = Subject::new(Probe::Path, format!("{} -> {dst}", spec.label));
     let probes = tokio::spawn(async move {
-        guard::failpoint(Probe::Path);
+        crate::failpoint::crash_if(Probe::Path.as_str());
         path::run(spec, timeout, capture).await
     });
     let report = match probes.await {
         Ok(report) => report?,
         Err(crashed) => {
-            let check = guard::crashed(subject, &crashed);
+            let check = guard::crashed(subject, &guard::why(crashed));
             let line = check.detail.clone();
             return Ok((check, line));
         }

@@ -375,6 +375,7 @@ async fn source_probes(
     deadline: Duration,
     capture: Option<Arc<Capture>>,
 ) -> (Final, Option<icmp::Echo>, mtu::Report) {
+    crate::failpoint::crash_if("path-source");
     let final_probe = {
         let capture = capture.clone();
         async move {

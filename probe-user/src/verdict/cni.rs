@@ -28,9 +28,11 @@ pub fn verdict(found: &Found, subnet_env: Option<&SubnetEnv>, root: &Path, links
             let target = config.file.display().to_string();
             let kinds: Vec<&str> = config.plugins.iter().map(|p| p.kind.as_str()).collect();
             let verdict = if let Some(kind) = found.missing_binaries.first() {
-                // The folders that exist, as the runtime's error lists its path; none: the first
-                // one it would look in.
-                let shown = if found.bin_dirs.is_empty() {
+                // The runtime's configured folders, as libcni's FindInPath lists them; without a
+                // runtime configuration, the usual folders that exist (or the first of them).
+                let shown = if found.source.is_some() {
+                    &found.looked_in[..]
+                } else if found.bin_dirs.is_empty() {
                     &found.looked_in[..1.min(found.looked_in.len())]
                 } else {
                     &found.bin_dirs[..]
@@ -41,7 +43,7 @@ pub fn verdict(found: &Found, subnet_env: Option<&SubnetEnv>, root: &Path, links
                     dirs.join(" ")
                 );
                 if let Some(source) = &found.source {
-                    let _ = write!(d, " (the plugin folders of {source})");
+                    let _ = write!(d, " (plugin folders from {source})");
                 }
                 fail(d)
             } else {
@@ -67,6 +69,11 @@ pub fn verdict(found: &Found, subnet_env: Option<&SubnetEnv>, root: &Path, links
     };
     let mut verdict = verdict;
     if let Some(problem) = &found.runtime_problem {
+        // A runtime whose configuration does not parse does not start; but the file may be an
+        // unused runtime's, so a warning, not a failure.
+        if verdict.status == super::Status::Pass {
+            verdict = Verdict::new(super::Status::Warn, Some(Cause::CniMisconfigured), verdict.detail);
+        }
         let _ = write!(
             verdict.detail,
             "; the container runtime's configuration was not used ({problem}): looked in the usual folders"
@@ -172,5 +179,25 @@ mod tests {
         );
         // No bridge yet (no pod started on the node): nothing to judge.
         assert_eq!(verdict(&found(Ok(flannel()), &[]), Some(&env()), root, &[]).status, Status::Pass);
+    }
+
+    #[test]
+    fn the_runtime_s_folders_and_its_unusable_configuration() {
+        let root = Path::new("/r");
+        // The runtime's configured folders, every one, and where they came from.
+        let mut gke = found(Ok(flannel()), &["flannel"]);
+        gke.looked_in = vec!["/r/home/kubernetes/bin".into(), "/r/opt/cni/bin".into()];
+        gke.source = Some("containerd's /r/etc/containerd/config.toml".into());
+        assert_eq!(
+            verdict(&gke, Some(&env()), root, &[]).detail,
+            "failed to find plugin \"flannel\" in path [/r/home/kubernetes/bin /r/opt/cni/bin]: every pod sandbox on \
+             this node fails to start (plugin folders from containerd's /r/etc/containerd/config.toml)"
+        );
+        // A configuration that does not parse: a warning on a setup that otherwise passes.
+        let mut broken = found(Ok(flannel()), &[]);
+        broken.runtime_problem = Some("/r/etc/containerd/config.toml:2:8: not valid TOML: x".into());
+        let c = verdict(&broken, Some(&env()), root, &[cni0([10, 244, 1, 1])]);
+        assert_eq!((c.status, c.cause), (Status::Warn, Some(Cause::CniMisconfigured)), "{c:?}");
+        assert!(c.detail.ends_with("not valid TOML: x): looked in the usual folders"), "{}", c.detail);
     }
 }
