@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// Top to bottom. A module may import those with a smaller rank; `error` is below everything.
+/// Top to bottom. A module may import those with a smaller rank; `error` and `failpoint` are below
+/// everything.
 const LAYERS: &[(&str, u32)] = &[
     ("cli", 9),
     ("agent", 8),
@@ -18,6 +19,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("privileges", 1),
     ("time", 1),
     ("error", 0),
+    ("failpoint", 0),
 ];
 
 fn src() -> PathBuf {
