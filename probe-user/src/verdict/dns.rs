@@ -121,7 +121,7 @@ pub fn verdicts(report: &Report, capture_on: bool) -> Vec<Check> {
         status,
         cause,
         detail,
-        duration_ms: ms(report.lookup.queries.iter().map(|q| q.elapsed).sum()),
+        duration_ms: ms(report.lookup.elapsed),
         evidence: Evidence::fold(report.lookup.queries.iter().flat_map(|q| q.events.clone()).collect()),
         hops: Vec::new(),
         data: data("lookup", None, &report.lookup.queries),
@@ -399,7 +399,7 @@ mod tests {
         Report {
             spec: Spec::new("kubernetes.default", conf),
             expansions: vec![],
-            lookup: Lookup { queries: lookup, answered, out_of_time: false },
+            lookup: Lookup { queries: lookup, answered, out_of_time: false, elapsed: Duration::from_millis(10) },
             rungs,
             elapsed: Duration::from_millis(10),
             discovery_failed: None,
