@@ -164,7 +164,7 @@ const TEST_DISK_GIB: u64 = 20;
 /// release, static, guest and fuzz builds may still be missing).
 fn need_disk(gib: u64) -> Result<()> {
     let target = root().join("target");
-    let need = if target.join("debug").exists() { REBUILD_DISK_GIB.min(gib) } else { gib };
+    let need = disk_needed(&target, gib);
     let at = if target.exists() { target } else { root() };
     let free = check_disk(&at, need)?;
     println!("disk: {free} GiB free under {}", at.display());
@@ -173,6 +173,12 @@ fn need_disk(gib: u64) -> Result<()> {
 
 /// What a run over an earlier build needs at least, in GiB.
 const REBUILD_DISK_GIB: u64 = 8;
+
+/// An earlier build is told by the netcheck binary it left, not by `target/debug`: `cargo
+/// xtask` has just built itself there, on a fresh clone too.
+fn disk_needed(target: &Path, gib: u64) -> u64 {
+    if target.join("debug").join("netcheck").is_file() { REBUILD_DISK_GIB.min(gib) } else { gib }
+}
 
 /// GiB free on the filesystem of `at`; an error when fewer than `gib`.
 fn check_disk(at: &Path, gib: u64) -> Result<u64> {
@@ -344,5 +350,18 @@ mod tests {
         let missing = root().join("no-such-folder");
         let err = format!("{:#}", check_disk(&missing, 0).unwrap_err());
         assert!(err.starts_with(&format!("statvfs {}: ", missing.display())), "{err}");
+    }
+
+    #[test]
+    fn a_fresh_clone_is_told_by_the_missing_netcheck_binary() {
+        let target = std::env::temp_dir().join(format!("xtask-disk-{}", std::process::id()));
+        let debug = target.join("debug");
+        std::fs::create_dir_all(debug.join("deps")).unwrap();
+        // What a fresh clone has once `cargo xtask` has run: xtask's own build.
+        std::fs::write(debug.join("xtask"), b"").unwrap();
+        assert_eq!(disk_needed(&target, TEST_DISK_GIB), TEST_DISK_GIB);
+        std::fs::write(debug.join("netcheck"), b"").unwrap();
+        assert_eq!(disk_needed(&target, TEST_DISK_GIB), REBUILD_DISK_GIB);
+        std::fs::remove_dir_all(&target).unwrap();
     }
 }
