@@ -221,6 +221,39 @@ fn cni_plugins_where_containerd_looks() {
     assert_one_problem(&r, "cni_misconfigured");
 }
 
+/// containerd configured by imports, as EKS and Gardener do: a drop-in of `config.d/*.toml`
+/// sets the plugin folder, and the node is healthy. An operator's later drop-in that adds a
+/// registry mirror under the CRI plugin's table replaces that table whole (containerd merges
+/// a plugin's table as one value), so containerd looks in /opt/cni/bin again: the plugin is
+/// missing, and the files that made it so are named in load order.
+#[test]
+fn cni_plugins_where_containerd_imports_say() {
+    let (_dir, mut layout) = solo("cni_plugins_by_containerd_imports", layouts::kubeadm_control_plane, &cp1());
+    layout.plugins_in_containerd_folder_by_import(layouts::GKE_BIN_DIR).unwrap();
+    let r = run_solo(&layout);
+    assert_rows(&layout, &r, &layout.root, &layout.expected());
+    assert!(r.json.get("problems").is_none(), "{}", r.stdout);
+
+    layout.plant(Problem::ImportReplacesTheCniTable).unwrap();
+    let r = run_solo(&layout);
+    assert_rows(&layout, &r, &layout.root, &layout.expected());
+    let cni = check(&r, &layout.root, &layout.cni_config);
+    let shown = |p: &str| layout.path(p).display().to_string();
+    let drop_ins = layouts::CONTAINERD_DROP_INS;
+    assert_eq!(
+        cni["detail"].as_str().unwrap(),
+        format!(
+            "failed to find plugin \"flannel\" in path [{}]: every pod sandbox on this node fails to start \
+             (plugin folders from containerd's {}, {}, {})",
+            shown("/opt/cni/bin"),
+            shown("/etc/containerd/config.toml"),
+            shown(&format!("{drop_ins}/10-cni.toml")),
+            shown(&format!("{drop_ins}/50-mirror.toml")),
+        )
+    );
+    assert_one_problem(&r, "cni_misconfigured");
+}
+
 #[test]
 fn kubeadm_worker_healthy() {
     let (_dir, layout) = solo("kubeadm_worker_healthy", layouts::kubeadm_worker, &w1());

@@ -18,7 +18,7 @@ pub const BIN_DIRS: &[&str] = &["opt/cni/bin", "var/lib/rancher/k3s/data/cni", "
 
 /// The folders the container runtime takes CNI configurations and plugins from (inside the
 /// node), and what said so.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Dirs {
     pub conf: Vec<PathBuf>,
     pub bins: Vec<PathBuf>,
@@ -178,8 +178,14 @@ pub struct Found {
     pub runtime_problem: Option<String>,
 }
 
+/// The node's CNI configuration, looked for where the runtime looks ([`dirs`]).
 pub fn read(root: &NodeRoot) -> Found {
-    let runtime = dirs(root);
+    read_in(root, &dirs(root))
+}
+
+/// The node's CNI configuration in folders already found ([`dirs`]), so the runtime's
+/// configuration is read once per run.
+pub fn read_in(root: &NodeRoot, runtime: &Dirs) -> Found {
     let dirs: Vec<PathBuf> = runtime.conf.iter().map(|d| root.shown(d)).collect();
     let bins: Vec<&Path> = runtime.bins.iter().map(PathBuf::as_path).filter(|d| root.is_dir(d)).collect();
     let first = runtime.conf.iter().find_map(|d| config_files(root, d).into_iter().next());
@@ -213,8 +219,8 @@ pub fn read(root: &NodeRoot) -> Found {
         missing_binaries,
         bin_dirs,
         looked_in,
-        source: runtime.source,
-        runtime_problem: runtime.problem,
+        source: runtime.source.clone(),
+        runtime_problem: runtime.problem.clone(),
     }
 }
 

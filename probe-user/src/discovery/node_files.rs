@@ -31,6 +31,8 @@ pub struct NodeFiles {
     pub kubelet_setup: KubeletSetup,
     pub api_server: Option<ApiServer>,
     pub subnet_env: Option<(SubnetEnv, PathBuf)>,
+    /// Where the container runtime takes CNI configurations and plugins from.
+    pub cni_dirs: super::cni::Dirs,
     /// A CNI configuration file is there (read or not).
     pub cni: bool,
     /// What could not be learnt, and why.
@@ -63,11 +65,19 @@ pub fn read(root: &NodeRoot) -> NodeFiles {
         Err(e) => files.notes.push(e.to_string()),
     }
     files.kubelet_setup = setup;
-    files.cni = super::cni::dirs(root).conf.iter().any(|d| !super::cni::config_files(root, d).is_empty());
+    files.cni_dirs = super::cni::dirs(root);
+    files.cni = files.cni_dirs.conf.iter().any(|d| !super::cni::config_files(root, d).is_empty());
     files
 }
 
 impl NodeFiles {
+    /// The CNI configuration folders looked in, as the node names them.
+    fn conf_dirs(&self) -> String {
+        let dirs: Vec<String> =
+            self.cni_dirs.conf.iter().map(|d| Path::new("/").join(d).display().to_string()).collect();
+        dirs.join(" or ")
+    }
+
     /// Why `root` holds nothing of a Kubernetes node, when it does not: no kubelet
     /// configuration, no kubelet kubeconfig and no CNI configuration. Any one of them makes it a
     /// node (perhaps a broken one), whose checks then run.
@@ -78,7 +88,7 @@ impl NodeFiles {
                  no CNI configuration in {}); give the node's root with --host-root",
                 self.root.display(),
                 KUBELET_KUBECONFIGS.join(" or "),
-                super::cni::CONF_DIRS.join(" or ")
+                self.conf_dirs()
             )
         })
     }

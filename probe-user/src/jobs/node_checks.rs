@@ -139,7 +139,7 @@ pub async fn plan_read(
     // The CNI setup, judged against the bridge as the kernel has it.
     let links = links.unwrap_or_default();
     jobs.push(Job::Done(vec![crate::verdict::kubelet::configuration(&files.kubelet_setup)]));
-    let cni = discovery::cni::read(node);
+    let cni = discovery::cni::read_in(node, &files.cni_dirs);
     let env = files.subnet_env.as_ref().map(|(e, _)| e);
     jobs.push(Job::Done(vec![crate::verdict::cni::verdict(&cni, env, root, &links)]));
     jobs.extend(super::pki_jobs(node, root, files.kubelet_setup.config.client_ca_file()));

@@ -45,7 +45,7 @@ pub use expected::{Row, rows};
 pub use k3s::{K3sPki, k3s_agent, k3s_server};
 pub use kubeadm::{KubeadmPki, kubeadm_control_plane, kubeadm_worker};
 pub use node::{Flavour, KubeletServing, NodeSpec};
-pub use problems::{GKE_BIN_DIR, Problem};
+pub use problems::{CONTAINERD_DROP_INS, GKE_BIN_DIR, Problem};
 pub use stand_ins::{SoloNode, serve_on_lab};
 
 use crate::pki;

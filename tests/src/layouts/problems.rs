@@ -29,10 +29,19 @@ pub enum Problem {
     /// [`GKE_BIN_DIR`], while the plugins stay in /opt/cni/bin, where containerd never looks:
     /// `failed to find plugin "flannel" in path [/home/kubernetes/bin]`.
     PluginsWhereContainerdDoesNotLook,
+    /// kubeadm, containerd configured by imports (EKS's and Gardener's `config.d/*.toml`):
+    /// an operator's drop-in adds a registry mirror under the CRI plugin's table, and
+    /// containerd replaces a plugin's table whole, so the plugin folder the earlier drop-in set
+    /// is gone and containerd looks in /opt/cni/bin again, where the plugins are not. Needs
+    /// [`Layout::plugins_in_containerd_folder_by_import`] first.
+    ImportReplacesTheCniTable,
 }
 
 /// The CNI plugin folder GKE's containerd is configured with.
 pub const GKE_BIN_DIR: &str = "/home/kubernetes/bin";
+
+/// The drop-in folder containerd's config.toml imports (EKS's nodeadm writes this import).
+pub const CONTAINERD_DROP_INS: &str = "/etc/containerd/config.d";
 
 /// containerd's config.toml (version 2, as GKE writes it) with its CNI plugin folder.
 fn containerd_config(bin_dir: &str) -> String {
@@ -57,6 +66,20 @@ impl Layout {
             std::fs::rename(plugin.path(), self.path(bin_dir).join(plugin.file_name()))?;
         }
         w.file("/etc/containerd/config.toml", &containerd_config(bin_dir), 0o644)
+    }
+
+    /// As [`Self::plugins_in_containerd_folder`], the folder set by a drop-in config.toml
+    /// imports: `config.d/10-cni.toml`, a relative glob's match, and the main file's own
+    /// CNI table left at the defaults.
+    pub fn plugins_in_containerd_folder_by_import(&mut self, bin_dir: &str) -> Result<()> {
+        self.plugins_in_containerd_folder(bin_dir)?;
+        let w = Writer { root: self.root.clone(), files: Vec::new(), aliases: Vec::new() };
+        let main = "version = 2\nimports = [\"config.d/*.toml\"]\nroot = \"/var/lib/containerd\"\n\n\
+                    [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.10\"\n";
+        w.file("/etc/containerd/config.toml", main, 0o644)?;
+        w.dir(CONTAINERD_DROP_INS, 0o755)?;
+        let cni = format!("version = 2\n{}", containerd_config(bin_dir).split_once("\n\n").map_or("", |(_, t)| t));
+        w.file(&format!("{CONTAINERD_DROP_INS}/10-cni.toml"), &cni, 0o644)
     }
 }
 
@@ -142,6 +165,16 @@ impl Layout {
                     bail!("{problem:?} is kubeadm's");
                 }
                 w.file("/etc/containerd/config.toml", &containerd_config(GKE_BIN_DIR), 0o644)?;
+                let cni = self.cni_config.clone();
+                self.expect("cni", &cni, "fail", Some("cni_misconfigured"));
+            }
+            Problem::ImportReplacesTheCniTable => {
+                if !self.path(&format!("{CONTAINERD_DROP_INS}/10-cni.toml")).is_file() {
+                    bail!("{problem:?} needs plugins_in_containerd_folder_by_import first");
+                }
+                let mirror = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  \
+                              endpoint = [\"https://mirror.registry.example\"]\n";
+                w.file(&format!("{CONTAINERD_DROP_INS}/50-mirror.toml"), mirror, 0o644)?;
                 let cni = self.cni_config.clone();
                 self.expect("cni", &cni, "fail", Some("cni_misconfigured"));
             }
