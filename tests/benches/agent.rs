@@ -4,9 +4,12 @@
 //! - flood: a UDP drop flood at the agent's node: kernel drops/s, the agent's CPU and RSS,
 //!   capture losses, probe cycles done and missed;
 //! - soak: VXLAN dropped and allowed in turn every 30 s: RSS growth and whether each phase's
-//!   metrics show the fault state.
+//!   metrics show the fault state;
+//! - api: what one agent asks of the API server with N = 10, 1000, 5000 realistic Nodes (50
+//!   images, the kubelet's conditions, labels, managedFields) whose kubelets rewrite them on a
+//!   heartbeat: requests and bytes of the initial list, then per heartbeat period; agent RSS.
 //!
-//! `cargo bench -p netcheck-tests --bench agent [-- --quick] [--only sampling|flood|soak]
+//! `cargo bench -p netcheck-tests --bench agent [-- --quick] [--only sampling|flood|soak|api]
 //! [--soak-minutes M]`. `--quick` (CI): N = 10 and 1000, a 5 s flood, a 1 minute soak.
 //! It fails when what it measures did not happen: k peers not probed, cycles not done, the
 //! flood not sent or not counted by the kernel, events lost or cycles missed under it, the
@@ -21,6 +24,7 @@ use anyhow::{Result, ensure};
 use netlab::{
     Lab, TempDir,
     agent::{AGENT_PORT, Agent},
+    api_nodes::{ApiNodes, ApiRequest},
 };
 
 struct Args {
@@ -55,15 +59,29 @@ fn main() -> Result<()> {
     if wants("soak") {
         soak(&args)?;
     }
+    if wants("api") {
+        api(&args)?;
+    }
     Ok(())
 }
 
 /// A lab with the API stand-in listing `synthetic` more nodes, and an agent on n1.
 fn lab_with_agent(synthetic: usize, interval: &str, timeout: &str, extra: &[String]) -> Result<(Lab, TempDir, Agent)> {
+    lab_with_agent_and(synthetic, ApiNodes::default(), interval, timeout, extra)
+}
+
+fn lab_with_agent_and(
+    synthetic: usize,
+    nodes: ApiNodes,
+    interval: &str,
+    timeout: &str,
+    extra: &[String],
+) -> Result<(Lab, TempDir, Agent)> {
     let mut lab = Lab::new()?;
     lab.start_servers()?;
     let dns = lab.start_dns()?;
     lab.add_synthetic_nodes(synthetic);
+    lab.api_nodes = nodes;
     let kubeconfig = lab.serve_api(1, &dns.endpoints)?;
     let root = TempDir::new(&format!("bench-agent-{}", lab.prefix));
     lab.write_host_root(1, &root, &kubeconfig)?;
@@ -250,5 +268,80 @@ fn soak(args: &Args) -> Result<()> {
     } else {
         ensure!(growth < 1024, "soak: RSS grew by {growth} KiB");
     }
+    Ok(())
+}
+
+/// The kubelet's status heartbeat in the bench, standing for its 5 min default
+/// (`nodeStatusReportFrequency`): every node's object is rewritten this often.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Heartbeat periods measured after the initial list.
+const PERIODS: u32 = 10;
+
+/// Requests and bytes the stand-in answered so far.
+fn totals(lab: &Lab) -> (usize, usize) {
+    let log = lab.api_requests.lock().expect("api requests");
+    (log.len(), log.iter().map(|r| r.bytes).sum())
+}
+
+fn api(args: &Args) -> Result<()> {
+    println!(
+        "api: one agent's requests to the API server by cluster size (k = 3; realistic Nodes; every node's \
+         status rewritten each {HEARTBEAT:?}, standing for the kubelet's 5 min)"
+    );
+    let sizes: &[usize] = if args.quick { &[10, 1000] } else { &[10, 1000, 5000] };
+    let mut per_period = Vec::new();
+    for &n in sizes {
+        let nodes = ApiNodes { realistic: true, heartbeat: Some(HEARTBEAT), ..ApiNodes::default() };
+        let (lab, _root, mut agent) = lab_with_agent_and(n, nodes, "2s", "1s", &args.pass_through)?;
+        // The initial list done and the sampled peers watched.
+        let started = Instant::now();
+        loop {
+            let text = metrics(&agent)?;
+            if metric(&text, r#"netcheck_api_node_lists_total{result="ok"}"#) >= 1.0
+                && metric(&text, r#"netcheck_peers{set="watched"}"#) >= 3.0
+            {
+                break;
+            }
+            ensure!(started.elapsed() < Duration::from_mins(3), "N = {n}: no list or no watches: {text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The watches' own initial lists are answered by now.
+        std::thread::sleep(Duration::from_secs(1));
+        let log: Vec<ApiRequest> = lab.api_requests.lock().expect("api requests").clone();
+        let pages: Vec<&ApiRequest> = log.iter().filter(|r| r.is_full_node_list()).collect();
+        let list_bytes: usize = pages.iter().map(|r| r.bytes).sum();
+        let (requests_before, bytes_before) = totals(&lab);
+        std::thread::sleep(HEARTBEAT * PERIODS);
+        let (requests_after, bytes_after) = totals(&lab);
+        let text = metrics(&agent)?;
+        let rss = agent.rss_kib()?;
+        let (requests, bytes) = (requests_after - requests_before, bytes_after - bytes_before);
+        let period = bytes as f64 / f64::from(PERIODS);
+        println!(
+            "  N = {n:>5}: initial list {:>3} pages, {:>8.1} KiB; then {requests} requests and {:>6.1} KiB per heartbeat \
+             period ({:.1} MiB an hour at 5 min); watches open {}; RSS {:>5.1} MiB",
+            pages.len(),
+            list_bytes as f64 / 1024.0,
+            period / 1024.0,
+            period * 12.0 / 1024.0 / 1024.0,
+            metric(&text, r#"netcheck_peers{set="watched"}"#),
+            kib_to_mib(rss)
+        );
+        ensure!(metric(&text, r#"netcheck_api_node_lists_total{result="ok"}"#) == 1.0, "N = {n}: listed again: {text}");
+        ensure!(bytes > 0, "N = {n}: no heartbeat reached the watches");
+        ensure!(!pages.is_empty(), "N = {n}: no list of the nodes");
+        per_period.push((n, period, requests));
+        agent.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5))?;
+    }
+    let (small, large) = (per_period[0], per_period[per_period.len() - 1]);
+    println!(
+        "  after the initial list: {:.1} KiB per period at N = {} and {:.1} KiB at N = {} ({:.2}x)",
+        small.1 / 1024.0,
+        small.0,
+        large.1 / 1024.0,
+        large.0,
+        large.1 / small.1
+    );
+    ensure!(large.1 < small.1 * 1.5 && large.2 <= small.2 + 1, "steady-state API traffic grows with N: {per_period:?}");
     Ok(())
 }

@@ -30,9 +30,11 @@ impl Lab {
         let pods = self.pods.clone();
         let addr = SocketAddr::new(n.underlay_ip.into(), API_PORT);
         let writes = self.api_writes.clone();
+        let store = Arc::new(api_nodes::NodeStore::new(&nodes, self.api_nodes.clone()));
+        let log = self.api_requests.clone();
         self.servers.push(serve(&n.netns, addr, move |s| {
             let (body, nodes, pods, writes) = (body.clone(), nodes.clone(), pods.clone(), writes.clone());
-            pki::serve_https_connection(config.clone(), s, move |request| {
+            api_nodes::serve_api_connection(config.clone(), s, &store, &log, move |request| {
                 if let Some(written) = api_write(request, &nodes) {
                     writes.lock().expect("api writes").push(written.0);
                     return written.1;

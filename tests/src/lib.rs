@@ -34,6 +34,7 @@ use nix::sched::{CloneFlags, setns};
 
 pub mod agent;
 mod api;
+pub mod api_nodes;
 pub mod btf;
 pub mod deploy;
 mod faults;
@@ -132,6 +133,10 @@ pub struct Lab {
     pub synthetic_nodes: Vec<(String, Ipv4Addr)>,
     /// The writes the API stand-in received, in order: "PATCH /path" or "POST /path", then the body.
     pub api_writes: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    /// How the API stand-in's Nodes look (set before [`Self::serve_api`]).
+    pub api_nodes: api_nodes::ApiNodes,
+    /// Every request the API stand-in answered, in order, with the bytes it sent.
+    pub api_requests: Arc<std::sync::Mutex<Vec<api_nodes::ApiRequest>>>,
     servers: Vec<Server>,
     /// Daemons (dnsmasq) running inside lab namespaces, by name; killed when dropped.
     daemons: Vec<(String, std::process::Child)>,
@@ -162,6 +167,8 @@ impl Lab {
             pki: pki::Pki::new("netcheck-lab-ca")?,
             synthetic_nodes: Vec::new(),
             api_writes: Arc::default(),
+            api_nodes: api_nodes::ApiNodes::default(),
+            api_requests: Arc::default(),
             servers: Vec::new(),
             daemons: Vec::new(),
             keep: false,

@@ -118,7 +118,7 @@ fn kubelet_response(request: &[u8]) -> &'static [u8] {
 
 /// Reads an HTTP request head (at most 16 KiB); `None` when the peer went away first.
 /// A request's head and its body (up to its Content-Length, at most 1 MiB).
-fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
+pub(crate) fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
     let mut buf = [0u8; 4096];
     let mut request = Vec::new();
     let head_end = loop {

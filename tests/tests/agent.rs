@@ -430,3 +430,86 @@ fn a_crashed_check_is_a_failed_metric() {
     assert_eq!(failing, [r#"netcheck_check_failing{probe="vxlan",peer="n2",cause="internal_error"} 1"#], "{text}");
     promtool_check(&text);
 }
+
+/// The agent at cluster scale: one list of every node, in pages, at start; then a watch on each
+/// sampled peer only (field selector), held open; nothing per cycle. Of 250 more nodes the
+/// API lists, 200 are NotReady: none is sampled, and the metrics say how many were skipped.
+#[test]
+fn the_agent_lists_nodes_once_and_watches_only_its_sampled_peers() {
+    needs_root("the_agent_lists_nodes_once_and_watches_only_its_sampled_peers");
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    lab.start_servers().unwrap();
+    let dns = lab.start_dns().unwrap();
+    lab.add_synthetic_nodes(250);
+    let not_ready: Vec<String> = (0..250).filter(|i| i % 5 != 0).map(|i| format!("peer-{i:05}")).collect();
+    lab.api_nodes.not_ready = not_ready.clone();
+    let kubeconfig = lab.serve_api(1, &dns.endpoints).unwrap();
+    let root = TempDir::new(&format!("agent-root-{}-1", lab.prefix));
+    lab.write_host_root(1, &root, &kubeconfig).unwrap();
+    let node = Node { kubeconfig: root.path.join("etc/kubernetes/kubelet.conf").display().to_string(), root };
+    let nodes = [node];
+    // A rotation of 23 h: the sample does not change during the test (a 1-in-4000 chance).
+    let mut agent = start_agent(&lab, &nodes, 1, "1s", &["--interval", "2s", "--jitter", "0", "--rotate", "23h"]);
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let started = Instant::now();
+    let text = loop {
+        let (_, text) = agent.get("/metrics").unwrap();
+        let cycles = text
+            .lines()
+            .find_map(|l| l.strip_prefix("netcheck_probe_cycles_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if cycles >= 4.0 {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "4 cycles not done: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for line in [
+        r#"netcheck_peers_skipped{reason="not_ready"} 200"#,
+        r#"netcheck_peers_skipped{reason="deleting"} 0"#,
+        r#"netcheck_peers{set="probed"} 3"#,
+        r#"netcheck_peers{set="watched"} 3"#,
+        r#"netcheck_api_node_lists_total{result="ok"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    // The peers probed (by their VXLAN rows' addresses), none of them NotReady.
+    let (_, report) = agent.get("/report").unwrap();
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let name_of = |target: &str| {
+        let ip = target.split(':').next().unwrap_or_default().to_string();
+        let lab_nodes = lab.nodes.iter().map(|n| (n.name(), n.underlay_ip));
+        lab.synthetic_nodes.iter().cloned().chain(lab_nodes).find(|(_, a)| a.to_string() == ip).map(|(n, _)| n)
+    };
+    let mut probed: Vec<String> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["probe"] == "vxlan")
+        .filter_map(|c| name_of(c["target"].as_str().unwrap_or_default()))
+        .collect();
+    probed.sort();
+    probed.dedup();
+    assert_eq!(probed.len(), 3, "{report}");
+    assert!(probed.iter().all(|p| !not_ready.contains(p)), "a NotReady node sampled: {probed:?}");
+
+    let requests = lab.api_requests.lock().unwrap().clone();
+    let summary: Vec<String> = requests.iter().map(|r| format!("{} {} ({} B)", r.method, r.target, r.bytes)).collect();
+    // 252 nodes (n1, n2 and 250 more), 100 a page: three pages, once.
+    let pages: Vec<&String> = requests.iter().filter(|r| r.is_full_node_list()).map(|r| &r.target).collect();
+    assert_eq!(pages.len(), 3, "{summary:#?}");
+    assert!(pages.iter().all(|t| t.contains("limit=100")), "{pages:?}");
+    assert!(pages[1].contains("continue=100") && pages[2].contains("continue=200"), "{pages:?}");
+    // One watch per sampled peer, still open (none re-opened: no read deadline cuts them).
+    let watched = |r: &netlab::api_nodes::ApiRequest| {
+        r.target.split_once("fieldSelector=metadata.name%3D").map(|(_, rest)| rest.split('&').next().unwrap_or_default().to_string())
+    };
+    let mut watches: Vec<String> = requests.iter().filter(|r| r.is_watch()).filter_map(watched).collect();
+    watches.sort();
+    assert_eq!(watches, probed, "{summary:#?}");
+    // Each watch began with a list of its one node.
+    let singles = requests.iter().filter(|r| !r.is_watch() && watched(r).is_some()).count();
+    assert_eq!(singles, 3, "{summary:#?}");
+}

@@ -41,6 +41,8 @@ const HOPS: [(Probe, &str, &str); 3] = [
 pub enum WriteError {
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error("no API client: {0}")]
+    NoClient(String),
     #[error("patch node {node} status: {source}")]
     Patch {
         node: String,

@@ -46,9 +46,18 @@ pub struct Snapshot {
     pub problems: i64,
     pub peers_known: i64,
     pub peers_probed: i64,
+    /// Nodes the API lists that were not sampled, by why (`not_ready`, `unreachable`,
+    /// `deleting`).
+    pub peers_skipped: BTreeMap<&'static str, i64>,
+    /// Sampled peers whose Node the agent watches.
+    pub peers_watched: i64,
     /// Whether a quorum of the sampled peers fails at one hop, and the condition's reason.
     pub path_problem: Option<(bool, String)>,
 }
+
+/// Every reason a listed node is not probed ([`crate::discovery::nodes::NodeInfo::unavailable`]):
+/// each always has a series, 0 when none.
+const SKIP_REASONS: [&str; 3] = ["not_ready", "unreachable", "deleting"];
 
 impl Snapshot {
     /// The gauges of one cycle's checks, labelled with the peer each is about (`Check::peer`).
@@ -109,6 +118,17 @@ pub struct Metrics {
     probe_seconds: Family<[(&'static str, &'static str); 1], Histogram>,
     cycles: Counter,
     missed: Counter,
+    pub api: ApiCounters,
+}
+
+/// The agent's requests about nodes, counted where they are made ([`super::nodes`]).
+#[derive(Clone, Default)]
+pub struct ApiCounters {
+    /// Lists of every node, by result (`ok`, `error`).
+    pub node_lists: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Errors of the sampled peers' watches (each followed by kube's backoff, then a list of
+    /// that one node).
+    pub node_watch_errors: Counter,
 }
 
 impl Metrics {
@@ -138,10 +158,21 @@ impl Metrics {
             "Cycles skipped because the one before ran past their start",
             missed.clone(),
         );
+        let api = ApiCounters::default();
+        registry.register(
+            "api_node_lists",
+            "Lists of every node (at start, and when the FDB names a node the last list lacked), by result",
+            api.node_lists.clone(),
+        );
+        registry.register(
+            "api_node_watch_errors",
+            "Errors of the watches on the sampled peers' Nodes",
+            api.node_watch_errors.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
         registry.register_collector(Box::new(KernelCollector { capture, detail: capture_detail }));
-        Self { registry, snapshot, cycle_seconds, probe_seconds, cycles, missed }
+        Self { registry, snapshot, cycle_seconds, probe_seconds, cycles, missed, api }
     }
 
     /// Records a finished cycle.
@@ -266,9 +297,20 @@ impl Collector for SnapshotCollector {
         gauges(
             &mut encoder,
             "peers",
-            "Peer nodes known (FDB and API) and probed this cycle (the rendezvous sample)",
+            "Peer nodes known (FDB and API), probed this cycle (the rendezvous sample) and watched in the API",
             None,
-            [([("set", "known")], s.peers_known), ([("set", "probed")], s.peers_probed)],
+            [
+                ([("set", "known")], s.peers_known),
+                ([("set", "probed")], s.peers_probed),
+                ([("set", "watched")], s.peers_watched),
+            ],
+        )?;
+        gauges(
+            &mut encoder,
+            "peers_skipped",
+            "Nodes the API lists that are not probed because they cannot answer, by reason",
+            None,
+            SKIP_REASONS.iter().map(|r| ([("reason", *r)], s.peers_skipped.get(r).copied().unwrap_or(0))),
         )
     }
 }

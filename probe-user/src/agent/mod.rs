@@ -17,9 +17,10 @@ pub mod events;
 pub mod http;
 mod k8s;
 mod metrics;
+mod nodes;
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -174,6 +175,11 @@ async fn probe_loop(opts: &Options, shared: &Shared, capture: Option<Arc<Capture
     let mut tick = started;
     let mut done = 0u64;
     let mut reporter = opts.node_condition.then(|| k8s::Reporter::new(&opts.node_name));
+    // One API client for the agent's life; the nodes from one list and the sampled peers' watches.
+    let mut directory =
+        nodes::Directory::new(opts.kubeconfig.as_deref(), &opts.host_root, opts.timeout, shared.metrics.api.clone())
+            .await;
+    let mut fdb: Vec<Ipv4Addr> = Vec::new();
     let seed = u64::from(std::process::id())
         ^ SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -185,7 +191,7 @@ async fn probe_loop(opts: &Options, shared: &Shared, capture: Option<Arc<Capture
             return;
         }
         *shared.heartbeat.lock().expect("heartbeat") = Instant::now();
-        cycle(opts, shared, capture.clone(), reporter.as_mut()).await;
+        fdb = cycle(opts, shared, capture.clone(), reporter.as_mut(), &mut directory, &fdb).await;
         *shared.heartbeat.lock().expect("heartbeat") = Instant::now();
         shared.ready.store(true, Ordering::Relaxed);
         done += 1;
@@ -216,13 +222,28 @@ fn jitter(interval: Duration, fraction: f64, seed: u64, cycle: u64) -> Duration 
     Duration::from_nanos(r % nanos)
 }
 
-/// One probe cycle: plan with sampled peers, run, record.
-async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>, reporter: Option<&mut k8s::Reporter>) {
+/// One probe cycle: plan with sampled peers, run, record. `fdb`: the peers' underlay addresses
+/// the last cycle found (a new one makes the directory list the nodes again); returns this
+/// cycle's.
+async fn cycle(
+    opts: &Options,
+    shared: &Shared,
+    capture: Option<Arc<Capture>>,
+    reporter: Option<&mut k8s::Reporter>,
+    directory: &mut nodes::Directory,
+    fdb: &[Ipv4Addr],
+) -> Vec<Ipv4Addr> {
     let started = Instant::now();
     let now_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let sampling =
         Sampling { node: opts.node_name.clone(), k: opts.peers, epoch: now_secs / opts.rotate.as_secs().max(1) };
-    let planned = node_checks::plan(&opts.host_root, opts.kubeconfig.as_deref(), opts.timeout, Some(&sampling)).await;
+    let nodes = directory.nodes(fdb, opts.timeout).await;
+    let api = node_checks::ApiNodes::Given { available: &nodes.available, unavailable: &nodes.unavailable };
+    let planned = node_checks::plan(&opts.host_root, opts.kubeconfig.as_deref(), opts.timeout, Some(&sampling), api).await;
+    // The sampled peers the API knows are watched; the others are not.
+    let followed: Vec<String> =
+        planned.probed.iter().filter(|p| nodes.available.iter().any(|n| n.name == p.name)).map(|p| p.name.clone()).collect();
+    directory.follow(&followed);
     if let Some(c) = &capture {
         // Events about any known peer reach userspace (for /events), not only the sampled ones.
         let addresses: Vec<IpAddr> =
@@ -237,14 +258,17 @@ async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>, r
     let judgement = k8s::judge(&report.checks, &planned.probed);
     let mut snapshot =
         metrics::Snapshot::of(&report.checks, report.problems.len(), (planned.known.len(), planned.probed.len()));
+    snapshot.peers_watched = i64::try_from(directory.followed()).unwrap_or(i64::MAX);
+    snapshot.peers_skipped = nodes.skipped.iter().map(|(reason, n)| (*reason, i64::try_from(*n).unwrap_or(i64::MAX))).collect();
     snapshot.path_problem = Some((judgement.problem, judgement.reason.clone()));
     if let Some(reporter) = reporter
         && reporter.changes(&judgement)
     {
         let written = async {
-            let client =
-                crate::discovery::api::client(opts.kubeconfig.as_deref(), &opts.host_root, opts.timeout).await?;
-            reporter.observe(client, &judgement).await
+            match directory.client() {
+                Some(client) => reporter.observe(client.clone(), &judgement).await,
+                None => Err(k8s::WriteError::NoClient(directory.no_client().unwrap_or_default().to_string())),
+            }
         };
         match tokio::time::timeout(opts.timeout * 2, written).await {
             Ok(Ok(())) => {
@@ -257,6 +281,7 @@ async fn cycle(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>, r
     shared.metrics.cycle(started.elapsed(), &report.checks, snapshot);
     *shared.last_report.lock().expect("last report") = Some(report.to_json());
     tracing::debug!(took = ?started.elapsed(), checks = report.checks.len(), problems = report.problems.len(), "cycle");
+    planned.known.iter().map(|p| p.underlay).collect()
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
                 return Err(why.into());
             }
             let plan =
-                async { node_checks::plan_read(&node, files, cli.kubeconfig.as_deref(), cli.timeout, None).await.jobs };
+                async { node_checks::plan_read(&node, files, cli.kubeconfig.as_deref(), cli.timeout, None, node_checks::ApiNodes::List).await.jobs };
             run_checks(cli, opts, &cert_options, plan, one_by_one)
         }
         Work::Path(from, dst, port, peer_agent) => run_path(cli, opts, &from, (dst, port), peer_agent),

@@ -6,7 +6,7 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use k8s_openapi::api::{
-    core::v1::{Node, Pod},
+    core::v1::Pod,
     discovery::v1::EndpointSlice,
 };
 use kube::{Api, Client, Config, api::ListParams, config::KubeConfigOptions};
@@ -55,7 +55,27 @@ pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 /// account; every request bounded by `timeout`. A kubeconfig under the node root `root` has
 /// its file references read inside that root (see [`super::kubeconfig::read`]).
 pub async fn client(kubeconfig: Option<&Path>, root: &Path, timeout: Duration) -> Result<Client, ApiError> {
-    let mut config = match kubeconfig {
+    let mut config = config(kubeconfig, root).await?;
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    Client::try_from(config).map_err(ApiError::Client)
+}
+
+/// A client for the agent's life, whose watches stay open: connecting and writing bounded by
+/// `timeout`, reading not (a watch is silent for minutes; the server ends it after its
+/// `timeoutSeconds`, and kube's watcher reopens one silent past that). Each request that is
+/// not a watch is bounded by its caller.
+pub async fn watching_client(kubeconfig: Option<&Path>, root: &Path, timeout: Duration) -> Result<Client, ApiError> {
+    let mut config = config(kubeconfig, root).await?;
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = None;
+    config.write_timeout = Some(timeout);
+    Client::try_from(config).map_err(ApiError::Client)
+}
+
+async fn config(kubeconfig: Option<&Path>, root: &Path) -> Result<Config, ApiError> {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = super::kubeconfig::read(path, root)?;
             // kube's client would open a reference left unread itself, in this process's
@@ -71,10 +91,7 @@ pub async fn client(kubeconfig: Option<&Path>, root: &Path, timeout: Duration) -
         }
         None => Config::infer().await.map_err(ApiError::NoConfig)?,
     };
-    config.connect_timeout = Some(timeout);
-    config.read_timeout = Some(timeout);
-    config.write_timeout = Some(timeout);
-    Client::try_from(config).map_err(ApiError::Client)
+    Ok(config)
 }
 
 /// The file references of the current context's user and cluster: the only ones kube's client
@@ -107,57 +124,6 @@ pub async fn service_endpoints(client: Client, (namespace, service): (&str, &str
     let params = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
     let slices = api.list(&params).await.map_err(ApiError::list(format!("EndpointSlices of {namespace}/{service}")))?;
     Ok(ready_addresses(&slices.items))
-}
-
-/// A node as the API knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub name: String,
-    pub internal_ip: Option<IpAddr>,
-    pub pod_cidr: Option<String>,
-    /// The Ready condition (`None`: not reported).
-    pub ready: Option<bool>,
-    /// flannel's `flannel.alpha.coreos.com/public-ip` annotation: the address its VXLAN traffic
-    /// goes to (differs from the InternalIP when flannel uses another interface).
-    pub flannel_public_ip: Option<IpAddr>,
-}
-
-impl NodeInfo {
-    /// Where VXLAN traffic to this node goes: flannel's public IP, else the InternalIP.
-    pub fn overlay_peer(&self) -> Option<IpAddr> {
-        self.flannel_public_ip.or(self.internal_ip)
-    }
-}
-
-/// Every node with its InternalIP, podCIDR and Ready condition.
-pub async fn nodes(client: Client) -> Result<Vec<NodeInfo>, ApiError> {
-    let api: Api<Node> = Api::all(client);
-    let list = api.list(&ListParams::default()).await.map_err(ApiError::list("nodes"))?;
-    Ok(list.items.iter().map(node_info).collect())
-}
-
-pub fn node_info(node: &Node) -> NodeInfo {
-    let status = node.status.as_ref();
-    let internal_ip = status
-        .and_then(|s| s.addresses.as_ref())
-        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-        .and_then(|a| a.address.parse().ok());
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.status == "True");
-    NodeInfo {
-        name: node.metadata.name.clone().unwrap_or_default(),
-        internal_ip,
-        pod_cidr: node.spec.as_ref().and_then(|s| s.pod_cidr.clone()),
-        ready,
-        flannel_public_ip: node
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("flannel.alpha.coreos.com/public-ip"))
-            .and_then(|ip| ip.parse().ok()),
-    }
 }
 
 /// A pod as the API knows it.
@@ -229,26 +195,5 @@ mod tests {
         let slice: EndpointSlice = serde_json::from_value(json).unwrap();
         let ips: Vec<String> = ready_addresses(&[slice]).iter().map(ToString::to_string).collect();
         assert_eq!(ips, ["10.244.1.10", "10.244.2.10"]);
-    }
-
-    #[test]
-    fn node_info_prefers_flannel_s_public_ip() {
-        let node: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "n2", "annotations": {"flannel.alpha.coreos.com/public-ip": "10.0.0.12"}},
-            "spec": {"podCIDR": "10.244.2.0/24"},
-            "status": {
-                "addresses": [{"type": "Hostname", "address": "n2"}, {"type": "InternalIP", "address": "192.168.50.12"}],
-                "conditions": [{"type": "Ready", "status": "False"}]
-            }
-        }))
-        .unwrap();
-        let info = node_info(&node);
-        assert_eq!(info.name, "n2");
-        assert_eq!(info.internal_ip, Some("192.168.50.12".parse().unwrap()));
-        assert_eq!(info.overlay_peer(), Some("10.0.0.12".parse().unwrap()));
-        assert_eq!(info.pod_cidr.as_deref(), Some("10.244.2.0/24"));
-        assert_eq!(info.ready, Some(false));
-        let bare = node_info(&Node::default());
-        assert_eq!((bare.overlay_peer(), bare.ready), (None, None));
     }
 }

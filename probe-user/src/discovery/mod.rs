@@ -11,6 +11,7 @@ pub mod kubeconfig;
 pub mod kubelet_config;
 pub mod netlink;
 pub mod node_files;
+pub mod nodes;
 pub mod node_root;
 pub mod peer_agent;
 pub mod pki;

@@ -11,7 +11,7 @@ use std::{
 
 use super::Job;
 use crate::{
-    discovery::{self, netlink::VxlanDevice, node_files::NodeFiles, node_root::NodeRoot},
+    discovery::{self, netlink::VxlanDevice, node_files::NodeFiles, node_root::NodeRoot, nodes::NodeInfo},
     probes::{Target, dns, kubelet, mtu, vxlan},
     verdict::{Check, Probe, Verdict},
 };
@@ -34,6 +34,16 @@ pub struct Sampling {
     pub epoch: u64,
 }
 
+/// Where a plan takes the API's nodes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ApiNodes<'a> {
+    /// Listed now (the one-shot `node`).
+    List,
+    /// The agent's: the nodes that can answer, and the overlay addresses of those that cannot
+    /// (NotReady, deleting), which are not probed even where the FDB names them.
+    Given { available: &'a [NodeInfo], unavailable: &'a [Ipv4Addr] },
+}
+
 /// The jobs for this node and the peers they concern.
 pub struct Planned {
     pub jobs: Vec<Job>,
@@ -44,7 +54,13 @@ pub struct Planned {
 }
 
 /// The jobs for this node, and a `skip` check for each thing discovery could not find.
-pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sampling: Option<&Sampling>) -> Planned {
+pub async fn plan(
+    root: &Path,
+    kubeconfig: Option<&Path>,
+    timeout: Duration,
+    sampling: Option<&Sampling>,
+    api: ApiNodes<'_>,
+) -> Planned {
     let node = match discovery::node_root::NodeRoot::open(root) {
         Ok(node) => node,
         Err(e) => {
@@ -55,7 +71,7 @@ pub async fn plan(root: &Path, kubeconfig: Option<&Path>, timeout: Duration, sam
         }
     };
     let files = discovery::node_files::read(&node);
-    plan_read(&node, files, kubeconfig, timeout, sampling).await
+    plan_read(&node, files, kubeconfig, timeout, sampling, api).await
 }
 
 /// [`plan`] with the root open and its files read (`netcheck node` reads them first, to tell
@@ -66,12 +82,19 @@ pub async fn plan_read(
     kubeconfig: Option<&Path>,
     timeout: Duration,
     sampling: Option<&Sampling>,
+    api: ApiNodes<'_>,
 ) -> Planned {
     let root = node.path();
+    let listing = async {
+        match api {
+            ApiNodes::List => (api_nodes(root, kubeconfig, timeout.min(Duration::from_secs(2))).await, Vec::new()),
+            ApiNodes::Given { available, unavailable } => (overlay_peers(available), unavailable.to_vec()),
+        }
+    };
     // At once: the API's nodes (peers the FDB has lost are found this way), the VXLAN devices
     // and the links (the CNI bridge).
-    let (api_nodes, devices, links) = tokio::join!(
-        api_nodes(root, kubeconfig, timeout.min(Duration::from_secs(2))),
+    let ((api_nodes, unavailable), devices, links) = tokio::join!(
+        listing,
         discovery::netlink::vxlan_devices(),
         discovery::netlink::links()
     );
@@ -124,7 +147,7 @@ pub async fn plan_read(
     let (mut known, mut probed) = (Vec::new(), Vec::new());
     match overlay {
         Some(dev) => {
-            known = peers(dev, &api_nodes);
+            known = peers(dev, &api_nodes, &unavailable);
             probed = match sampling {
                 Some(s) => super::sampling::sample(&s.node, &known, |p| p.name.as_str(), s.k, s.epoch)
                     .into_iter()
@@ -192,16 +215,10 @@ fn kubelet_job(ip: Ipv4Addr, port: u16, healthz_port: u16) -> Job {
 async fn api_nodes(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) -> Vec<(String, Ipv4Addr)> {
     let listed = async {
         let client = discovery::api::client(kubeconfig, root, timeout).await?;
-        discovery::api::nodes(client).await
+        discovery::nodes::list(client).await
     };
     match tokio::time::timeout(timeout, listed).await {
-        Ok(Ok(nodes)) => nodes
-            .iter()
-            .filter_map(|n| match n.overlay_peer() {
-                Some(IpAddr::V4(v4)) => Some((n.name.clone(), v4)),
-                _ => None,
-            })
-            .collect(),
+        Ok(Ok((nodes, _))) => overlay_peers(&nodes),
         Ok(Err(e)) => {
             tracing::debug!("nodes not listed from the API: {e}");
             Vec::new()
@@ -210,10 +227,21 @@ async fn api_nodes(root: &Path, kubeconfig: Option<&Path>, timeout: Duration) ->
     }
 }
 
+/// Each node's name and the IPv4 address its VXLAN traffic goes to.
+fn overlay_peers(nodes: &[NodeInfo]) -> Vec<(String, Ipv4Addr)> {
+    nodes
+        .iter()
+        .filter_map(|n| match n.overlay_peer() {
+            Some(IpAddr::V4(v4)) => Some((n.name.clone(), v4)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The peers: the VXLAN device's FDB destinations and the API's nodes (so a peer the FDB lost
 /// is still checked), named by the API where it knows them, with the VTEP the neighbour table
-/// maps to each.
-fn peers(dev: &VxlanDevice, api_nodes: &[(String, Ipv4Addr)]) -> Vec<PeerNode> {
+/// maps to each; none at an `unavailable` address.
+fn peers(dev: &VxlanDevice, api_nodes: &[(String, Ipv4Addr)], unavailable: &[Ipv4Addr]) -> Vec<PeerNode> {
     let mut underlays: Vec<Ipv4Addr> = dev
         .fdb
         .iter()
@@ -223,6 +251,7 @@ fn peers(dev: &VxlanDevice, api_nodes: &[(String, Ipv4Addr)]) -> Vec<PeerNode> {
         })
         .collect();
     underlays.extend(api_nodes.iter().map(|(_, ip)| *ip).filter(|ip| Some(*ip) != dev.local));
+    underlays.retain(|ip| !unavailable.contains(ip));
     underlays.sort_unstable();
     underlays.dedup();
     underlays

@@ -244,9 +244,9 @@ async fn names(report: &Report, timeout: Duration) -> Names {
         };
         let peer_node = async {
             match peer {
-                Some(ip) => api::nodes(client.clone())
+                Some(ip) => crate::discovery::nodes::list(client.clone())
                     .await
-                    .map(|nodes| nodes.into_iter().find(|n| n.overlay_peer() == Some(ip)).map(|n| n.name)),
+                    .map(|(nodes, _)| nodes.into_iter().find(|n| n.overlay_peer() == Some(ip)).map(|n| n.name)),
                 None => Ok(None),
             }
         };
