@@ -39,12 +39,15 @@ impl ApiRequest {
 
     /// A list of every node (no field selector), any page.
     pub fn is_full_node_list(&self) -> bool {
-        self.method == "GET" && self.target.starts_with("/api/v1/nodes?") && !self.is_watch() && !self.target.contains("fieldSelector")
+        self.method == "GET"
+            && self.target.starts_with("/api/v1/nodes?")
+            && !self.is_watch()
+            && !self.target.contains("fieldSelector")
     }
 }
 
 /// The value of `key` in a request target's query, percent-decoded.
-fn query<'a>(target: &'a str, key: &str) -> Option<String> {
+fn query(target: &str, key: &str) -> Option<String> {
     let (_, q) = target.split_once('?')?;
     q.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')).map(decode)
 }
@@ -89,7 +92,8 @@ impl NodeStore {
             item["metadata"]["resourceVersion"] = FIRST_VERSION.to_string().into();
             item["metadata"]["uid"] = format!("00000000-0000-4000-8000-{i:012}").into();
             if config.not_ready.contains(&name) {
-                item["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]);
+                item["status"]["conditions"] =
+                    serde_json::json!([{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]);
             }
             if config.realistic {
                 realistic(item, &name, i);
@@ -100,7 +104,9 @@ impl NodeStore {
 
     /// The resourceVersion now: one more for every heartbeat of every node so far.
     fn version(&self) -> u64 {
-        let beats = self.config.heartbeat.map_or(0, |h| (self.started.elapsed().as_millis() / h.as_millis().max(1)) as u64);
+        let beats = self.config.heartbeat.map_or(0, |h| {
+            u64::try_from(self.started.elapsed().as_millis() / h.as_millis().max(1)).unwrap_or(u64::MAX)
+        });
         FIRST_VERSION + beats * self.items.len() as u64
     }
 
@@ -150,7 +156,11 @@ fn realistic(item: &mut serde_json::Value, name: &str, i: usize) {
         condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
         condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
         condition("PIDPressure", "False", "KubeletHasSufficientPID"),
-        condition("Ready", if ready { "True" } else { "False" }, if ready { "KubeletReady" } else { "KubeletNotReady" }),
+        condition(
+            "Ready",
+            if ready { "True" } else { "False" },
+            if ready { "KubeletReady" } else { "KubeletNotReady" }
+        ),
     ]);
     item["status"]["images"] = images.into();
     item["status"]["nodeInfo"] = serde_json::json!({
@@ -159,7 +169,8 @@ fn realistic(item: &mut serde_json::Value, name: &str, i: usize) {
         "machineID": format!("{i:032x}"), "operatingSystem": "linux", "osImage": "Debian GNU/Linux 12 (bookworm)",
         "systemUUID": format!("{i:032x}")
     });
-    item["status"]["capacity"] = serde_json::json!({"cpu": "16", "memory": "65842024Ki", "pods": "110", "ephemeral-storage": "507904996Ki"});
+    item["status"]["capacity"] =
+        serde_json::json!({"cpu": "16", "memory": "65842024Ki", "pods": "110", "ephemeral-storage": "507904996Ki"});
     item["status"]["allocatable"] = item["status"]["capacity"].clone();
     item["status"]["daemonEndpoints"] = serde_json::json!({"kubeletEndpoint": {"Port": 10250}});
     item["metadata"]["labels"] = serde_json::json!({
@@ -200,7 +211,8 @@ pub(crate) fn serve_api_connection(
         let Some(request) = pki::read_request(&mut tls) else { return Ok(()) };
         let line = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_string();
         let mut parts = line.split_whitespace();
-        let (method, target) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+        let (method, target) =
+            (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
         // Logged as it starts (a watch is open for minutes); its bytes are added as they go.
         let index = {
             let mut log = log.lock().expect("api requests");
@@ -212,7 +224,8 @@ pub(crate) fn serve_api_connection(
                 r.bytes += n;
             }
         };
-        if method == "GET" && target.starts_with("/api/v1/nodes?") && query(&target, "watch").as_deref() == Some("true") {
+        if method == "GET" && target.starts_with("/api/v1/nodes?") && query(&target, "watch").as_deref() == Some("true")
+        {
             watch(&mut tls, store, &target, sent);
         } else {
             let answer = if method == "GET" && target.starts_with("/api/v1/nodes?") {
@@ -243,7 +256,8 @@ fn watch(
     target: &str,
     sent: impl Fn(usize),
 ) {
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     if tls.write_all(head.as_bytes()).and_then(|()| tls.flush()).is_err() {
         return;
     }
@@ -293,14 +307,16 @@ mod tests {
 
     #[test]
     fn pages_and_the_name_selector() {
-        let list = node_list(&[], &(0..5).map(|i| (format!("peer-{i}"), Ipv4Addr::new(127, 1, 0, i + 1))).collect::<Vec<_>>());
+        let list =
+            node_list(&[], &(0..5).map(|i| (format!("peer-{i}"), Ipv4Addr::new(127, 1, 0, i + 1))).collect::<Vec<_>>());
         let store = NodeStore::new(&list, ApiNodes { not_ready: vec!["peer-3".into()], ..ApiNodes::default() });
         let page: serde_json::Value = serde_json::from_str(&store.list("/api/v1/nodes?&limit=2")).unwrap();
         assert_eq!(page["items"].as_array().unwrap().len(), 2);
         assert_eq!(page["metadata"]["continue"], "2");
-        let last: serde_json::Value = serde_json::from_str(&store.list("/api/v1/nodes?&limit=2&continue=4")).unwrap();
-        assert_eq!(last["items"][0]["metadata"]["name"], "peer-4");
-        assert!(last["metadata"].get("continue").is_none());
+        let final_page: serde_json::Value =
+            serde_json::from_str(&store.list("/api/v1/nodes?&limit=2&continue=4")).unwrap();
+        assert_eq!(final_page["items"][0]["metadata"]["name"], "peer-4");
+        assert!(final_page["metadata"].get("continue").is_none());
         let one: serde_json::Value =
             serde_json::from_str(&store.list("/api/v1/nodes?&fieldSelector=metadata.name%3Dpeer-3&limit=500")).unwrap();
         assert_eq!(one["items"].as_array().unwrap().len(), 1);

@@ -238,11 +238,20 @@ async fn cycle(
     let sampling =
         Sampling { node: opts.node_name.clone(), k: opts.peers, epoch: now_secs / opts.rotate.as_secs().max(1) };
     let nodes = directory.nodes(fdb, opts.timeout).await;
-    let api = node_checks::ApiNodes::Given { available: &nodes.available, unavailable: &nodes.unavailable };
-    let planned = node_checks::plan(&opts.host_root, opts.kubeconfig.as_deref(), opts.timeout, Some(&sampling), api).await;
+    let api = node_checks::ApiNodes::Given {
+        available: &nodes.available,
+        unavailable: &nodes.unavailable,
+        client: directory.client(),
+    };
+    let planned =
+        node_checks::plan(&opts.host_root, opts.kubeconfig.as_deref(), opts.timeout, Some(&sampling), api).await;
     // The sampled peers the API knows are watched; the others are not.
-    let followed: Vec<String> =
-        planned.probed.iter().filter(|p| nodes.available.iter().any(|n| n.name == p.name)).map(|p| p.name.clone()).collect();
+    let followed: Vec<String> = planned
+        .probed
+        .iter()
+        .filter(|p| nodes.available.iter().any(|n| n.name == p.name))
+        .map(|p| p.name.clone())
+        .collect();
     directory.follow(&followed);
     if let Some(c) = &capture {
         // Events about any known peer reach userspace (for /events), not only the sampled ones.
@@ -259,7 +268,8 @@ async fn cycle(
     let mut snapshot =
         metrics::Snapshot::of(&report.checks, report.problems.len(), (planned.known.len(), planned.probed.len()));
     snapshot.peers_watched = i64::try_from(directory.followed()).unwrap_or(i64::MAX);
-    snapshot.peers_skipped = nodes.skipped.iter().map(|(reason, n)| (*reason, i64::try_from(*n).unwrap_or(i64::MAX))).collect();
+    snapshot.peers_skipped =
+        nodes.skipped.iter().map(|(reason, n)| (*reason, i64::try_from(*n).unwrap_or(i64::MAX))).collect();
     snapshot.path_problem = Some((judgement.problem, judgement.reason.clone()));
     if let Some(reporter) = reporter
         && reporter.changes(&judgement)

@@ -36,11 +36,11 @@ use crate::discovery::{
 };
 
 /// The shortest time between two lists of every node after the first.
-pub const RELIST_EVERY: Duration = Duration::from_secs(600);
+pub const RELIST_EVERY: Duration = Duration::from_mins(10);
 /// How long one list of every node may take (5,000 nodes: 50 pages).
-const LIST_DEADLINE: Duration = Duration::from_secs(60);
+const LIST_DEADLINE: Duration = Duration::from_mins(1);
 /// Backoff after a failed list: from 1 s, doubling, at most 5 min.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_MAX: Duration = Duration::from_mins(5);
 
 /// What the API said of the nodes so far.
 #[derive(Debug, Default)]

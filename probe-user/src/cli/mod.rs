@@ -112,6 +112,7 @@ fn plan(
                     discover: endpoints.is_empty().then(|| dns::Discover {
                         kubeconfig: kubeconfig.map(Path::to_path_buf),
                         host_root: discovery::host_root(host_root),
+                        client: None,
                     }),
                     ..dns::Spec::new(name, conf.clone())
                 })));
@@ -227,8 +228,18 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             if let Some(why) = files.not_a_node() {
                 return Err(why.into());
             }
-            let plan =
-                async { node_checks::plan_read(&node, files, cli.kubeconfig.as_deref(), cli.timeout, None, node_checks::ApiNodes::List).await.jobs };
+            let plan = async {
+                node_checks::plan_read(
+                    &node,
+                    files,
+                    cli.kubeconfig.as_deref(),
+                    cli.timeout,
+                    None,
+                    node_checks::ApiNodes::List,
+                )
+                .await
+                .jobs
+            };
             run_checks(cli, opts, &cert_options, plan, one_by_one)
         }
         Work::Path(from, dst, port, peer_agent) => run_path(cli, opts, &from, (dst, port), peer_agent),

@@ -5,10 +5,7 @@
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
-use k8s_openapi::api::{
-    core::v1::Pod,
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 use kube::{Api, Client, Config, api::ListParams, config::KubeConfigOptions};
 
 /// Why the API could not be asked; each keeps the client's error as its source.

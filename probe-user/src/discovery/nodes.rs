@@ -231,7 +231,10 @@ mod tests {
         let info = NodeInfo::from(&node);
         assert_eq!(info.internal_ip, Some("10.0.0.2".parse().unwrap()));
         assert_eq!(info.overlay_peer(), Some("192.168.50.12".parse().unwrap()));
-        assert_eq!((info.ready, info.leaving, info.unavailable()), (Some(false), Some("unreachable"), Some("unreachable")));
+        assert_eq!(
+            (info.ready, info.leaving, info.unavailable()),
+            (Some(false), Some("unreachable"), Some("unreachable"))
+        );
 
         let ready: SlimNode = serde_json::from_str(
             r#"{"metadata": {"name": "n3"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}"#,
@@ -254,6 +257,9 @@ mod tests {
         )
         .unwrap();
         let plain = NodeInfo::from(&plain);
-        assert_eq!((plain.overlay_peer(), plain.pod_cidr.as_deref()), (Some("192.168.50.16".parse().unwrap()), Some("10.244.6.0/24")));
+        assert_eq!(
+            (plain.overlay_peer(), plain.pod_cidr.as_deref()),
+            (Some("192.168.50.16".parse().unwrap()), Some("10.244.6.0/24"))
+        );
     }
 }

@@ -35,13 +35,14 @@ pub struct Sampling {
 }
 
 /// Where a plan takes the API's nodes from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum ApiNodes<'a> {
     /// Listed now (the one-shot `node`).
     List,
     /// The agent's: the nodes that can answer, and the overlay addresses of those that cannot
-    /// (NotReady, deleting), which are not probed even where the FDB names them.
-    Given { available: &'a [NodeInfo], unavailable: &'a [Ipv4Addr] },
+    /// (NotReady, deleting), which are not probed even where the FDB names them; and its
+    /// client, which the checks use rather than making their own.
+    Given { available: &'a [NodeInfo], unavailable: &'a [Ipv4Addr], client: Option<&'a kube::Client> },
 }
 
 /// The jobs for this node and the peers they concern.
@@ -88,16 +89,13 @@ pub async fn plan_read(
     let listing = async {
         match api {
             ApiNodes::List => (api_nodes(root, kubeconfig, timeout.min(Duration::from_secs(2))).await, Vec::new()),
-            ApiNodes::Given { available, unavailable } => (overlay_peers(available), unavailable.to_vec()),
+            ApiNodes::Given { available, unavailable, .. } => (overlay_peers(available), unavailable.to_vec()),
         }
     };
     // At once: the API's nodes (peers the FDB has lost are found this way), the VXLAN devices
     // and the links (the CNI bridge).
-    let ((api_nodes, unavailable), devices, links) = tokio::join!(
-        listing,
-        discovery::netlink::vxlan_devices(),
-        discovery::netlink::links()
-    );
+    let ((api_nodes, unavailable), devices, links) =
+        tokio::join!(listing, discovery::netlink::vxlan_devices(), discovery::netlink::links());
     let mut jobs = Vec::new();
     let mut skipped = Vec::new();
     let devices = match devices {
@@ -107,7 +105,11 @@ pub async fn plan_read(
             Vec::new()
         }
     };
-    if let Some(spec) = dns_spec(&files, kubeconfig) {
+    let client = match api {
+        ApiNodes::Given { client, .. } => client.cloned(),
+        ApiNodes::List => None,
+    };
+    if let Some(spec) = dns_spec(&files, kubeconfig, client) {
         jobs.push(Job::Dns(Box::new(spec)));
     } else {
         // Why, from the kubelet's side: a file it could not read first, then what was missing.
@@ -178,7 +180,7 @@ pub async fn plan_read(
 
 /// The cluster DNS as a pod on this node sees it: clusterDNS and clusterDomain from the
 /// kubelet's configuration, the kubelet's search list and ndots:5.
-fn dns_spec(files: &NodeFiles, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
+fn dns_spec(files: &NodeFiles, kubeconfig: Option<&Path>, client: Option<kube::Client>) -> Option<dns::Spec> {
     let k = files.kubelet.as_ref()?;
     let servers = k.dns_servers();
     if servers.is_empty() {
@@ -196,7 +198,11 @@ fn dns_spec(files: &NodeFiles, kubeconfig: Option<&Path>) -> Option<dns::Spec> {
     Some(dns::Spec {
         upstreams: discovery::node_upstreams(&files.root, k.resolv_conf.as_deref()),
         cluster_domain: domain,
-        discover: Some(dns::Discover { kubeconfig: kubeconfig.map(Path::to_path_buf), host_root: files.root.clone() }),
+        discover: Some(dns::Discover {
+            kubeconfig: kubeconfig.map(Path::to_path_buf),
+            host_root: files.root.clone(),
+            client,
+        }),
         ..dns::Spec::new("kubernetes.default", conf)
     })
 }

@@ -85,12 +85,24 @@ pub struct Spec {
     pub discover: Option<Discover>,
 }
 
-/// Where the API is: `--kubeconfig`, else the usual places (see `discovery::api::client`).
-#[derive(Debug, Clone, Default)]
+/// Where the API is: `--kubeconfig`, else the usual places (see `discovery::api::client`); or
+/// a client made already (the agent's, for its life).
+#[derive(Clone, Default)]
 pub struct Discover {
     pub kubeconfig: Option<std::path::PathBuf>,
     /// The node root the kubeconfig may live under (its absolute references are rebased).
     pub host_root: std::path::PathBuf,
+    pub client: Option<kube::Client>,
+}
+
+impl std::fmt::Debug for Discover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discover")
+            .field("kubeconfig", &self.kubeconfig)
+            .field("host_root", &self.host_root)
+            .field("client", &self.client.as_ref().map(|_| "given"))
+            .finish()
+    }
 }
 
 /// Everything the verdicts need.
@@ -164,7 +176,10 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     let discovery = async {
         let d = spec.discover.as_ref()?;
         let asked = async {
-            let client = crate::discovery::api::client(d.kubeconfig.as_deref(), &d.host_root, budget).await?;
+            let client = match &d.client {
+                Some(c) => c.clone(),
+                None => crate::discovery::api::client(d.kubeconfig.as_deref(), &d.host_root, budget).await?,
+            };
             crate::discovery::api::service_endpoints(client, crate::discovery::api::DNS_SERVICE).await
         };
         Some(tokio::time::timeout(budget, asked).await.unwrap_or(Err(crate::discovery::api::ApiError::Timeout)))
