@@ -185,30 +185,42 @@ pub(crate) fn api_write(request: &[u8], nodes: &str) -> Option<((String, serde_j
         return None;
     }
     let body: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    let (status, answer) =
-        if let Some(name) = path.strip_prefix("/api/v1/nodes/").and_then(|p| p.strip_suffix("/status")) {
-            let list: serde_json::Value = serde_json::from_str(nodes).ok()?;
-            let mut node = list["items"].as_array()?.iter().find(|n| n["metadata"]["name"] == name)?.clone();
-            node["apiVersion"] = "v1".into();
-            node["kind"] = "Node".into();
-            node["metadata"]["resourceVersion"] = "1044".into();
-            if let Some(conditions) = body["status"]["conditions"].as_array() {
-                let mut all = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
-                all.extend(conditions.iter().cloned());
-                node["status"]["conditions"] = all.into();
-            }
-            ("200 OK", node)
-        } else if path == "/api/v1/namespaces/default/events" {
-            let mut event = body.clone();
-            let prefix = event["metadata"]["generateName"].as_str().unwrap_or("event.").to_string();
-            event["metadata"]["name"] = format!("{prefix}17a2b3c4d5e6f708").into();
-            event["metadata"]["uid"] = "6f1c2d3e-0000-4000-8000-000000000001".into();
-            event["metadata"]["resourceVersion"] = "1045".into();
-            event["metadata"]["creationTimestamp"] = "2026-11-23T00:00:00Z".into();
-            ("201 Created", event)
-        } else {
-            return None;
-        };
+    let (status, answer) = if let Some(name) =
+        path.strip_prefix("/api/v1/nodes/").and_then(|p| p.strip_suffix("/status"))
+    {
+        let list: serde_json::Value = serde_json::from_str(nodes).ok()?;
+        let mut node = list["items"].as_array()?.iter().find(|n| n["metadata"]["name"] == name)?.clone();
+        node["apiVersion"] = "v1".into();
+        node["kind"] = "Node".into();
+        node["metadata"]["resourceVersion"] = "1044".into();
+        if let Some(conditions) = body["status"]["conditions"].as_array() {
+            let mut all = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            all.extend(conditions.iter().cloned());
+            node["status"]["conditions"] = all.into();
+        }
+        ("200 OK", node)
+    } else if let Some(name) = path.strip_prefix("/api/v1/namespaces/default/events/").filter(|_| method == "PATCH") {
+        // A merge patch of an Event's count and lastTimestamp: the patched Event back.
+        let mut event = serde_json::json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1046"},
+            "involvedObject": {"kind": "Node", "apiVersion": "v1"},
+        });
+        if let (Some(e), Some(patch)) = (event.as_object_mut(), body.as_object()) {
+            e.extend(patch.clone());
+        }
+        ("200 OK", event)
+    } else if path == "/api/v1/namespaces/default/events" {
+        let mut event = body.clone();
+        let prefix = event["metadata"]["generateName"].as_str().unwrap_or("event.").to_string();
+        event["metadata"]["name"] = format!("{prefix}17a2b3c4d5e6f708").into();
+        event["metadata"]["uid"] = "6f1c2d3e-0000-4000-8000-000000000001".into();
+        event["metadata"]["resourceVersion"] = "1045".into();
+        event["metadata"]["creationTimestamp"] = "2026-11-23T00:00:00Z".into();
+        ("201 Created", event)
+    } else {
+        return None;
+    };
     let text = answer.to_string();
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",

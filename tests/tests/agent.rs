@@ -303,6 +303,19 @@ fn node_condition_and_events_follow_the_quorum() {
     // Nothing more while nothing changes.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(lab.api_writes.lock().unwrap().len(), 5);
+    // The same fault again within 10 minutes: the condition, and the Warning Event's count
+    // raised on the Event already sent (a PATCH of it), not a second Event.
+    lab.drop_vxlan(2).unwrap();
+    let w = writes(7);
+    assert_eq!(w.len(), 7, "{w:?}");
+    assert_eq!(condition(&w[5].1)["status"], "True");
+    assert_eq!(w[6].0, "PATCH /api/v1/namespaces/default/events/n1.netcheck.17a2b3c4d5e6f708");
+    assert_eq!(w[6].1["count"], 2, "{:?}", w[6]);
+    lab.allow_vxlan(2).unwrap();
+    let w = writes(9);
+    assert_eq!(w.len(), 9, "{w:?}");
+    assert_eq!(condition(&w[7].1)["status"], "False");
+    assert_eq!((w[8].0.starts_with("PATCH /api/v1/namespaces/default/events/"), &w[8].1["count"]), (true, &2.into()));
     let (_, text) = agent.get("/metrics").unwrap();
     assert!(text.lines().any(|l| l == r#"netcheck_path_problem{reason="NetworkPathsHealthy"} 0"#), "{text}");
 }

@@ -13,11 +13,12 @@
 //! skips it and counts it as missed. SIGTERM or SIGINT stops probing, detaches the programs
 //! (nothing is pinned) and exits 0.
 
+mod condition;
 pub mod events;
 pub mod http;
-mod k8s;
 mod metrics;
 mod nodes;
+mod quorum;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -174,7 +175,7 @@ async fn probe_loop(opts: &Options, shared: &Shared, capture: Option<Arc<Capture
     let started = Instant::now();
     let mut tick = started;
     let mut done = 0u64;
-    let mut reporter = opts.node_condition.then(|| k8s::Reporter::new(&opts.node_name));
+    let mut reporter = opts.node_condition.then(|| condition::Reporter::new(&opts.node_name, condition::HEARTBEAT));
     // One API client for the agent's life; the nodes from one list and the sampled peers' watches.
     let mut directory =
         nodes::Directory::new(opts.kubeconfig.as_deref(), &opts.host_root, opts.timeout, shared.metrics.api.clone())
@@ -229,7 +230,7 @@ async fn cycle(
     opts: &Options,
     shared: &Shared,
     capture: Option<Arc<Capture>>,
-    reporter: Option<&mut k8s::Reporter>,
+    reporter: Option<&mut condition::Reporter>,
     directory: &mut nodes::Directory,
     fdb: &[Ipv4Addr],
 ) -> Vec<Ipv4Addr> {
@@ -264,34 +265,48 @@ async fn cycle(
     let status = capture.as_ref().map_or_else(|| shared.capture.clone(), |c| c.status());
     let mut report = Document::new(checks, status);
     report.problems = verdict::problems::problems(&report.checks);
-    let judgement = k8s::judge(&report.checks, &planned.probed);
+    let judgement = quorum::judge(&report.checks, &planned.probed);
     let mut snapshot =
         metrics::Snapshot::of(&report.checks, report.problems.len(), (planned.known.len(), planned.probed.len()));
     snapshot.peers_watched = i64::try_from(directory.followed()).unwrap_or(i64::MAX);
     snapshot.peers_skipped =
         nodes.skipped.iter().map(|(reason, n)| (*reason, i64::try_from(*n).unwrap_or(i64::MAX))).collect();
-    snapshot.path_problem = Some((judgement.problem, judgement.reason.clone()));
-    if let Some(reporter) = reporter
-        && reporter.changes(&judgement)
-    {
-        let written = async {
-            match directory.client() {
-                Some(client) => reporter.observe(client.clone(), &judgement).await,
-                None => Err(k8s::WriteError::NoClient(directory.no_client().unwrap_or_default().to_string())),
-            }
-        };
-        match tokio::time::timeout(opts.timeout * 2, written).await {
-            Ok(Ok(())) => {
-                tracing::info!(problem = judgement.problem, reason = %judgement.reason, "node condition {} written", k8s::CONDITION);
-            }
-            Ok(Err(e)) => tracing::warn!("node condition not written: {e}"),
-            Err(_) => tracing::warn!("node condition not written: the API did not answer in time"),
+    match reporter {
+        // The state shown (two cycles running confirm a change), and written as NPD would.
+        Some(reporter) => {
+            snapshot.path_problem = reporter.observe(judgement).map(|j| (j.problem, j.reason.clone()));
+            write_condition(opts, reporter, directory).await;
         }
+        None => snapshot.path_problem = Some((judgement.problem, judgement.reason.clone())),
     }
     shared.metrics.cycle(started.elapsed(), &report.checks, snapshot);
     *shared.last_report.lock().expect("last report") = Some(report.to_json());
     tracing::debug!(took = ?started.elapsed(), checks = report.checks.len(), problems = report.problems.len(), "cycle");
     planned.known.iter().map(|p| p.underlay).collect()
+}
+
+/// Writes the node condition when it is due (a change, or its heartbeat), within twice the
+/// probe deadline.
+async fn write_condition(opts: &Options, reporter: &mut condition::Reporter, directory: &nodes::Directory) {
+    let Some(client) = directory.client() else {
+        if reporter.due(Instant::now()).is_some() {
+            tracing::warn!("node condition not written: no API client: {}", directory.no_client().unwrap_or_default());
+            reporter.failed(Instant::now());
+        }
+        return;
+    };
+    match tokio::time::timeout(opts.timeout * 2, reporter.write(client)).await {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(wrote))) => {
+            let shown = reporter.shown().map(|j| (j.problem, j.reason.clone())).unwrap_or_default();
+            tracing::info!(problem = shown.0, reason = %shown.1, ?wrote, "node condition {} written", quorum::CONDITION);
+        }
+        Ok(Err(e)) => tracing::warn!("node condition not written: {e}"),
+        Err(_) => {
+            reporter.failed(Instant::now());
+            tracing::warn!("node condition not written: the API did not answer in time");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -111,16 +111,11 @@ impl Directory {
     /// waits, so its peers have names).
     pub async fn nodes(&mut self, fdb: &[Ipv4Addr], wait: Duration) -> Nodes {
         self.collect_list(Duration::ZERO).await;
-        let now = Instant::now();
-        let unknown = || {
+        let unknown = {
             let state = self.state.lock().expect("node directory");
             fdb.iter().any(|ip| !state.nodes.values().any(|n| n.overlay_peer() == Some(IpAddr::V4(*ip))))
         };
-        let due = match self.listed {
-            None => now >= self.retry_at,
-            Some(at) => now.duration_since(at) >= RELIST_EVERY && now >= self.retry_at && unknown(),
-        };
-        if due && self.listing.is_none() {
+        if list_due(self.listed, self.retry_at, unknown, Instant::now()) && self.listing.is_none() {
             self.start_list();
         }
         if self.listed.is_none() {
@@ -221,6 +216,12 @@ impl Directory {
     }
 }
 
+/// Whether to list every node now: never listed (and the backoff over), or the FDB names an
+/// address the list lacks, the list is [`RELIST_EVERY`] old and the backoff over.
+fn list_due(listed: Option<Instant>, retry_at: Instant, unknown: bool, now: Instant) -> bool {
+    now >= retry_at && listed.is_none_or(|at| unknown && now.duration_since(at) >= RELIST_EVERY)
+}
+
 impl Drop for Directory {
     fn drop(&mut self) {
         for task in self.watches.values() {
@@ -261,5 +262,44 @@ async fn watch_one(client: Client, name: String, state: Arc<Mutex<State>>, error
                 tracing::debug!("watch of node {name}: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_again_only_for_a_new_address_and_not_often() {
+        let t0 = Instant::now();
+        let later = t0 + RELIST_EVERY;
+        assert!(list_due(None, t0, false, t0), "never listed");
+        assert!(!list_due(None, t0 + Duration::from_secs(4), false, t0), "backing off");
+        assert!(!list_due(Some(t0), t0, false, later), "nothing new in the FDB");
+        assert!(!list_due(Some(t0), t0, true, t0 + Duration::from_secs(599)), "new, but listed under 10 min ago");
+        assert!(list_due(Some(t0), t0, true, later));
+    }
+
+    #[tokio::test]
+    async fn failed_lists_back_off_doubling_to_five_minutes() {
+        let mut d = Directory::new(
+            Some(Path::new("/nonexistent/kubeconfig")),
+            Path::new("/"),
+            Duration::from_secs(1),
+            ApiCounters::default(),
+        )
+        .await;
+        assert!(d.client().is_none() && d.no_client().is_some());
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            let before = Instant::now();
+            d.list_failed("refused");
+            waits.push(d.retry_at.duration_since(before));
+        }
+        // 1 s, 2 s, 4 s ... each with up to half again of jitter, then 5 min at most (+ jitter).
+        assert!(waits[0] >= Duration::from_secs(1) && waits[0] < Duration::from_millis(1600), "{waits:?}");
+        assert!(waits[3] >= Duration::from_secs(8) && waits[3] < Duration::from_secs(13), "{waits:?}");
+        assert!(waits[11] >= BACKOFF_MAX && waits[11] < BACKOFF_MAX * 3 / 2, "{waits:?}");
+        assert_eq!(d.counters.node_lists.get_or_create(&[("result", "error")]).get(), 12);
     }
 }

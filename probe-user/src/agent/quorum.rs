@@ -1,28 +1,14 @@
-//! The agent's writes to the Kubernetes API: the node condition `NetworkPathProblem` and an
-//! Event when it changes.
+//! What a cycle says of this node's paths, for the `NetworkPathProblem` condition
+//! ([`super::condition`] writes it).
 //!
 //! The quorum: each cycle probes k sampled peers. When a majority of them fail at the same
 //! hop (VXLAN, path MTU or kubelet), the fault is on this node's side of that hop (a fault
 //! on one peer's side fails only that peer), so this node gets the condition, naming the hop,
 //! the peers and the kernel's reason. Fewer failures than a quorum are the peers' own problems:
 //! their agents see them from their side. The condition is cleared (False) when the quorum no
-//! longer fails. Writes happen on changes only (and once at start), never per cycle.
-//!
-//! RBAC: `patch` on `nodes/status`, `create` on `events` (deploy/rbac.yaml). Without an API the
-//! agent runs on and only its metrics say what it found.
-
-use k8s_openapi::{
-    api::core::v1::{Event, EventSource, Node, ObjectReference},
-    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time},
-    jiff::Timestamp,
-};
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
-};
+//! longer fails.
 
 use crate::{
-    discovery::api::ApiError,
     jobs::node_checks::PeerNode,
     verdict::{Check, Probe, Status},
 };
@@ -35,23 +21,6 @@ const HOPS: [(Probe, &str, &str); 3] = [
     (Probe::Mtu, "path MTU", "MtuBlackhole"),
     (Probe::Kubelet, "kubelet", "KubeletUnreachable"),
 ];
-
-/// Why the node condition or its Event was not written.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    #[error("no API client: {0}")]
-    NoClient(String),
-    #[error("patch node {node} status: {source}")]
-    Patch {
-        node: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("create event: {0}")]
-    Event(#[source] kube::Error),
-}
 
 /// What one cycle says about this node's paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,83 +64,6 @@ pub fn judge(checks: &[Check], probed: &[PeerNode]) -> Judgement {
         },
         |(_, j)| j,
     )
-}
-
-/// Writes the condition and Events as the judgement changes.
-pub struct Reporter {
-    node: String,
-    last: Option<bool>,
-}
-
-impl Reporter {
-    pub fn new(node: &str) -> Self {
-        Self { node: node.to_string(), last: None }
-    }
-
-    /// Whether `j` would be written (its state differs from the last one written).
-    pub fn changes(&self, j: &Judgement) -> bool {
-        self.last != Some(j.problem)
-    }
-
-    /// Writes when the judgement's state differs from the last one written (or nothing was
-    /// written yet); an Event on every change after the first write, and on a first problem.
-    pub async fn observe(&mut self, client: Client, j: &Judgement) -> Result<(), WriteError> {
-        if !self.changes(j) {
-            return Ok(());
-        }
-        let now = Timestamp::now();
-        let status = if j.problem { "True" } else { "False" };
-        let patch = serde_json::json!({"status": {"conditions": [{
-            "type": CONDITION,
-            "status": status,
-            "reason": j.reason,
-            "message": j.message,
-            "lastHeartbeatTime": now.to_string(),
-            "lastTransitionTime": now.to_string(),
-        }]}});
-        let nodes: Api<Node> = Api::all(client.clone());
-        nodes
-            .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(&patch))
-            .await
-            .map_err(|source| WriteError::Patch { node: self.node.clone(), source })?;
-        if self.last.is_some() || j.problem {
-            let events: Api<Event> = Api::namespaced(client, "default");
-            events.create(&PostParams::default(), &event(&self.node, j, now)).await.map_err(WriteError::Event)?;
-        }
-        self.last = Some(j.problem);
-        Ok(())
-    }
-}
-
-/// The Event for a change, on the Node object (namespace default, as the kubelet's are).
-pub fn event(node: &str, j: &Judgement, now: Timestamp) -> Event {
-    let (kind, reason) = if j.problem { ("Warning", CONDITION) } else { ("Normal", "NetworkPathRecovered") };
-    Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{node}.netcheck.")),
-            namespace: Some("default".into()),
-            ..ObjectMeta::default()
-        },
-        involved_object: ObjectReference {
-            kind: Some("Node".into()),
-            name: Some(node.into()),
-            uid: Some(node.into()),
-            api_version: Some("v1".into()),
-            ..ObjectReference::default()
-        },
-        reason: Some(reason.into()),
-        message: Some(format!("{}: {}", j.reason, j.message)),
-        type_: Some(kind.into()),
-        source: Some(EventSource { component: Some("netcheck".into()), host: Some(node.into()) }),
-        reporting_component: Some("netcheck".into()),
-        reporting_instance: Some(node.into()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        event_time: Some(MicroTime(now)),
-        action: Some("Probe".into()),
-        count: Some(1),
-        ..Event::default()
-    }
 }
 
 #[cfg(test)]
@@ -236,17 +128,5 @@ mod tests {
         ];
         assert!(!judge(&local, &peers).problem);
         assert!(!judge(&two, &[]).problem, "no peers probed, no quorum");
-    }
-
-    #[test]
-    fn events_name_the_node_and_the_change() {
-        let j = Judgement { problem: true, reason: "OverlayBroken".into(), message: "VXLAN overlay to 1 of 1".into() };
-        let e = event("n1", &j, Timestamp::UNIX_EPOCH);
-        assert_eq!(e.type_.as_deref(), Some("Warning"));
-        assert_eq!(e.reason.as_deref(), Some(CONDITION));
-        assert_eq!(e.involved_object.name.as_deref(), Some("n1"));
-        assert_eq!(e.message.as_deref(), Some("OverlayBroken: VXLAN overlay to 1 of 1"));
-        let ok = Judgement { problem: false, ..j };
-        assert_eq!(event("n1", &ok, Timestamp::UNIX_EPOCH).reason.as_deref(), Some("NetworkPathRecovered"));
     }
 }
