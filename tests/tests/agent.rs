@@ -528,3 +528,44 @@ fn the_agent_lists_nodes_once_and_watches_only_its_sampled_peers() {
     let singles = requests.iter().filter(|r| !r.is_watch() && selected(r).is_some()).count();
     assert_eq!(singles, 3, "{summary:#?}");
 }
+
+/// Never starved: 200 idle connections held open from a pod (no request sent) take 8 slots of
+/// that source and an overflow that only answers health checks; the kubelet's liveness probe
+/// (from the node's own address) still gets `/healthz` at once, a scrape still gets
+/// `/metrics`, and a request from the crowding pod past its share gets 503, not a hang.
+#[test]
+fn idle_connections_do_not_starve_health_checks() {
+    needs_root("idle_connections_do_not_starve_health_checks");
+    let (lab, nodes) = lab();
+    let mut agent = start_agent(&lab, &nodes, 1, "2s", &["--interval", "2s"]);
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let addr = SocketAddr::new(lab.node(1).underlay_ip.into(), AGENT_PORT);
+    let pod = lab.pod("a").netns.clone();
+    let idle = netlab::in_netns(&pod, move || {
+        let mut held = Vec::new();
+        for _ in 0..200 {
+            held.push(std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?);
+        }
+        Ok(held)
+    })
+    .unwrap();
+    assert_eq!(idle.len(), 200);
+    std::thread::sleep(Duration::from_millis(200));
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let started = Instant::now();
+        let (status, _) = agent.get(path).unwrap();
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{path} under 200 idle connections");
+        assert!(took < Duration::from_secs(2), "{path} took {took:?}");
+    }
+    // From the crowding pod itself: past its 8 connections, /report is refused with 503 (the
+    // overflow reads the request and answers), or the connection is closed; never a hang.
+    let started = Instant::now();
+    let answered = netlab::http_get(&pod, addr, "/report");
+    assert!(started.elapsed() < Duration::from_secs(3), "{answered:?} after {:?}", started.elapsed());
+    if let Ok((status, body)) = &answered {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(body, "too many connections; try again\n");
+    }
+    drop(idle);
+}

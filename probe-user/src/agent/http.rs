@@ -20,23 +20,65 @@ use tokio::{net::TcpListener, sync::watch};
 
 use super::Shared;
 
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from one address: 200 idle connections from one pod take 8
+/// slots, not all of them.
+const PER_SOURCE: usize = 8;
+/// Connections past those limits whose first request is still read (for 1 s): a health check
+/// among them is answered, anything else gets 503. Past these, a connection is closed at once.
+const OVERFLOW: usize = 64;
 /// A connection's whole life (a scrape is one or a few requests).
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// How long an overflow connection has to send its request head.
+const OVERFLOW_DEADLINE: Duration = Duration::from_secs(1);
 
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves until `stop` turns true.
+/// Connections open by source address.
+#[derive(Default)]
+struct Sources(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+/// A connection counted against its source until dropped.
+struct SourceSlot(Arc<Sources>, IpAddr);
+
+impl Sources {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut open = self.0.lock().expect("sources");
+        let n = open.entry(ip).or_default();
+        if *n >= PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.0.lock().expect("sources");
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Serves until `stop` turns true. Accepting never waits: a connection past the limits is
+/// answered from the overflow (health checks still answered, anything else 503), or closed.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let overflow = Arc::new(tokio::sync::Semaphore::new(OVERFLOW));
+    let sources = Arc::new(Sources::default());
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!("accept: {e}");
@@ -44,21 +86,49 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
-            drop(permit);
-        });
+        let source = sources.take(peer.ip());
+        match (source, slots.clone().try_acquire_owned()) {
+            (Some(source), Ok(permit)) => {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection(stream, shared, false)).await;
+                    drop((permit, source));
+                });
+            }
+            _ => match overflow.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(OVERFLOW_DEADLINE, connection(stream, shared, true)).await;
+                        drop(permit);
+                    });
+                }
+                // Dropped: closed at once.
+                Err(_) => drop(stream),
+            },
+        }
     }
+}
+
+/// One HTTP/1.1 connection; `overflow`: only health checks are answered, one request.
+async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, overflow: bool) {
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            if overflow && !matches!(req.uri().path(), "/healthz" | "/readyz") {
+                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many connections; try again\n");
+                r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+                return Ok::<_, Infallible>(r);
+            }
+            Ok::<_, Infallible>(route(&shared, &req))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(if overflow { OVERFLOW_DEADLINE } else { Duration::from_secs(5) })
+        .keep_alive(!overflow)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = conn.await;
 }
 
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
