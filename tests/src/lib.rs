@@ -159,6 +159,18 @@ impl Lab {
     }
 
     pub fn with_prefix(prefix: &str) -> Result<Self> {
+        Self::with_prefix_nodes(prefix, 2)
+    }
+
+    /// `count` nodes (2 to 9) and the same pods: `a` and `c` on n1, `b` on n2.
+    pub fn with_nodes(count: u8) -> Result<Self> {
+        Self::with_prefix_nodes(&unique_prefix(), count)
+    }
+
+    fn with_prefix_nodes(prefix: &str, count: u8) -> Result<Self> {
+        if !(2..=9).contains(&count) {
+            bail!("a lab has 2 to 9 nodes, not {count}");
+        }
         let mut lab = Self {
             prefix: prefix.to_string(),
             switch: format!("{prefix}-ul"),
@@ -173,17 +185,17 @@ impl Lab {
             daemons: Vec::new(),
             keep: false,
         };
-        lab.build().with_context(|| format!("building lab {prefix}"))?;
+        lab.build(count).with_context(|| format!("building lab {prefix}"))?;
         Ok(lab)
     }
 
-    fn build(&mut self) -> Result<()> {
+    fn build(&mut self, count: u8) -> Result<()> {
         let sw = self.switch.clone();
         add_netns(&sw)?;
         ip(&sw, "link add br0 type bridge")?;
         ip(&sw, "link set br0 up")?;
         ip(&sw, "link set lo up")?;
-        for index in [1u8, 2] {
+        for index in 1..=count {
             let node = Node {
                 index,
                 netns: format!("{}-n{index}", self.prefix),

@@ -31,7 +31,8 @@ impl Lab {
     pub fn start_servers(&mut self) -> Result<()> {
         let b = self.pod("b").clone();
         self.serve_tcp(&b.netns, SocketAddr::new(b.ip.into(), 8080))?;
-        for index in [1, 2] {
+        let nodes: Vec<u8> = self.nodes.iter().map(|n| n.index).collect();
+        for index in nodes {
             self.serve_kubelet(index, true)?;
         }
         Ok(())
