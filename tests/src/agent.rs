@@ -59,6 +59,12 @@ impl Agent {
         http_get(&self.netns, self.addr, path)
     }
 
+    /// [`Self::get`] with the API stand-in's admin token (the kubeconfig's), as a user allowed
+    /// `/events` and `/report` sends it.
+    pub fn get_authorized(&self, path: &str) -> Result<(u16, String)> {
+        crate::http_get_as(&self.netns, self.addr, path, Some(crate::ADMIN_TOKEN))
+    }
+
     /// Waits until `/readyz` answers 200 (the first cycle finished), at most `deadline`.
     pub fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
         let started = Instant::now();

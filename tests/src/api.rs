@@ -35,6 +35,9 @@ impl Lab {
         self.servers.push(serve(&n.netns, addr, move |s| {
             let (body, nodes, pods, writes) = (body.clone(), nodes.clone(), pods.clone(), writes.clone());
             api_nodes::serve_api_connection(config.clone(), s, &store, &log, move |request| {
+                if let Some(answer) = review(request) {
+                    return answer;
+                }
                 if let Some(written) = api_write(request, &nodes) {
                     writes.lock().expect("api writes").push(written.0);
                     return written.1;
@@ -227,6 +230,49 @@ pub(crate) fn api_write(request: &[u8], nodes: &str) -> Option<((String, serde_j
         text.len()
     );
     Some(((format!("{method} {path}"), body), response.into_bytes()))
+}
+
+/// The stand-in's bearer tokens: the kubeconfig's, whose user may read the agent's
+/// `/events` and `/report`, and one whose user may not.
+pub const ADMIN_TOKEN: &str = "lab-token";
+pub const NO_RIGHTS_TOKEN: &str = "no-rights-token";
+
+/// A TokenReview or SubjectAccessReview, answered as the API server answers them
+/// (authentication.k8s.io/v1, authorization.k8s.io/v1): [`ADMIN_TOKEN`] is `lab-admin`
+/// (system:masters, allowed everything), [`NO_RIGHTS_TOKEN`] is `nobody` (allowed nothing),
+/// any other token is not authenticated.
+pub(crate) fn review(request: &[u8]) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(request);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let line = head.lines().next()?;
+    let mut review: serde_json::Value = serde_json::from_str(body).ok()?;
+    if line.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews") {
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        review["status"] = match token {
+            ADMIN_TOKEN => serde_json::json!({"authenticated": true, "user": {"username": "lab-admin", "uid": "1",
+                "groups": ["system:masters", "system:authenticated"]}}),
+            NO_RIGHTS_TOKEN => serde_json::json!({"authenticated": true, "user": {"username": "nobody", "uid": "2",
+                "groups": ["system:authenticated"]}}),
+            _ => serde_json::json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+    } else if line.starts_with("POST /apis/authorization.k8s.io/v1/subjectaccessreviews") {
+        let admin = review["spec"]["groups"].as_array().is_some_and(|g| g.iter().any(|g| g == "system:masters"));
+        review["status"] = if admin {
+            serde_json::json!({"allowed": true, "reason": "system:masters"})
+        } else {
+            serde_json::json!({"allowed": false, "reason": "no RBAC policy matched"})
+        };
+    } else {
+        return None;
+    }
+    let answer = review.to_string();
+    Some(
+        format!(
+            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+            answer.len()
+        )
+        .into_bytes(),
+    )
 }
 
 pub(crate) fn api_response(request: &[u8], endpoint_slices: &str, nodes: &str, pods: &[Pod]) -> Vec<u8> {

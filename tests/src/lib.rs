@@ -46,7 +46,11 @@ pub mod pki;
 mod servers;
 
 use self::servers::serve;
-pub use self::{host::*, servers::http_get};
+pub use self::{
+    api::{ADMIN_TOKEN, NO_RIGHTS_TOKEN},
+    host::*,
+    servers::{http_get, http_get_as},
+};
 
 /// flannel's defaults (see docs/field-cases.md).
 pub const VXLAN_PORT: u16 = 8472;

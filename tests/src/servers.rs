@@ -160,7 +160,13 @@ impl Lab {
 /// `GET path` over HTTP/1.1 from inside `netns` (bounded: 5 s to connect, read and write):
 /// the status code and the body.
 pub fn http_get(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_get_as(netns, addr, path, None)
+}
+
+/// [`http_get`] with `Authorization: Bearer TOKEN` when a token is given.
+pub fn http_get_as(netns: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     in_netns(netns, move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;

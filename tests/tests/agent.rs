@@ -48,6 +48,26 @@ fn start_agent_with(lab: &Lab, nodes: &[Node], n: u8, timeout: &str, agent: &[&s
     Agent::start_binary(&netlab::netcheck::binary().unwrap(), &lab.node(n).netns, addr, &global, &args, env).unwrap()
 }
 
+/// `/events` and `/report` hold the node's traffic and setup: a token the API server knows, of a
+/// user RBAC allows, or nothing (kube-rbac-proxy's answers); `/metrics` and the health
+/// endpoints stay open (Prometheus and the kubelet send no token).
+fn assert_events_and_report_need_a_token(agent: &Agent) {
+    let as_user = |path: &str, token: Option<&str>| netlab::http_get_as(&agent.netns, agent.addr, path, token).unwrap();
+    for path in ["/events?since=60s", "/report"] {
+        let (status, body) = as_user(path, None);
+        assert_eq!((status, body.as_str()), (401, "Unauthorized: no bearer token\n"), "{path}");
+        let (status, body) = as_user(path, Some("forged-token"));
+        assert_eq!((status, body.as_str()), (401, "Unauthorized: invalid bearer token\n"), "{path}");
+        let (status, body) = as_user(path, Some(netlab::NO_RIGHTS_TOKEN));
+        let bare = path.split('?').next().unwrap();
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body, format!("Forbidden (user=nobody verb=get path={bare}: no RBAC policy matched)\n"));
+    }
+    // /metrics and the health endpoints stay open (Prometheus and the kubelet need no token).
+    assert_eq!(agent.get("/metrics").unwrap().0, 200);
+    assert_eq!(agent.get("/healthz").unwrap().0, 200);
+}
+
 /// Series lines of an exposition (not comments), by metric name and labels.
 fn series(text: &str) -> Vec<&str> {
     text.lines()
@@ -167,7 +187,8 @@ fn agent_exposition_is_valid_bounded_and_sigterm_leaves_nothing() {
         assert!(started.elapsed() < Duration::from_secs(15), "VXLAN failure not in the metrics");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (status, body) = agent.get("/events?since=60s&host=192.168.50.12").unwrap();
+    assert_events_and_report_need_a_token(&agent);
+    let (status, body) = agent.get_authorized("/events?since=60s&host=192.168.50.12").unwrap();
     assert_eq!(status, 200, "{body}");
     let events: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(events["node"], "n1");
@@ -175,8 +196,8 @@ fn agent_exposition_is_valid_bounded_and_sigterm_leaves_nothing() {
         events["events"].as_array().unwrap().iter().filter(|e| e["reason"] == "NETFILTER_DROP").collect();
     assert!(!netfilter.is_empty(), "{body}");
     assert!(netfilter.iter().all(|e| e["flow"]["dst"] == "192.168.50.12:8472"), "{body}");
-    assert_eq!(agent.get("/events?since=soon").unwrap().0, 400);
-    let (status, report) = agent.get("/report").unwrap();
+    assert_eq!(agent.get_authorized("/events?since=soon").unwrap().0, 400);
+    let (status, report) = agent.get_authorized("/report").unwrap();
     assert_eq!(status, 200);
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     // Everything behind n2's dropped VXLAN: its CoreDNS pod (a timeout, or the drop when the
@@ -331,15 +352,20 @@ fn path_places_the_peer_agents_drops_on_the_peer_hops() {
     agent.wait_ready(Duration::from_secs(30)).unwrap();
     lab.drop_vxlan(2).unwrap();
     let (a, b) = (lab.pod("a").clone(), lab.pod("b").clone());
-    let run = |extra: &[&str]| {
+    // The user's kubeconfig (its token is the API stand-in's admin's): shown to the peer agent,
+    // which has the API server review it.
+    let kubeconfig = nodes[0].kubeconfig.clone();
+    let run = |global: &[&str], extra: &[&str]| {
         let dst = format!("{}:8080", b.ip);
-        let mut args = vec!["--no-capture", "--timeout", "2s", "path", "--from", &a.netns, &dst];
+        let mut args = vec!["--no-capture", "--timeout", "2s"];
+        args.extend_from_slice(global);
+        args.extend(["path", "--from", &a.netns, &dst]);
         args.extend_from_slice(extra);
         let r = netlab::netcheck::run_json_in(&lab.node(1).netns, &args).unwrap();
         eprintln!("{}", serde_json::to_string_pretty(&r.json).unwrap());
         r
     };
-    let r = run(&[]);
+    let r = run(&["--kubeconfig", &kubeconfig], &[]);
     assert_eq!(r.code, 1);
     let hops = r.check()["hops"].as_array().unwrap();
     let first = hops.iter().find(|h| h["status"] == "fail").unwrap();
@@ -356,8 +382,18 @@ fn path_places_the_peer_agents_drops_on_the_peer_hops() {
     let note = r.check()["data"]["path"]["peer_agent"].as_str().unwrap();
     assert!(note.starts_with("the agent on 192.168.50.12:9472 saw"), "{note}");
 
+    // Without a token the peer agent refuses, and the output says so (and why there was none).
+    let r = run(&[], &[]);
+    let hops = r.check()["hops"].as_array().unwrap();
+    assert!(hops.iter().all(|h| h["evidence"].as_array().is_none_or(Vec::is_empty)), "no evidence without a token");
+    let note = r.check()["data"]["path"]["peer_agent"].as_str().unwrap();
+    assert!(
+        note.contains("refused, HTTP 401 Unauthorized: Unauthorized: no bearer token (netcheck had no token to send: no --kubeconfig, and no service account token"),
+        "{note}"
+    );
+
     // Without the peer's agent the same run only knows the packets did not arrive.
-    let r = run(&["--no-peer-agent"]);
+    let r = run(&["--kubeconfig", &kubeconfig], &["--no-peer-agent"]);
     let hops = r.check()["hops"].as_array().unwrap();
     assert!(hops.iter().all(|h| h["evidence"].as_array().is_none_or(Vec::is_empty)), "no evidence without the agent");
     assert!(r.check()["data"]["path"]["peer_agent"].is_null());

@@ -88,7 +88,7 @@ fn the_agent_lists_nodes_once_and_watches_only_its_sampled_peers() {
         assert!(text.lines().any(|l| l == line), "{line} in {text}");
     }
     // The peers probed (by their VXLAN rows' addresses), none of them NotReady.
-    let (_, report) = agent.get("/report").unwrap();
+    let (_, report) = agent.get_authorized("/report").unwrap();
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     let name_of = |target: &str| {
         let ip = target.split(':').next().unwrap_or_default().to_string();

@@ -168,7 +168,7 @@ fn agent_runs_with_only_the_daemonsets_capabilities() {
         std::thread::sleep(Duration::from_millis(100));
         matches!(netlab::http_get(&lab.node(1).netns, addr, "/readyz"), Ok((200, _)))
     });
-    let report = netlab::http_get(&lab.node(1).netns, addr, "/report");
+    let report = netlab::http_get_as(&lab.node(1).netns, addr, "/report", Some(netlab::ADMIN_TOKEN));
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();

@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, servi
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
-use super::Shared;
+use super::{Shared, auth};
 
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -120,6 +120,13 @@ async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, overflow
                 r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
                 return Ok::<_, Infallible>(r);
             }
+            let path = req.uri().path();
+            if shared.guard.protects(path) {
+                let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                if let Some(refused) = refusal(shared.guard.check(authorization, path).await) {
+                    return Ok(refused);
+                }
+            }
             Ok::<_, Infallible>(route(&shared, &req))
         }
     });
@@ -129,6 +136,22 @@ async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, overflow
         .keep_alive(!overflow)
         .serve_connection(TokioIo::new(stream), service);
     let _ = conn.await;
+}
+
+/// The answer to a request the guard refused, in kube-rbac-proxy's words (pkg/filters/auth.go).
+fn refusal(decision: auth::Decision) -> Option<Response<Full<Bytes>>> {
+    match decision {
+        auth::Decision::Allow => None,
+        auth::Decision::Unauthenticated(why) => {
+            let mut r = text(StatusCode::UNAUTHORIZED, format!("Unauthorized: {why}\n"));
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            Some(r)
+        }
+        auth::Decision::Forbidden(what) => Some(text(StatusCode::FORBIDDEN, format!("Forbidden ({what})\n"))),
+        auth::Decision::Unavailable(why) => {
+            Some(text(StatusCode::SERVICE_UNAVAILABLE, format!("cannot check the request's token: {why}\n")))
+        }
+    }
 }
 
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

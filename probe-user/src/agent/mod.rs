@@ -13,6 +13,7 @@
 //! skips it and counts it as missed. SIGTERM or SIGINT stops probing, detaches the programs
 //! (nothing is pinned) and exits 0.
 
+pub mod auth;
 mod condition;
 pub mod events;
 pub mod http;
@@ -68,6 +69,8 @@ pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     /// Write the node condition and Events (when the API is reachable).
     pub node_condition: bool,
+    /// Which endpoints need a token.
+    pub access: auth::Access,
 }
 
 /// What the HTTP endpoints read.
@@ -82,6 +85,8 @@ pub(crate) struct Shared {
     last_report: Mutex<Option<String>>,
     capture: capture::Status,
     window: Duration,
+    /// Who may read `/events` and `/report`.
+    guard: auth::Guard,
 }
 
 impl Shared {
@@ -130,6 +135,18 @@ pub fn run(opts: &Options) -> AnyResult<u8> {
         Some(c) => Some(events::collect(c.subscribe(), recent.clone())?),
         None => None,
     };
+    // One API client for the agent's life: the nodes, the condition, the token reviews.
+    let (client, no_client) = match runtime.block_on(crate::discovery::api::watching_client(
+        opts.kubeconfig.as_deref(),
+        &opts.host_root,
+        opts.timeout,
+    )) {
+        Ok(c) => (Some(c), String::new()),
+        Err(e) => {
+            tracing::info!("no Kubernetes API for the agent: {e}; peers come from the FDB alone");
+            (None, e.to_string())
+        }
+    };
     let shared = Arc::new(Shared {
         node: opts.node_name.clone(),
         metrics: metrics::Metrics::new(capture.clone(), status.detail.clone()),
@@ -140,6 +157,7 @@ pub fn run(opts: &Options) -> AnyResult<u8> {
         last_report: Mutex::new(None),
         capture: status,
         window: opts.window,
+        guard: auth::Guard::new(client.clone(), &no_client, opts.access),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     runtime.spawn(http::serve(listener, shared.clone(), stop_rx.clone()));
@@ -147,7 +165,7 @@ pub fn run(opts: &Options) -> AnyResult<u8> {
     let stopped_by = runtime.block_on(async {
         tokio::select! {
             signal = stop_signal(signals) => signal,
-            () = probe_loop(opts, &shared, capture.clone(), stop_rx) => "cycles done",
+            () = probe_loop(opts, &shared, capture.clone(), stop_rx, (client, no_client)) => "cycles done",
         }
     });
     tracing::info!("agent stopping: {stopped_by}");
@@ -171,15 +189,19 @@ async fn stop_signal((mut term, mut int): (tokio::signal::unix::Signal, tokio::s
 }
 
 /// Cycles on the interval grid with jitter until `cycles` are done (or forever).
-async fn probe_loop(opts: &Options, shared: &Shared, capture: Option<Arc<Capture>>, stop: watch::Receiver<bool>) {
+async fn probe_loop(
+    opts: &Options,
+    shared: &Shared,
+    capture: Option<Arc<Capture>>,
+    stop: watch::Receiver<bool>,
+    (client, no_client): (Option<kube::Client>, String),
+) {
     let started = Instant::now();
     let mut tick = started;
     let mut done = 0u64;
     let mut reporter = opts.node_condition.then(|| condition::Reporter::new(&opts.node_name, condition::HEARTBEAT));
     // One API client for the agent's life; the nodes from one list and the sampled peers' watches.
-    let mut directory =
-        nodes::Directory::new(opts.kubeconfig.as_deref(), &opts.host_root, opts.timeout, shared.metrics.api.clone())
-            .await;
+    let mut directory = nodes::Directory::new(client, no_client, shared.metrics.api.clone());
     let mut fdb: Vec<Ipv4Addr> = Vec::new();
     let seed = u64::from(std::process::id())
         ^ SystemTime::now()

@@ -16,7 +16,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
-    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -74,18 +73,11 @@ pub struct Nodes {
 }
 
 impl Directory {
-    /// The agent's one client (`None` and why, when the API cannot be reached from here).
-    pub async fn new(kubeconfig: Option<&Path>, root: &Path, timeout: Duration, counters: ApiCounters) -> Self {
-        let (client, no_client) = match discovery::api::watching_client(kubeconfig, root, timeout).await {
-            Ok(c) => (Some(c), None),
-            Err(e) => {
-                tracing::info!("no Kubernetes API for the agent: {e}; peers come from the FDB alone");
-                (None, Some(e.to_string()))
-            }
-        };
+    /// With the agent's one client (`None`, and why, when the API cannot be reached from here).
+    pub fn new(client: Option<Client>, no_client: String, counters: ApiCounters) -> Self {
         Self {
+            no_client: client.is_none().then_some(no_client),
             client,
-            no_client,
             state: Arc::default(),
             listing: None,
             listed: None,
@@ -280,15 +272,9 @@ mod tests {
         assert!(list_due(Some(t0), t0, true, later));
     }
 
-    #[tokio::test]
-    async fn failed_lists_back_off_doubling_to_five_minutes() {
-        let mut d = Directory::new(
-            Some(Path::new("/nonexistent/kubeconfig")),
-            Path::new("/"),
-            Duration::from_secs(1),
-            ApiCounters::default(),
-        )
-        .await;
+    #[test]
+    fn failed_lists_back_off_doubling_to_five_minutes() {
+        let mut d = Directory::new(None, "no kubeconfig".into(), ApiCounters::default());
         assert!(d.client().is_none() && d.no_client().is_some());
         let mut waits = Vec::new();
         for _ in 0..12 {

@@ -165,6 +165,14 @@ pub struct AgentArgs {
     /// Do not write the NetworkPathProblem node condition and its Events (the API is then only read).
     #[arg(long)]
     pub no_node_condition: bool,
+    /// Require a bearer token on /metrics too (checked as on /events and /report: TokenReview,
+    /// then SubjectAccessReview of `get` on the path).
+    #[arg(long)]
+    pub protect_metrics: bool,
+    /// Serve /events and /report to anyone who reaches the port (they hold the node's traffic
+    /// and setup): only where the port is closed off by other means.
+    #[arg(long, conflicts_with = "protect_metrics")]
+    pub no_auth: bool,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {

@@ -272,6 +272,11 @@ fn agent_options(cli: &Cli, a: &AgentArgs) -> crate::agent::Options {
         host_root: discovery::host_root(cli.host_root.as_deref()),
         kubeconfig: cli.kubeconfig.clone(),
         node_condition: !a.no_node_condition,
+        access: match (a.no_auth, a.protect_metrics) {
+            (true, _) => crate::agent::auth::Access::Open,
+            (false, true) => crate::agent::auth::Access::TokenWithMetrics,
+            (false, false) => crate::agent::auth::Access::Token,
+        },
     }
 }
 

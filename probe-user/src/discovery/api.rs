@@ -91,6 +91,43 @@ async fn config(kubeconfig: Option<&Path>, root: &Path) -> Result<Config, ApiErr
     Ok(config)
 }
 
+/// Where a pod's service account token is mounted.
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// The bearer token netcheck can show another party (a peer node's agent, which asks the API
+/// server whose it is): the kubeconfig's current user's (`token` or `tokenFile`), else the pod's
+/// service account token. `Err` says why there is none.
+pub fn bearer_token(kubeconfig: Option<&Path>, root: &Path) -> Result<String, String> {
+    use secrecy::ExposeSecret as _;
+    let Some(path) = kubeconfig else {
+        return super::node_root::read_file(Path::new(SERVICE_ACCOUNT_TOKEN))
+            .map(|t| String::from_utf8_lossy(&t).trim().to_string())
+            .map_err(|e| format!("no --kubeconfig, and no service account token ({e})"));
+    };
+    let kc = super::kubeconfig::read(path, root).map_err(|e| e.to_string())?;
+    let config = &kc.config;
+    let user = config
+        .current_context
+        .as_ref()
+        .and_then(|name| config.contexts.iter().find(|c| &c.name == name))
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| c.user.as_ref())
+        .and_then(|u| config.auth_infos.iter().find(|a| &a.name == u))
+        .and_then(|a| a.auth_info.as_ref());
+    let Some(user) = user else { return Err(format!("{}: no user in the current context", path.display())) };
+    if let Some(token) = user.token.as_ref().map(|t| t.expose_secret().trim().to_string()).filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    let why = if user.client_certificate.is_some() || user.client_certificate_data.is_some() {
+        "authenticates with a client certificate, which only the API server can check"
+    } else if user.exec.is_some() || user.auth_provider.is_some() {
+        "gets its token from a plugin, which netcheck does not run"
+    } else {
+        "has no token"
+    };
+    Err(format!("{}: the current user {why}; give a kubeconfig with a token (a service account's)", path.display()))
+}
+
 /// The file references of the current context's user and cluster: the only ones kube's client
 /// opens (another context's stale reference does not stop it).
 fn current_references(config: &kube::config::Kubeconfig) -> Vec<&str> {

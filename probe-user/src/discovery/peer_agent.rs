@@ -27,6 +27,9 @@ pub enum Failure {
     Request(#[source] hyper::http::Error),
     #[error("HTTP {status}: {body}")]
     Status { status: hyper::StatusCode, body: String },
+    /// 401 or 403: the agent's RBAC check refused the request; `sent` says what was shown.
+    #[error("refused, HTTP {status}: {body} ({sent})")]
+    Refused { status: hyper::StatusCode, body: String, sent: String },
     #[error("not the agent's JSON: {0}")]
     NotJson(#[source] serde_json::Error),
     #[error("not the agent's events: {0}")]
@@ -43,11 +46,13 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<KernelEvent>, Failure> {
 }
 
 /// Asks the agent at `addr` for the kernel events of the last `since` that touch `host`
-/// (`GET /events`), within `timeout`. For `netcheck path`, to see the peer node's side.
+/// (`GET /events`), within `timeout`, with `token` as the bearer token (`Err`: why netcheck has
+/// none, said if the agent refuses). For `netcheck path`, to see the peer node's side.
 pub async fn fetch(
     addr: SocketAddr,
     since: Duration,
     host: Option<IpAddr>,
+    token: Result<&str, &str>,
     timeout: Duration,
 ) -> Result<Vec<KernelEvent>, PeerAgentError> {
     use http_body_util::BodyExt as _;
@@ -60,15 +65,24 @@ pub async fn fetch(
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(Failure::Http)?;
         tokio::spawn(conn);
-        let request = hyper::Request::get(&path)
-            .header(hyper::header::HOST, addr.to_string())
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(Failure::Request)?;
+        let mut request = hyper::Request::get(&path).header(hyper::header::HOST, addr.to_string());
+        if let Ok(t) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let request = request.body(http_body_util::Empty::<bytes::Bytes>::new()).map_err(Failure::Request)?;
         let response = sender.send_request(request).await.map_err(Failure::Http)?;
         let status = response.status();
         let body = response.into_body().collect().await.map_err(Failure::Http)?.to_bytes();
+        let text = || String::from_utf8_lossy(&body).trim().to_string();
+        if matches!(status, hyper::StatusCode::UNAUTHORIZED | hyper::StatusCode::FORBIDDEN) {
+            let sent = match token {
+                Ok(_) => "netcheck sent its kubeconfig's or service account's token".to_string(),
+                Err(why) => format!("netcheck had no token to send: {why}"),
+            };
+            return Err(Failure::Refused { status, body: text(), sent });
+        }
         if !status.is_success() {
-            return Err(Failure::Status { status, body: String::from_utf8_lossy(&body).trim().to_string() });
+            return Err(Failure::Status { status, body: text() });
         }
         parse_events(&body)
     };

@@ -219,7 +219,15 @@ async fn peer_events(
     let addr = std::net::SocketAddr::new(IpAddr::V4(peer.underlay), port);
     let since = elapsed + Duration::from_secs(2);
     // The report keeps the reason as text: it is shown as the peer hops' note.
-    let events = crate::discovery::peer_agent::fetch(addr, since, local, timeout).await.map_err(|e| e.to_string());
+    // The agent checks the token with the API server (TokenReview, then RBAC on /events).
+    let token = match &report.spec.api {
+        Some(api) => crate::discovery::api::bearer_token(api.kubeconfig.as_deref(), &api.host_root),
+        None => Err("no API configured for this run".to_string()),
+    };
+    let events =
+        crate::discovery::peer_agent::fetch(addr, since, local, token.as_deref().map_err(String::as_str), timeout)
+            .await
+            .map_err(|e| e.to_string());
     Some(events.map(|all| {
         all.into_iter()
             .filter(|e| e.inner.is_some_and(|f| ends.contains(&Some(f.src.ip())) || ends.contains(&Some(f.dst.ip()))))
