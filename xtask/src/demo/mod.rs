@@ -323,9 +323,12 @@ fn agent_scenarios(bin: &Netcheck) -> Result<()> {
             let mut dirs = Vec::new();
             let agents = start_agents(bin, lab, &mut dirs)?;
             show_metrics(&agents[0])?;
-            println!("(iptables -I INPUT -i eth0 -p udp --dport 8472 -j DROP on n2; two intervals later:)");
+            println!(
+                "(iptables -I INPUT -i eth0 -p udp --dport 8472 -j DROP on n2; three intervals later: a change shows \
+                 once two cycles running see it)"
+            );
             lab.drop_vxlan(2)?;
-            std::thread::sleep(Duration::from_secs(5));
+            std::thread::sleep(Duration::from_secs(7));
             show_metrics(&agents[0])?;
             println!("(what the agent on n1 wrote to the API:)");
             for (request, body) in lab.api_writes.lock().map_err(|_| anyhow::anyhow!("api writes"))?.iter() {
@@ -336,14 +339,18 @@ fn agent_scenarios(bin: &Netcheck) -> Result<()> {
         },
     )?;
     scenario(
-        "25. path on n1 without its own capture (as in a cluster), asking n2's agent what n2's kernel saw",
+        "25. path on n1 without its own capture (as in a cluster), asking n2's agent what n2's kernel saw \
+         (with the kubeconfig's token, which n2's agent has the API server review)",
         |_| Ok(()),
         |lab| {
             let mut dirs = Vec::new();
             let _agents = start_agents(bin, lab, &mut dirs)?;
             lab.drop_vxlan(2)?;
             let from = lab.pod("a").netns.clone();
-            show(bin, &lab.node(1).netns, &["--no-capture", "--timeout", "2s", "path", "--from", &from, &pod_b(lab)])
+            let kubeconfig = dirs[0].path.join("etc/kubernetes/kubelet.conf").display().to_string();
+            let args =
+                ["--no-capture", "--timeout", "2s", "--kubeconfig", &kubeconfig, "path", "--from", &from, &pod_b(lab)];
+            show(bin, &lab.node(1).netns, &args)
         },
     )
 }
