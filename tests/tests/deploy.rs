@@ -47,7 +47,8 @@ fn manifests_validate_against_the_kubernetes_schema() {
     eprintln!("{said}");
     assert!(out.status.success(), "{said}");
     assert!(!said.contains("WARN") && !said.contains("ERROR"), "{said}");
-    let resources = documents(&deploy().join("rbac.yaml")).len() + 3;
+    let resources =
+        documents(&deploy().join("rbac.yaml")).len() + documents(&deploy().join("admission-policy.yaml")).len() + 3;
     assert_eq!(said.matches(" passed for resource ").count(), resources, "{said}");
 }
 
@@ -107,6 +108,21 @@ fn manifests_agree() {
     let k = one("kustomization.yaml");
     assert_eq!(k["images"][0]["name"], c["image"]);
     assert_eq!(k["images"][0]["newTag"], env!("CARGO_PKG_VERSION"));
+    // The admission policy matches the DaemonSet's service account in the kustomization's
+    // namespace, and lets it change the condition the agent writes, by that name.
+    let policy = &documents(&deploy().join("admission-policy.yaml"))[0];
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        k["namespace"].as_str().unwrap(),
+        ds["spec"]["template"]["spec"]["serviceAccountName"].as_str().unwrap()
+    );
+    let matched = policy["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+    assert_eq!(matched, format!("request.userInfo.username == '{user}'"));
+    let others = policy["spec"]["variables"][1]["expression"].as_str().unwrap();
+    assert!(others.contains("c.type != 'NetworkPathProblem'"), "{others}");
+    let binding = &documents(&deploy().join("admission-policy.yaml"))[1];
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert!(k["resources"].as_array().unwrap().iter().any(|r| r == "admission-policy.yaml"));
 }
 
 /// The overlay for kernels before 5.11 targets the DaemonSet and adds exactly SYS_RESOURCE and

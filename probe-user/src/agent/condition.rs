@@ -231,10 +231,12 @@ impl Reporter {
                 "lastTimestamp": stamp.to_string(),
                 "message": event_message(j),
             });
-            events
-                .patch(&sent.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|source| WriteError::EventUpdate { name: sent.name.clone(), source })?;
+            let name = sent.name.clone();
+            if let Err(source) = events.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                // Gone (the API server's event TTL) or refused: the next change sends a new one.
+                self.sent.retain(|s| s.name != name);
+                return Err(WriteError::EventUpdate { name, source });
+            }
             return Ok(());
         }
         let created =

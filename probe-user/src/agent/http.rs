@@ -247,7 +247,9 @@ pub fn events_query(query: &str, window: Duration) -> Result<(Duration, Option<I
 
 fn events_json(shared: &Shared, since: Duration, host: Option<IpAddr>) -> String {
     let now = SystemTime::now();
-    let events = shared.recent.lock().expect("recent events").query(since, host, now);
+    // The kernel's monotonic stamps put on the wall clock as it is now (after any NTP step).
+    let clock = crate::time::Clock::now();
+    let events = shared.recent.lock().expect("recent events").query(since, host, crate::time::monotonic_ns(), &clock);
     serde_json::json!({
         "node": shared.node,
         "time": humantime::format_rfc3339_millis(now).to_string(),

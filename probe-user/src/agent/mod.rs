@@ -283,8 +283,12 @@ async fn cycle(
         c.watch_addresses(&addresses);
     }
     let cert_options = CertOptions { warn_days: opts.warn_days, ..CertOptions::default() };
+    let lost_before = capture.as_ref().map_or(0, |c| c.counters().lost);
     let checks = crate::jobs::run_jobs(planned.jobs, &cert_options, opts.timeout, capture.clone(), false).await;
-    let status = capture.as_ref().map_or_else(|| shared.capture.clone(), |c| c.status());
+    let mut status = capture.as_ref().map_or_else(|| shared.capture.clone(), |c| c.status());
+    // The report's losses are this cycle's: a loss hours ago does not make today's "no drop
+    // seen" incomplete (the cumulative count is the capture metric's).
+    status.lost = status.lost.saturating_sub(lost_before);
     let mut report = Document::new(checks, status);
     report.problems = verdict::problems::problems(&report.checks);
     let judgement = quorum::judge(&report.checks, &planned.probed);
