@@ -54,6 +54,34 @@ pub enum DurationError {
     BelowInterval,
 }
 
+/// A doubling backoff (from `min` to at most `max`), each wait with up to half of it again as
+/// jitter, from the clock's nanoseconds: agents that failed together do not retry together.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max, next: min }
+    }
+
+    /// The wait before the next try; the one after is twice as long (at most `max`).
+    pub fn wait(&mut self) -> Duration {
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let wait = self.next + self.next.mul_f64(f64::from(nanos % 1000) / 2000.0);
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    /// After a success: the next failure waits `min` again.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
 /// Converts the kernel's monotonic timestamps to wall-clock time.
 pub struct Clock {
     wall: SystemTime,
@@ -84,6 +112,18 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        let waits: Vec<Duration> = (0..5).map(|_| b.wait()).collect();
+        for (w, base) in waits.iter().zip([1, 2, 4, 5, 5]) {
+            let base = Duration::from_secs(base);
+            assert!(*w >= base && *w < base * 3 / 2, "{waits:?}");
+        }
+        b.reset();
+        assert!(b.wait() < Duration::from_millis(1500));
+    }
 
     #[test]
     fn durations() {

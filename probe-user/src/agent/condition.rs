@@ -83,7 +83,7 @@ pub struct Reporter {
     pending: Option<(Judgement, u32)>,
     written: Option<Written>,
     retry_at: Option<Instant>,
-    backoff: Duration,
+    backoff: crate::time::Backoff,
     sent: Vec<Sent>,
 }
 
@@ -105,7 +105,7 @@ impl Reporter {
             pending: None,
             written: None,
             retry_at: None,
-            backoff: BACKOFF_MIN,
+            backoff: crate::time::Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             sent: Vec::new(),
         }
     }
@@ -168,7 +168,7 @@ impl Reporter {
         match &result {
             Ok(()) => {
                 self.retry_at = None;
-                self.backoff = BACKOFF_MIN;
+                self.backoff.reset();
             }
             Err(_) => self.failed(now),
         }
@@ -177,10 +177,7 @@ impl Reporter {
 
     /// After a failed write: wait the backoff (doubling to 5 min, up to half again of jitter).
     pub fn failed(&mut self, now: Instant) {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let jitter = self.backoff.mul_f64(f64::from(nanos % 1000) / 2000.0);
-        self.retry_at = Some(now + self.backoff + jitter);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.retry_at = Some(now + self.backoff.wait());
     }
 
     async fn write_now(&mut self, client: &Client, what: Wrote, now: Instant) -> Result<(), WriteError> {

@@ -56,7 +56,7 @@ pub struct Directory {
     listing: Option<JoinHandle<Result<Vec<NodeInfo>, String>>>,
     listed: Option<Instant>,
     retry_at: Instant,
-    backoff: Duration,
+    backoff: crate::time::Backoff,
     counters: ApiCounters,
     watches: BTreeMap<String, JoinHandle<()>>,
 }
@@ -82,7 +82,7 @@ impl Directory {
             listing: None,
             listed: None,
             retry_at: Instant::now(),
-            backoff: Duration::from_secs(1),
+            backoff: crate::time::Backoff::new(Duration::from_secs(1), BACKOFF_MAX),
             counters,
             watches: BTreeMap::new(),
         }
@@ -147,7 +147,7 @@ impl Directory {
                 // The watched peers' entries are as current as the list's: both replace.
                 state.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
                 self.listed = Some(Instant::now());
-                self.backoff = Duration::from_secs(1);
+                self.backoff.reset();
                 self.counters.node_lists.get_or_create(&[("result", "ok")]).inc();
                 tracing::debug!(nodes = state.nodes.len(), "nodes listed");
             }
@@ -158,12 +158,9 @@ impl Directory {
 
     fn list_failed(&mut self, why: &str) {
         self.counters.node_lists.get_or_create(&[("result", "error")]).inc();
-        // Jitter from the clock's nanoseconds: agents failing together do not retry together.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let jitter = self.backoff.mul_f64(f64::from(nanos % 1000) / 2000.0);
-        self.retry_at = Instant::now() + self.backoff + jitter;
-        tracing::warn!("nodes not listed: {why}; again in {:?}", self.backoff + jitter);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        let wait = self.backoff.wait();
+        self.retry_at = Instant::now() + wait;
+        tracing::warn!("nodes not listed: {why}; again in {wait:?}");
     }
 
     fn snapshot(&self) -> Nodes {
