@@ -203,11 +203,7 @@ pub(crate) fn serve_api_connection(
     respond: impl Fn(&[u8]) -> Vec<u8>,
 ) {
     let _ = (|| -> Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-        let conn = rustls::ServerConnection::new(config)?;
-        let mut tls = rustls::StreamOwned::new(conn, stream);
+        let mut tls = pki::accept_tls(config, stream)?;
         let Some(request) = pki::read_request(&mut tls) else { return Ok(()) };
         let line = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_string();
         let mut parts = line.split_whitespace();

@@ -163,6 +163,17 @@ pub fn serve_kubelet_connection(config: Arc<rustls::ServerConfig>, stream: TcpSt
     serve_https_connection(config, stream, |request| kubelet_response(request).to_vec());
 }
 
+/// The server side of a TLS connection on `stream`, each read and write bounded by 2 s.
+pub(crate) fn accept_tls(
+    config: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+) -> Result<rustls::StreamOwned<rustls::ServerConnection, TcpStream>> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    Ok(rustls::StreamOwned::new(rustls::ServerConnection::new(config)?, stream))
+}
+
 /// Serves one HTTPS connection: reads a request head and writes what `respond` makes of it
 /// (bounded by a 2 s read/write deadline).
 pub fn serve_https_connection(
@@ -171,11 +182,7 @@ pub fn serve_https_connection(
     respond: impl Fn(&[u8]) -> Vec<u8>,
 ) {
     let _ = (|| -> Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-        let conn = rustls::ServerConnection::new(config)?;
-        let mut tls = rustls::StreamOwned::new(conn, stream);
+        let mut tls = accept_tls(config, stream)?;
         let Some(request) = read_request(&mut tls) else { return Ok(()) };
         tls.write_all(&respond(&request))?;
         tls.conn.send_close_notify();

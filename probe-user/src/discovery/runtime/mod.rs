@@ -150,17 +150,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_runtime_found_under_a_root() {
-        let scratch = Scratch(std::env::temp_dir().join(format!("netcheck-runtime-{}", std::process::id())));
-        let dir = scratch.0.clone();
-        let _ = std::fs::remove_dir_all(&dir);
-        let write = |path: &str, text: &str| {
-            let p = dir.join(path);
+    impl Scratch {
+        /// An empty folder `netcheck-NAME-PID` under the temporary folder.
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("netcheck-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        /// Writes `text` at `path` under the folder, making the folders on the way.
+        fn write(&self, path: &str, text: &str) {
+            let p = self.0.join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, text).unwrap();
-        };
-        std::fs::create_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_runtime_found_under_a_root() {
+        let scratch = Scratch::new("runtime");
+        let dir = scratch.0.clone();
+        let write = |path: &str, text: &str| scratch.write(path, text);
         let root = NodeRoot::open(&dir).unwrap();
         assert_eq!(read(&root).unwrap(), None, "nothing: the defaults apply");
         // CRI-O: every file under crio.conf.d over crio.conf, in path order, whatever its name
@@ -205,14 +216,9 @@ mod tests {
 
     #[test]
     fn containerd_imports_are_read_under_the_root() {
-        let scratch = Scratch(std::env::temp_dir().join(format!("netcheck-imports-{}", std::process::id())));
+        let scratch = Scratch::new("imports");
         let dir = scratch.0.clone();
-        let _ = std::fs::remove_dir_all(&dir);
-        let write = |path: &str, text: &str| {
-            let p = dir.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        };
+        let write = |path: &str, text: &str| scratch.write(path, text);
         // As EKS lays it out: the main file imports a folder by glob (an absolute path: the
         // node's, not this machine's), and a file by a relative path, which imports the main
         // file back (a loop containerd reads once).
