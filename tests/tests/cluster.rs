@@ -65,19 +65,11 @@ fn the_agent_lists_nodes_once_and_watches_only_its_sampled_peers() {
     let mut agent = start_agent(&lab, &roots, 1, &["--interval", "2s", "--jitter", "0", "--rotate", "23h"]);
     agent.wait_ready(Duration::from_secs(30)).unwrap();
     let started = Instant::now();
-    let text = loop {
-        let (_, text) = agent.get("/metrics").unwrap();
-        let cycles = text
-            .lines()
-            .find_map(|l| l.strip_prefix("netcheck_probe_cycles_total "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if cycles >= 4.0 {
-            break text;
-        }
-        assert!(started.elapsed() < Duration::from_mins(1), "4 cycles not done: {text}");
+    while cycles(&agent) < 4.0 {
+        assert!(started.elapsed() < Duration::from_mins(1), "4 cycles not done");
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+    let (_, text) = agent.get("/metrics").unwrap();
     for line in [
         r#"netcheck_peers_skipped{reason="not_ready"} 200"#,
         r#"netcheck_peers_skipped{reason="deleting"} 0"#,

@@ -103,11 +103,16 @@ impl Directory {
     /// waits, so its peers have names).
     pub async fn nodes(&mut self, fdb: &[Ipv4Addr], wait: Duration) -> Nodes {
         self.collect_list(Duration::ZERO).await;
-        let unknown = {
+        // Whether the FDB names an address the list lacks: looked at only when a list could be
+        // due (one set of the list's addresses, not a scan of it per FDB entry).
+        let now = Instant::now();
+        let unknown = self.listed.is_some_and(|at| now.duration_since(at) >= RELIST_EVERY) && {
             let state = self.state.lock().expect("node directory");
-            fdb.iter().any(|ip| !state.nodes.values().any(|n| n.overlay_peer() == Some(IpAddr::V4(*ip))))
+            let known: std::collections::HashSet<IpAddr> =
+                state.nodes.values().filter_map(NodeInfo::overlay_peer).collect();
+            fdb.iter().any(|ip| !known.contains(&IpAddr::V4(*ip)))
         };
-        if list_due(self.listed, self.retry_at, unknown, Instant::now()) && self.listing.is_none() {
+        if list_due(self.listed, self.retry_at, unknown, now) && self.listing.is_none() {
             self.start_list();
         }
         if self.listed.is_none() {

@@ -106,14 +106,7 @@ pub fn bearer_token(kubeconfig: Option<&Path>, root: &Path) -> Result<String, St
     };
     let kc = super::kubeconfig::read(path, root).map_err(|e| e.to_string())?;
     let config = &kc.config;
-    let user = config
-        .current_context
-        .as_ref()
-        .and_then(|name| config.contexts.iter().find(|c| &c.name == name))
-        .and_then(|c| c.context.as_ref())
-        .and_then(|c| c.user.as_ref())
-        .and_then(|u| config.auth_infos.iter().find(|a| &a.name == u))
-        .and_then(|a| a.auth_info.as_ref());
+    let user = current_context(config).and_then(|c| current_user(config, c));
     let Some(user) = user else { return Err(format!("{}: no user in the current context", path.display())) };
     if let Some(token) = user.token.as_ref().map(|t| t.expose_secret().trim().to_string()).filter(|t| !t.is_empty()) {
         return Ok(token);
@@ -128,19 +121,26 @@ pub fn bearer_token(kubeconfig: Option<&Path>, root: &Path) -> Result<String, St
     Err(format!("{}: the current user {why}; give a kubeconfig with a token (a service account's)", path.display()))
 }
 
+fn current_context(config: &kube::config::Kubeconfig) -> Option<&kube::config::Context> {
+    let name = config.current_context.as_ref()?;
+    config.contexts.iter().find(|c| &c.name == name)?.context.as_ref()
+}
+
+fn current_user<'a>(
+    config: &'a kube::config::Kubeconfig,
+    context: &kube::config::Context,
+) -> Option<&'a kube::config::AuthInfo> {
+    let name = context.user.as_ref()?;
+    config.auth_infos.iter().find(|a| &a.name == name)?.auth_info.as_ref()
+}
+
 /// The file references of the current context's user and cluster: the only ones kube's client
 /// opens (another context's stale reference does not stop it).
 fn current_references(config: &kube::config::Kubeconfig) -> Vec<&str> {
-    let Some(context) = config
-        .current_context
-        .as_ref()
-        .and_then(|name| config.contexts.iter().find(|c| &c.name == name))
-        .and_then(|c| c.context.as_ref())
-    else {
+    let Some(context) = current_context(config) else {
         return Vec::new();
     };
-    let user = context.user.as_ref().and_then(|u| config.auth_infos.iter().find(|a| &a.name == u));
-    let user = user.and_then(|a| a.auth_info.as_ref());
+    let user = current_user(config, context);
     let cluster = config.clusters.iter().find(|c| c.name == context.cluster).and_then(|c| c.cluster.as_ref());
     let mut refs: Vec<&str> = Vec::new();
     if let Some(u) = user {

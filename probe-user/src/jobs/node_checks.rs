@@ -257,6 +257,7 @@ fn peers(dev: &VxlanDevice, api_nodes: &[(String, Ipv4Addr)], unavailable: &[Ipv
         })
         .collect();
     underlays.extend(api_nodes.iter().map(|(_, ip)| *ip).filter(|ip| Some(*ip) != dev.local));
+    let unavailable: std::collections::HashSet<&Ipv4Addr> = unavailable.iter().collect();
     underlays.retain(|ip| !unavailable.contains(ip));
     underlays.sort_unstable();
     underlays.dedup();
