@@ -160,8 +160,12 @@ fn agent_exposition_is_valid_bounded_and_sigterm_leaves_nothing() {
     let (_, after_second) = agent.get("/metrics").unwrap();
     // Series from the flood: NO_SOCKET drops and port-unreachable errors. Other kernel series
     // may appear between two scrapes (the probes' own resets) and are bounded the same way.
-    let from_flood =
-        |s: &&str| !s.starts_with("netcheck_kernel_events") || s.contains("NO_SOCKET") || s.contains("3/3");
+    // The flood crosses veths, bridges and the overlay, never loopback (where other tests'
+    // probes to closed ports show up).
+    let from_flood = |s: &&str| {
+        !s.starts_with("netcheck_kernel_events")
+            || ((s.contains("NO_SOCKET") || s.contains("3/3")) && !s.contains(r#"device_class="loopback""#))
+    };
     let (first, second): (Vec<&str>, Vec<&str>) = (
         series(&after_first).into_iter().filter(from_flood).collect(),
         series(&after_second).into_iter().filter(from_flood).collect(),
@@ -519,4 +523,73 @@ fn idle_connections_do_not_starve_health_checks() {
         assert_eq!(body, "too many connections; try again\n");
     }
     drop(idle);
+}
+
+/// Evidence the capture filter had no room for is said, never a quiet "no drop seen": the API
+/// lists 16,500 more nodes, so the agent's peer addresses alone (one key each, two for n2) are
+/// more than the filter's 16,384 keys, and the probes' own flows find no room either. n2 drops
+/// DNS forwarded to its CoreDNS pod: the one kernel of the lab sees that drop, but the DNS
+/// probe's flow is not in the filter, so the event never reaches the agent. The refused keys
+/// are counted (the report's `capture.unwatched`, a metric), and every check of the cycle that
+/// saw no drop, that DNS endpoint's among them, says its evidence is incomplete, with the count.
+#[test]
+fn a_full_capture_filter_is_counted_and_said() {
+    const MORE: usize = 16_500;
+    needs_root("a_full_capture_filter_is_counted_and_said");
+    // Its probes to the more nodes' loopback addresses are resets and drops every capture on
+    // the machine counts (the exposition test compares its kernel series between scrapes).
+    let _machine = netlab::machine_wide("a_full_capture_filter_is_counted_and_said");
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    lab.start_servers().unwrap();
+    let dns = lab.start_dns().unwrap();
+    lab.block_dns_endpoint(2).unwrap();
+    lab.add_synthetic_nodes(MORE);
+    let kubeconfig = lab.serve_api(1, &dns.endpoints).unwrap();
+    let root = TempDir::new(&format!("agent-root-{}-full", lab.prefix));
+    lab.write_host_root(1, &root, &kubeconfig).unwrap();
+    let node = Node { kubeconfig: root.path.join("etc/kubernetes/kubelet.conf").display().to_string(), root };
+    let mut agent = start_agent(&lab, std::slice::from_ref(&node), 1, "2s", &["--interval", "3s"]);
+    agent.wait_ready(Duration::from_mins(2)).unwrap();
+    // The first cycles may run before the list of 16,502 nodes is in (it goes on alongside):
+    // a cycle that began after it is the one to read.
+    let metric = |name: &str| -> f64 {
+        let (_, text) = agent.get("/metrics").unwrap();
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    while metric(r#"netcheck_api_node_lists_total{result="ok"} "#) < 1.0 {
+        assert!(started.elapsed() < Duration::from_mins(2), "the nodes were not listed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listed_at = metric("netcheck_probe_cycles_total ");
+    while metric("netcheck_probe_cycles_total ") < listed_at + 2.0 {
+        assert!(started.elapsed() < Duration::from_mins(3), "no cycle after the list");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = agent.get_authorized("/report").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // n2's underlay and VTEP, and each more node's underlay: at least this many had no room.
+    let keys = u64::try_from(MORE).unwrap() + 2;
+    let unwatched = report["capture"]["unwatched"].as_u64().unwrap_or(0);
+    assert!(unwatched >= keys - 16_384, "unwatched {unwatched}: {}", report["capture"]);
+    let checks = report["checks"].as_array().unwrap();
+    let unseen: Vec<&str> = checks
+        .iter()
+        .filter_map(|c| c["detail"].as_str())
+        .filter(|d| d.contains("no drop seen on this machine"))
+        .collect();
+    let blocked = checks.iter().find(|c| c["target"] == "endpoint 10.244.2.10:53").expect("the blocked endpoint's row");
+    assert_eq!(blocked["status"], "fail", "{blocked}");
+    assert_eq!(blocked["evidence"].as_array().map(Vec::len), Some(0), "its drop never reached the agent: {blocked}");
+    assert!(blocked["detail"].as_str().is_some_and(|d| unseen.contains(&d)), "{blocked}");
+    let said = format!("evidence incomplete: {unwatched} flows or addresses not watched, the capture filter was full");
+    assert!(unseen.iter().all(|d| d.contains(&said)), "{said} in {unseen:#?}");
+    let (_, text) = agent.get("/metrics").unwrap();
+    let total = text
+        .lines()
+        .find_map(|l| l.strip_prefix("netcheck_capture_unwatched_keys_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(total.is_some_and(|t| t >= keys - 16_384), "{total:?}");
 }

@@ -367,6 +367,11 @@ impl Collector for KernelCollector {
                 "Events kept in the kernel's counters only (not about a probe or peer)",
                 counters.filtered,
             ),
+            (
+                "capture_unwatched_keys",
+                "Probe flows and peer addresses the capture filter had no room for (their events stay in the kernel's counters)",
+                self.capture.as_ref().map_or(0, |c| c.refused_keys()),
+            ),
         ] {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;

@@ -284,6 +284,11 @@ async fn cycle(
     }
     let cert_options = CertOptions { warn_days: opts.warn_days, ..CertOptions::default() };
     let lost_before = capture.as_ref().map_or(0, |c| c.counters().lost);
+    if let Some(c) = &capture {
+        // The cycle's unwatched keys: the peers' addresses still without room, and the
+        // probes' flows refused from now on.
+        c.new_window();
+    }
     let checks = crate::jobs::run_jobs(planned.jobs, &cert_options, opts.timeout, capture.clone(), false).await;
     let mut status = capture.as_ref().map_or_else(|| shared.capture.clone(), |c| c.status());
     // The report's losses are this cycle's: a loss hours ago does not make today's "no drop

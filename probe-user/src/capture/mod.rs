@@ -98,6 +98,11 @@ pub struct Status {
     pub detail: Option<String>,
     /// Events the kernel could not queue (ring buffer full): counted, not hidden.
     pub lost: u64,
+    /// Probe flows and peer addresses the capture filter had no room for (its kernel map was
+    /// full), the most at once in the run (the agent: in the cycle): their events never reached
+    /// netcheck, so "no drop seen" is qualified as with `lost`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unwatched: u64,
     /// The kernel release capture was fitted to (`uname -r`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
@@ -117,6 +122,11 @@ pub struct Status {
     /// Causes named from where a drop happened, on kernels whose reasons do not name them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub inferred: Vec<load::Inferred>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Status {
@@ -345,6 +355,24 @@ impl Capture {
             .expect("capture state");
     }
 
+    /// The most probe flows and peer addresses the capture filter had no room for at once in
+    /// this window (see [`Status::unwatched`], [`Self::new_window`]).
+    pub fn unwatched(&self) -> u64 {
+        self.watched.as_ref().map_or(0, |w| w.lock().expect("watched map").unwatched() as u64)
+    }
+
+    /// Keys the capture filter refused so far (the agent's metric).
+    pub fn refused_keys(&self) -> u64 {
+        self.watched.as_ref().map_or(0, |w| w.lock().expect("watched map").refused())
+    }
+
+    /// Starts a window (the agent's cycle): [`Self::unwatched`] counts from the keys absent now.
+    pub fn new_window(&self) {
+        if let Some(w) = &self.watched {
+            w.lock().expect("watched map").new_window();
+        }
+    }
+
     /// The programs' counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
         let sum = |i: u32| self.counters.get(&i, 0).map_or(0, |v| v.iter().sum());
@@ -400,6 +428,7 @@ impl Capture {
         Status {
             available: true,
             lost: self.counters().lost,
+            unwatched: self.unwatched(),
             kernel: Some(self.kernel.clone()),
             load_ms: Some(self.load_ms),
             phases: self.phases.clone(),

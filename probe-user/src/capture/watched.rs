@@ -18,6 +18,14 @@ pub(super) struct Watched {
     words: Vec<u64>,
     /// The agent's address list.
     addresses: HashSet<WatchKey>,
+    /// Held keys the kernel's map had no room for (16k keys: an agent with more peers than
+    /// that, or its probes on top): their events never reach userspace, so a verdict over them
+    /// cannot say "no drop seen" (see `Status::unwatched`). Put in as room is made.
+    absent: HashSet<WatchKey>,
+    /// The most keys absent at once since [`Self::new_window`].
+    peak: usize,
+    /// Refusals so far (a key refused, released and held again counts twice).
+    refused: u64,
 }
 
 impl Watched {
@@ -29,7 +37,25 @@ impl Watched {
             per_bit: HashMap::new(),
             words: vec![0; WATCH_WORDS as usize],
             addresses: HashSet::new(),
+            absent: HashSet::new(),
+            peak: 0,
+            refused: 0,
         }
+    }
+
+    /// How many keys the kernel's map refused so far (it was full).
+    pub(super) fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// The most keys that were held but not in the kernel at once, since the window began.
+    pub(super) fn unwatched(&self) -> usize {
+        self.peak
+    }
+
+    /// A new window (the agent's cycle): its count starts from the keys absent now.
+    pub(super) fn new_window(&mut self) {
+        self.peak = self.absent.len();
     }
 
     /// Adds a holder of `key`; the first one puts it in the kernel (its filter bit first, so
@@ -48,7 +74,10 @@ impl Watched {
         }
         if let Err(e) = self.map.insert(key, 1, 0) {
             // Full (16k keys): the flow's events stay in the kernel's counters only.
-            tracing::warn!("capture filter: {e}");
+            self.refused += 1;
+            self.absent.insert(key);
+            self.peak = self.peak.max(self.absent.len());
+            tracing::debug!("capture filter: {e}");
         }
     }
 
@@ -61,7 +90,10 @@ impl Watched {
             return;
         }
         self.holders.remove(&key);
-        let _ = self.map.remove(&key);
+        if !self.absent.remove(&key) {
+            let _ = self.map.remove(&key);
+            self.refill();
+        }
         let bit = watch_bit(&key.addr);
         if let Some(keys) = self.per_bit.get_mut(&bit) {
             *keys -= 1;
@@ -69,6 +101,16 @@ impl Watched {
                 self.per_bit.remove(&bit);
                 self.write_bit(bit, false);
             }
+        }
+    }
+
+    /// Puts absent keys in the kernel while it has room.
+    fn refill(&mut self) {
+        while let Some(key) = self.absent.iter().next().copied() {
+            if self.map.insert(key, 1, 0).is_err() {
+                return;
+            }
+            self.absent.remove(&key);
         }
     }
 

@@ -42,9 +42,9 @@ pub struct Document {
 
 impl Document {
     pub fn new(mut checks: Vec<Check>, capture: capture::Status) -> Self {
-        if capture.lost > 0 {
+        if capture.lost > 0 || capture.unwatched > 0 {
             for c in &mut checks {
-                c.detail = crate::verdict::evidence_incomplete(&c.detail, capture.lost);
+                c.detail = crate::verdict::evidence_incomplete(&c.detail, capture.lost, capture.unwatched);
             }
         }
         let mut summary = Summary::default();
@@ -143,9 +143,22 @@ impl Document {
         }
         let s = &self.summary;
         let _ = writeln!(out, "\n{} pass, {} warn, {} fail, {} skip", s.pass, s.warn, s.fail, s.skip);
+        self.write_capture(&mut out, &paint);
+        out
+    }
+
+    /// The capture's footer: what it lost or left unwatched, and what this kernel cannot show.
+    fn write_capture(&self, out: &mut String, paint: &dyn Fn(Style, &str) -> String) {
         if self.capture.available {
             if self.capture.lost > 0 {
                 let _ = writeln!(out, "capture: {} kernel events lost (ring buffer full)", self.capture.lost);
+            }
+            if self.capture.unwatched > 0 {
+                let _ = writeln!(
+                    out,
+                    "capture: {} flows or addresses not watched (capture filter full)",
+                    self.capture.unwatched
+                );
             }
             // What this kernel cannot show: never a silent fallback.
             for l in &self.capture.limits {
@@ -169,7 +182,6 @@ impl Document {
                 )
             );
         }
-        out
     }
 }
 
@@ -328,6 +340,19 @@ mod tests {
              buffer was full"
         );
         assert_eq!(r.checks[1].detail, "d", "a detail without the claim is left alone");
+        // Flows the capture filter had no room for: their events never came either.
+        let unwatched = capture::Status { available: true, unwatched: 3, ..capture::Status::default() };
+        assert_eq!(
+            Document::new(vec![timeout.clone()], unwatched).checks[0].detail,
+            "no answer in 1s: no drop seen on this machine; evidence incomplete: 3 flows or addresses not watched, \
+             the capture filter was full"
+        );
+        let both = capture::Status { available: true, lost: 1, unwatched: 2, ..capture::Status::default() };
+        assert_eq!(
+            Document::new(vec![timeout.clone()], both).checks[0].detail,
+            "no answer in 1s: no drop seen on this machine; evidence incomplete: 1 kernel events lost, the ring \
+             buffer was full; 2 flows or addresses not watched, the capture filter was full"
+        );
         let whole = capture::Status { available: true, ..capture::Status::default() };
         assert_eq!(
             Document::new(vec![timeout], whole).checks[0].detail,

@@ -43,12 +43,20 @@ impl Status {
 pub const NO_DROP_SEEN: &str = "no drop seen on this machine";
 
 /// `NO_DROP_SEEN` in a detail, qualified: `lost` kernel events did not reach netcheck (ring
-/// buffer full), so a drop may have happened unseen.
-pub fn evidence_incomplete(detail: &str, lost: u64) -> String {
-    detail.replace(
-        NO_DROP_SEEN,
-        &format!("{NO_DROP_SEEN}; evidence incomplete: {lost} kernel events lost, the ring buffer was full"),
-    )
+/// buffer full) and `unwatched` flows or addresses were left out of the capture filter (its map
+/// full), so a drop may have happened unseen.
+pub fn evidence_incomplete(detail: &str, lost: u64, unwatched: u64) -> String {
+    let mut why = Vec::new();
+    if lost > 0 {
+        why.push(format!("{lost} kernel events lost, the ring buffer was full"));
+    }
+    if unwatched > 0 {
+        why.push(format!("{unwatched} flows or addresses not watched, the capture filter was full"));
+    }
+    if why.is_empty() {
+        return detail.to_string();
+    }
+    detail.replace(NO_DROP_SEEN, &format!("{NO_DROP_SEEN}; evidence incomplete: {}", why.join("; ")))
 }
 
 /// What a check ran: its `probe` in JSON and the `probe` label of the agent's metrics, both
