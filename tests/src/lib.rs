@@ -44,6 +44,7 @@ pub mod layouts;
 pub mod netcheck;
 pub mod pki;
 mod servers;
+pub mod split;
 
 use self::servers::serve;
 pub use self::{
@@ -99,6 +100,54 @@ impl Node {
     /// The node's name (as a kubelet would register it).
     pub fn name(&self) -> String {
         format!("n{}", self.index)
+    }
+
+    /// Node `index` of the lab `prefix`: its namespace, underlay address and VTEP MAC.
+    fn of(prefix: &str, index: u8) -> Self {
+        Self {
+            index,
+            netns: format!("{prefix}-n{index}"),
+            underlay_ip: Ipv4Addr::new(192, 168, 50, 10 + index),
+            vtep_mac: format!("02:fa:00:00:00:0{index}"),
+        }
+    }
+
+    /// The node's own devices, once its namespace has an `eth0` on the underlay: the address,
+    /// flannel.1, cni0, forwarding and flannel's masquerade rule.
+    fn configure(&self) -> Result<()> {
+        let ns = &self.netns;
+        ip(ns, "link set lo up")?;
+        ip(ns, &format!("addr add {}/24 dev eth0", self.underlay_ip))?;
+        ip(ns, &format!("link set eth0 mtu {UNDERLAY_MTU} up"))?;
+        ip(
+            ns,
+            &format!(
+                "link add flannel.1 type vxlan id {VNI} local {} dev eth0 dstport {VXLAN_PORT} nolearning",
+                self.underlay_ip
+            ),
+        )?;
+        ip(ns, &format!("link set flannel.1 address {} mtu {OVERLAY_MTU} up", self.vtep_mac))?;
+        ip(ns, &format!("addr add {}/32 dev flannel.1", self.flannel_ip()))?;
+        ip(ns, "link add cni0 type bridge")?;
+        ip(ns, &format!("addr add {}/24 dev cni0", self.gateway()))?;
+        ip(ns, &format!("link set cni0 mtu {OVERLAY_MTU} up"))?;
+        sysctl(ns, "net.ipv4.ip_forward", "1")?;
+        // flannel: masquerade pod traffic that leaves the pod network.
+        iptables(ns, &format!("-t nat -A POSTROUTING -s {POD_CIDR} ! -d {POD_CIDR} -j MASQUERADE"))
+    }
+
+    /// flannel's vxlan backend towards every other node of `nodes`: a route per peer subnet via
+    /// the peer's VTEP address (onlink), a permanent neighbour entry for it and an FDB entry
+    /// pointing at the peer's underlay IP.
+    fn wire_overlay(&self, nodes: &[Node]) -> Result<()> {
+        let ns = &self.netns;
+        for peer in nodes.iter().filter(|p| p.index != self.index) {
+            ip(ns, &format!("route add {} via {} dev flannel.1 onlink", peer.pod_subnet(), peer.flannel_ip()))?;
+            ip(ns, &format!("neigh add {} lladdr {} dev flannel.1 nud permanent", peer.flannel_ip(), peer.vtep_mac))?;
+            let (mac, dst) = (peer.vtep_mac.as_str(), peer.underlay_ip.to_string());
+            run("bridge", &["-n", ns, "fdb", "append", mac, "dev", "flannel.1", "dst", &dst, "self", "permanent"])?;
+        }
+        Ok(())
     }
 }
 
@@ -200,63 +249,15 @@ impl Lab {
         ip(&sw, "link set br0 up")?;
         ip(&sw, "link set lo up")?;
         for index in 1..=count {
-            let node = Node {
-                index,
-                netns: format!("{}-n{index}", self.prefix),
-                underlay_ip: Ipv4Addr::new(192, 168, 50, 10 + index),
-                vtep_mac: format!("02:fa:00:00:00:0{index}"),
-            };
-            let ns = &node.netns;
-            add_netns(ns)?;
-            ip(&sw, &format!("link add n{index} type veth peer name eth0 netns {ns}"))?;
+            let node = Node::of(&self.prefix, index);
+            add_netns(&node.netns)?;
+            ip(&sw, &format!("link add n{index} type veth peer name eth0 netns {}", node.netns))?;
             ip(&sw, &format!("link set n{index} master br0 up"))?;
-            ip(ns, "link set lo up")?;
-            ip(ns, &format!("addr add {}/24 dev eth0", node.underlay_ip))?;
-            ip(ns, &format!("link set eth0 mtu {UNDERLAY_MTU} up"))?;
-            ip(
-                ns,
-                &format!(
-                    "link add flannel.1 type vxlan id {VNI} local {} dev eth0 dstport {VXLAN_PORT} nolearning",
-                    node.underlay_ip
-                ),
-            )?;
-            ip(ns, &format!("link set flannel.1 address {} mtu {OVERLAY_MTU} up", node.vtep_mac))?;
-            ip(ns, &format!("addr add {}/32 dev flannel.1", node.flannel_ip()))?;
-            ip(ns, "link add cni0 type bridge")?;
-            ip(ns, &format!("addr add {}/24 dev cni0", node.gateway()))?;
-            ip(ns, &format!("link set cni0 mtu {OVERLAY_MTU} up"))?;
-            sysctl(ns, "net.ipv4.ip_forward", "1")?;
-            // flannel: masquerade pod traffic that leaves the pod network.
-            iptables(ns, &format!("-t nat -A POSTROUTING -s {POD_CIDR} ! -d {POD_CIDR} -j MASQUERADE"))?;
+            node.configure()?;
             self.nodes.push(node);
         }
-        // flannel's vxlan backend: a route per peer subnet via the peer's VTEP address (onlink),
-        // a permanent neighbour entry for it and an FDB entry pointing at the peer's underlay IP.
         for node in &self.nodes {
-            for peer in self.nodes.iter().filter(|p| p.index != node.index) {
-                let ns = &node.netns;
-                ip(ns, &format!("route add {} via {} dev flannel.1 onlink", peer.pod_subnet(), peer.flannel_ip()))?;
-                ip(
-                    ns,
-                    &format!("neigh add {} lladdr {} dev flannel.1 nud permanent", peer.flannel_ip(), peer.vtep_mac),
-                )?;
-                run(
-                    "bridge",
-                    &[
-                        "-n",
-                        ns,
-                        "fdb",
-                        "append",
-                        &peer.vtep_mac,
-                        "dev",
-                        "flannel.1",
-                        "dst",
-                        &peer.underlay_ip.to_string(),
-                        "self",
-                        "permanent",
-                    ],
-                )?;
-            }
+            node.wire_overlay(&self.nodes)?;
         }
         self.add_pod(1, "a", 2)?;
         self.add_pod(2, "b", 2)?;

@@ -52,7 +52,7 @@ enum Task {
     Image,
     /// Boot Debian's 5.10, 6.1 and 6.12 kernels under QEMU and run the capture lab tests in each.
     Kernels {
-        /// Only these series (repeatable): 5.10, 6.1, 6.12.
+        /// Only these (repeatable): a series (5.10, 6.1, 6.12) or `pair`, the two-kernel lab.
         #[arg(long)]
         only: Vec<String>,
     },

@@ -4,6 +4,8 @@
 # into the host's root and run the matrix's script. Kernel parameters:
 #   netcheck.out=DIR   the run's folder on the host (shared read-write: run.sh, results)
 #   netcheck.kroot=DIR the unpacked kernel package on the host (its lib/modules)
+#   netcheck.run=NAME  the script in the run's folder to run (run.sh; the two-kernel lab's
+#                      guests share one folder and run local.sh and peer.sh)
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -11,6 +13,7 @@ for m in /mods/*.ko; do insmod "$m" || echo "netcheck-guest: insmod $m failed"; 
 arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p"; }
 OUT=$(arg netcheck.out)
 KROOT=$(arg netcheck.kroot)
+RUN=$(arg netcheck.run)
 REL=$(uname -r)
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 host /mnt; then
     echo "netcheck-guest: the host's root did not mount over 9p"
@@ -32,6 +35,6 @@ mount -t bpf bpf /mnt/sys/fs/bpf
 mount -t tracefs tracefs /mnt/sys/kernel/tracing
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out "/mnt$OUT"
 echo "netcheck-guest: $REL up"
-chroot /mnt /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/bash "$OUT/run.sh"
+chroot /mnt /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/bash "$OUT/${RUN:-run.sh}"
 echo "netcheck-guest: done ($?)"
 poweroff -f

@@ -7,9 +7,10 @@
 //! Each guest runs the lab tests whose verdicts stand on the kernel's evidence (`tests/tests/`
 //! `tcp.rs`, `capture.rs`, `path.rs`, `vxlan.rs`) and the capture benchmark, then this prints,
 //! per kernel, the programs chosen, the load time and the cost per event, and a table of what
-//! capture gives.
+//! capture gives. Then the two-kernel lab (`pair.rs`): two guests, two kernels, one link.
 
 mod fetch;
+mod pair;
 
 use std::{
     collections::BTreeMap,
@@ -60,30 +61,57 @@ const GUEST_DEADLINE: Duration = Duration::from_mins(20);
 /// Emulation is this much slower than the host: latency bounds in tests scale by it.
 const TIME_SCALE: u32 = 5;
 
-/// Runs the matrix, or only the series in `only` (`5.10`, `6.1`, `6.12`).
+/// What `--only` may name besides the matrix's series: the two-kernel lab.
+const PAIR: &str = "pair";
+
+/// Runs the matrix and the two-kernel lab, or only those in `only` (`5.10`, `6.1`, `6.12`,
+/// `pair`).
 pub fn run(only: &[String]) -> Result<()> {
-    let unknown: Vec<&String> = only.iter().filter(|o| !MATRIX.iter().any(|s| s.version == o.as_str())).collect();
+    let known = |o: &str| o == PAIR || MATRIX.iter().any(|s| s.version == o);
+    let unknown: Vec<&String> = only.iter().filter(|o| !known(o)).collect();
     if !unknown.is_empty() {
-        bail!("--only {unknown:?}: the matrix has {:?}", MATRIX.iter().map(|s| s.version).collect::<Vec<_>>());
+        let mut names: Vec<&str> = MATRIX.iter().map(|s| s.version).collect();
+        names.push(PAIR);
+        bail!("--only {unknown:?}: the matrix has {names:?}");
     }
+    let selected = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let dir = root().join("target/kernels");
     std::fs::create_dir_all(&dir)?;
     let binaries = build()?;
     let init = include_str!("init.sh");
     let mut results = Vec::new();
     let mut failed = Vec::new();
-    for series in MATRIX.iter().filter(|s| only.is_empty() || only.iter().any(|o| o == s.version)) {
-        let kernel = fetch::prepare(&dir, *series, init)?;
+    let mut prepared = BTreeMap::new();
+    for series in MATRIX
+        .iter()
+        .filter(|s| selected(s.version) || (selected(PAIR) && [pair::LOCAL, pair::PEER].contains(&s.version)))
+    {
+        prepared.insert(series.version, fetch::prepare(&dir, *series, init)?);
+    }
+    for series in MATRIX.iter().filter(|s| selected(s.version)) {
+        let kernel = &prepared[series.version];
         println!("==> kernel {} ({})", kernel.release, series.suites[0]);
         let started = Instant::now();
-        let result = boot(&dir, &kernel, &binaries)?;
+        let result = boot(&dir, kernel, &binaries)?;
         println!("{}", result.summary(started.elapsed()));
         if !result.ok() {
             failed.push(kernel.release.clone());
         }
         results.push(result);
     }
-    println!("\nWhat capture gives, per kernel (docs/kernels.md's table):\n\n{}", table(&results));
+    if !results.is_empty() {
+        println!("\nWhat capture gives, per kernel (docs/kernels.md's table):\n\n{}", table(&results));
+    }
+    if selected(PAIR) {
+        let kernels = [&prepared[pair::LOCAL], &prepared[pair::PEER]];
+        println!("==> the two-kernel lab: n1 on {}, n2 on {}", kernels[0].release, kernels[1].release);
+        let started = Instant::now();
+        let result = pair::run(&dir, kernels, &binaries)?;
+        println!("{}", result.summary(started.elapsed()));
+        if !result.ok() {
+            failed.push(PAIR.to_string());
+        }
+    }
     if !failed.is_empty() {
         bail!("kernels failed: {} (logs under {})", failed.join(", "), dir.join("run").display());
     }
@@ -95,6 +123,8 @@ struct Binaries {
     netcheck: PathBuf,
     tests: Vec<(String, PathBuf)>,
     bench: PathBuf,
+    /// The two-kernel lab's program (`tests/src/bin/two-kernels.rs`).
+    two_kernels: PathBuf,
 }
 
 fn build() -> Result<Binaries> {
@@ -109,10 +139,12 @@ fn build() -> Result<Binaries> {
     let tests = executables(&args)?;
     let bench =
         executables(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--no-run", "--message-format=json"])?;
+    let two_kernels = executables(&["build", "-p", "netcheck-tests", "--bin", "two-kernels", "--message-format=json"])?;
     Ok(Binaries {
         netcheck: root().join("target").join(target).join("release/netcheck"),
         tests,
         bench: bench.into_iter().next().context("the capture benchmark's executable")?.1,
+        two_kernels: two_kernels.into_iter().next().context("the two-kernel lab's executable")?.1,
     })
 }
 
@@ -154,39 +186,9 @@ fn boot(dir: &Path, kernel: &Kernel, bin: &Binaries) -> Result<GuestResult> {
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("modules"), GUEST_MODULES.join("\n"))?;
     std::fs::write(out.join("run.sh"), script(&out, bin))?;
-    let console = std::fs::File::create(out.join("console.log"))?;
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(&kernel.initrd)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 quiet panic=-1 rdinit=/init netcheck.out={} netcheck.kroot={}",
-            out.display(),
-            kernel.root.display()
-        ))
-        .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
-        .arg("-virtfs")
-        .arg(format!("local,path={},mount_tag=out,security_model=none", out.display()))
-        .stdin(Stdio::null())
-        .stdout(console.try_clone()?)
-        .stderr(console)
-        .spawn()
-        .context("qemu-system-x86_64 (apt: qemu-system-x86)")?;
-    let started = Instant::now();
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if started.elapsed() > GUEST_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            println!("kernels: {} did not power off within {GUEST_DEADLINE:?}", kernel.release);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    let mut child = qemu(kernel, &out, &Guest { cpus: 2, memory_mib: 2048, ..Guest::default() })?;
+    if !wait(&mut child, GUEST_DEADLINE)? {
+        println!("kernels: {} did not power off within {GUEST_DEADLINE:?}", kernel.release);
     }
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
     let mut tests = BTreeMap::new();
@@ -205,6 +207,65 @@ fn boot(dir: &Path, kernel: &Kernel, bin: &Binaries) -> Result<GuestResult> {
         bench_ok: read("bench.rc").trim() == "0",
         out,
     })
+}
+
+/// How a guest is booted beyond its kernel and run folder.
+#[derive(Default)]
+struct Guest {
+    cpus: u8,
+    memory_mib: u32,
+    /// The script in the run folder the guest runs (`run.sh` when empty).
+    script: &'static str,
+    /// The console's file in the run folder (`console.log` when empty).
+    console: &'static str,
+    /// QEMU arguments for a network card (the two-kernel lab's link).
+    nic: Vec<String>,
+}
+
+/// `qemu-system-x86_64` booting `kernel` with the host's root over 9p (read-only) and `out`
+/// (read-write), its console to a file in `out`.
+fn qemu(kernel: &Kernel, out: &Path, guest: &Guest) -> Result<std::process::Child> {
+    let console = if guest.console.is_empty() { "console.log" } else { guest.console };
+    let console = std::fs::File::create(out.join(console))?;
+    let script = if guest.script.is_empty() { "run.sh" } else { guest.script };
+    Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-nographic", "-no-reboot"])
+        .args(["-m", &guest.memory_mib.to_string(), "-smp", &guest.cpus.to_string()])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&kernel.initrd)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 rdinit=/init netcheck.out={} netcheck.kroot={} netcheck.run={script}",
+            out.display(),
+            kernel.root.display()
+        ))
+        .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
+        .arg("-virtfs")
+        .arg(format!("local,path={},mount_tag=out,security_model=none", out.display()))
+        .args(&guest.nic)
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        .spawn()
+        .context("qemu-system-x86_64 (apt: qemu-system-x86)")
+}
+
+/// Waits for a guest to power off, at most `deadline` (then kills it): whether it did.
+fn wait(child: &mut std::process::Child, deadline: Duration) -> Result<bool> {
+    let started = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(true);
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The guest's script: the capture status, each test binary, the benchmark; results beside it.

@@ -131,7 +131,7 @@ pub(super) fn add_peer_events(report: &Report, hops: &mut [Draft], all: &mut Vec
     let peer = report.node.peer.as_ref().map(|p| p.underlay.to_string()).unwrap_or_default();
     let events = match answer {
         Ok(events) => events,
-        Err(e) => return Some(format!("not asked: {e}")),
+        Err(e) => return Some(format!("no events: {e}")),
     };
     let mut placed = 0;
     for e in Evidence::fold(events.clone()) {

@@ -51,10 +51,8 @@ pub(super) fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]
                 hop(hops, Kind::Overlay, &mut |h| h.judge(Verdict::new(Status::Fail, v.cause, v.detail.clone())));
             }
             Status::Fail if !any_fail_from(hops, Kind::Underlay) => {
-                let detail = format!(
-                    "{}; the fault is on the underlay or on the peer node (its side is not visible from here)",
-                    v.detail
-                );
+                let detail =
+                    format!("{}; the fault is on the underlay or on the peer node ({})", v.detail, peer_side(report));
                 hop(hops, Kind::Underlay, &mut |h| h.judge(Verdict::new(Status::Fail, v.cause, detail.clone())));
             }
             Status::Fail => {
@@ -84,6 +82,22 @@ pub(super) fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]
                 hop(hops, last, &mut |h| h.judge(Verdict::new(Status::Fail, f.cause, detail.clone())));
             }
             _ => {}
+        }
+    }
+}
+
+/// What this run has of the peer node's side when its own kernel saw nothing there: on a
+/// cluster the peer's drops are in the peer's kernel, which only the peer's agent can ask. Says
+/// whether it was asked and what it answered, so a verdict never reads "no drop" where nobody
+/// looked.
+pub(super) fn peer_side(report: &Report) -> String {
+    let peer = report.node.peer.as_ref().map(|p| p.underlay.to_string()).unwrap_or_default();
+    match (report.spec.peer_agent, &report.peer_events) {
+        (None, _) => "the peer's side is not visible from here: its agent was not asked (--no-peer-agent)".into(),
+        (Some(_), None) => "the peer's side is not visible from here: no peer node to ask".into(),
+        (Some(_), Some(Err(e))) => format!("the peer's side is not visible from here: its {e}"),
+        (Some(port), Some(Ok(_))) => {
+            format!("the agent on {peer}:{port} saw no drop of these packets on the peer: look at the underlay between")
         }
     }
 }

@@ -512,4 +512,29 @@ mod tests {
         assert_eq!(check.cause, Some(Cause::VxlanMisconfigured));
         assert!(line.starts_with("overlay (n1 flannel.1): flannel.1 has no FDB entry"), "{line}");
     }
+
+    /// The peer's side of a verdict this kernel could not see: whether its agent was asked,
+    /// and what it answered (never a bare "no drop" where nobody looked).
+    #[test]
+    fn the_peer_side_says_whether_its_agent_was_asked() {
+        let mut report = pod_to_pod(tcp_report(tcp::Outcome::TimedOut, vec![]));
+        let side = |r: &Report| judge::peer_side(r);
+        assert_eq!(
+            side(&report),
+            "the peer's side is not visible from here: its agent was not asked (--no-peer-agent)"
+        );
+        report.spec.peer_agent = Some(9472);
+        report.peer_events = Some(Err("agent at 192.168.50.12:9472: refused, HTTP 401 Unauthorized".into()));
+        assert_eq!(
+            side(&report),
+            "the peer's side is not visible from here: its agent at 192.168.50.12:9472: refused, HTTP 401 Unauthorized"
+        );
+        report.peer_events = Some(Ok(vec![]));
+        assert_eq!(
+            side(&report),
+            "the agent on 192.168.50.12:9472 saw no drop of these packets on the peer: look at the underlay between"
+        );
+        report.peer_events = None;
+        assert_eq!(side(&report), "the peer's side is not visible from here: no peer node to ask");
+    }
 }
