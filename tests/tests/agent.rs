@@ -68,6 +68,25 @@ fn assert_events_and_report_need_a_token(agent: &Agent) {
     assert_eq!(agent.get("/healthz").unwrap().0, 200);
 }
 
+/// `/events` paged as the API pages its lists: the newest `limit`, then `continue` for older
+/// ones (`all`: how many one unpaged request gave).
+fn assert_events_are_paged(agent: &Agent, all: usize) {
+    let page = |query: &str| -> serde_json::Value {
+        let (status, body) = agent.get_authorized(&format!("/events?since=60s&host=192.168.50.12{query}")).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    assert!(all >= 2, "{all} events");
+    let newest = page("&limit=1");
+    assert_eq!(newest["events"].as_array().map(Vec::len), Some(1), "{newest}");
+    assert!(newest["remaining"].as_u64().is_some_and(|n| n >= 1), "{newest}");
+    let token = newest["continue"].as_str().expect("a continue token").to_string();
+    let older = page(&format!("&limit=1&continue={token}"));
+    assert_eq!(older["events"].as_array().map(Vec::len), Some(1), "{older}");
+    assert!(older["events"][0]["time"].as_str() <= newest["events"][0]["time"].as_str(), "{older} then {newest}");
+    assert_eq!(agent.get_authorized("/events?limit=0").unwrap().0, 400);
+}
+
 /// Series lines of an exposition (not comments), by metric name and labels.
 fn series(text: &str) -> Vec<&str> {
     text.lines()
@@ -201,6 +220,7 @@ fn agent_exposition_is_valid_bounded_and_sigterm_leaves_nothing() {
     assert!(!netfilter.is_empty(), "{body}");
     assert!(netfilter.iter().all(|e| e["flow"]["dst"] == "192.168.50.12:8472"), "{body}");
     assert_eq!(agent.get_authorized("/events?since=soon").unwrap().0, 400);
+    assert_events_are_paged(&agent, events["events"].as_array().unwrap().len());
     let (status, report) = agent.get_authorized("/report").unwrap();
     assert_eq!(status, 200);
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();

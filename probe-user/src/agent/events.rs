@@ -32,6 +32,29 @@ pub struct Recorded {
     pub event: KernelEvent,
 }
 
+/// What a `/events` request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Query {
+    /// The last this long (at most the window).
+    pub since: Duration,
+    /// Only events whose flow or inner flow has this address.
+    pub host: Option<IpAddr>,
+    /// At most this many, the newest.
+    pub limit: usize,
+    /// Only those stamped before this (CLOCK_MONOTONIC ns): the previous page's `next`.
+    pub before: Option<u64>,
+}
+
+/// One page of events, oldest first.
+#[derive(Debug)]
+pub struct Page {
+    pub events: Vec<Recorded>,
+    /// Matching events older than this page.
+    pub older: usize,
+    /// Where the next (older) page starts, when there is one.
+    pub next: Option<u64>,
+}
+
 /// The addresses of an event's outer flow, in order (`None` without one).
 type Pair = Option<(IpAddr, IpAddr)>;
 
@@ -96,21 +119,30 @@ impl Recent {
     /// optionally only those whose flow or VXLAN inner flow has `host`, oldest first, their
     /// times put on the wall clock by `clock`.
     pub fn query(&mut self, since: Duration, host: Option<IpAddr>, now_ns: u64, clock: &Clock) -> Vec<Recorded> {
+        self.page(&Query { since, host, limit: MAX_EVENTS, before: None }, now_ns, clock).events
+    }
+
+    /// One page of [`Self::query`]: the newest `limit` matching events stamped before `before`
+    /// (oldest first), and how many older ones match (the next page: `before` = [`Page::next`]).
+    pub fn page(&mut self, q: &Query, now_ns: u64, clock: &Clock) -> Page {
         self.expire(now_ns);
-        let since = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
-        let mut out: Vec<Recorded> = self
+        let since = u64::try_from(q.since.as_nanos()).unwrap_or(u64::MAX);
+        let mut out: Vec<&Recorded> = self
             .pairs
             .values()
             .flatten()
             .filter(|e| now_ns.saturating_sub(e.mono_ns) <= since)
-            .filter(|e| host.is_none_or(|h| touches(&e.event, h)))
-            .cloned()
+            .filter(|e| q.before.is_none_or(|b| e.mono_ns < b))
+            .filter(|e| q.host.is_none_or(|h| touches(&e.event, h)))
             .collect();
         out.sort_by_key(|e| e.mono_ns);
-        for e in &mut out {
+        let older = out.len().saturating_sub(q.limit.max(1));
+        let mut events: Vec<Recorded> = out[older..].iter().map(|e| (*e).clone()).collect();
+        for e in &mut events {
             e.time = humantime::format_rfc3339_millis(clock.wall(e.mono_ns)).to_string();
         }
-        out
+        let next = (older > 0).then(|| events.first().map(|e| e.mono_ns)).flatten();
+        Page { events, older, next }
     }
 
     /// Events kept now.
@@ -231,5 +263,33 @@ mod tests {
         let expected = clock.wall(mono.saturating_sub(5 * S));
         let diff = wall.duration_since(expected).unwrap_or_else(|e| e.duration());
         assert!(diff < Duration::from_millis(2), "{diff:?}");
+    }
+
+    #[test]
+    fn pages_go_from_the_newest_back() {
+        let t0 = 1_000_000 * S;
+        let clock = Clock::now();
+        let mut r = Recent::new(Duration::from_mins(10));
+        for i in 0..10 {
+            r.push(event("192.168.50.12:8472"), t0 + i);
+        }
+        let mut q = Query { since: Duration::from_mins(10), host: None, limit: 4, before: None };
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = r.page(&q, t0 + S, &clock);
+            pages += 1;
+            assert!(page.events.len() <= 4);
+            assert!(page.events.windows(2).all(|w| w[0].mono_ns < w[1].mono_ns), "oldest first");
+            seen.splice(0..0, page.events.iter().map(|e| e.mono_ns - t0));
+            let Some(next) = page.next else {
+                assert_eq!(page.older, 0);
+                break;
+            };
+            assert_eq!(page.older, 10 - seen.len());
+            q.before = Some(next);
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen, (0..10).collect::<Vec<u64>>(), "every event once, in order");
     }
 }

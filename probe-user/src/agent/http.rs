@@ -2,7 +2,8 @@
 //! - `/metrics`  OpenMetrics when asked for it (Prometheus does), else the Prometheus text format
 //! - `/healthz`  200 while the probe loop is alive, 503 when it has stalled
 //! - `/readyz`   200 once the first probe cycle has finished, 503 before
-//! - `/events?since=DUR&host=IP`  recent kernel events (JSON), for cross-node correlation
+//! - `/events?since=DUR&host=IP&limit=N&continue=T`  recent kernel events (JSON, newest `limit`
+//!   a page, older ones behind `continue`), for cross-node correlation
 //! - `/report`   the last cycle's report (the JSON of `netcheck node -o json`)
 
 use std::{
@@ -18,7 +19,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, servi
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
-use super::{Shared, auth};
+use super::{Shared, auth, events};
 
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -194,7 +195,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/events" => match events_query(req.uri().query().unwrap_or(""), shared.window) {
-            Ok((since, host)) => respond(StatusCode::OK, "application/json", events_json(shared, since, host)),
+            Ok(query) => respond(StatusCode::OK, "application/json", events_json(shared, &query)),
             Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
         },
         "/report" => match shared.last_report.lock().expect("last report").clone() {
@@ -221,43 +222,67 @@ pub enum QueryError {
         #[source]
         source: std::net::AddrParseError,
     },
-    #[error("unknown parameter {0:?} (since, host)")]
+    #[error("limit={0}: a count from 1 to {max}", max = events::MAX_EVENTS)]
+    Limit(String),
+    #[error("continue={0}: not a token from this agent's answer")]
+    Continue(String),
+    #[error("unknown parameter {0:?} (since, host, limit, continue)")]
     Unknown(String),
 }
 
-/// `since` (default: the whole window, at most the window) and `host` from the query string.
-pub fn events_query(query: &str, window: Duration) -> Result<(Duration, Option<IpAddr>), QueryError> {
-    let (mut since, mut host) = (window, None);
+/// A page of `/events` holds at most this many unless `limit` says otherwise (about 400 KiB
+/// of JSON).
+pub const PAGE: usize = 1000;
+
+/// `since` (default: the whole window, at most the window), `host`, `limit` (default [`PAGE`],
+/// at most every event kept) and `continue` (the previous page's) from the query string.
+pub fn events_query(query: &str, window: Duration) -> Result<events::Query, QueryError> {
+    let mut q = events::Query { since: window, host: None, limit: PAGE, before: None };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "since" => {
                 let parsed = crate::time::parse_duration(value)
                     .map_err(|source| QueryError::Since { value: value.to_string(), source })?;
-                since = parsed.min(window);
+                q.since = parsed.min(window);
             }
             "host" => {
-                host = Some(value.parse().map_err(|source| QueryError::Host { value: value.to_string(), source })?);
+                q.host = Some(value.parse().map_err(|source| QueryError::Host { value: value.to_string(), source })?);
+            }
+            "limit" => {
+                q.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=events::MAX_EVENTS).contains(n))
+                    .ok_or_else(|| QueryError::Limit(value.to_string()))?;
+            }
+            "continue" => {
+                q.before = Some(value.parse().map_err(|_| QueryError::Continue(value.to_string()))?);
             }
             other => return Err(QueryError::Unknown(other.to_string())),
         }
     }
-    Ok((since, host))
+    Ok(q)
 }
 
-fn events_json(shared: &Shared, since: Duration, host: Option<IpAddr>) -> String {
+fn events_json(shared: &Shared, query: &events::Query) -> String {
     let now = SystemTime::now();
     // The kernel's monotonic stamps put on the wall clock as it is now (after any NTP step).
     let clock = crate::time::Clock::now();
-    let events = shared.recent.lock().expect("recent events").query(since, host, crate::time::monotonic_ns(), &clock);
-    serde_json::json!({
+    let page = shared.recent.lock().expect("recent events").page(query, crate::time::monotonic_ns(), &clock);
+    let mut body = serde_json::json!({
         "node": shared.node,
         "time": humantime::format_rfc3339_millis(now).to_string(),
-        "since_seconds": since.as_secs(),
+        "since_seconds": query.since.as_secs(),
         "capture": shared.capture,
-        "events": events,
-    })
-    .to_string()
+        "events": page.events,
+    });
+    // Like the API's lists: more to read is a token to send back (`continue`) and a count.
+    if let Some(next) = page.next {
+        body["continue"] = next.to_string().into();
+        body["remaining"] = page.older.into();
+    }
+    body.to_string()
 }
 
 #[cfg(test)]
@@ -267,11 +292,16 @@ mod tests {
     #[test]
     fn events_query_parses_and_bounds() {
         let w = Duration::from_mins(10);
-        assert_eq!(events_query("", w).unwrap(), (w, None));
-        assert_eq!(events_query("since=30s", w).unwrap().0, Duration::from_secs(30));
-        assert_eq!(events_query("since=45", w).unwrap().0, Duration::from_secs(45));
-        assert_eq!(events_query("since=2h", w).unwrap().0, w, "never past the window");
-        assert_eq!(events_query("host=10.0.0.1&since=1m", w).unwrap().1, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(events_query("", w).unwrap(), events::Query { since: w, host: None, limit: PAGE, before: None });
+        assert_eq!(events_query("since=30s", w).unwrap().since, Duration::from_secs(30));
+        assert_eq!(events_query("since=45", w).unwrap().since, Duration::from_secs(45));
+        assert_eq!(events_query("since=2h", w).unwrap().since, w, "never past the window");
+        assert_eq!(events_query("host=10.0.0.1&since=1m", w).unwrap().host, Some("10.0.0.1".parse().unwrap()));
+        let paged = events_query("limit=50&continue=123456789", w).unwrap();
+        assert_eq!((paged.limit, paged.before), (50, Some(123_456_789)));
+        for bad in ["limit=0", "limit=4097", "limit=many", "continue=abc"] {
+            assert!(events_query(bad, w).is_err(), "{bad}");
+        }
         assert!(events_query("since=soon", w).is_err());
         assert!(events_query("host=node-1", w).is_err());
         assert!(events_query("flow=1", w).is_err());
