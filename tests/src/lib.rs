@@ -224,10 +224,17 @@ impl Lab {
         if !(2..=9).contains(&count) {
             bail!("a lab has 2 to 9 nodes, not {count}");
         }
-        let mut lab = Self {
+        let mut lab = Self::empty(prefix, Vec::new())?;
+        lab.build(count).with_context(|| format!("building lab {prefix}"))?;
+        Ok(lab)
+    }
+
+    /// A lab named `prefix` knowing `nodes`, with nothing built yet.
+    fn empty(prefix: &str, nodes: Vec<Node>) -> Result<Self> {
+        Ok(Self {
             prefix: prefix.to_string(),
             switch: format!("{prefix}-ul"),
-            nodes: Vec::new(),
+            nodes,
             pods: Vec::new(),
             pki: pki::Pki::new("netcheck-lab-ca")?,
             synthetic_nodes: Vec::new(),
@@ -237,9 +244,7 @@ impl Lab {
             servers: Vec::new(),
             daemons: Vec::new(),
             keep: false,
-        };
-        lab.build(count).with_context(|| format!("building lab {prefix}"))?;
-        Ok(lab)
+        })
     }
 
     fn build(&mut self, count: u8) -> Result<()> {

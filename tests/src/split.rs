@@ -24,20 +24,7 @@ impl Lab {
         if !(2..=9).contains(&count) || !(1..=count).contains(&here) {
             bail!("a split lab has 2 to 9 nodes and this machine holds one of them, not node {here} of {count}");
         }
-        let mut lab = Self {
-            prefix: prefix.to_string(),
-            switch: format!("{prefix}-ul"),
-            nodes: (1..=count).map(|i| Node::of(prefix, i)).collect(),
-            pods: Vec::new(),
-            pki: pki::Pki::new("netcheck-lab-ca")?,
-            synthetic_nodes: Vec::new(),
-            api_writes: Arc::default(),
-            api_nodes: api_nodes::ApiNodes::default(),
-            api_requests: Arc::default(),
-            servers: Vec::new(),
-            daemons: Vec::new(),
-            keep: false,
-        };
+        let mut lab = Self::empty(prefix, (1..=count).map(|i| Node::of(prefix, i)).collect())?;
         let node = lab.node(here).clone();
         add_netns(&node.netns)?;
         // Moved into the namespace the card is down; renamed there, as a CNI renames a pod's.
