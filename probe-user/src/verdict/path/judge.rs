@@ -51,8 +51,11 @@ pub(super) fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]
                 hop(hops, Kind::Overlay, &mut |h| h.judge(Verdict::new(Status::Fail, v.cause, v.detail.clone())));
             }
             Status::Fail if !any_fail_from(hops, Kind::Underlay) => {
-                let detail =
-                    format!("{}; the fault is on the underlay or on the peer node ({})", v.detail, peer_side(report));
+                let mut side = peer_side(report);
+                if matches!(report.peer_events, Some(Ok(_))) {
+                    side.push_str(": look at the underlay between");
+                }
+                let detail = format!("{}; the fault is on the underlay or on the peer node ({side})", v.detail);
                 hop(hops, Kind::Underlay, &mut |h| h.judge(Verdict::new(Status::Fail, v.cause, detail.clone())));
             }
             Status::Fail => {
@@ -71,13 +74,16 @@ pub(super) fn judge_probes(report: &Report, probes: &[Check], hops: &mut [Draft]
             }
             Status::Fail if !hops.iter().any(|h| h.hop.status == Status::Fail) => {
                 let mut detail = f.detail.clone();
-                if hops.iter().any(|h| h.kind == Kind::Overlay)
-                    && find(Probe::Vxlan).is_some_and(|v| v.status == Status::Pass)
-                {
+                let overlay = hops.iter().any(|h| h.kind == Kind::Overlay);
+                if overlay && find(Probe::Vxlan).is_some_and(|v| v.status == Status::Pass) {
                     detail.push_str(
                         "; the overlay itself carries traffic to the peer node (VXLAN echo answered), so the fault is \
                          past the peer's VTEP",
                     );
+                }
+                if overlay {
+                    // Past the tunnel the packet is in the peer's kernel.
+                    let _ = write!(detail, " ({})", peer_side(report));
                 }
                 hop(hops, last, &mut |h| h.judge(Verdict::new(Status::Fail, f.cause, detail.clone())));
             }
@@ -97,7 +103,7 @@ pub(super) fn peer_side(report: &Report) -> String {
         (Some(_), None) => "the peer's side is not visible from here: no peer node to ask".into(),
         (Some(_), Some(Err(e))) => format!("the peer's side is not visible from here: its {e}"),
         (Some(port), Some(Ok(_))) => {
-            format!("the agent on {peer}:{port} saw no drop of these packets on the peer: look at the underlay between")
+            format!("the agent on {peer}:{port} saw no drop of these packets on the peer")
         }
     }
 }
