@@ -78,7 +78,17 @@ pub fn run(dir: &Path, kernels: [&Kernel; 2], bin: &Binaries) -> Result<PairResu
                 format!("virtio-net-pci,netdev=link,mac={}", side.mac),
             ],
         };
-        children.push(qemu(kernels[i], &out, &guest)?);
+        match qemu(kernels[i], &out, &guest) {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                // Not one guest left waiting for a peer that never boots.
+                for mut child in children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(e);
+            }
+        }
     }
     let started = Instant::now();
     let mut powered_off = true;
