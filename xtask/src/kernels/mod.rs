@@ -136,10 +136,17 @@ fn build() -> Result<Binaries> {
     for t in TESTS {
         args.extend(["--test", t]);
     }
-    let tests = executables(&args)?;
-    let bench =
-        executables(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--no-run", "--message-format=json"])?;
-    let two_kernels = executables(&["build", "-p", "netcheck-tests", "--bin", "two-kernels", "--message-format=json"])?;
+    let tests = executables(&args, "test")?;
+    let names: Vec<&str> = tests.iter().map(|(n, _)| n.as_str()).collect();
+    if names.len() != TESTS.len() || !TESTS.iter().all(|t| names.contains(t)) {
+        bail!("the guests' test binaries are {TESTS:?}, cargo built {names:?}");
+    }
+    let bench = executables(
+        &["bench", "-p", "netcheck-tests", "--bench", "capture", "--no-run", "--message-format=json"],
+        "bench",
+    )?;
+    let two_kernels =
+        executables(&["build", "-p", "netcheck-tests", "--bin", "two-kernels", "--message-format=json"], "bin")?;
     Ok(Binaries {
         netcheck: root().join("target").join(target).join("release/netcheck"),
         tests,
@@ -148,8 +155,10 @@ fn build() -> Result<Binaries> {
     })
 }
 
-/// `(target name, executable)` of what a `cargo ... --no-run --message-format=json` built.
-fn executables(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+/// `(target name, executable)` of the targets of `kind` (`test`, `bench`, `bin`) that a
+/// `cargo ... --message-format=json` built (a test or bench build also builds the package's
+/// binaries, for `CARGO_BIN_EXE_*`: those are not the tests).
+fn executables(args: &[&str], kind: &str) -> Result<Vec<(String, PathBuf)>> {
     let out = Command::new("cargo").args(args).current_dir(root()).stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
         bail!("cargo {} failed", args.join(" "));
@@ -157,6 +166,10 @@ fn executables(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let mut found = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let of_kind = v["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == kind));
+        if !of_kind {
+            continue;
+        }
         if let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str()) {
             found.push((name.to_string(), PathBuf::from(exe)));
         }
