@@ -45,6 +45,12 @@ fn has(cap: Capability) -> bool {
     caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false)
 }
 
+/// Whether this process may read the kernel's netfilter state (iptables rules, conntrack,
+/// nftables): every nfnetlink message and x_tables' getsockopt need CAP_NET_ADMIN.
+pub fn net_admin() -> bool {
+    has(Capability::CAP_NET_ADMIN)
+}
+
 /// What the eBPF capture lacks here: tracing programs (tp_btf) need CAP_BPF and CAP_PERFMON
 /// (CAP_SYS_ADMIN implies both), and the kernel's BTF. Empty when capture can load.
 pub fn capture_missing() -> Vec<Requirement> {

@@ -306,8 +306,24 @@ fn api(args: &Args) -> Result<()> {
             ensure!(started.elapsed() < Duration::from_mins(3), "N = {n}: no list or no watches: {text}");
             std::thread::sleep(Duration::from_millis(200));
         }
-        // The watches' own initial lists are answered by now.
-        std::thread::sleep(Duration::from_secs(1));
+        // The watches' own initial lists and watch requests (one pair per watched peer) come
+        // after: the steady state starts once no node request has arrived for a second (on a
+        // loaded machine they took more than a second at N = 1000, and counted as steady state).
+        let node_requests = || {
+            let log = lab.api_requests.lock().expect("api requests");
+            log.iter().filter(|r| r.method == "GET" && r.target.starts_with("/api/v1/nodes")).count()
+        };
+        let quiet_since = Instant::now();
+        let mut seen = node_requests();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = node_requests();
+            if now == seen {
+                break;
+            }
+            seen = now;
+            ensure!(quiet_since.elapsed() < Duration::from_secs(30), "N = {n}: node requests never settled");
+        }
         let log: Vec<ApiRequest> = lab.api_requests.lock().expect("api requests").clone();
         let pages: Vec<&ApiRequest> = log.iter().filter(|r| r.is_full_node_list()).collect();
         let list_bytes: usize = pages.iter().map(|r| r.bytes).sum();

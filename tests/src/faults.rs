@@ -82,6 +82,70 @@ impl Lab {
         )
     }
 
+    /// Fault (issue 16): node `node` stops forwarding (`net.ipv4.ip_forward=0`), or forwards again.
+    pub fn set_forwarding(&self, node: u8, on: bool) -> Result<()> {
+        sysctl(&self.node(node).netns, "net.ipv4.ip_forward", if on { "1" } else { "0" })
+    }
+
+    /// Fault: bridged frames on node `node` skip iptables (`bridge-nf-call-iptables=0`, a
+    /// per-namespace setting since 5.3), or pass it again.
+    pub fn set_bridge_netfilter(&self, node: u8, on: bool) -> Result<()> {
+        sysctl(&self.node(node).netns, "net.bridge.bridge-nf-call-iptables", if on { "1" } else { "0" })
+    }
+
+    /// Fault: a multi-homed node whose route back to `peer`'s underlay address leaves by a
+    /// second NIC (`eth1`, one end of a veth pair inside the node: the host kernel has no dummy driver) while the peer's packets arrive on `eth0`, with the
+    /// strict reverse-path filter on `eth0`: the kernel drops the peer's VXLAN packets.
+    pub fn asymmetric_underlay(&self, node: u8, peer: u8) -> Result<()> {
+        let ns = &self.node(node).netns;
+        ip(ns, "link add eth1 type veth peer name eth1p")?;
+        ip(ns, "addr add 192.168.60.1/24 dev eth1")?;
+        ip(ns, "link set eth1p up")?;
+        ip(ns, "link set eth1 up")?;
+        ip(ns, &format!("route add {}/32 dev eth1", self.node(peer).underlay_ip))?;
+        sysctl(ns, "net.ipv4.conf.eth0.rp_filter", "1")
+    }
+
+    /// Clears [`Self::asymmetric_underlay`].
+    pub fn symmetric_underlay(&self, node: u8) -> Result<()> {
+        let ns = &self.node(node).netns;
+        sysctl(ns, "net.ipv4.conf.eth0.rp_filter", "0")?;
+        ip(ns, "link del eth1")
+    }
+
+    /// Fault: the filter FORWARD policy of node `node` (as Docker sets it to DROP), in the nft
+    /// backend (the lab's `iptables`).
+    pub fn forward_policy(&self, node: u8, policy: &str) -> Result<()> {
+        iptables(&self.node(node).netns, &format!("-P FORWARD {policy}"))
+    }
+
+    /// The CNI's accept rules for the pod network in FORWARD (flanneld's, both directions).
+    pub fn accept_pod_forwarding(&self, node: u8) -> Result<()> {
+        let ns = &self.node(node).netns;
+        iptables(ns, "-N NC-FWD")?;
+        iptables(ns, "-A FORWARD -j NC-FWD")?;
+        iptables(ns, &format!("-A NC-FWD -s {POD_CIDR} -j ACCEPT"))?;
+        iptables(ns, &format!("-A NC-FWD -d {POD_CIDR} -j ACCEPT"))
+    }
+
+    /// Clears [`Self::accept_pod_forwarding`].
+    pub fn remove_pod_forwarding(&self, node: u8) -> Result<()> {
+        let ns = &self.node(node).netns;
+        iptables(ns, "-D FORWARD -j NC-FWD")?;
+        iptables(ns, "-F NC-FWD")?;
+        iptables(ns, "-X NC-FWD")
+    }
+
+    /// Fault: a rule in the iptables-legacy backend beside the nft one (an old tool or image
+    /// still on legacy), `add` or delete it.
+    pub fn legacy_rule(&self, node: u8, add: bool) -> Result<()> {
+        let op = if add { "-A" } else { "-D" };
+        let rule = format!("{op} POSTROUTING -s {POD_CIDR} -j RETURN");
+        let mut args = vec!["netns", "exec", &self.node(node).netns, "iptables-legacy", "-w", "-t", "nat"];
+        args.extend(rule.split_whitespace());
+        run("ip", &args)
+    }
+
     /// Packets counted by the first rule of a chain (to prove a fault really fired).
     pub fn rule_packets(&self, netns: &str, table: &str, chain: &str) -> Result<u64> {
         let out = output("ip", &["netns", "exec", netns, "iptables", "-t", table, "-L", chain, "-v", "-n", "-x"])?;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod certs;
 pub mod cni;
 pub mod flannel;
+pub mod iptables;
 pub mod kubeconfig;
 pub mod kubelet_config;
 pub mod netlink;
@@ -16,6 +17,7 @@ pub mod nodes;
 pub mod peer_agent;
 pub mod pki;
 pub mod pods;
+pub mod prerequisites;
 pub mod resolv_conf;
 pub mod runtime;
 

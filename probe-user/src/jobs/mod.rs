@@ -47,6 +47,11 @@ pub enum Job {
     },
     Mtu(mtu::Spec),
     Vxlan(vxlan::Spec),
+    /// `node`'s netfilter prerequisites, judged against the node's pod subnet when known.
+    Prerequisites {
+        spec: discovery::prerequisites::Spec,
+        pods: Option<(std::net::Ipv4Addr, u8)>,
+    },
     /// A job about a peer node: its checks carry the peer's name (`Check::peer`).
     Peer {
         name: String,
@@ -163,6 +168,7 @@ impl Job {
             Self::ApiServer { target, .. } => (Probe::Apiserver, target.to_string()),
             Self::Mtu(spec) => (Probe::Mtu, spec.host.to_string()),
             Self::Vxlan(spec) => (Probe::Vxlan, format!("{}:{}", spec.peer, spec.port)),
+            Self::Prerequisites { .. } => (Probe::Sysctl, "node".to_string()),
             Self::Peer { name, job } => {
                 let mut inner = job.subject();
                 inner.peer = Some(name.clone());
@@ -233,6 +239,9 @@ async fn run_job(
             vec![verdict::cert::endpoint_verdict(Probe::Apiserver, report, roots, opts.warn_days, capture_on)]
         }
         Job::Dns(spec) => verdict::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
+        Job::Prerequisites { spec, pods } => {
+            verdict::prerequisites::verdicts(&discovery::prerequisites::read(&spec, deadline).await, pods)
+        }
         Job::Peer { name, job } => {
             let mut checks = Box::pin(run_job(*job, opts, deadline, capture)).await;
             for c in &mut checks {

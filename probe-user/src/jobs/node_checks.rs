@@ -173,6 +173,7 @@ pub async fn plan_read(
     let cni = discovery::cni::read_in(node, &files.cni_dirs);
     let env = files.subnet_env.as_ref().map(|(e, _)| e);
     jobs.push(Job::Done(vec![crate::verdict::cni::verdict(&cni, env, root, &links)]));
+    jobs.push(prerequisites_job(&cni, env, &links, overlay, &probed));
     jobs.extend(super::pki_jobs(node, root, files.kubelet_setup.config.client_ca_file()));
     if !skipped.is_empty() {
         let checks = skipped
@@ -182,6 +183,86 @@ pub async fn plan_read(
         jobs.push(Job::Done(checks));
     }
     Planned { jobs, known, probed }
+}
+
+/// The netfilter prerequisites, asked of the devices packets reach this node by: the pod
+/// bridge (from a pod of this node), the overlay (from a peer's VTEP) and the underlay (from a
+/// peer's address), the first probed peer standing for all.
+fn prerequisites_job(
+    cni: &discovery::cni::Found,
+    env: Option<&discovery::flannel::SubnetEnv>,
+    links: &[discovery::netlink::Link],
+    overlay: Option<&VxlanDevice>,
+    probed: &[PeerNode],
+) -> Job {
+    use discovery::prerequisites::{Arrival, Spec};
+    let mut spec = Spec::default();
+    let bridge = cni
+        .config
+        .as_ref()
+        .ok()
+        .and_then(|c| c.plugins.iter().find_map(discovery::cni::Plugin::bridge_device))
+        .and_then(|name| links.iter().find(|l| l.name == name));
+    let subnet =
+        env.and_then(|e| e.subnet.as_deref()).and_then(parse_cidr).or_else(|| bridge?.addresses.first().copied());
+    let pods = subnet.map(|(ip, len)| (network(ip, len), len));
+    if let Some(bridge) = bridge {
+        spec.bridge = Some(bridge.name.clone());
+        match (bridge.addresses.first(), pods) {
+            (Some((gateway, _)), Some(pods)) => spec.arrivals.push(Arrival {
+                device: bridge.name.clone(),
+                source: pod_address(*gateway, pods),
+                sender: "a pod of this node".into(),
+            }),
+            _ => spec.unknown.push((bridge.name.clone(), format!("{} has no pod subnet address", bridge.name))),
+        }
+    }
+    if let Some(dev) = overlay {
+        match probed.iter().find(|p| p.vtep.is_some()) {
+            Some(peer) => spec.arrivals.push(Arrival {
+                device: dev.name.clone(),
+                source: peer.vtep.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                sender: format!("peer {}'s VTEP", peer.name),
+            }),
+            None => spec.unknown.push((dev.name.clone(), "no peer's overlay address is known".into())),
+        }
+        let underlay = dev.local.and_then(|local| links.iter().find(|l| l.addresses.iter().any(|(a, _)| *a == local)));
+        match (underlay, probed.first()) {
+            (Some(link), Some(peer)) => spec.arrivals.push(Arrival {
+                device: link.name.clone(),
+                source: peer.underlay,
+                sender: format!("peer {}", peer.name),
+            }),
+            (Some(link), None) => spec.unknown.push((link.name.clone(), "no peer is known".into())),
+            (None, _) => {
+                spec.unknown.push(("underlay".into(), format!("no device holds {}'s local address", dev.name)));
+            }
+        }
+    }
+    Job::Prerequisites { spec, pods }
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((ip.parse().ok()?, len))
+}
+
+fn network(ip: Ipv4Addr, len: u8) -> Ipv4Addr {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+    Ipv4Addr::from(u32::from(ip) & mask)
+}
+
+/// An address of the pod subnet that is not the gateway's: the one after it, or before it
+/// at the subnet's end.
+fn pod_address(gateway: Ipv4Addr, (subnet, len): (Ipv4Addr, u8)) -> Ipv4Addr {
+    let after = Ipv4Addr::from(u32::from(gateway).wrapping_add(1));
+    let broadcast = Ipv4Addr::from(u32::from(subnet) | !(u32::MAX << (32 - u32::from(len.min(31)))));
+    if len < 31 && network(after, len) == subnet && after != broadcast {
+        after
+    } else {
+        Ipv4Addr::from(u32::from(gateway).wrapping_sub(1))
+    }
 }
 
 /// The cluster DNS as a pod on this node sees it: clusterDNS and clusterDomain from the

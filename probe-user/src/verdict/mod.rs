@@ -7,6 +7,7 @@ pub mod dns;
 pub mod kubelet;
 pub mod mtu;
 pub mod path;
+pub mod prerequisites;
 pub mod problems;
 mod tcp;
 pub mod vxlan;
@@ -85,6 +86,12 @@ pub enum Probe {
     UnderlayMtu,
     /// `path`'s TCP probe from the node's own namespace.
     FromNode,
+    /// `node`'s kernel settings: forwarding, bridge netfilter, the reverse-path filter.
+    Sysctl,
+    /// `node`'s conntrack table.
+    Conntrack,
+    /// `node`'s iptables rules (both backends).
+    Iptables,
 }
 
 impl Probe {
@@ -106,6 +113,9 @@ impl Probe {
             Self::Gateway => "gateway",
             Self::UnderlayMtu => "underlay-mtu",
             Self::FromNode => "from-node",
+            Self::Sysctl => "sysctl",
+            Self::Conntrack => "conntrack",
+            Self::Iptables => "iptables",
         }
     }
 }
@@ -214,6 +224,18 @@ pub enum Cause {
     /// A configuration file the kubelet reads (its `--config`, a drop-in, kubeadm's
     /// config.yaml) is unreadable, not a regular file or not a KubeletConfiguration.
     KubeletMisconfigured,
+    /// `net.ipv4.ip_forward` is not 1: the node does not forward its pods' packets.
+    IpForwardOff,
+    /// Pods sit on a bridge and br_netfilter is not loaded or `bridge-nf-call-iptables` is 0.
+    BridgeNetfilterOff,
+    /// The reverse-path filter drops packets the node receives from its pods or peers.
+    RpFilterDrop,
+    /// The conntrack table is full (fail) or nearly full (warn).
+    ConntrackFull,
+    /// A FORWARD chain's policy is DROP and no rule accepts the node's pods.
+    ForwardDrop,
+    /// Both iptables backends hold rules.
+    IptablesMixed,
     /// netcheck itself failed while checking (a crash in the check): a failure, never a gap.
     InternalError,
 }
@@ -248,6 +270,12 @@ impl Cause {
             Self::VxlanMisconfigured => "vxlan_misconfigured",
             Self::CniMisconfigured => "cni_misconfigured",
             Self::KubeletMisconfigured => "kubelet_misconfigured",
+            Self::IpForwardOff => "ip_forward_off",
+            Self::BridgeNetfilterOff => "bridge_netfilter_off",
+            Self::RpFilterDrop => "rp_filter_drop",
+            Self::ConntrackFull => "conntrack_full",
+            Self::ForwardDrop => "forward_drop",
+            Self::IptablesMixed => "iptables_mixed",
             Self::InternalError => "internal_error",
         }
     }

@@ -40,11 +40,15 @@ impl std::fmt::Display for Row {
 pub fn rows(r: &netcheck::Run, root: &Path) -> Vec<Row> {
     let root = root.display().to_string();
     let root = root.trim_end_matches('/');
+    // The netfilter prerequisites are the namespace's, not the root's: tests/tests/
+    // prerequisites.rs judges them on the lab.
+    let netns_rows = ["sysctl", "conntrack", "iptables"];
     let mut rows: Vec<Row> = r.json["checks"]
         .as_array()
         .map(|checks| {
             checks
                 .iter()
+                .filter(|c| !netns_rows.contains(&c["probe"].as_str().unwrap_or_default()))
                 .map(|c| {
                     let target = c["target"].as_str().unwrap_or_default();
                     let target = match target.strip_prefix(root) {

@@ -49,6 +49,8 @@ impl SoloNode {
             host::ip(&ns, &format!("addr add {api}/32 dev eth0"))?;
         }
         host::ip(&ns, "link set eth0 mtu 1500 up")?;
+        // A node forwards its pods' packets (kubeadm's preflight requires it).
+        host::sysctl(&ns, "net.ipv4.ip_forward", "1")?;
         host::ip(&ns, &format!("link add flannel.1 type vxlan id 1 local {} dev eth0 dstport 8472 nolearning", n.ip))?;
         host::ip(&ns, &format!("addr add {}/32 dev flannel.1", n.vtep()))?;
         host::ip(&ns, "link set flannel.1 mtu 1450 up")?;
