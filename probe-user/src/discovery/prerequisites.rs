@@ -127,9 +127,9 @@ fn bridge_netfilter() -> BridgeNetfilter {
 
 async fn rp_filter(arrivals: &[Arrival]) -> Vec<RpFilter> {
     let links = netlink::links().await.unwrap_or_default();
+    let all = read_u8(&format!("{SYS}/ipv4/conf/all/rp_filter")).ok();
     let mut out = Vec::new();
     for arrival in arrivals {
-        let all = read_u8(&format!("{SYS}/ipv4/conf/all/rp_filter")).ok();
         let dev = read_u8(&format!("{SYS}/ipv4/conf/{}/rp_filter", arrival.device)).ok();
         let mode = all.max(dev);
         let answer = match links.iter().find(|l| l.name == arrival.device) {
