@@ -32,8 +32,10 @@ impl Lab {
         let writes = self.api_writes.clone();
         let store = Arc::new(api_nodes::NodeStore::new(&nodes, self.api_nodes.clone()));
         let log = self.api_requests.clone();
+        let services = self.services.clone();
         self.servers.push(serve(&n.netns, addr, move |s| {
             let (body, nodes, pods, writes) = (body.clone(), nodes.clone(), pods.clone(), writes.clone());
+            let services = services.clone();
             api_nodes::serve_api_connection(config.clone(), s, &store, &log, move |request| {
                 if let Some(answer) = review(request) {
                     return answer;
@@ -41,6 +43,9 @@ impl Lab {
                 if let Some(written) = api_write(request, &nodes) {
                     writes.lock().expect("api writes").push(written.0);
                     return written.1;
+                }
+                if let Some(answer) = service_response(request, &services.lock().expect("services")) {
+                    return answer;
                 }
                 api_response(request, &body, &nodes, &pods)
             });
@@ -273,6 +278,55 @@ pub(crate) fn review(request: &[u8]) -> Option<Vec<u8>> {
         )
         .into_bytes(),
     )
+}
+
+/// The lab's Services: `GET /api/v1/namespaces/NS/services/NAME`, `GET /api/v1/services` (the
+/// list) and a Service's EndpointSlices by the `kubernetes.io/service-name` label (kube-dns's
+/// are answered by [`api_response`], from the endpoints `serve_api` was given). None: not a
+/// request about a lab Service.
+pub(crate) fn service_response(request: &[u8], services: &[LabService]) -> Option<Vec<u8>> {
+    let line = String::from_utf8_lossy(request).lines().next().unwrap_or_default().to_string();
+    let path = line.strip_prefix("GET ")?.split(' ').next()?.to_string();
+    let (path_only, query) = path.split_once('?').unwrap_or((&path, ""));
+    let ok = |body: serde_json::Value| Some(http_json("200 OK", &body.to_string()));
+    if path_only == "/api/v1/services" {
+        let items: Vec<serde_json::Value> = services.iter().map(LabService::to_json).collect();
+        return ok(
+            serde_json::json!({"kind": "ServiceList", "apiVersion": "v1", "metadata": {"resourceVersion": "1053"}, "items": items}),
+        );
+    }
+    let parts: Vec<&str> = path_only.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["api", "v1", "namespaces", ns, "services", name] => {
+            let found = services.iter().find(|s| s.namespace == *ns && s.name == *name);
+            Some(found.map_or_else(not_found, |s| http_json("200 OK", &s.to_json().to_string())))
+        }
+        ["apis", "discovery.k8s.io", "v1", "namespaces", ns, "endpointslices"] => {
+            let wanted = query.split_once("kubernetes.io%2Fservice-name%3D")?.1.split('&').next()?.to_string();
+            if wanted == "kube-dns" {
+                return None;
+            }
+            let found = services.iter().find(|s| s.namespace == *ns && s.name == wanted);
+            found.map_or_else(
+                || ok(serde_json::json!({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1", "metadata": {"resourceVersion": "1052"}, "items": []})),
+                |s| ok(s.slices_json()),
+            )
+        }
+        _ => None,
+    }
+}
+
+fn http_json(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn not_found() -> Vec<u8> {
+    let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+    http_json("404 Not Found", &status.to_string())
 }
 
 pub(crate) fn api_response(request: &[u8], endpoint_slices: &str, nodes: &str, pods: &[Pod]) -> Vec<u8> {

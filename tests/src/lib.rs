@@ -40,6 +40,7 @@ pub mod deploy;
 mod faults;
 mod host;
 pub mod kernel;
+mod kube_proxy;
 pub mod layouts;
 pub mod netcheck;
 pub mod pki;
@@ -50,6 +51,7 @@ use self::servers::serve;
 pub use self::{
     api::{ADMIN_TOKEN, NO_RIGHTS_TOKEN},
     host::*,
+    kube_proxy::{LabEndpoint, LabPort, LabService, Programming},
     servers::{http_get, http_get_as},
 };
 
@@ -190,6 +192,8 @@ pub struct Lab {
     pub api_nodes: api_nodes::ApiNodes,
     /// Every request the API stand-in answered, in order, with the bytes it sent.
     pub api_requests: Arc<std::sync::Mutex<Vec<api_nodes::ApiRequest>>>,
+    /// The Services the API stand-in serves and the kube-proxy stand-in programs.
+    pub services: Arc<std::sync::Mutex<Vec<LabService>>>,
     servers: Vec<Server>,
     /// Daemons (dnsmasq) running inside lab namespaces, by name; killed when dropped.
     daemons: Vec<(String, std::process::Child)>,
@@ -241,6 +245,7 @@ impl Lab {
             api_writes: Arc::default(),
             api_nodes: api_nodes::ApiNodes::default(),
             api_requests: Arc::default(),
+            services: Arc::default(),
             servers: Vec::new(),
             daemons: Vec::new(),
             keep: false,

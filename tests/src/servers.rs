@@ -42,8 +42,9 @@ impl Lab {
     /// - a CoreDNS pod on each node (10.244.N.10), authoritative for cluster.local (unknown
     ///   names are NXDOMAIN) and forwarding everything else to the upstream, without a cache;
     /// - the upstream resolver on the underlay (192.168.50.53), knowing www.example.com;
-    /// - the kube-dns Service IP 10.96.0.10, DNATed by each node to a random endpoint the way
-    ///   kube-proxy's iptables mode does (UDP and TCP 53).
+    /// - the kube-dns Service (10.96.0.10, ports `dns` UDP 53 and `dns-tcp` TCP 53) in the API
+    ///   stand-in, and the kube-proxy stand-in's rules for it on each node, DNATing to a
+    ///   random endpoint as kube-proxy's iptables mode does.
     pub fn start_dns(&mut self) -> Result<Dns> {
         let up = format!("{}-up", self.prefix);
         add_netns(&up)?;
@@ -61,6 +62,7 @@ impl Lab {
             &["--local=/#/", &format!("--host-record={external},{external_ip}")],
         )?;
         let mut endpoints = Vec::new();
+        let mut lab_endpoints = Vec::new();
         for node in [1u8, 2] {
             let pod = self.add_pod(node, &format!("dns{node}"), 10)?;
             let (cluster, cluster_ip) = CLUSTER_NAME;
@@ -76,6 +78,7 @@ impl Lab {
                 ],
             )?;
             endpoints.push(pod.ip);
+            lab_endpoints.push(LabEndpoint { ip: pod.ip, node, pod: pod.name.clone(), ready: true });
         }
         for node in &self.nodes {
             let ns = &node.netns;
@@ -83,24 +86,18 @@ impl Lab {
             // then the packet is routed again); the lab has no default route, so the Service
             // CIDR gets one of its own.
             ip(ns, &format!("route add {SERVICE_CIDR} dev eth0"))?;
-            iptables(ns, "-t nat -N KUBE-SVC-DNS")?;
-            iptables(
-                ns,
-                &format!(
-                    "-t nat -A KUBE-SVC-DNS -m statistic --mode random --probability 0.5 -j DNAT --to-destination {}",
-                    endpoints[0]
-                ),
-            )?;
-            iptables(ns, &format!("-t nat -A KUBE-SVC-DNS -j DNAT --to-destination {}", endpoints[1]))?;
-            for proto in ["udp", "tcp"] {
-                for chain in ["PREROUTING", "OUTPUT"] {
-                    iptables(
-                        ns,
-                        &format!("-t nat -A {chain} -d {DNS_SERVICE_IP}/32 -p {proto} --dport 53 -j KUBE-SVC-DNS"),
-                    )?;
-                }
-            }
         }
+        self.add_service(LabService {
+            namespace: "kube-system".into(),
+            name: "kube-dns".into(),
+            cluster_ip: DNS_SERVICE_IP,
+            ports: vec![
+                LabPort { name: "dns".into(), port: 53, udp: true, target_port: 53 },
+                LabPort { name: "dns-tcp".into(), port: 53, udp: false, target_port: 53 },
+            ],
+            endpoints: lab_endpoints,
+        });
+        self.sync_kube_proxy()?;
         Ok(Dns { service: DNS_SERVICE_IP, endpoints, upstream: UPSTREAM_DNS_IP })
     }
 

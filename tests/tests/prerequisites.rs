@@ -78,9 +78,12 @@ fn each_netfilter_prerequisite_fails_alone() {
         detail(&checks, "rp_filter flannel.1"),
         "0 (off): the kernel accepts packets from 10.244.2.0 (peer n2's VTEP) on flannel.1"
     );
-    // flannel's masquerade and the lab's Service DNAT, all in nat.
+    // flannel's masquerade and the kube-proxy stand-in's Service rules (nat, and filter's jumps).
     let backends = detail(&checks, "backends");
-    assert!(backends.starts_with("iptables-nft only: ") && backends.ends_with(" rules (tables nat)"), "{backends}");
+    assert!(
+        backends.starts_with("iptables-nft only: ") && backends.ends_with(" rules (tables filter, nat)"),
+        "{backends}"
+    );
 
     lab.set_forwarding(1, false).unwrap();
     let (r, checks) = rows(&lab, &root, &kc);

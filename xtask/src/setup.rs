@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "musl-tools",             // the image's static netcheck (C parts of ring built with musl-gcc)
     "busybox-static",         // the image's shell and tools
     "gcc",                    // cc -static: the stand-in kubelet of tests/tests/kubelet_process.rs
+    "conntrack",              // the service test runs the conntrack -D netcheck prints for a stale entry
     "libc6-dev",              // its static libc
     "openssl",                // X.509 v1 certificates for tests/tests/cert.rs (rcgen makes only v3)
     "skopeo",                 // CI inspects the image archive

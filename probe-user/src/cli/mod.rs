@@ -119,6 +119,9 @@ fn plan(
             }
             Ok((jobs, CertOptions::default()))
         }
+        CheckCommand::Service { services, udp, probes } => {
+            Ok((service_jobs(services, *udp, *probes, host_root, kubeconfig)?, CertOptions::default()))
+        }
         CheckCommand::Mtu { hosts, max, subnet_env } => {
             let cni_mtu = match subnet_env {
                 Some(p) => discovery::flannel::SubnetEnv::read(p)?.mtu.map(|m| (m, p.clone())),
@@ -166,6 +169,30 @@ fn plan(
             Ok((jobs, CertOptions { server_name: server_name.clone(), roots, warn_days: *warn_days }))
         }
     }
+}
+
+fn service_jobs(
+    services: &[String],
+    udp: bool,
+    probes: u16,
+    host_root: Option<&Path>,
+    kubeconfig: Option<&Path>,
+) -> AnyResult<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for s in services {
+        let wanted = discovery::services::Wanted::parse(s)?;
+        jobs.push(Job::Service(Box::new(crate::probes::service::Spec {
+            wanted,
+            l4: udp.then_some(discovery::conntrack::L4::Udp),
+            probes: usize::from(probes),
+            discover: Some(dns::Discover {
+                kubeconfig: kubeconfig.map(Path::to_path_buf),
+                host_root: discovery::host_root(host_root),
+                client: None,
+            }),
+        })));
+    }
+    Ok(jobs)
 }
 
 /// What a command line asks for, read and checked before anything touches the system.

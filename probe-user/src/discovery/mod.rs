@@ -6,8 +6,10 @@
 pub mod api;
 pub mod certs;
 pub mod cni;
+pub mod conntrack;
 pub mod flannel;
 pub mod iptables;
+pub mod kube_proxy;
 pub mod kubeconfig;
 pub mod kubelet_config;
 pub mod netlink;
@@ -20,6 +22,7 @@ pub mod pods;
 pub mod prerequisites;
 pub mod resolv_conf;
 pub mod runtime;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 

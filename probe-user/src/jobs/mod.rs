@@ -52,6 +52,8 @@ pub enum Job {
         spec: discovery::prerequisites::Spec,
         pods: Option<(std::net::Ipv4Addr, u8)>,
     },
+    /// `check service`: a Service port through kube-proxy.
+    Service(Box<crate::probes::service::Spec>),
     /// A job about a peer node: its checks carry the peer's name (`Check::peer`).
     Peer {
         name: String,
@@ -169,6 +171,7 @@ impl Job {
             Self::Mtu(spec) => (Probe::Mtu, spec.host.to_string()),
             Self::Vxlan(spec) => (Probe::Vxlan, format!("{}:{}", spec.peer, spec.port)),
             Self::Prerequisites { .. } => (Probe::Sysctl, "node".to_string()),
+            Self::Service(spec) => (Probe::Service, spec.wanted.to_string()),
             Self::Peer { name, job } => {
                 let mut inner = job.subject();
                 inner.peer = Some(name.clone());
@@ -241,6 +244,9 @@ async fn run_job(
         Job::Dns(spec) => verdict::dns::verdicts(&dns::run(*spec, deadline, capture).await, capture_on),
         Job::Prerequisites { spec, pods } => {
             verdict::prerequisites::verdicts(&discovery::prerequisites::read(&spec, deadline).await, pods)
+        }
+        Job::Service(spec) => {
+            verdict::service::verdicts(&crate::probes::service::run(*spec, deadline, capture).await, capture_on)
         }
         Job::Peer { name, job } => {
             let mut checks = Box::pin(run_job(*job, opts, deadline, capture)).await;

@@ -28,20 +28,26 @@ pub struct Healthz {
 /// `GET /healthz` over plain HTTP on 127.0.0.1 (where kubelets bind it), within `deadline`.
 pub async fn healthz(port: u16, deadline: Duration) -> Healthz {
     let started = Instant::now();
-    let result = match tokio::time::timeout(deadline, get_healthz(port)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:.1} s", deadline.as_secs_f64())),
-    };
+    let result = get(std::net::Ipv4Addr::LOCALHOST.into(), port, "/healthz", deadline).await;
     Healthz { result, elapsed: started.elapsed() }
 }
 
-async fn get_healthz(port: u16) -> Result<(u16, String), String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
-    stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.map_err(|e| format!("write: {e}"))?;
-    let mut response = Vec::new();
-    // A healthz answer is a few bytes; cap what is read.
-    stream.take(64 << 10).read_to_end(&mut response).await.map_err(|e| format!("read: {e}"))?;
-    parse_response(&response)
+/// `GET path` over plain HTTP/1.0 (a node component's health or status page), within
+/// `deadline`: the status code and body.
+pub async fn get(ip: std::net::IpAddr, port: u16, path: &str, deadline: Duration) -> Result<(u16, String), String> {
+    let asked = async {
+        let mut stream = tokio::net::TcpStream::connect((ip, port)).await.map_err(|e| format!("connect: {e}"))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        // A health or status answer is a few bytes; cap what is read.
+        stream.take(64 << 10).read_to_end(&mut response).await.map_err(|e| format!("read: {e}"))?;
+        parse_response(&response)
+    };
+    match tokio::time::timeout(deadline, asked).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {:.1} s", deadline.as_secs_f64())),
+    }
 }
 
 /// Status code and body of an HTTP/1.x response.

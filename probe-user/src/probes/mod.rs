@@ -7,6 +7,7 @@ pub mod icmp;
 pub mod kubelet;
 pub mod mtu;
 pub mod path;
+pub mod service;
 pub mod target;
 pub mod tcp;
 pub mod vxlan;

@@ -9,6 +9,7 @@ pub mod mtu;
 pub mod path;
 pub mod prerequisites;
 pub mod problems;
+pub mod service;
 mod tcp;
 pub mod vxlan;
 
@@ -90,8 +91,14 @@ pub enum Probe {
     Sysctl,
     /// `node`'s conntrack table.
     Conntrack,
-    /// `node`'s iptables rules (both backends).
+    /// `node`'s iptables rules (both backends); `check service`'s kube-proxy rules for a port.
     Iptables,
+    /// `check service`: the Service in the API, and its IP probed through kube-proxy's DNAT.
+    Service,
+    /// `check service`: kube-proxy's health and mode.
+    KubeProxy,
+    /// `check service`: one endpoint probed directly.
+    Endpoint,
 }
 
 impl Probe {
@@ -116,6 +123,9 @@ impl Probe {
             Self::Sysctl => "sysctl",
             Self::Conntrack => "conntrack",
             Self::Iptables => "iptables",
+            Self::Service => "service",
+            Self::KubeProxy => "kube-proxy",
+            Self::Endpoint => "endpoint",
         }
     }
 }
@@ -236,6 +246,17 @@ pub enum Cause {
     ForwardDrop,
     /// Both iptables backends hold rules.
     IptablesMixed,
+    /// The Service has no ready endpoint in its EndpointSlices.
+    ServiceNoEndpoints,
+    /// kube-proxy has not programmed the Service on this node: its rules are missing, or they
+    /// DNAT to addresses that are not the Service's ready endpoints.
+    ServiceNotProgrammed,
+    /// kube-proxy's `/healthz` does not answer healthy.
+    KubeProxyUnhealthy,
+    /// Probes DNATed to an endpoint failed, or the endpoint probed directly did.
+    EndpointFailed,
+    /// A UDP conntrack entry for the Service IP points at an address that is no longer an endpoint.
+    StaleConntrack,
     /// netcheck itself failed while checking (a crash in the check): a failure, never a gap.
     InternalError,
 }
@@ -276,6 +297,11 @@ impl Cause {
             Self::ConntrackFull => "conntrack_full",
             Self::ForwardDrop => "forward_drop",
             Self::IptablesMixed => "iptables_mixed",
+            Self::ServiceNoEndpoints => "service_no_endpoints",
+            Self::ServiceNotProgrammed => "service_not_programmed",
+            Self::KubeProxyUnhealthy => "kube_proxy_unhealthy",
+            Self::EndpointFailed => "endpoint_failed",
+            Self::StaleConntrack => "stale_conntrack",
             Self::InternalError => "internal_error",
         }
     }
@@ -368,6 +394,7 @@ pub enum Data {
     Vxlan(vxlan::VxlanData),
     Path(path::PathData),
     Cert(cert::CertData),
+    Service(service::ServiceData),
 }
 
 impl Check {

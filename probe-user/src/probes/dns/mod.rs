@@ -9,7 +9,7 @@
 //! was DNATed to an endpoint (the local side is untouched).
 
 mod lookup;
-mod query;
+pub(crate) mod query;
 
 use std::{
     net::{IpAddr, SocketAddr},

@@ -1,0 +1,312 @@
+//! The lab's Services and a kube-proxy stand-in: Services and EndpointSlices the API stand-in
+//! answers, and the iptables-mode rules kube-proxy writes for them, generated the way
+//! kube-proxy generates them (k/k pkg/proxy/iptables/proxier.go, v1.28+ layout: chain names
+//! hashed from the port name and protocol, a `KUBE-SEP-` chain per endpoint picked with
+//! `-m statistic --mode random`, a filter-table REJECT for a port without endpoints) and loaded
+//! with `iptables-restore --noflush` as kube-proxy does. Its `/healthz` (10256) and
+//! `/proxyMode` (10249) answer on the node's loopback.
+
+use sha2::Digest as _;
+
+use super::*;
+
+/// One Service of the lab.
+#[derive(Debug, Clone)]
+pub struct LabService {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    pub ports: Vec<LabPort>,
+    pub endpoints: Vec<LabEndpoint>,
+}
+
+/// One port of a Service: name ("" when unnamed), the Service port, UDP or TCP, the pods' port.
+#[derive(Debug, Clone)]
+pub struct LabPort {
+    pub name: String,
+    pub port: u16,
+    pub udp: bool,
+    pub target_port: u16,
+}
+
+/// One endpoint: a lab pod's IP, its node and name, its readiness.
+#[derive(Debug, Clone)]
+pub struct LabEndpoint {
+    pub ip: Ipv4Addr,
+    pub node: u8,
+    pub pod: String,
+    pub ready: bool,
+}
+
+impl LabPort {
+    fn proto(&self) -> &'static str {
+        if self.udp { "udp" } else { "tcp" }
+    }
+}
+
+impl LabService {
+    /// kube-proxy's name of one port (`ServicePortName.String()`).
+    fn port_name(&self, p: &LabPort) -> String {
+        if p.name.is_empty() {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}:{}", self.namespace, self.name, p.name)
+        }
+    }
+
+    /// The Service as `GET /api/v1/namespaces/NS/services/NAME` returns it.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let ports: Vec<serde_json::Value> = self
+            .ports
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::json!({
+                    "port": p.port,
+                    "protocol": p.proto().to_ascii_uppercase(),
+                    "targetPort": p.target_port
+                });
+                if !p.name.is_empty() {
+                    v["name"] = p.name.clone().into();
+                }
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "kind": "Service",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "uid": format!("0b1c6a52-{:04x}-4d7e-9a40-5c1f2e3d4b6a", self.cluster_ip.octets()[3]),
+                "resourceVersion": "1051"
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": self.cluster_ip.to_string(),
+                "clusterIPs": [self.cluster_ip.to_string()],
+                "ipFamilies": ["IPv4"],
+                "ports": ports,
+                "selector": {"app": self.name},
+                "sessionAffinity": "None",
+                "internalTrafficPolicy": "Cluster"
+            },
+            "status": {"loadBalancer": {}}
+        })
+    }
+
+    /// The Service's EndpointSlice list (one slice), as the EndpointSlice controller writes it.
+    pub(crate) fn slices_json(&self) -> serde_json::Value {
+        let endpoints: Vec<serde_json::Value> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "addresses": [e.ip.to_string()],
+                    "conditions": {"ready": e.ready, "serving": e.ready, "terminating": false},
+                    "nodeName": format!("n{}", e.node),
+                    "targetRef": {"kind": "Pod", "namespace": self.namespace, "name": e.pod}
+                })
+            })
+            .collect();
+        let ports: Vec<serde_json::Value> = self
+            .ports
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "port": p.target_port, "protocol": p.proto().to_ascii_uppercase()}))
+            .collect();
+        serde_json::json!({
+            "kind": "EndpointSliceList",
+            "apiVersion": "discovery.k8s.io/v1",
+            "metadata": {"resourceVersion": "1052"},
+            "items": [{
+                "metadata": {
+                    "name": format!("{}-8k2xq", self.name),
+                    "namespace": self.namespace,
+                    "labels": {
+                        "kubernetes.io/service-name": self.name,
+                        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"
+                    }
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": ports
+            }]
+        })
+    }
+}
+
+/// 16 base32 characters of SHA-256 (kube-proxy's `portProtoHash`).
+fn hash16(input: &str) -> String {
+    data_encoding::BASE32.encode(&sha2::Sha256::digest(input.as_bytes()))[..16].to_string()
+}
+
+/// What the stand-in programs on one node: every Service as the API has it, except `without`
+/// ("NS/NAME": the fault "rules missing for one Service") and `endpoints` ("NS/NAME" and the
+/// addresses its rules DNAT to instead of its ready endpoints: the fault "a KUBE-SEP left for a
+/// deleted endpoint", or an old sync's state).
+#[derive(Debug, Clone, Default)]
+pub struct Programming {
+    pub without: Option<String>,
+    pub endpoints: Option<(String, Vec<Ipv4Addr>)>,
+}
+
+/// The iptables-restore input kube-proxy would write for `services` (filter and nat).
+pub fn rules(services: &[LabService], how: &Programming) -> String {
+    let mut filter = vec![":KUBE-SERVICES - [0:0]".to_string(), ":KUBE-EXTERNAL-SERVICES - [0:0]".to_string()];
+    let mut nat_chains = vec![":KUBE-SERVICES - [0:0]".to_string(), ":KUBE-MARK-MASQ - [0:0]".to_string()];
+    let mut nat = Vec::new();
+    for svc in services {
+        let key = format!("{}/{}", svc.namespace, svc.name);
+        if how.without.as_deref() == Some(key.as_str()) {
+            continue;
+        }
+        for p in &svc.ports {
+            let name = svc.port_name(p);
+            let proto = p.proto();
+            let vip = svc.cluster_ip;
+            let eps: Vec<Ipv4Addr> = match &how.endpoints {
+                Some((s, ips)) if *s == key => ips.clone(),
+                _ => svc.endpoints.iter().filter(|e| e.ready).map(|e| e.ip).collect(),
+            };
+            let dst = format!("-m {proto} -p {proto} -d {vip}/32 --dport {}", p.port);
+            if eps.is_empty() {
+                filter
+                    .push(format!("-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" {dst} -j REJECT"));
+                continue;
+            }
+            let svc_chain = format!("KUBE-SVC-{}", hash16(&format!("{name}{proto}")));
+            nat_chains.push(format!(":{svc_chain} - [0:0]"));
+            nat.push(format!("-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" {dst} -j {svc_chain}"));
+            nat.push(format!(
+                "-A {svc_chain} -m comment --comment \"{name} cluster IP\" {dst} ! -s {POD_CIDR} -j KUBE-MARK-MASQ"
+            ));
+            let n = eps.len();
+            for (i, ip) in eps.iter().enumerate() {
+                let ep = SocketAddr::new((*ip).into(), p.target_port);
+                let sep = format!("KUBE-SEP-{}", hash16(&format!("{name}{proto}{ep}")));
+                nat_chains.push(format!(":{sep} - [0:0]"));
+                let left = n - i;
+                let pick = if left > 1 {
+                    // kube-proxy's probability of picking this one of the `left` remaining.
+                    format!(
+                        " -m statistic --mode random --probability {:.10}",
+                        1.0 / f64::from(u32::try_from(left).unwrap_or(1))
+                    )
+                } else {
+                    String::new()
+                };
+                nat.push(format!("-A {svc_chain} -m comment --comment \"{name} -> {ep}\"{pick} -j {sep}"));
+                nat.push(format!("-A {sep} -m comment --comment {name} -s {ip}/32 -j KUBE-MARK-MASQ"));
+                nat.push(format!(
+                    "-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT --to-destination {ep}"
+                ));
+            }
+        }
+    }
+    nat.push("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000".into());
+    format!("*filter\n{}\nCOMMIT\n*nat\n{}\n{}\nCOMMIT\n", filter.join("\n"), nat_chains.join("\n"), nat.join("\n"))
+}
+
+impl Lab {
+    /// Adds a Service for the API stand-in and kube-proxy (call [`Self::sync_kube_proxy`] to
+    /// program it).
+    pub fn add_service(&self, svc: LabService) {
+        let mut all = self.services.lock().expect("services");
+        all.retain(|s| !(s.namespace == svc.namespace && s.name == svc.name));
+        all.push(svc);
+    }
+
+    /// Changes a Service the API serves (kube-proxy keeps its rules until the next sync).
+    pub fn edit_service(&self, namespace: &str, name: &str, edit: impl FnOnce(&mut LabService)) {
+        let mut all = self.services.lock().expect("services");
+        let svc = all.iter_mut().find(|s| s.namespace == namespace && s.name == name).expect("lab service");
+        edit(svc);
+    }
+
+    /// Programs every node as kube-proxy would from the API's Services.
+    pub fn sync_kube_proxy(&self) -> Result<()> {
+        let nodes: Vec<u8> = self.nodes.iter().map(|n| n.index).collect();
+        for n in nodes {
+            self.program_kube_proxy(n, &Programming::default())?;
+        }
+        Ok(())
+    }
+
+    /// One node's kube-proxy sync: the KUBE-* chains rewritten in one `iptables-restore
+    /// --noflush` (the chains it declares are flushed, others left alone, as kube-proxy's
+    /// restore does), and the jumps from the built-in chains added once.
+    pub fn program_kube_proxy(&self, node: u8, how: &Programming) -> Result<()> {
+        let ns = self.node(node).netns.clone();
+        let services = self.services.lock().expect("services").clone();
+        let text = rules(&services, how);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns, "iptables-restore", "-w", "--noflush"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("iptables-restore")?;
+        child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("iptables-restore in {ns}: {}\n{text}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let portals = "-m comment --comment kubernetes-service-portals";
+        let jumps = [
+            ("nat", "PREROUTING", format!("{portals} -j KUBE-SERVICES")),
+            ("nat", "OUTPUT", format!("{portals} -j KUBE-SERVICES")),
+            ("filter", "OUTPUT", format!("-m conntrack --ctstate NEW {portals} -j KUBE-SERVICES")),
+            ("filter", "FORWARD", format!("-m conntrack --ctstate NEW {portals} -j KUBE-SERVICES")),
+        ];
+        for (table, chain, rule) in jumps {
+            if iptables(&ns, &format!("-t {table} -C {chain} {rule}")).is_err() {
+                iptables(&ns, &format!("-t {table} -I {chain} {rule}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// kube-proxy's `/healthz` on the node's 127.0.0.1:10256 (200, or 503 when `healthy` is
+    /// false, with kube-proxy's JSON body) and `/proxyMode` on 127.0.0.1:10249 ("iptables").
+    pub fn serve_kube_proxy(&mut self, node: u8, healthy: bool) -> Result<()> {
+        let ns = self.node(node).netns.clone();
+        let healthz_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 10256);
+        self.servers.push(serve(&ns, healthz_addr, move |s| {
+            let (code, text) = if healthy { (200, "OK") } else { (503, "Service Unavailable") };
+            let body = format!(
+                "{{\"lastUpdated\": \"2026-12-03 09:00:00 +0000 UTC\",\"currentTime\": \"2026-12-03 09:00:{} +0000 UTC\", \
+                 \"nodeEligible\": true}}",
+                if healthy { "05" } else { "59" }
+            );
+            http_answer(s, code, text, "application/json", &body);
+        })?);
+        let metrics = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 10249);
+        self.servers.push(serve(&ns, metrics, |s| http_answer(s, 200, "OK", "text/plain; charset=utf-8", "iptables"))?);
+        Ok(())
+    }
+}
+
+fn http_answer(mut s: TcpStream, code: u16, text: &str, content_type: &str, body: &str) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    if pki::read_request(&mut s).is_some() {
+        let _ = s.write_all(
+            format!(
+                "HTTP/1.1 {code} {text}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names kube-proxy's own tests expect (k/k pkg/proxy/iptables/proxier_test.go).
+    #[test]
+    fn chain_names_are_kube_proxys() {
+        assert_eq!(hash16("ns1/svc1:p80tcp"), "XPGD46QRK7WJZT7O");
+        assert_eq!(hash16("ns1/svc1:p80tcp10.180.0.1:80"), "SXIVWICOYRO3J4NJ");
+    }
+}

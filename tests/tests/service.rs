@@ -1,0 +1,334 @@
+//! `check service` on the lab (issue 16): a Service in the API stand-in, kube-proxy's
+//! iptables-mode rules for it written by the kube-proxy stand-in, real TCP listeners and real
+//! dnsmasq CoreDNS pods behind it, conntrack read over ctnetlink. Healthy over TCP and UDP, each
+//! probe names the endpoint conntrack says it was DNATed to; each fault gives its own cause on
+//! the right endpoint; a stale UDP entry is found and the printed command clears it; without
+//! CAP_NET_ADMIN the probes still judge.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use netlab::{Lab, LabEndpoint, LabPort, LabService, Programming, TempDir, needs_root, netcheck};
+use serde_json::Value;
+
+const WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 80);
+const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 81);
+
+struct Env {
+    lab: Lab,
+    root: TempDir,
+    kubeconfig: String,
+    /// The web Service's endpoints: pod w1 on n1, pod b on n2.
+    w1: Ipv4Addr,
+    b: Ipv4Addr,
+    dns: Vec<Ipv4Addr>,
+}
+
+fn web_port() -> LabPort {
+    LabPort { name: "http".into(), port: 80, udp: false, target_port: 8080 }
+}
+
+fn env() -> Env {
+    let _ = netlab::clean_stale();
+    let mut lab = Lab::new().unwrap();
+    lab.start_servers().unwrap();
+    let dns = lab.start_dns().unwrap();
+    let w1 = lab.add_pod(1, "w1", 20).unwrap();
+    lab.serve_tcp(&w1.netns, SocketAddr::new(w1.ip.into(), 8080)).unwrap();
+    let b = lab.pod("b").ip;
+    lab.add_service(LabService {
+        namespace: "default".into(),
+        name: "web".into(),
+        cluster_ip: WEB_IP,
+        ports: vec![web_port()],
+        endpoints: vec![
+            LabEndpoint { ip: w1.ip, node: 1, pod: "w1".into(), ready: true },
+            LabEndpoint { ip: b, node: 2, pod: "b".into(), ready: true },
+        ],
+    });
+    lab.add_service(LabService {
+        namespace: "default".into(),
+        name: "empty".into(),
+        cluster_ip: EMPTY_IP,
+        ports: vec![web_port()],
+        endpoints: Vec::new(),
+    });
+    lab.sync_kube_proxy().unwrap();
+    for node in [1, 2] {
+        lab.serve_kube_proxy(node, node == 1).unwrap();
+    }
+    let kubeconfig = lab.serve_api(1, &dns.endpoints).unwrap();
+    let root = TempDir::new(&format!("service-root-{}", lab.prefix));
+    lab.write_host_root(1, &root, &kubeconfig).unwrap();
+    let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
+    Env { lab, root, kubeconfig, w1: w1.ip, b, dns: dns.endpoints }
+}
+
+impl Env {
+    fn args<'a>(&'a self, root: &'a str, service: &[&'a str]) -> Vec<&'a str> {
+        let mut args =
+            vec!["--timeout", "6s", "--host-root", root, "--kubeconfig", &self.kubeconfig, "check", "service"];
+        args.extend_from_slice(service);
+        args
+    }
+
+    /// `check service ARGS` from node `node`'s namespace, as root.
+    fn check(&self, node: u8, service: &[&str]) -> netcheck::Run {
+        let root = self.root.path.display().to_string();
+        netcheck::run_json_in(&self.lab.node(node).netns, &self.args(&root, service)).unwrap()
+    }
+}
+
+fn checks(r: &netcheck::Run) -> Vec<Value> {
+    r.json["checks"].as_array().unwrap_or_else(|| panic!("no checks: {r:?}")).clone()
+}
+
+/// The row of `probe` whose target is `target`.
+fn row<'a>(rows: &'a [Value], probe: &str, target: &str) -> &'a Value {
+    rows.iter()
+        .find(|c| c["probe"] == probe && c["target"] == target)
+        .unwrap_or_else(|| panic!("no {probe} row {target:?} in {rows:#?}"))
+}
+
+fn status(c: &Value) -> (&str, &str) {
+    (c["status"].as_str().unwrap_or_default(), c["cause"].as_str().unwrap_or_default())
+}
+
+fn detail(c: &Value) -> &str {
+    c["detail"].as_str().unwrap_or_default()
+}
+
+/// The Service IP row's probes: (endpoint, node, pod, answered).
+fn probes(c: &Value) -> Vec<(String, String, String, bool)> {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    c["data"]["service"]["probes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data.service.probes: {c:#}"))
+        .iter()
+        .map(|p| (s(&p["endpoint"]), s(&p["node"]), s(&p["pod"]), p["answered"] == true))
+        .collect()
+}
+
+#[test]
+fn healthy_service_over_tcp_and_udp_names_each_probes_endpoint() {
+    needs_root("healthy_service_over_tcp_and_udp_names_each_probes_endpoint");
+    let e = env();
+    let r = e.check(1, &["default/web", "--probes", "16"]);
+    let rows = checks(&r);
+    assert_eq!(r.code, 0, "{rows:#?}");
+    let targets: Vec<(&str, &str)> =
+        rows.iter().map(|c| (c["probe"].as_str().unwrap(), c["target"].as_str().unwrap())).collect();
+    let (w1, b) = (format!("{}:8080", e.w1), format!("{}:8080", e.b));
+    assert_eq!(
+        targets,
+        [
+            ("service", "default/web:http tcp"),
+            ("kube-proxy", "127.0.0.1:10256"),
+            ("iptables", "rules 10.96.0.80:80 tcp"),
+            ("service", "10.96.0.80:80 tcp"),
+            ("endpoint", &*format!("{w1} tcp")),
+            ("endpoint", &*format!("{b} tcp")),
+        ]
+    );
+    assert_eq!(detail(&rows[1]), "healthz 200 on 127.0.0.1:10256, mode iptables");
+    let rules = detail(&rows[2]);
+    assert!(rules.contains(&format!("DNAT to {w1}, {b}")), "{rules}");
+    assert!(rules.contains("KUBE-SERVICES → KUBE-SVC-"), "{rules}");
+    let seen = probes(&rows[3]);
+    assert_eq!(seen.len(), 16, "{:#}", rows[3]);
+    for (endpoint, node, pod, answered) in &seen {
+        assert!(answered, "{:#}", rows[3]);
+        let want = if *endpoint == w1 { ("n1", "default/w1") } else { ("n2", "default/b") };
+        assert!(*endpoint == w1 || *endpoint == b, "probe DNATed to {endpoint}: {:#}", rows[3]);
+        assert_eq!((node.as_str(), pod.as_str()), want, "{:#}", rows[3]);
+    }
+    // kube-proxy picks each endpoint with probability 1/2: both are seen in 16 probes (all on
+    // one endpoint has probability 2^-15).
+    let on_w1 = seen.iter().filter(|p| p.0 == w1).count();
+    assert!(on_w1 > 0 && on_w1 < 16, "{:#}", rows[3]);
+    assert_eq!(
+        detail(&rows[3]),
+        format!(
+            "16/16 probes answered: → {w1} (pod default/w1 on n1) answered ×{on_w1}; → {b} (pod default/b on n2) \
+             answered ×{}",
+            16 - on_w1
+        )
+    );
+
+    // UDP, by address: kube-dns's `dns` port; its DNS queries answered by dnsmasq's CoreDNS.
+    let r = e.check(1, &["--udp", "10.96.0.10:53", "--probes", "8"]);
+    let rows = checks(&r);
+    assert_eq!(r.code, 0, "{rows:#?}");
+    assert_eq!(status(row(&rows, "service", "kube-system/kube-dns:dns udp")).0, "pass");
+    let vip = row(&rows, "service", "10.96.0.10:53 udp");
+    let dns: Vec<String> = e.dns.iter().map(|ip| format!("{ip}:53")).collect();
+    let seen = probes(vip);
+    assert_eq!(seen.len(), 8, "{vip:#}");
+    assert!(seen.iter().all(|p| p.3 && dns.contains(&p.0)), "{vip:#}");
+    assert_eq!(status(row(&rows, "conntrack", "conntrack 10.96.0.10:53 udp")), ("pass", ""));
+    for d in &dns {
+        assert_eq!(status(row(&rows, "endpoint", &format!("{d} udp"))).0, "pass");
+    }
+}
+
+#[test]
+fn each_service_fault_has_its_own_cause() {
+    needs_root("each_service_fault_has_its_own_cause");
+    let e = env();
+    let (w1, b) = (format!("{}:8080", e.w1), format!("{}:8080", e.b));
+    let n1 = e.lab.node(1).netns.clone();
+
+    // One endpoint's path broken: n2 drops forwarded TCP to pod b. Partial, placed on b.
+    e.lab.drop_forwarded_tcp(2, e.b, 8080).unwrap();
+    let r = e.check(1, &["default/web", "--probes", "16"]);
+    let rows = checks(&r);
+    assert_eq!(r.code, 1, "{rows:#?}");
+    let vip = row(&rows, "service", "10.96.0.80:80 tcp");
+    assert_eq!(status(vip), ("fail", "partial"), "{vip:#}");
+    let n2 = e.lab.node(2).netns.clone();
+    assert!(
+        detail(vip).contains(&format!(
+            "every failure was DNATed to {b} (pod default/b on n2), dropped by netfilter in netns {n2} on flannel.1"
+        )),
+        "{vip:#}"
+    );
+    for (endpoint, _, _, answered) in probes(vip) {
+        assert_eq!(answered, endpoint == w1, "{vip:#}");
+    }
+    let direct = row(&rows, "endpoint", &format!("{b} tcp"));
+    assert_eq!(status(direct), ("fail", "netfilter_drop"), "{direct:#}");
+    assert_eq!(status(row(&rows, "endpoint", &format!("{w1} tcp"))).0, "pass");
+    e.lab.iptables(&e.lab.node(2).netns, &format!("-D FORWARD -d {} -p tcp --dport 8080 -j DROP", e.b)).unwrap();
+
+    // kube-proxy has not programmed the Service on n1: no rule, probes never DNATed.
+    e.lab.program_kube_proxy(1, &Programming { without: Some("default/web".into()), ..Default::default() }).unwrap();
+    let r = e.check(1, &["default/web"]);
+    let rows = checks(&r);
+    assert_eq!(r.code, 1, "{rows:#?}");
+    let rules = row(&rows, "iptables", "rules 10.96.0.80:80 tcp");
+    assert_eq!(status(rules), ("fail", "service_not_programmed"), "{rules:#}");
+    assert!(detail(rules).contains("no KUBE-SERVICES rule matches 10.96.0.80:80 tcp"), "{rules:#}");
+    let vip = row(&rows, "service", "10.96.0.80:80 tcp");
+    assert_eq!(status(vip), ("fail", "service_not_programmed"), "{vip:#}");
+    assert!(detail(vip).contains("not DNATed"), "{vip:#}");
+    assert_eq!(status(row(&rows, "endpoint", &format!("{b} tcp"))).0, "pass");
+    e.lab.sync_kube_proxy().unwrap();
+
+    // No endpoint: kube-proxy's REJECT; the Service's own row names it.
+    let r = e.check(1, &["default/empty"]);
+    let rows = checks(&r);
+    assert_eq!(r.code, 1, "{rows:#?}");
+    assert_eq!(status(row(&rows, "service", "default/empty:http tcp")), ("fail", "service_no_endpoints"));
+    let rules = row(&rows, "iptables", "rules 10.96.0.81:80 tcp");
+    assert_eq!(status(rules).0, "pass", "{rules:#}");
+    assert!(detail(rules).contains("-j REJECT (\"default/empty:http has no endpoints\")"), "{rules:#}");
+    assert_eq!(status(row(&rows, "service", "10.96.0.81:80 tcp")), ("fail", "service_no_endpoints"));
+
+    // No route for the Service range on the node: never sent, never DNATed.
+    netlab::run("ip", &["-n", &n1, "route", "del", netlab::SERVICE_CIDR]).unwrap();
+    let r = e.check(1, &["default/web"]);
+    let rows = checks(&r);
+    let vip = row(&rows, "service", "10.96.0.80:80 tcp");
+    assert_eq!(status(vip), ("fail", "no_route"), "{vip:#}");
+    assert_eq!(status(row(&rows, "iptables", "rules 10.96.0.80:80 tcp")).0, "pass");
+    netlab::run("ip", &["-n", &n1, "route", "add", netlab::SERVICE_CIDR, "dev", "eth0"]).unwrap();
+
+    // kube-proxy unhealthy on n2 (its healthz answers 503).
+    let r = e.check(2, &["default/web"]);
+    let rows = checks(&r);
+    let kp = row(&rows, "kube-proxy", "127.0.0.1:10256");
+    assert_eq!(status(kp), ("fail", "kube_proxy_unhealthy"), "{kp:#}");
+    assert_eq!(status(row(&rows, "service", "10.96.0.80:80 tcp")).0, "pass");
+
+    // A KUBE-SEP left for a deleted endpoint: pod w1 is gone from the API and the node (its
+    // veth deleted), n1's rules still DNAT to it.
+    e.lab.edit_service("default", "web", |s| s.endpoints.retain(|ep| ep.pod != "w1"));
+    netlab::run("ip", &["-n", &n1, "link", "del", "vethw1"]).unwrap();
+    let stale = Programming { endpoints: Some(("default/web".into(), vec![e.w1, e.b])), ..Default::default() };
+    e.lab.program_kube_proxy(1, &stale).unwrap();
+    let r = e.check(1, &["default/web", "--probes", "16"]);
+    let rows = checks(&r);
+    assert_eq!(r.code, 1, "{rows:#?}");
+    let rules = row(&rows, "iptables", "rules 10.96.0.80:80 tcp");
+    assert_eq!(status(rules), ("fail", "service_not_programmed"), "{rules:#}");
+    assert!(detail(rules).contains(&format!("DNAT to {w1} which no EndpointSlice lists as ready")), "{rules:#}");
+    let vip = row(&rows, "service", "10.96.0.80:80 tcp");
+    assert_eq!(status(vip), ("fail", "service_not_programmed"), "{vip:#}");
+    assert!(detail(vip).contains(&format!("DNATed to {w1}, which no EndpointSlice lists as ready")), "{vip:#}");
+    assert!(!rows.iter().any(|c| c["target"] == format!("{w1} tcp")), "{rows:#?}");
+}
+
+/// The field's CoreDNS-restart black hole: a client's UDP flow to the kube-dns IP stays DNATed
+/// to a CoreDNS pod that is gone.
+#[test]
+fn stale_udp_entry_is_found_and_the_printed_command_clears_it() {
+    needs_root("stale_udp_entry_is_found_and_the_printed_command_clears_it");
+    let e = env();
+    let gone = Ipv4Addr::new(10, 244, 2, 99);
+    let old = Programming { endpoints: Some(("kube-system/kube-dns".into(), vec![gone])), ..Default::default() };
+    e.lab.program_kube_proxy(1, &old).unwrap();
+    // Pod a's resolver sends from one source port (the flow conntrack keeps).
+    let a = e.lab.pod("a").netns.clone();
+    netlab::in_netns(&a, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:40053")?;
+        for _ in 0..3 {
+            s.send_to(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01", "10.96.0.10:53")?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    e.lab.sync_kube_proxy().unwrap();
+    let r = e.check(1, &["--udp", "kube-system/kube-dns:dns"]);
+    let rows = checks(&r);
+    assert_eq!(r.code, 1, "{rows:#?}");
+    let ct = row(&rows, "conntrack", "conntrack 10.96.0.10:53 udp");
+    assert_eq!(status(ct), ("fail", "stale_conntrack"), "{ct:#}");
+    let command = "conntrack -D -p udp --orig-dst 10.96.0.10 --orig-port-dst 53 --reply-src 10.244.2.99";
+    assert!(
+        detail(ct).contains(&format!("1 DNATed to {gone}, not a serving endpoint: clear with `{command}`")),
+        "{ct:#}"
+    );
+    // The Service itself works again (the rules are right): only the old flow is pinned.
+    assert_eq!(status(row(&rows, "service", "10.96.0.10:53 udp")).0, "pass");
+
+    let n1 = e.lab.node(1).netns.clone();
+    let mut run = vec!["netns", "exec", &n1];
+    run.extend(command.split_whitespace());
+    netlab::run("ip", &run).unwrap();
+    let r = e.check(1, &["--udp", "kube-system/kube-dns:dns"]);
+    let rows = checks(&r);
+    assert_eq!(r.code, 0, "{rows:#?}");
+    assert_eq!(status(row(&rows, "conntrack", "conntrack 10.96.0.10:53 udp")), ("pass", ""));
+}
+
+#[test]
+fn without_net_admin_the_probes_still_judge() {
+    needs_root("without_net_admin_the_probes_still_judge");
+    let e = env();
+    let copy = netcheck::UnprivilegedCopy::new();
+    let root = e.root.path.display().to_string();
+    let r = copy.run_json_in(&e.lab.node(1).netns, &e.args(&root, &["default/web"]));
+    let rows = checks(&r);
+    assert_eq!(r.code, 0, "{rows:#?}");
+    let rules = row(&rows, "iptables", "rules 10.96.0.80:80 tcp");
+    assert_eq!(status(rules).0, "skip", "{rules:#}");
+    assert!(detail(rules).contains("CAP_NET_ADMIN"), "{rules:#}");
+    let vip = row(&rows, "service", "10.96.0.80:80 tcp");
+    assert_eq!(status(vip).0, "pass", "{vip:#}");
+    assert!(
+        detail(vip)
+            .contains("the endpoint of each probe is not known: conntrack: reading conntrack needs CAP_NET_ADMIN"),
+        "{vip:#}"
+    );
+    for (endpoint, _, _, answered) in probes(vip) {
+        assert!(answered && endpoint.is_empty(), "{vip:#}");
+    }
+    for ep in [e.w1, e.b] {
+        assert_eq!(status(row(&rows, "endpoint", &format!("{ep}:8080 tcp"))).0, "pass");
+    }
+    // Broken endpoint, still judged by the probes (without conntrack it cannot be placed).
+    e.lab.drop_forwarded_tcp(2, e.b, 8080).unwrap();
+    let r = copy.run_json_in(&e.lab.node(1).netns, &e.args(&root, &["default/web"]));
+    let rows = checks(&r);
+    assert_eq!(r.code, 1, "{rows:#?}");
+    assert_eq!(status(row(&rows, "endpoint", &format!("{}:8080 tcp", e.b))).0, "fail");
+}
