@@ -223,6 +223,17 @@ fn each_service_fault_has_its_own_cause() {
     assert!(detail(rules).contains("-j REJECT (\"default/empty:http has no endpoints\")"), "{rules:#}");
     assert_eq!(status(row(&rows, "service", "10.96.0.81:80 tcp")), ("fail", "service_no_endpoints"));
 
+    // A Service the API does not have, by name and by address; a port it does not have.
+    for (wanted, target) in
+        [("default/none", "default/none"), ("10.96.0.99:80", "10.96.0.99:80"), ("default/web:8443", "default/web:8443")]
+    {
+        let r = e.check(1, &[wanted]);
+        let rows = checks(&r);
+        assert_eq!(r.code, 1, "{rows:#?}");
+        let svc = row(&rows, "service", target);
+        assert_eq!(status(svc), ("fail", "service_not_found"), "{svc:#}");
+    }
+
     // No route for the Service range on the node: never sent, never DNATed.
     netlab::run("ip", &["-n", &n1, "route", "del", netlab::SERVICE_CIDR]).unwrap();
     let r = e.check(1, &["default/web"]);

@@ -101,6 +101,8 @@ pub struct Rules {
 pub struct Report {
     pub wanted: Wanted,
     pub service: Result<ServicePort, String>,
+    /// The API answered and has no such Service or port (not: the API could not be asked).
+    pub absent: bool,
     pub vip: Option<SocketAddr>,
     pub l4: L4,
     pub kube_proxy: KubeProxy,
@@ -116,7 +118,10 @@ pub struct Report {
 
 pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) -> Report {
     let started = Instant::now();
-    let service = find(&spec, deadline / 4).await;
+    let (service, absent) = match find(&spec, deadline / 4).await {
+        Ok(p) => (Ok(p), false),
+        Err((e, absent)) => (Err(e), absent),
+    };
     let (vip, l4) = match (&service, &spec.wanted) {
         (Ok(p), _) => (p.vip(), spec.l4.unwrap_or(p.l4)),
         (Err(_), Wanted::Address(a)) => (Some(*a), spec.l4.unwrap_or(L4::Tcp)),
@@ -170,6 +175,7 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     Report {
         wanted: spec.wanted,
         service,
+        absent,
         vip,
         l4,
         kube_proxy,
@@ -181,18 +187,22 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     }
 }
 
-async fn find(spec: &Spec, budget: Duration) -> Result<ServicePort, String> {
-    let Some(d) = &spec.discover else { return Err("no Kubernetes API asked (--no-api)".into()) };
+/// The Service port, or why not and whether the API said it has none.
+async fn find(spec: &Spec, budget: Duration) -> Result<ServicePort, (String, bool)> {
+    let Some(d) = &spec.discover else { return Err(("no Kubernetes API asked (--no-api)".into(), false)) };
     let asked = async {
         let client = match &d.client {
             Some(c) => c.clone(),
             None => crate::discovery::api::client(d.kubeconfig.as_deref(), &d.host_root, budget)
                 .await
-                .map_err(|e| crate::error::chain(&e))?,
+                .map_err(|e| (crate::error::chain(&e), false))?,
         };
-        services::find(client, &spec.wanted, spec.l4).await.map_err(|e| crate::error::chain(&e))
+        services::find(client, &spec.wanted, spec.l4).await.map_err(|e| {
+            let absent = matches!(e, services::FindError::NoService(_) | services::FindError::NoPort(_));
+            (crate::error::chain(&e), absent)
+        })
     };
-    tokio::time::timeout(budget, asked).await.unwrap_or_else(|_| Err("the API did not answer in time".into()))
+    tokio::time::timeout(budget, asked).await.unwrap_or_else(|_| Err(("the API did not answer in time".into(), false)))
 }
 
 fn rules(vip: SocketAddr, l4: L4, reading: &iptables::Reading) -> Vec<Rules> {

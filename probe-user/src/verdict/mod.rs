@@ -246,6 +246,8 @@ pub enum Cause {
     ForwardDrop,
     /// Both iptables backends hold rules.
     IptablesMixed,
+    /// The API has no such Service, or the Service no such port.
+    ServiceNotFound,
     /// The Service has no ready endpoint in its EndpointSlices.
     ServiceNoEndpoints,
     /// kube-proxy has not programmed the Service on this node: its rules are missing, or they
@@ -297,6 +299,7 @@ impl Cause {
             Self::ConntrackFull => "conntrack_full",
             Self::ForwardDrop => "forward_drop",
             Self::IptablesMixed => "iptables_mixed",
+            Self::ServiceNotFound => "service_not_found",
             Self::ServiceNoEndpoints => "service_no_endpoints",
             Self::ServiceNotProgrammed => "service_not_programmed",
             Self::KubeProxyUnhealthy => "kube_proxy_unhealthy",

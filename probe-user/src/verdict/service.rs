@@ -84,6 +84,10 @@ fn name(r: &Report) -> String {
 
 fn service(r: &Report) -> Check {
     let verdict = match &r.service {
+        Err(e) if r.absent => Verdict::fail(
+            Cause::ServiceNotFound,
+            format!("{e}: clients resolving or dialling it get nothing (check the namespace, name and port)"),
+        ),
         Err(e) => Verdict::skip(format!("not asked of the API: {e}")),
         Ok(p) => {
             let ready = p.ready().count();
