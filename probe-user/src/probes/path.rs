@@ -190,7 +190,10 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
         netns::run_in(source_ns, move || source_probes(dst, port, gateway, remaining, capture))
     };
     let node_side = node_probes(&report, remaining, capture);
-    let names = names(&report, remaining.min(Duration::from_secs(2)));
+    // The names wait for the API at most 2 s (a dead API must not hold a healthy run for the
+    // whole deadline), or half the deadline when it is longer: a user raising --timeout for a
+    // slow API server gets the time (a TCG guest's TLS handshake and three lookups took >2 s).
+    let names = names(&report, remaining.min(Duration::from_secs(2).max(deadline / 2)));
     let (source_side, node_side, names) = tokio::join!(source_side, node_side, names);
     let (final_probe, gateway, mtu) = source_side?;
     (report.final_probe, report.gateway, report.mtu) = (Some(final_probe), gateway, Some(mtu));
