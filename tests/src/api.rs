@@ -331,21 +331,15 @@ fn not_found() -> Vec<u8> {
 
 pub(crate) fn api_response(request: &[u8], endpoint_slices: &str, nodes: &str, pods: &[Pod]) -> Vec<u8> {
     let wanted = b"GET /apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices?";
-    let (status, body) = if request.starts_with(wanted)
+    if request.starts_with(wanted)
         && String::from_utf8_lossy(request).contains("kubernetes.io%2Fservice-name%3Dkube-dns")
     {
-        ("200 OK", endpoint_slices.to_string())
+        http_json("200 OK", endpoint_slices)
     } else if request.starts_with(b"GET /api/v1/nodes?") || request.starts_with(b"GET /api/v1/nodes ") {
-        ("200 OK", nodes.to_string())
+        http_json("200 OK", nodes)
     } else if request.starts_with(b"GET /api/v1/pods?") {
-        ("200 OK", pod_list(&String::from_utf8_lossy(request), pods))
+        http_json("200 OK", &pod_list(&String::from_utf8_lossy(request), pods))
     } else {
-        let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
-        ("404 Not Found", status.to_string())
-    };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+        not_found()
+    }
 }
