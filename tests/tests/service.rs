@@ -343,3 +343,142 @@ fn without_net_admin_the_probes_still_judge() {
     assert_eq!(r.code, 1, "{rows:#?}");
     assert_eq!(status(row(&rows, "endpoint", &format!("{}:8080 tcp", e.b))).0, "fail");
 }
+
+/// `netcheck path` from pod a (n1) to a Service, `--kubeconfig` and the node root as `check
+/// service` has them.
+fn path(e: &Env, dst: &str) -> netcheck::Run {
+    let root = e.root.path.display().to_string();
+    let timeout = format!("{}s", 3 * netlab::time_scale());
+    let a = e.lab.pod("a").netns.clone();
+    let args = ["--timeout", &timeout, "--host-root", &root, "--kubeconfig", &e.kubeconfig, "path", "--from", &a, dst];
+    let r = netcheck::run_json_in(&e.lab.node(1).netns, &args).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&r.json).unwrap_or_default());
+    r
+}
+
+fn hops(r: &netcheck::Run) -> Vec<Value> {
+    r.check()["hops"].as_array().unwrap_or_else(|| panic!("no hops: {r:?}")).clone()
+}
+
+fn hop_names(r: &netcheck::Run) -> Vec<String> {
+    hops(r).iter().map(|h| h["name"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+fn hop(r: &netcheck::Run, name: &str) -> Value {
+    hops(r).into_iter().find(|h| h["name"] == name).unwrap_or_else(|| panic!("no hop {name}: {r:?}"))
+}
+
+/// Acceptance 4: the DNAT is a hop of its own, and the hops after it lead to the endpoint the
+/// node chose for the final probe: across the overlay to pod b on n2, or to pod w1 on n1's own
+/// bridge. n1's rules DNAT to one endpoint at a time, so the run knows which to expect.
+#[test]
+fn path_to_a_service_shows_the_dnat_and_follows_the_endpoint() {
+    needs_root("path_to_a_service_shows_the_dnat_and_follows_the_endpoint");
+    let e = env();
+    let (w1, b) = (format!("{}:8080", e.w1), format!("{}:8080", e.b));
+    let only = |ip: Ipv4Addr| Programming { endpoints: Some(("default/web".into(), vec![ip])), ..Default::default() };
+
+    e.lab.program_kube_proxy(1, &only(e.b)).unwrap();
+    let r = path(&e, "10.96.0.80:80");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        hop_names(&r),
+        [
+            "source",
+            "veth",
+            "bridge",
+            "dnat",
+            "routing",
+            "overlay",
+            "underlay",
+            "peer-underlay",
+            "peer-overlay",
+            "peer-bridge",
+            "destination"
+        ]
+    );
+    let dnat = hop(&r, "dnat");
+    assert_eq!((dnat["status"].as_str(), dnat["netns"].as_str()), (Some("pass"), Some(&*e.lab.node(1).netns)));
+    let d = dnat["detail"].as_str().unwrap();
+    assert!(
+        d.starts_with(&format!(
+            "10.96.0.80:80 -> {b} (pod default/b on n2) by kube-proxy's DNAT (Service default/web;"
+        )),
+        "{d}"
+    );
+    assert!(hop(&r, "destination")["detail"].as_str().unwrap().starts_with(&e.b.to_string()), "{r:?}");
+    assert_eq!(r.check()["data"]["path"]["destination_pod"]["name"], "b", "{r:?}");
+    assert_eq!(r.check()["target"], format!("{} -> 10.96.0.80:80", e.lab.pod("a").netns));
+    assert_eq!(
+        r.json["verdict"],
+        format!("healthy: {} -> 10.96.0.80:80 (DNATed to {b}) crosses 11 hops (4 inferred)", e.lab.pod("a").netns)
+    );
+
+    // By name, DNATed to w1 on n1's own bridge: no routing, no overlay.
+    e.lab.program_kube_proxy(1, &only(e.w1)).unwrap();
+    let r = path(&e, "default/web:http");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(hop_names(&r), ["source", "veth", "bridge", "dnat", "destination"]);
+    let d = hop(&r, "dnat")["detail"].as_str().unwrap().to_string();
+    assert!(d.starts_with(&format!("10.96.0.80:80 -> {w1} (pod default/w1 on n1)")), "{d}");
+    assert!(hop(&r, "destination")["detail"].as_str().unwrap().contains("on the same bridge"), "{r:?}");
+    let r = path(&e, "default/nothing");
+    assert_eq!((r.code, r.stderr.as_str()), (2, "netcheck: default/nothing: no Service default/nothing in the API\n"));
+}
+
+/// The endpoint's own path broken, kube-proxy not programmed, and no CAP_NET_ADMIN: each on the
+/// right hop.
+#[test]
+fn path_to_a_service_places_each_fault() {
+    needs_root("path_to_a_service_places_each_fault");
+    let e = env();
+    let n2 = e.lab.node(2).netns.clone();
+    let only_b = Programming { endpoints: Some(("default/web".into(), vec![e.b])), ..Default::default() };
+    e.lab.program_kube_proxy(1, &only_b).unwrap();
+    e.lab.drop_forwarded_tcp(2, e.b, 8080).unwrap();
+    let r = path(&e, "10.96.0.80:80");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(hop(&r, "dnat")["status"], "pass", "{r:?}");
+    let broken = hops(&r).into_iter().find(|h| h["status"] == "fail").unwrap();
+    assert_eq!((broken["cause"].as_str(), broken["netns"].as_str()), (Some("netfilter_drop"), Some(&*n2)), "{broken}");
+    assert!(broken["name"].as_str().unwrap().starts_with("peer-"), "{broken}");
+    e.lab.iptables(&n2, &format!("-D FORWARD -d {} -p tcp --dport 8080 -j DROP", e.b)).unwrap();
+
+    // Not programmed on n1: the DNAT hop fails, nothing past it is made up.
+    e.lab.program_kube_proxy(1, &Programming { without: Some("default/web".into()), ..Default::default() }).unwrap();
+    let r = path(&e, "10.96.0.80:80");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(hop_names(&r), ["source", "veth", "bridge", "dnat", "destination"]);
+    let dnat = hop(&r, "dnat");
+    assert_eq!(dnat["cause"], "service_not_programmed", "{dnat}");
+    let d = dnat["detail"].as_str().unwrap();
+    assert!(d.contains("10.96.0.80:80 was not DNATed on this node"), "{d}");
+    assert!(d.contains("kube-proxy has not programmed Service default/web on this node"), "{d}");
+    assert_eq!(hop(&r, "destination")["inferred"], true);
+    e.lab.sync_kube_proxy().unwrap();
+
+    // No endpoint: kube-proxy rejects it.
+    let r = path(&e, "10.96.0.81:80");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(hop(&r, "dnat")["cause"], "service_no_endpoints", "{r:?}");
+
+    // The Service IP on a port it does not have.
+    let r = path(&e, "10.96.0.80:8443");
+    assert_eq!(hop(&r, "dnat")["cause"], "service_not_found", "{r:?}");
+
+    // Without CAP_NET_ADMIN (from the node: entering a pod needs CAP_SYS_ADMIN): the final
+    // probe judges, the DNAT hop says what it could not read.
+    let copy = netcheck::UnprivilegedCopy::new();
+    let root = e.root.path.display().to_string();
+    let timeout = format!("{}s", 3 * netlab::time_scale());
+    let args = ["--timeout", &timeout, "--host-root", &root, "--kubeconfig", &e.kubeconfig, "path", "10.96.0.80:80"];
+    let r = copy.run_json_in(&e.lab.node(1).netns, &args);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(hop_names(&r), ["dnat", "destination"]);
+    let dnat = hop(&r, "dnat");
+    assert_eq!(dnat["status"], "skip", "{dnat}");
+    assert!(dnat["detail"].as_str().unwrap().contains("CAP_NET_ADMIN"), "{dnat}");
+    let dst = hop(&r, "destination");
+    let want = format!("one of the Service's ready endpoints: {}:8080, {}:8080; connected in ", e.w1, e.b);
+    assert!(dst["detail"].as_str().unwrap().starts_with(&want), "{dst}");
+}

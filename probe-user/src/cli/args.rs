@@ -120,8 +120,9 @@ pub struct PathArgs {
     #[arg(long, default_value = "host", value_name = "POD_IP|NETNS|host")]
     pub from: String,
     /// The destination: an IPv4 address, with :PORT for a TCP connect as the final probe
-    /// (without a port, an ICMP echo).
-    #[arg(value_name = "DST[:PORT]")]
+    /// (without a port, an ICMP echo), or a Service as NAMESPACE/NAME[:PORT]. To a Service IP
+    /// and port the path shows the node's DNAT as a hop and follows the endpoint it chose.
+    #[arg(value_name = "DST[:PORT]|NAMESPACE/NAME[:PORT]")]
     pub destination: String,
     /// The port of the netcheck agent (DaemonSet) on the destination's node: asked for the
     /// drops its kernel saw of this run's VXLAN packets, which are placed on the peer's hops.

@@ -200,8 +200,8 @@ enum Work {
     Checks(Vec<Job>, CertOptions),
     Capture(capture::filter::Filter, Option<Duration>),
     Node(CertOptions, bool),
-    /// Source, destination, its port, the peer agent's port.
-    Path(String, std::net::Ipv4Addr, Option<u16>, Option<u16>),
+    /// Source, destination, the peer agent's port.
+    Path(String, jobs::path::Destination, Option<u16>),
     Agent(Box<crate::agent::Options>),
 }
 
@@ -215,8 +215,8 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             Work::Node(CertOptions { warn_days: *warn_days, ..CertOptions::default() }, *one_by_one)
         }
         Command::Path(PathArgs { from, destination, peer_agent_port, no_peer_agent }) => {
-            let (dst, port) = crate::probes::path::parse_destination(destination)?;
-            Work::Path(from.clone(), dst, port, (!no_peer_agent).then_some(*peer_agent_port))
+            let dst = jobs::path::Destination::parse(destination)?;
+            Work::Path(from.clone(), dst, (!no_peer_agent).then_some(*peer_agent_port))
         }
         Command::Npd { .. } => return Err("npd runs node, path or check".into()),
         Command::Agent(_) | Command::Capture { .. } if cli.output == Format::Npd => {
@@ -269,7 +269,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             };
             run_checks(cli, opts, &cert_options, plan, one_by_one)
         }
-        Work::Path(from, dst, port, peer_agent) => run_path(cli, opts, &from, (dst, port), peer_agent),
+        Work::Path(from, dst, peer_agent) => run_path(cli, opts, &from, dst, peer_agent),
         Work::Agent(options) => crate::agent::run(&options),
         Work::Capture(filter, duration) => {
             let capture = Capture::start(opts).map_err(|u| format!("capture unavailable: {}", u.detail))?;
@@ -334,14 +334,14 @@ fn run_path(
     cli: &Cli,
     opts: capture::Options,
     from: &str,
-    (dst, port): (std::net::Ipv4Addr, Option<u16>),
+    dst: jobs::path::Destination,
     peer_agent: Option<u16>,
 ) -> AnyResult<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let host_root = discovery::host_root(cli.host_root.as_deref());
-    let request = jobs::path::Request { from, dst, port, peer_agent, host_root, kubeconfig: cli.kubeconfig.clone() };
-    // Before capture loads: a source that cannot be found is a usage error.
-    let spec = runtime.block_on(jobs::path::plan(request))?;
+    let request = jobs::path::Request { from, dst, peer_agent, host_root, kubeconfig: cli.kubeconfig.clone() };
+    // Before capture loads: a source or a Service that cannot be found is a usage error.
+    let spec = runtime.block_on(jobs::path::plan(request, cli.timeout))?;
     let (capture, status) = start_capture(cli.no_capture, opts);
     let (check, line) = runtime.block_on(jobs::path::run(spec, cli.timeout, capture.clone()))?;
     let status = capture.as_ref().map_or(status, |c| c.status());

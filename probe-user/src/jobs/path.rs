@@ -7,6 +7,10 @@ use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 use super::guard::{self, Subject};
 use crate::{
     capture::Capture,
+    discovery::{
+        conntrack::L4,
+        services::{self, Wanted},
+    },
     netns,
     probes::path::{self, ApiSpec, Spec},
     verdict::{self, Check, Probe},
@@ -16,19 +20,64 @@ use crate::{
 pub struct Request<'a> {
     /// `host`, a network namespace (name or path) or a pod IP on this node.
     pub from: &'a str,
-    pub dst: Ipv4Addr,
-    pub port: Option<u16>,
+    pub dst: Destination,
     /// The peer node's agent port to ask for its kernel's events (`None`: do not ask).
     pub peer_agent: Option<u16>,
     pub host_root: PathBuf,
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// The path's probes, with the source found on this node.
-pub async fn plan(req: Request<'_>) -> Result<Spec, String> {
+/// Where the path goes, as typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// `IP[:PORT]`: a pod, a node, or a Service IP.
+    Address(Ipv4Addr, Option<u16>),
+    /// `NAMESPACE/NAME[:PORT]`: a Service, whose cluster IP and port the API gives.
+    Service(Wanted),
+}
+
+impl Destination {
+    /// `IP[:PORT]` or `NAMESPACE/NAME[:PORT]`.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        match path::parse_destination(input) {
+            Ok((ip, port)) => Ok(Self::Address(ip, port)),
+            Err(_) if input.contains('/') && input.parse::<std::net::SocketAddr>().is_err() => {
+                Wanted::parse(input).map(Self::Service)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The path's probes, with the source found on this node and a Service's name resolved to its
+/// cluster IP and port (within `timeout`).
+pub async fn plan(req: Request<'_>, timeout: Duration) -> Result<Spec, String> {
     let (from, label) = path::resolve_source(req.from, &req.host_root).await?;
-    let api = Some(ApiSpec { kubeconfig: req.kubeconfig, host_root: req.host_root });
-    Ok(Spec { from, label, dst: req.dst, port: req.port, api, peer_agent: req.peer_agent })
+    let api = ApiSpec { kubeconfig: req.kubeconfig, host_root: req.host_root };
+    let (dst, port) = match req.dst {
+        Destination::Address(ip, port) => (ip, port),
+        Destination::Service(wanted) => service_address(&api, &wanted, timeout).await?,
+    };
+    Ok(Spec { from, label, dst, port, api: Some(api), peer_agent: req.peer_agent })
+}
+
+/// A Service's cluster IP and TCP port, from the API.
+async fn service_address(api: &ApiSpec, wanted: &Wanted, timeout: Duration) -> Result<(Ipv4Addr, Option<u16>), String> {
+    let asked = async {
+        let client = crate::discovery::api::client(api.kubeconfig.as_deref(), &api.host_root, timeout)
+            .await
+            .map_err(|e| crate::error::chain(&e))?;
+        services::find(client, wanted, Some(L4::Tcp)).await.map_err(|e| crate::error::chain(&e))
+    };
+    let port = tokio::time::timeout(timeout, asked)
+        .await
+        .map_err(|_| format!("{wanted}: the API did not answer within {timeout:?}"))?
+        .map_err(|e| format!("{wanted}: {e}"))?;
+    match port.vip() {
+        Some(std::net::SocketAddr::V4(vip)) => Ok((*vip.ip(), Some(vip.port()))),
+        Some(vip) => Err(format!("{wanted}: its cluster IP {vip} is IPv6; IPv6 paths are not supported yet")),
+        None => Err(format!("{wanted}: the Service has no cluster IP (headless): give one of its pods' IPs")),
+    }
 }
 
 /// Runs the probes and judges them: the path's check with its hops, and the verdict line. The

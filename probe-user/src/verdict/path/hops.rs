@@ -16,6 +16,8 @@ pub(super) enum Kind {
     Source,
     Veth,
     Bridge,
+    /// A Service IP's DNAT to an endpoint (kube-proxy's rules, seen in conntrack).
+    Dnat,
     Routing,
     Input,
     Overlay,
@@ -32,6 +34,7 @@ impl Kind {
             Self::Source => "source",
             Self::Veth => "veth",
             Self::Bridge => "bridge",
+            Self::Dnat => "dnat",
             Self::Routing => "routing",
             Self::Input => "input",
             Self::Overlay => "overlay",
@@ -114,13 +117,19 @@ pub(super) fn ok_route(route: Option<&Result<Route, String>>) -> Option<&Route> 
     route.and_then(|r| r.as_ref().ok())
 }
 
-/// The hop list, from what discovery found; each hop starts with what the tables say.
-pub(super) fn draft_hops(report: &Report, from: &str, node_netns: &str) -> Vec<Draft> {
+/// The hop list, from what discovery found; each hop starts with what the tables say. `nat` is
+/// the Service step's hops, after the pod's side.
+pub(super) fn draft_hops(report: &Report, from: &str, node_netns: &str, nat: Vec<Draft>) -> Vec<Draft> {
     let node = &report.node;
     let node_ns = Some(node_netns.to_string());
     let mut hops = Vec::new();
     if let Source::Netns(_) = report.spec.from {
         pod_side(report, from, node_ns.as_ref(), &mut hops);
+    }
+    hops.extend(nat);
+    if report.endpoint_unknown() {
+        // Past the NAT the packet goes to an endpoint this run cannot name: no hop is made up.
+        return hops;
     }
     let to_bridge = node.bridge.is_some()
         && ok_route(node.route.as_ref()).and_then(|r| r.oif) == node.bridge.as_ref().map(|b| b.index);
@@ -129,7 +138,7 @@ pub(super) fn draft_hops(report: &Report, from: &str, node_netns: &str) -> Vec<D
     }
     if report.to_node() {
         let mut i =
-            Draft::new(Kind::Input, node_ns, None, false, format!("local delivery to {} (INPUT)", report.spec.dst));
+            Draft::new(Kind::Input, node_ns, None, false, format!("local delivery to {} (INPUT)", report.target()));
         i.chain = Some("INPUT");
         hops.push(i);
         return hops;
@@ -206,12 +215,12 @@ pub(super) fn routing_hop(report: &Report, node_ns: Option<&String>) -> Draft {
     r.chain = Some(if report.spec.from == Source::Host { "OUTPUT" } else { "FORWARD" });
     match &node.route {
         Some(Err(e)) => {
-            r.judge(Verdict::fail(Cause::NoRoute, format!("the node has no route to {}: {e}", report.spec.dst)));
+            r.judge(Verdict::fail(Cause::NoRoute, format!("the node has no route to {}: {e}", report.target())));
         }
         Some(Ok(route)) => {
             r.hop.detail = match (&node.route_link, route.kind) {
                 (_, RouteKind::Local) => {
-                    format!("{} is this node's own address: delivered locally", report.spec.dst)
+                    format!("{} is this node's own address: delivered locally", report.target())
                 }
                 (Some(l), RouteKind::Unicast) => describe_route(Some(route), l),
                 _ => String::new(),
@@ -219,7 +228,7 @@ pub(super) fn routing_hop(report: &Report, node_ns: Option<&String>) -> Draft {
             if matches!(route.kind, RouteKind::Reject(_)) {
                 r.judge(Verdict::fail(
                     Cause::NoRoute,
-                    format!("the node routes {} to {}", report.spec.dst, reject_name(route)),
+                    format!("the node routes {} to {}", report.target(), reject_name(route)),
                 ));
             }
         }
@@ -281,8 +290,8 @@ pub(super) fn pod_side(report: &Report, from: &str, node_ns: Option<&String>, ho
 /// The destination's address, with the pod behind it when the API named one.
 pub(super) fn destination(report: &Report) -> String {
     match &report.names.destination_pod {
-        Some(pod) => format!("{} ({pod})", report.spec.dst),
-        None => report.spec.dst.to_string(),
+        Some(pod) => format!("{} ({pod})", report.target()),
+        None => report.target().to_string(),
     }
 }
 

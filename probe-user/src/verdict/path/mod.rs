@@ -5,6 +5,7 @@
 mod evidence;
 mod hops;
 mod judge;
+mod service;
 
 use std::{fmt::Write as _, net::IpAddr};
 
@@ -63,7 +64,14 @@ pub fn verdict(report: &Report, capture_on: bool, node_netns: &str) -> (Check, S
         Some(p) => format!("{}:{p}", report.spec.dst),
         None => report.spec.dst.to_string(),
     };
-    let mut hops = draft_hops(report, &from, node_netns);
+    let nat = report.service.as_ref().map_or_else(Vec::new, |step| {
+        let mut nat = vec![service::dnat_hop(report, step, Some(&node_netns.to_string()))];
+        if report.endpoint_unknown() {
+            nat.push(service::unknown_endpoint(step));
+        }
+        nat
+    });
+    let mut hops = draft_hops(report, &from, node_netns, nat);
     let probes = probe_checks(report, capture_on);
 
     // What the kernel saw, placed by namespace and device.
@@ -208,7 +216,11 @@ pub fn echo_verdict(echo: &icmp::Echo, capture_on: bool) -> Check {
 fn summary_line(report: &Report, hops: &[Draft], probes: &[Check], from: &str, dst: &str) -> String {
     let Some(broken) = hops.iter().find(|h| h.hop.status == Status::Fail) else {
         let inferred = hops.iter().filter(|h| h.hop.inferred).count();
-        let mut line = format!("healthy: {from} -> {dst} crosses {} hops ({inferred} inferred)", hops.len());
+        let dnat = match report.service.as_ref().and_then(crate::probes::path::service::ServiceStep::endpoint) {
+            Some(ep) => format!(" (DNATed to {ep})"),
+            None => String::new(),
+        };
+        let mut line = format!("healthy: {from} -> {dst}{dnat} crosses {} hops ({inferred} inferred)", hops.len());
         if let Some(w) = hops.iter().find(|h| h.hop.status == Status::Warn) {
             let _ = write!(line, ", with a warning on {} ({}): {}", w.hop.name, w.location(), w.hop.detail);
         }
@@ -335,6 +347,7 @@ mod tests {
             underlay_mtu: None,
             from_node: None,
             names: crate::probes::path::Names::default(),
+            service: None,
             peer_events: None,
             elapsed: Duration::from_millis(10),
         }
@@ -371,6 +384,103 @@ mod tests {
 
     fn names(check: &Check) -> Vec<&str> {
         check.hops.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    /// Pod a to the Service 10.96.0.80:80 whose endpoints are `ready`; the final probe's
+    /// conntrack entry says `dnat_to` (`None`: not DNATed).
+    fn to_service(ready: &[&str], dnat_to: Option<&str>, conntrack: bool) -> Report {
+        use crate::{
+            discovery::{
+                conntrack::{Entry, L4, Tuple4},
+                services::{Endpoint, ServicePort},
+            },
+            probes::path::service::ServiceStep,
+        };
+        let vip: SocketAddr = "10.96.0.80:80".parse().unwrap();
+        let mut report = pod_to_pod(tcp_report(tcp::Outcome::Connected, vec![]));
+        report.spec.dst = Ipv4Addr::new(10, 96, 0, 80);
+        report.spec.port = Some(80);
+        let endpoint = |a: &&str| Endpoint {
+            addr: a.parse().unwrap(),
+            ready: true,
+            serving: true,
+            terminating: false,
+            node: Some("n2".into()),
+            pod: Some("default/b".into()),
+        };
+        let local = SocketAddr::new(SRC.into(), 40000);
+        let reply_src = dnat_to.map_or(vip, |d| d.parse().unwrap());
+        let entry = Entry {
+            orig: Tuple4 { l4: L4::Tcp, src: local, dst: vip },
+            reply: Tuple4 { l4: L4::Tcp, src: reply_src, dst: local },
+            // IPS_DST_NAT (include/uapi/linux/netfilter/nf_conntrack_common.h).
+            status: if dnat_to.is_some() { 1 << 5 } else { 0 },
+            timeout: Some(120),
+        };
+        report.service = Some(ServiceStep {
+            vip,
+            port: Some(ServicePort {
+                namespace: "default".into(),
+                service: "web".into(),
+                port_name: Some("http".into()),
+                l4: L4::Tcp,
+                cluster_ip: Some(vip.ip()),
+                port: 80,
+                node_port: None,
+                external_local: false,
+                endpoints: ready.iter().map(endpoint).collect(),
+            }),
+            wrong_port: None,
+            found_by: vec!["the API's Service default/web".into()],
+            rules: None,
+            api_note: None,
+            conntrack: Some(if conntrack {
+                Ok(Some(entry))
+            } else {
+                Err("reading conntrack needs CAP_NET_ADMIN, which this process lacks".into())
+            }),
+        });
+        report
+    }
+
+    #[test]
+    fn a_service_path_has_the_dnat_hop_and_judges_it() {
+        // DNATed to its ready endpoint: the hop passes, the hops after it are the endpoint's.
+        let (check, _) = verdict(&to_service(&["10.244.2.2:8080"], Some("10.244.2.2:8080"), true), true, "n1");
+        assert_eq!(names(&check)[..5], ["source", "veth", "bridge", "dnat", "routing"]);
+        let dnat = &check.hops[3];
+        assert_eq!((dnat.status, dnat.netns.as_deref()), (Status::Pass, Some("n1")));
+        assert!(
+            dnat.detail.starts_with(
+                "10.96.0.80:80 -> 10.244.2.2:8080 (pod default/b on n2) by kube-proxy's DNAT (Service default/web; \
+                 the final probe's conntrack entry: 10.244.1.2:40000 -> 10.96.0.80:80, reply from 10.244.2.2:8080)"
+            ),
+            "{}",
+            dnat.detail
+        );
+        assert_eq!(check.status, Status::Pass);
+
+        // DNATed to an address that is no ready endpoint: stale rules.
+        let (check, line) = verdict(&to_service(&["10.244.2.3:8080"], Some("10.244.2.2:8080"), true), true, "n1");
+        assert_eq!(check.hops[3].cause, Some(Cause::ServiceNotProgrammed));
+        assert!(line.starts_with("dnat (n1 nat PREROUTING): 10.96.0.80:80 was DNATed to 10.244.2.2:8080"), "{line}");
+
+        // Not DNATed, with ready endpoints: not programmed; without any: no endpoints. Nothing
+        // past the NAT is made up.
+        let (check, _) = verdict(&to_service(&["10.244.2.2:8080"], None, true), true, "n1");
+        assert_eq!(names(&check), ["source", "veth", "bridge", "dnat", "destination"]);
+        assert_eq!(check.hops[3].cause, Some(Cause::ServiceNotProgrammed));
+        assert!(check.hops[4].inferred);
+        let (check, _) = verdict(&to_service(&[], None, true), true, "n1");
+        assert_eq!(check.hops[3].cause, Some(Cause::ServiceNoEndpoints));
+
+        // Conntrack not readable: a skip naming why, the destination one of the endpoints.
+        let (check, _) = verdict(&to_service(&["10.244.2.2:8080"], Some("10.244.2.2:8080"), false), true, "n1");
+        assert_eq!(names(&check), ["source", "veth", "bridge", "dnat", "destination"]);
+        assert_eq!(check.hops[3].status, Status::Skip);
+        assert!(check.hops[3].detail.contains("CAP_NET_ADMIN"), "{}", check.hops[3].detail);
+        assert_eq!(check.hops[4].detail, "one of the Service's ready endpoints: 10.244.2.2:8080; connected in 5 ms");
+        assert_eq!(check.status, Status::Pass);
     }
 
     #[test]

@@ -21,6 +21,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod service;
+
+use self::service::ServiceStep;
 use super::{Target, icmp, mtu, tcp, vxlan};
 use crate::{
     capture::Capture,
@@ -136,6 +139,9 @@ pub struct Report {
     /// For a destination on the node: the same connect from the node itself.
     pub from_node: Option<tcp::Report>,
     pub names: Names,
+    /// The Service step, when the destination is a Service IP and port (its hops then lead to
+    /// the endpoint kube-proxy chose for the final probe).
+    pub service: Option<ServiceStep>,
     /// What the agent on the peer node saw of this run's packets (`None`: not asked, e.g. the
     /// destination is not behind the overlay); `Err` says why it could not be asked.
     pub peer_events: Option<Result<Vec<KernelEvent>, String>>,
@@ -146,6 +152,26 @@ impl Report {
     /// The source's address on the path (what the source route picks).
     pub fn source_ip(&self) -> Option<IpAddr> {
         self.source.route.as_ref().and_then(|r| r.as_ref().ok()).and_then(|r| r.source)
+    }
+
+    /// Where the packets go after the node's NAT: the endpoint kube-proxy DNATed the final probe
+    /// to, else the destination.
+    pub fn target(&self) -> Ipv4Addr {
+        match self.service.as_ref().and_then(ServiceStep::endpoint) {
+            Some(SocketAddr::V4(ep)) => *ep.ip(),
+            _ => self.spec.dst,
+        }
+    }
+
+    /// The port after the node's NAT (a Service's target port may differ from its port).
+    pub fn target_port(&self) -> Option<u16> {
+        self.service.as_ref().and_then(ServiceStep::endpoint).map(|e| e.port()).or(self.spec.port)
+    }
+
+    /// A Service destination whose endpoint is not known (not DNATed, or conntrack unread):
+    /// the hops past the node's NAT cannot be told.
+    pub fn endpoint_unknown(&self) -> bool {
+        self.service.as_ref().is_some_and(|s| s.endpoint().is_none())
     }
 
     /// Whether the destination is one of the node's own addresses.
@@ -165,11 +191,11 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     let dst = spec.dst;
     // Read from inside the source's namespace (its inode included).
     let source = netns::run_in(source_ns.clone(), move || source_view(dst)).await?;
-    let node = node_view(&spec, &source).await;
+    let service = service::detect(&spec, api_budget(deadline).min(deadline / 4)).await;
     let mut report = Report {
         spec,
         source,
-        node,
+        node: NodeView::default(),
         final_probe: None,
         gateway: None,
         mtu: None,
@@ -177,26 +203,43 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
         underlay_mtu: None,
         from_node: None,
         names: Names::default(),
+        service,
         peer_events: None,
         elapsed: Duration::ZERO,
     };
-    let remaining = deadline.saturating_sub(started.elapsed()).max(deadline / 2);
+    let mut remaining = deadline.saturating_sub(started.elapsed()).max(deadline / 2);
+    if let Some(step) = report.service.as_mut() {
+        // The final probe goes first, alone: the endpoint kube-proxy picks for it (its
+        // conntrack entry's reply source) is where every later hop and probe leads. Half the
+        // time is left for those.
+        let (capture, port, budget) = (capture.clone(), step.vip.port(), remaining / 2);
+        let first = netns::run_in(source_ns.clone(), move || async move {
+            tcp::probe(&Target { host: dst.to_string(), port }, budget, capture.as_deref()).await
+        })
+        .await?;
+        step.conntrack = Some(service::entry(first.local, step.vip).await);
+        report.final_probe = Some(Final::Tcp(first));
+        remaining = deadline.saturating_sub(started.elapsed()).max(deadline / 4);
+    }
+    let target = report.target();
+    report.node = node_view(&report.spec, target, &report.source).await;
     let gateway = match (&report.spec.from, &report.source.route) {
         (Source::Netns(_), Some(Ok(Route { gateway: Some(IpAddr::V4(gw)), .. }))) => Some(*gw),
         _ => None,
     };
     let source_side = {
-        let (capture, port) = (capture.clone(), report.spec.port);
-        netns::run_in(source_ns, move || source_probes(dst, port, gateway, remaining, capture))
+        let capture = capture.clone();
+        let port = if report.final_probe.is_some() { Probe::Done } else { Probe::Final(report.spec.port) };
+        netns::run_in(source_ns, move || source_probes(dst, port, target, gateway, remaining, capture))
     };
     let node_side = node_probes(&report, remaining, capture);
-    // The names wait for the API at most 2 s (a dead API must not hold a healthy run for the
-    // whole deadline), or half the deadline when it is longer: a user raising --timeout for a
-    // slow API server gets the time (a TCG guest's TLS handshake and three lookups took >2 s).
-    let names = names(&report, remaining.min(Duration::from_secs(2).max(deadline / 2)));
+    let names = names(&report, remaining.min(api_budget(deadline)));
     let (source_side, node_side, names) = tokio::join!(source_side, node_side, names);
     let (final_probe, gateway, mtu) = source_side?;
-    (report.final_probe, report.gateway, report.mtu) = (Some(final_probe), gateway, Some(mtu));
+    if final_probe.is_some() {
+        report.final_probe = final_probe;
+    }
+    (report.gateway, report.mtu) = (gateway, Some(mtu));
     (report.vxlan, report.underlay_mtu, report.from_node) = node_side;
     report.names = names;
     // The run's own deadline: the agent asks the API server to review the token first (cached
@@ -204,6 +247,20 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     report.peer_events = peer_events(&report, started.elapsed(), deadline).await;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// How long the API may take to answer for names and Services: 2 s (a dead API must not hold a
+/// healthy run for the whole deadline), or half the deadline when it is longer: a user raising
+/// --timeout for a slow API server gets the time (a TCG guest's TLS handshake and three lookups
+/// took >2 s).
+fn api_budget(deadline: Duration) -> Duration {
+    Duration::from_secs(2).max(deadline / 2)
+}
+
+/// The final probe still to run (its TCP port, or an echo), or already run.
+enum Probe {
+    Final(Option<u16>),
+    Done,
 }
 
 /// The peer agent's events of this run: VXLAN packets between this node and the peer whose
@@ -220,7 +277,7 @@ async fn peer_events(
         Some(Ok(Route { source: Some(ip), .. })) => Some(*ip),
         _ => None,
     };
-    let ends = [report.source_ip(), Some(IpAddr::V4(report.spec.dst))];
+    let ends = [report.source_ip(), Some(IpAddr::V4(report.spec.dst)), Some(IpAddr::V4(report.target()))];
     let addr = std::net::SocketAddr::new(IpAddr::V4(peer.underlay), port);
     let since = elapsed + Duration::from_secs(2);
     // The report keeps the reason as text: it is shown as the peer hops' note.
@@ -245,7 +302,7 @@ async fn names(report: &Report, timeout: Duration) -> Names {
     use crate::discovery::api;
     let Some(spec) = report.spec.api.clone() else { return Names::default() };
     let source_ip = if report.spec.from == Source::Host { None } else { report.source_ip() };
-    let dst = IpAddr::V4(report.spec.dst);
+    let dst = IpAddr::V4(report.target());
     let peer = report.node.peer.as_ref().map(|p| IpAddr::V4(p.underlay));
     let asked = async move {
         let client = api::client(spec.kubeconfig.as_deref(), &spec.host_root, timeout).await?;
@@ -289,7 +346,9 @@ async fn source_view(dst: Ipv4Addr) -> SourceView {
     SourceView { inode: netns::current_inode(), route: Some(route), link }
 }
 
-async fn node_view(spec: &Spec, source: &SourceView) -> NodeView {
+/// The node's side of the path to `target` (the destination, or the endpoint it was DNATed to:
+/// the node routes the packet after its NAT).
+async fn node_view(spec: &Spec, target: Ipv4Addr, source: &SourceView) -> NodeView {
     let mut view = NodeView { inode: netns::current_inode(), ..NodeView::default() };
     let links = netlink::links().await.unwrap_or_default();
     let by_index = |i: u32| links.iter().find(|l| l.index == i).cloned();
@@ -331,7 +390,7 @@ async fn node_view(spec: &Spec, source: &SourceView) -> NodeView {
             return view;
         }
     }
-    let route = netlink::route_get(IpAddr::V4(spec.dst), input).await.map_err(|e| e.to_string());
+    let route = netlink::route_get(IpAddr::V4(target), input).await.map_err(|e| e.to_string());
     view.route_link = route.as_ref().ok().and_then(|r| r.oif).and_then(by_index);
     let (gateway, oif) = match &route {
         Ok(r) if r.kind == RouteKind::Unicast => (r.gateway, r.oif),
@@ -350,7 +409,7 @@ async fn node_view(spec: &Spec, source: &SourceView) -> NodeView {
         view.underlay_route.clone_from(&view.route);
         return view;
     };
-    let next_hop = gateway.unwrap_or(IpAddr::V4(spec.dst));
+    let next_hop = gateway.unwrap_or(IpAddr::V4(target));
     if !dev.up {
         view.overlay_problems.push(format!("{} is down", dev.name));
     }
@@ -380,24 +439,27 @@ async fn node_view(spec: &Spec, source: &SourceView) -> NodeView {
     view
 }
 
-/// The final probe, the gateway echo and the path MTU, from the source's namespace.
+/// The final probe (unless it ran first), the gateway echo and the path MTU (to `target`, past
+/// any NAT), from the source's namespace.
 async fn source_probes(
     dst: Ipv4Addr,
-    port: Option<u16>,
+    probe: Probe,
+    target: Ipv4Addr,
     gateway: Option<Ipv4Addr>,
     deadline: Duration,
     capture: Option<Arc<Capture>>,
-) -> (Final, Option<icmp::Echo>, mtu::Report) {
+) -> (Option<Final>, Option<icmp::Echo>, mtu::Report) {
     crate::failpoint::crash_if("path-source");
     let final_probe = {
         let capture = capture.clone();
         async move {
-            match port {
-                Some(port) => {
+            match probe {
+                Probe::Final(Some(port)) => {
                     let target = Target { host: dst.to_string(), port };
-                    Final::Tcp(tcp::probe(&target, deadline, capture.as_deref()).await)
+                    Some(Final::Tcp(tcp::probe(&target, deadline, capture.as_deref()).await))
                 }
-                None => Final::Echo(blocking_echo(dst, deadline, capture).await),
+                Probe::Final(None) => Some(Final::Echo(blocking_echo(dst, deadline, capture).await)),
+                Probe::Done => None,
             }
         }
     };
@@ -410,7 +472,7 @@ async fn source_probes(
             }
         }
     };
-    let path_mtu = mtu::run(mtu::Spec { host: dst, max: None, cni_mtu: None }, deadline, capture);
+    let path_mtu = mtu::run(mtu::Spec { host: target, max: None, cni_mtu: None }, deadline, capture);
     tokio::join!(final_probe, gateway_echo, path_mtu)
 }
 
@@ -457,7 +519,7 @@ async fn node_probes(
     };
     let from_node = {
         let wanted = report.spec.from != Source::Host && report.to_node();
-        let target = report.spec.port.map(|port| Target { host: report.spec.dst.to_string(), port });
+        let target = report.target_port().map(|port| Target { host: report.target().to_string(), port });
         async move {
             let target = target.filter(|_| wanted)?;
             Some(tcp::probe(&target, deadline, capture.as_deref()).await)
