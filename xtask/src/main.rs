@@ -121,24 +121,30 @@ fn main() -> Result<()> {
         }
         Task::Bench { quick } => {
             setup::run()?;
-            let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--bpftrace"];
-            if quick {
-                args.push("--quick");
-            }
-            cargo(&args)?;
-            // `node` runs the real binary: the release one, as users get it.
-            cargo(&["build", "--release", "-p", "probe-user"])?;
-            let bin = root().join("target/release/netcheck");
+            let quick: &[&str] = if quick { &["--quick"] } else { &[] };
+            cargo(&bench_args("capture", &[&["--bpftrace"], quick].concat()))?;
+            // `node` and the others run the real binary: the image's static release build, as
+            // users get it.
+            cargo(&["build", "--release", "-p", "probe-user", "--target", image::TARGET])?;
+            let bin = root().join("target").join(image::TARGET).join("release/netcheck");
             for bench in ["node", "path", "agent", "startup"] {
-                let mut args = vec!["bench", "-p", "netcheck-tests", "--bench", bench];
-                if quick {
-                    args.extend(["--", "--quick"]);
-                }
-                cargo_with_bin(&args, &bin)?;
+                cargo_with_bin(&bench_args(bench, quick), &bin)?;
             }
             Ok(())
         }
     }
+}
+
+/// `cargo bench` of one of tests/benches, built for the image's static target: the release
+/// build of the dependencies is then the one the image step made (built for the host's target,
+/// the benches cost a second optimized build of every crate, five minutes of CI here).
+fn bench_args<'a>(bench: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["bench", "-p", "netcheck-tests", "--target", image::TARGET, "--bench", bench];
+    if !args.is_empty() {
+        v.push("--");
+        v.extend(args);
+    }
+    v
 }
 
 /// Fails unless this runs as root, saying which task needs it and why.
@@ -242,13 +248,13 @@ fn test() -> Result<()> {
     // The capture tests again, on the kernels nodes run (5.10, 6.1, 6.12) under QEMU.
     step("kernels", || kernels::run(&[]))?;
     step("benchmark (quick)", || {
-        cargo(&["bench", "-p", "netcheck-tests", "--bench", "capture", "--", "--quick"])?;
+        cargo(&bench_args("capture", &["--quick"]))?;
         // The debug binary the tests used: no release build in CI just for this.
         let bin = root().join("target/debug/netcheck");
-        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "node", "--", "--quick"], &bin)?;
-        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "path", "--", "--quick"], &bin)?;
-        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "startup", "--", "--quick"], &bin)?;
-        cargo_with_bin(&["bench", "-p", "netcheck-tests", "--bench", "agent", "--", "--quick"], &bin)
+        for bench in ["node", "path", "startup", "agent"] {
+            cargo_with_bin(&bench_args(bench, &["--quick"]), &bin)?;
+        }
+        Ok(())
     })?;
     step("fuzz (10 s per target)", || fuzz(10))?;
     let left: Vec<String> = netlab::list_netns()?.into_iter().filter(|n| n.starts_with("nclab")).collect();
@@ -281,19 +287,52 @@ const FUZZ_TARGETS: &[&str] = &[
 
 fn fuzz(seconds: u32) -> Result<()> {
     let dir = root().join("probe-user/fuzz");
-    for target in FUZZ_TARGETS {
-        println!("fuzz {target}: {seconds} s");
-        // New inputs go to the first folder (not kept); the second holds the seeds kept in the
-        // repository (a long run's corpus, minimised), so a short run starts from its coverage.
-        let corpus = format!("corpus/{target}");
-        let seeds = format!("seeds/{target}");
-        std::fs::create_dir_all(dir.join(&corpus))?;
-        anyhow::ensure!(dir.join(&seeds).is_dir(), "no seed corpus at probe-user/fuzz/{seeds}");
-        sh(Command::new("rustup")
-            .args(["run", "nightly", "cargo", "fuzz", "run", "-O", target, &corpus, &seeds, "--"])
-            .arg(format!("-max_total_time={seconds}"))
-            .args(["-rss_limit_mb=2048", "-print_final_stats=1"])
-            .current_dir(&dir))?;
+    // One build of every target (cargo builds the 17 binaries in parallel, the sanitized
+    // dependencies once); `cargo fuzz run` per target spent minutes re-entering cargo.
+    sh(Command::new("rustup").args(["run", "nightly", "cargo", "fuzz", "build", "-O"]).current_dir(&dir))?;
+    let bin_dir = dir.join("target/x86_64-unknown-linux-gnu/release");
+    let logs = dir.join("target/fuzz-logs");
+    std::fs::create_dir_all(&logs)?;
+    // Two at a time: libFuzzer runs one process on one core, the machine has two.
+    for pair in FUZZ_TARGETS.chunks(2) {
+        let mut running = Vec::new();
+        for target in pair {
+            println!("fuzz {target}: {seconds} s");
+            // New inputs go to the first folder (not kept); the second holds the seeds kept in
+            // the repository (a long run's corpus, minimised), so a short run starts from its
+            // coverage.
+            let corpus = dir.join("corpus").join(target);
+            let seeds = dir.join("seeds").join(target);
+            let artifacts = dir.join("artifacts").join(target);
+            std::fs::create_dir_all(&corpus)?;
+            std::fs::create_dir_all(&artifacts)?;
+            anyhow::ensure!(seeds.is_dir(), "no seed corpus at {}", seeds.display());
+            let log = logs.join(format!("{target}.log"));
+            let file = std::fs::File::create(&log)?;
+            let child = Command::new(bin_dir.join(target))
+                .arg(&corpus)
+                .arg(&seeds)
+                .arg(format!("-artifact_prefix={}/", artifacts.display()))
+                .arg(format!("-max_total_time={seconds}"))
+                .args(["-rss_limit_mb=2048", "-print_final_stats=1"])
+                // As `cargo fuzz run` sets it for its address-sanitizer builds: the ODR check
+                // reports globals duplicated across Rust's codegen units, not a bug.
+                .env("ASAN_OPTIONS", std::env::var("ASAN_OPTIONS").unwrap_or_else(|_| "detect_odr_violation=0".into()))
+                .stdout(file.try_clone()?)
+                .stderr(file)
+                .spawn()
+                .with_context(|| format!("fuzz target {target} (built by cargo fuzz build)"))?;
+            running.push((target, log, child));
+        }
+        for (target, log, mut child) in running {
+            let status = child.wait()?;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let final_stats: Vec<&str> = text.lines().filter(|l| l.starts_with("stat::")).collect();
+            println!("fuzz {target}: {status}; {}", final_stats.join(" "));
+            if !status.success() {
+                bail!("fuzz target {target} failed ({status}); its log, {}:\n{text}", log.display());
+            }
+        }
     }
     Ok(())
 }
