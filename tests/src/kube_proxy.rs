@@ -235,9 +235,16 @@ impl Lab {
     /// --noflush` (the chains it declares are flushed, others left alone, as kube-proxy's
     /// restore does), and the jumps from the built-in chains added once.
     pub fn program_kube_proxy(&self, node: u8, how: &Programming) -> Result<()> {
-        let ns = self.node(node).netns.clone();
         let services = self.services.lock().expect("services").clone();
-        let text = rules(&services, how);
+        // Back from nftables mode: its table goes (absent, this deletes nothing).
+        let ns = self.node(node).netns.clone();
+        let _ = Command::new("ip").args(["netns", "exec", &ns, "nft", "delete", "table", "ip", "kube-proxy"]).output();
+        self.restore_kube_proxy(node, &rules(&services, how))
+    }
+
+    /// `iptables-restore --noflush` of kube-proxy's chains on `node`, and its jumps.
+    pub(crate) fn restore_kube_proxy(&self, node: u8, text: &str) -> Result<()> {
+        let ns = self.node(node).netns.clone();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns, "iptables-restore", "-w", "--noflush"])
             .stdin(std::process::Stdio::piped())
@@ -267,6 +274,11 @@ impl Lab {
     /// kube-proxy's `/healthz` on the node's 127.0.0.1:10256 (200, or 503 when `healthy` is
     /// false, with kube-proxy's JSON body) and `/proxyMode` on 127.0.0.1:10249 ("iptables").
     pub fn serve_kube_proxy(&mut self, node: u8, healthy: bool) -> Result<()> {
+        self.serve_kube_proxy_in_mode(node, healthy, "iptables")
+    }
+
+    /// [`Self::serve_kube_proxy`], `/proxyMode` answering `mode`.
+    pub fn serve_kube_proxy_in_mode(&mut self, node: u8, healthy: bool, mode: &'static str) -> Result<()> {
         let ns = self.node(node).netns.clone();
         let healthz_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 10256);
         self.servers.push(serve(&ns, healthz_addr, move |s| {
@@ -279,7 +291,7 @@ impl Lab {
             http_answer(s, code, text, "application/json", &body);
         })?);
         let metrics = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 10249);
-        self.servers.push(serve(&ns, metrics, |s| http_answer(s, 200, "OK", "text/plain; charset=utf-8", "iptables"))?);
+        self.servers.push(serve(&ns, metrics, move |s| http_answer(s, 200, "OK", "text/plain; charset=utf-8", mode))?);
         Ok(())
     }
 }

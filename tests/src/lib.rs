@@ -41,6 +41,7 @@ mod faults;
 mod host;
 pub mod kernel;
 mod kube_proxy;
+mod kube_proxy_nft;
 pub mod layouts;
 pub mod netcheck;
 pub mod pki;

@@ -28,6 +28,12 @@ fn web_port() -> LabPort {
 }
 
 fn env() -> Env {
+    env_in("iptables")
+}
+
+/// The lab with kube-proxy in `mode` (`iptables`, or `nftables`: its own table, no KUBE-*
+/// iptables rules) on both nodes.
+fn env_in(mode: &'static str) -> Env {
     let _ = netlab::clean_stale();
     let mut lab = Lab::new().unwrap();
     lab.start_servers().unwrap();
@@ -52,9 +58,13 @@ fn env() -> Env {
         ports: vec![web_port()],
         endpoints: Vec::new(),
     });
-    lab.sync_kube_proxy().unwrap();
     for node in [1, 2] {
-        lab.serve_kube_proxy(node, node == 1).unwrap();
+        if mode == "nftables" {
+            lab.program_kube_proxy_nft(node, &Programming::default()).unwrap();
+        } else {
+            lab.program_kube_proxy(node, &Programming::default()).unwrap();
+        }
+        lab.serve_kube_proxy_in_mode(node, node == 1, mode).unwrap();
     }
     let kubeconfig = lab.serve_api(1, &dns.endpoints).unwrap();
     let root = TempDir::new(&format!("service-root-{}", lab.prefix));
@@ -481,4 +491,61 @@ fn path_to_a_service_places_each_fault() {
     let dst = hop(&r, "destination");
     let want = format!("one of the Service's ready endpoints: {}:8080, {}:8080; connected in ", e.w1, e.b);
     assert!(dst["detail"].as_str().unwrap().starts_with(&want), "{dst}");
+}
+
+/// kube-proxy in nftables mode (GA in 1.33): no KUBE-* iptables rule on the node, its `ip
+/// kube-proxy` table read with `nft -j` and followed from `service-ips` to each endpoint's
+/// `dnat to`; a Service missing from the map, one without endpoints, and `path` through it.
+#[test]
+fn nftables_mode_rules_are_read_and_followed() {
+    needs_root("nftables_mode_rules_are_read_and_followed");
+    let e = env_in("nftables");
+    let (w1, b) = (format!("{}:8080", e.w1), format!("{}:8080", e.b));
+    let r = e.check(1, &["default/web", "--probes", "8"]);
+    let rows = checks(&r);
+    assert_eq!(r.code, 0, "{rows:#?}");
+    assert_eq!(detail(row(&rows, "kube-proxy", "127.0.0.1:10256")), "healthz 200 on 127.0.0.1:10256, mode nftables");
+    let rules = row(&rows, "iptables", "rules 10.96.0.80:80 tcp");
+    assert_eq!(status(rules).0, "pass", "{rules:#}");
+    let d = detail(rules);
+    assert!(d.contains("nft (table ip kube-proxy): services → @service-ips → service-"), "{d}");
+    assert!(d.contains(&format!("DNAT to {w1}, {b}")), "{d}");
+    assert!(!d.contains("iptables-nft"), "the iptables backend holds no rule for it: {d}");
+    let vip = row(&rows, "service", "10.96.0.80:80 tcp");
+    assert!(probes(vip).iter().all(|p| p.3 && (p.0 == w1 || p.0 == b)), "{vip:#}");
+
+    // Missing from the map on n1: not programmed, and the probes were not DNATed.
+    let without = Programming { without: Some("default/web".into()), ..Default::default() };
+    e.lab.program_kube_proxy_nft(1, &without).unwrap();
+    let r = e.check(1, &["default/web"]);
+    let rows = checks(&r);
+    let rules = row(&rows, "iptables", "rules 10.96.0.80:80 tcp");
+    assert_eq!(status(rules), ("fail", "service_not_programmed"), "{rules:#}");
+    assert!(detail(rules).contains("no element of map service-ips matches 10.96.0.80:80 tcp"), "{rules:#}");
+    assert_eq!(status(row(&rows, "service", "10.96.0.80:80 tcp")), ("fail", "service_not_programmed"));
+    e.lab.program_kube_proxy_nft(1, &Programming::default()).unwrap();
+
+    // No endpoints: the no-endpoint-services map rejects it, with kube-proxy's comment.
+    let r = e.check(1, &["default/empty"]);
+    let rows = checks(&r);
+    let rules = row(&rows, "iptables", "rules 10.96.0.81:80 tcp");
+    assert!(
+        detail(rules)
+            .contains("nft (table ip kube-proxy): @no-endpoint-services: goto reject-chain (\"default/empty:http\")"),
+        "{rules:#}"
+    );
+    assert_eq!(status(row(&rows, "service", "10.96.0.81:80 tcp")), ("fail", "service_no_endpoints"));
+
+    // path follows the DNAT whichever mode wrote it.
+    let only_b = Programming { endpoints: Some(("default/web".into(), vec![e.b])), ..Default::default() };
+    e.lab.program_kube_proxy_nft(1, &only_b).unwrap();
+    let r = path(&e, "10.96.0.80:80");
+    assert_eq!(r.code, 0, "{r:?}");
+    let dnat = hop(&r, "dnat");
+    assert!(
+        dnat["detail"].as_str().unwrap().starts_with(&format!("10.96.0.80:80 -> {b} (pod default/b on n2)")),
+        "{dnat}"
+    );
+    assert_eq!(hop_names(&r).last().map(String::as_str), Some("destination"));
+    assert!(hop_names(&r).contains(&"overlay".to_string()), "{r:?}");
 }

@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",         // the image's shell and tools
     "gcc",                    // cc -static: the stand-in kubelet of tests/tests/kubelet_process.rs
     "conntrack",              // the service test runs the conntrack -D netcheck prints for a stale entry
+    "nftables",               // nft: kube-proxy's nftables mode in the lab, read by netcheck
     "libc6-dev",              // its static libc
     "openssl",                // X.509 v1 certificates for tests/tests/cert.rs (rcgen makes only v3)
     "skopeo",                 // CI inspects the image archive

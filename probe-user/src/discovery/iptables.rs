@@ -10,11 +10,13 @@
 
 use std::{path::PathBuf, time::Duration};
 
-/// Which of the two kernel interfaces a ruleset came from.
+/// Where a Service's rules came from: one of iptables' two kernel interfaces, or kube-proxy's
+/// nftables mode (its own `ip kube-proxy` table, `discovery::kube_proxy_nft`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Nft,
     Legacy,
+    NftablesMode,
 }
 
 impl Backend {
@@ -23,6 +25,16 @@ impl Backend {
         match self {
             Self::Nft => "iptables-nft",
             Self::Legacy => "iptables-legacy",
+            Self::NftablesMode => "nft (table ip kube-proxy)",
+        }
+    }
+
+    /// The program that prints the rules.
+    pub fn reader(self) -> &'static str {
+        match self {
+            Self::Nft => "iptables-nft-save",
+            Self::Legacy => "iptables-legacy-save",
+            Self::NftablesMode => "nft",
         }
     }
 }
@@ -171,13 +183,13 @@ pub fn parse(text: &str) -> Result<Ruleset, ParseError> {
 /// Why a backend could not be read.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ReadError {
-    #[error("{tool}-save is not installed here (looked in PATH)")]
+    #[error("{tool} is not installed here (looked in PATH)")]
     NoTool { tool: &'static str },
     #[error("reading iptables rules needs CAP_NET_ADMIN, which this process lacks")]
     NoCapability,
-    #[error("{tool}-save: {why}")]
+    #[error("{tool}: {why}")]
     Failed { tool: &'static str, why: String },
-    #[error("{tool}-save printed what does not parse: {error}")]
+    #[error("{tool} printed what does not parse: {error}")]
     Unparsable { tool: &'static str, error: String },
 }
 
@@ -203,7 +215,7 @@ pub async fn read(deadline: Duration) -> Reading {
 }
 
 async fn read_nft(deadline: Duration) -> Result<Ruleset, ReadError> {
-    let tool = Backend::Nft.tool();
+    let tool = Backend::Nft.reader();
     match which("iptables-nft-save") {
         Some(exe) => save(tool, exe, &[], deadline).await,
         // Older distributions ship one `iptables-save`: it is the nf_tables one when its
@@ -216,7 +228,7 @@ async fn read_nft(deadline: Duration) -> Result<Ruleset, ReadError> {
 }
 
 async fn read_legacy(deadline: Duration) -> Result<Ruleset, ReadError> {
-    let tool = Backend::Legacy.tool();
+    let tool = Backend::Legacy.reader();
     let names = match std::fs::read_to_string(LEGACY_TABLES) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ruleset::default()),
@@ -260,7 +272,7 @@ async fn save(tool: &'static str, exe: PathBuf, args: &[&str], deadline: Duratio
 }
 
 /// Runs a tool with a deadline; its stdout, or why not (its stderr's first line).
-async fn run(exe: &std::path::Path, args: &[&str], deadline: Duration) -> Result<String, String> {
+pub(crate) async fn run(exe: &std::path::Path, args: &[&str], deadline: Duration) -> Result<String, String> {
     let child =
         tokio::process::Command::new(exe).args(args).stdin(std::process::Stdio::null()).kill_on_drop(true).output();
     match tokio::time::timeout(deadline, child).await {
@@ -275,7 +287,7 @@ async fn run(exe: &std::path::Path, args: &[&str], deadline: Duration) -> Result
 }
 
 /// The first `name` in PATH.
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }

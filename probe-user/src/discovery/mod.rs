@@ -10,6 +10,7 @@ pub mod conntrack;
 pub mod flannel;
 pub mod iptables;
 pub mod kube_proxy;
+pub mod kube_proxy_nft;
 pub mod kubeconfig;
 pub mod kubelet_config;
 pub mod netlink;

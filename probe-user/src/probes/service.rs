@@ -29,6 +29,7 @@ use crate::{
         conntrack::{self, CtError, Entry, L4, Tuple4},
         iptables::{self, Backend, ReadError},
         kube_proxy::{self, Programmed},
+        kube_proxy_nft,
         services::{self, ServicePort, Wanted},
     },
 };
@@ -142,7 +143,29 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     };
     let rules = async {
         let Some(vip) = vip else { return Vec::new() };
-        rules(vip, l4, &iptables::read(budget / 2).await)
+        let (reading, nft) = tokio::join!(iptables::read(budget / 2), kube_proxy_nft::read(budget / 2));
+        let mut found = rules(vip, l4, &reading);
+        match nft {
+            Ok(Some(table)) => {
+                // kube-proxy's table is there: it runs in nftables mode, and iptables' backends
+                // (flannel's rules, say) matter only where they hold something for this Service.
+                found.retain(|r| !matches!(r.programmed, Ok(Programmed::Missing)));
+                found.push(Rules {
+                    backend: Backend::NftablesMode,
+                    programmed: Ok(kube_proxy_nft::rules(&table, vip, l4)),
+                });
+            }
+            // No table (kube-proxy in another mode), or no nft to read one with: iptables says.
+            Ok(None) | Err(ReadError::NoTool { .. } | ReadError::NoCapability) => {}
+            Err(e) => found.push(Rules { backend: Backend::NftablesMode, programmed: Err(e) }),
+        }
+        // A backend that holds no rule for this Service beside one that does is the one
+        // kube-proxy does not use (a node keeps flannel's iptables rules in nftables mode).
+        if found.iter().any(|r| matches!(r.programmed, Ok(Programmed::Endpoints { .. } | Programmed::Rejected { .. })))
+        {
+            found.retain(|r| !matches!(r.programmed, Ok(Programmed::Missing)));
+        }
+        found
     };
     let probes = async {
         let Some(vip) = vip else { return Vec::new() };

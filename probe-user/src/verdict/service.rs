@@ -8,7 +8,12 @@ use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
 use super::{Cause, Check, Evidence, Probe, Verdict};
 use crate::{
-    discovery::{conntrack, iptables::ReadError, kube_proxy::Programmed, services::Endpoint},
+    discovery::{
+        conntrack,
+        iptables::{Backend, ReadError},
+        kube_proxy::Programmed,
+        services::Endpoint,
+    },
     probes::service::{Answer, Attempt, Report, Rules},
 };
 
@@ -199,7 +204,11 @@ fn rules(r: &Report, vip: SocketAddr) -> Check {
             }
             Ok(Programmed::Rejected { target: t, comment, .. }) => {
                 let comment = comment.as_ref().map_or(String::new(), |c| format!(" ({c:?})"));
-                lines.push(format!("{tool}: filter KUBE-SERVICES -j {t}{comment}"));
+                lines.push(if *backend == Backend::NftablesMode {
+                    format!("{tool}: {t}{comment}")
+                } else {
+                    format!("{tool}: filter KUBE-SERVICES -j {t}{comment}")
+                });
                 if ready.as_ref().is_some_and(|r| !r.is_empty()) {
                     failed.get_or_insert(format!(
                         "{tool}: -j {t}{comment} although the EndpointSlices list ready endpoints"
@@ -207,12 +216,19 @@ fn rules(r: &Report, vip: SocketAddr) -> Check {
                 }
             }
             Ok(Programmed::Missing) => {
-                failed.get_or_insert(format!("{tool}: no KUBE-SERVICES rule matches {vip} {}", r.l4));
+                let (what, l4) = match backend {
+                    Backend::NftablesMode => ("no element of map service-ips", r.l4),
+                    _ => ("no KUBE-SERVICES rule", r.l4),
+                };
+                failed.get_or_insert(format!("{tool}: {what} matches {vip} {l4}"));
             }
         }
     }
     let verdict = if r.rules.is_empty() {
-        Verdict::skip("no iptables rules in either backend (kube-proxy in nftables or IPVS mode, or none)")
+        Verdict::skip(
+            "no kube-proxy rules in either iptables backend nor an nftables table ip kube-proxy (kube-proxy in IPVS \
+             mode, or none)",
+        )
     } else if let Some(why) = failed {
         Verdict::fail(
             Cause::ServiceNotProgrammed,

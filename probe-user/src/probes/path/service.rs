@@ -7,7 +7,8 @@
 //! conntrack), so the hops follow the endpoint whatever wrote the rules.
 //!
 //! Whether the destination is a Service is asked before the probes: the API (a Service with
-//! that cluster IP), else kube-proxy's iptables rules for that address and port.
+//! that cluster IP), else kube-proxy's rules for that address and port (iptables mode in either
+//! backend, or nftables mode's table).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -19,6 +20,7 @@ use crate::discovery::{
     conntrack::{self, Entry, L4, Tuple4},
     iptables::{self, Backend},
     kube_proxy::{self, Programmed},
+    kube_proxy_nft,
     services::{self, FindError, ServicePort, Wanted},
 };
 
@@ -68,13 +70,15 @@ pub async fn detect(spec: &Spec, budget: Duration) -> Option<ServiceStep> {
     // kube-proxy's rules only when the API could not say: on a large cluster iptables-save
     // prints tens of thousands of rules, not worth a path the API already answered.
     let rules = if api.is_err() {
-        let reading = iptables::read(budget).await;
-        [(Backend::Nft, &reading.nft), (Backend::Legacy, &reading.legacy)].into_iter().find_map(|(backend, set)| {
-            match kube_proxy::iptables_rules(set.as_ref().ok()?, backend, vip, L4::Tcp) {
-                Programmed::Missing => None,
-                found => Some((backend, found)),
-            }
-        })
+        let (reading, nft) = tokio::join!(iptables::read(budget), kube_proxy_nft::read(budget));
+        let nft = nft.ok().flatten().map(|t| (Backend::NftablesMode, kube_proxy_nft::rules(&t, vip, L4::Tcp)));
+        [(Backend::Nft, &reading.nft), (Backend::Legacy, &reading.legacy)]
+            .into_iter()
+            .filter_map(|(backend, set)| {
+                Some((backend, kube_proxy::iptables_rules(set.as_ref().ok()?, backend, vip, L4::Tcp)))
+            })
+            .chain(nft)
+            .find(|(_, found)| *found != Programmed::Missing)
     } else {
         None
     };
