@@ -2,9 +2,11 @@
 //! answers, and the iptables-mode rules kube-proxy writes for them, generated the way
 //! kube-proxy generates them (k/k pkg/proxy/iptables/proxier.go, v1.28+ layout: chain names
 //! hashed from the port name and protocol, a `KUBE-SEP-` chain per endpoint picked with
-//! `-m statistic --mode random`, a filter-table REJECT for a port without endpoints) and loaded
-//! with `iptables-restore --noflush` as kube-proxy does. Its `/healthz` (10256) and
-//! `/proxyMode` (10249) answer on the node's loopback.
+//! `-m statistic --mode random`, a filter-table REJECT for a port without endpoints; a NodePort
+//! through `KUBE-NODEPORTS` and its `KUBE-EXT-` chain, `KUBE-SVL-` for `externalTrafficPolicy:
+//! Local` and a filter-table DROP where the node has no local endpoint; `KUBE-POSTROUTING`
+//! masquerading what `KUBE-MARK-MASQ` marked) and loaded with `iptables-restore --noflush` as
+//! kube-proxy does. Its `/healthz` (10256) and `/proxyMode` (10249) answer on the node's loopback.
 
 use sha2::Digest as _;
 
@@ -18,15 +20,20 @@ pub struct LabService {
     pub cluster_ip: Ipv4Addr,
     pub ports: Vec<LabPort>,
     pub endpoints: Vec<LabEndpoint>,
+    /// `externalTrafficPolicy: Local`: NodePort traffic from outside the node goes only to the
+    /// node's own endpoints (a NodePort Service's default is `Cluster`).
+    pub external_local: bool,
 }
 
-/// One port of a Service: name ("" when unnamed), the Service port, UDP or TCP, the pods' port.
+/// One port of a Service: name ("" when unnamed), the Service port, UDP or TCP, the pods' port,
+/// and its NodePort (the Service is `type: NodePort` when a port has one).
 #[derive(Debug, Clone)]
 pub struct LabPort {
     pub name: String,
     pub port: u16,
     pub udp: bool,
     pub target_port: u16,
+    pub node_port: Option<u16>,
 }
 
 /// One endpoint: a lab pod's IP, its node and name, its readiness.
@@ -68,10 +75,14 @@ impl LabService {
                 if !p.name.is_empty() {
                     v["name"] = p.name.clone().into();
                 }
+                if let Some(np) = p.node_port {
+                    v["nodePort"] = np.into();
+                }
                 v
             })
             .collect();
-        serde_json::json!({
+        let node_port = self.ports.iter().any(|p| p.node_port.is_some());
+        let mut svc = serde_json::json!({
             "kind": "Service",
             "apiVersion": "v1",
             "metadata": {
@@ -91,7 +102,13 @@ impl LabService {
                 "internalTrafficPolicy": "Cluster"
             },
             "status": {"loadBalancer": {}}
-        })
+        });
+        // The API defaults externalTrafficPolicy to Cluster for NodePort Services only.
+        if node_port {
+            svc["spec"]["type"] = "NodePort".into();
+            svc["spec"]["externalTrafficPolicy"] = if self.external_local { "Local" } else { "Cluster" }.into();
+        }
+        svc
     }
 
     /// The Service's EndpointSlice list (one slice), as the EndpointSlice controller writes it.
@@ -149,61 +166,163 @@ pub struct Programming {
     pub endpoints: Option<(String, Vec<Ipv4Addr>)>,
 }
 
-/// The iptables-restore input kube-proxy would write for `services` (filter and nat).
-pub fn rules(services: &[LabService], how: &Programming) -> String {
-    let mut filter = vec![":KUBE-SERVICES - [0:0]".to_string(), ":KUBE-EXTERNAL-SERVICES - [0:0]".to_string()];
-    let mut nat_chains = vec![":KUBE-SERVICES - [0:0]".to_string(), ":KUBE-MARK-MASQ - [0:0]".to_string()];
-    let mut nat = Vec::new();
+/// The iptables-restore input kube-proxy on node `node` would write for `services` (filter and
+/// nat; only NodePorts differ between nodes, by which endpoints are local).
+pub fn rules(services: &[LabService], how: &Programming, node: u8) -> String {
+    let mut w = Writer::default();
     for svc in services {
         let key = format!("{}/{}", svc.namespace, svc.name);
         if how.without.as_deref() == Some(key.as_str()) {
             continue;
         }
         for p in &svc.ports {
-            let name = svc.port_name(p);
-            let proto = p.proto();
-            let vip = svc.cluster_ip;
-            let eps: Vec<Ipv4Addr> = match &how.endpoints {
-                Some((s, ips)) if *s == key => ips.clone(),
-                _ => svc.endpoints.iter().filter(|e| e.ready).map(|e| e.ip).collect(),
+            let eps: Vec<(Ipv4Addr, bool)> = match &how.endpoints {
+                Some((s, ips)) if *s == key => ips.iter().map(|ip| (*ip, false)).collect(),
+                _ => svc.endpoints.iter().filter(|e| e.ready).map(|e| (e.ip, e.node == node)).collect(),
             };
-            let dst = format!("-m {proto} -p {proto} -d {vip}/32 --dport {}", p.port);
+            w.port(svc, p, &eps);
+        }
+    }
+    w.finish()
+}
+
+/// Rules as kube-proxy's proxier accumulates them: filter, nat chain lines, nat rules.
+#[derive(Default)]
+struct Writer {
+    filter: Vec<String>,
+    nat_chains: Vec<String>,
+    nat: Vec<String>,
+}
+
+impl Writer {
+    /// One Service port whose ready endpoints are `eps` (address, on this node).
+    fn port(&mut self, svc: &LabService, p: &LabPort, eps: &[(Ipv4Addr, bool)]) {
+        let name = svc.port_name(p);
+        let proto = p.proto();
+        let vip = svc.cluster_ip;
+        let dst = format!("-m {proto} -p {proto} -d {vip}/32 --dport {}", p.port);
+        let local: Vec<Ipv4Addr> = eps.iter().filter(|e| e.1).map(|e| e.0).collect();
+        // kube-proxy's hasExternalEndpoints: any endpoint under Cluster, a local one under Local.
+        let external = if svc.external_local { !local.is_empty() } else { !eps.is_empty() };
+        if let Some(np) = p.node_port {
+            let np_match = format!("-m {proto} -p {proto} --dport {np}");
             if eps.is_empty() {
-                filter
-                    .push(format!("-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" {dst} -j REJECT"));
-                continue;
-            }
-            let svc_chain = format!("KUBE-SVC-{}", hash16(&format!("{name}{proto}")));
-            nat_chains.push(format!(":{svc_chain} - [0:0]"));
-            nat.push(format!("-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" {dst} -j {svc_chain}"));
-            nat.push(format!(
-                "-A {svc_chain} -m comment --comment \"{name} cluster IP\" {dst} ! -s {POD_CIDR} -j KUBE-MARK-MASQ"
-            ));
-            let n = eps.len();
-            for (i, ip) in eps.iter().enumerate() {
-                let ep = SocketAddr::new((*ip).into(), p.target_port);
-                let sep = format!("KUBE-SEP-{}", hash16(&format!("{name}{proto}{ep}")));
-                nat_chains.push(format!(":{sep} - [0:0]"));
-                let left = n - i;
-                let pick = if left > 1 {
-                    // kube-proxy's probability of picking this one of the `left` remaining.
-                    format!(
-                        " -m statistic --mode random --probability {:.10}",
-                        1.0 / f64::from(u32::try_from(left).unwrap_or(1))
-                    )
-                } else {
-                    String::new()
-                };
-                nat.push(format!("-A {svc_chain} -m comment --comment \"{name} -> {ep}\"{pick} -j {sep}"));
-                nat.push(format!("-A {sep} -m comment --comment {name} -s {ip}/32 -j KUBE-MARK-MASQ"));
-                nat.push(format!(
-                    "-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT --to-destination {ep}"
+                self.filter.push(format!(
+                    "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no endpoints\" -m addrtype \
+                     --dst-type LOCAL {np_match} -j REJECT"
+                ));
+            } else if !external {
+                self.filter.push(format!(
+                    "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no local endpoints\" -m addrtype \
+                     --dst-type LOCAL {np_match} -j DROP"
                 ));
             }
         }
+        if eps.is_empty() {
+            self.filter
+                .push(format!("-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" {dst} -j REJECT"));
+            return;
+        }
+        let svc_chain = format!("KUBE-SVC-{}", hash16(&format!("{name}{proto}")));
+        self.nat_chains.push(format!(":{svc_chain} - [0:0]"));
+        self.nat.push(format!("-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" {dst} -j {svc_chain}"));
+        if let Some(np) = p.node_port {
+            let ext = format!("KUBE-EXT-{}", hash16(&format!("{name}{proto}")));
+            self.nat_chains.push(format!(":{ext} - [0:0]"));
+            self.nat.push(format!(
+                "-A KUBE-NODEPORTS -m comment --comment {name} -m {proto} -p {proto} --dport {np} -j {ext}"
+            ));
+            if svc.external_local {
+                // Pods and the node itself short-circuit to the cluster-wide chain; others get
+                // only this node's endpoints, through KUBE-SVL- (when it has any).
+                self.nat.push(format!(
+                    "-A {ext} -m comment --comment \"pod traffic for {name} external destinations\" -s {POD_CIDR} -j \
+                     {svc_chain}"
+                ));
+                self.nat.push(format!(
+                    "-A {ext} -m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m \
+                     addrtype --src-type LOCAL -j KUBE-MARK-MASQ"
+                ));
+                self.nat.push(format!(
+                    "-A {ext} -m comment --comment \"route LOCAL traffic for {name} external destinations\" -m \
+                     addrtype --src-type LOCAL -j {svc_chain}"
+                ));
+                if external {
+                    let svl = format!("KUBE-SVL-{}", hash16(&format!("{name}{proto}")));
+                    self.nat_chains.push(format!(":{svl} - [0:0]"));
+                    self.nat.push(format!("-A {ext} -j {svl}"));
+                    self.endpoints(&svl, &name, p, &local);
+                }
+            } else {
+                self.nat.push(format!(
+                    "-A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j \
+                     KUBE-MARK-MASQ"
+                ));
+                self.nat.push(format!("-A {ext} -j {svc_chain}"));
+            }
+        }
+        self.nat.push(format!(
+            "-A {svc_chain} -m comment --comment \"{name} cluster IP\" {dst} ! -s {POD_CIDR} -j KUBE-MARK-MASQ"
+        ));
+        let all: Vec<Ipv4Addr> = eps.iter().map(|e| e.0).collect();
+        self.endpoints(&svc_chain, &name, p, &all);
     }
-    nat.push("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000".into());
-    format!("*filter\n{}\nCOMMIT\n*nat\n{}\n{}\nCOMMIT\n", filter.join("\n"), nat_chains.join("\n"), nat.join("\n"))
+
+    /// `chain` picking one of `eps` at random, and each one's `KUBE-SEP-` chain (once).
+    fn endpoints(&mut self, chain: &str, name: &str, p: &LabPort, eps: &[Ipv4Addr]) {
+        let proto = p.proto();
+        let n = eps.len();
+        for (i, ip) in eps.iter().enumerate() {
+            let ep = SocketAddr::new((*ip).into(), p.target_port);
+            let sep = format!("KUBE-SEP-{}", hash16(&format!("{name}{proto}{ep}")));
+            let left = n - i;
+            let pick = if left > 1 {
+                // kube-proxy's probability of picking this one of the `left` remaining.
+                format!(
+                    " -m statistic --mode random --probability {:.10}",
+                    1.0 / f64::from(u32::try_from(left).unwrap_or(1))
+                )
+            } else {
+                String::new()
+            };
+            self.nat.push(format!("-A {chain} -m comment --comment \"{name} -> {ep}\"{pick} -j {sep}"));
+            let line = format!(":{sep} - [0:0]");
+            if self.nat_chains.contains(&line) {
+                continue;
+            }
+            self.nat_chains.push(line);
+            self.nat.push(format!("-A {sep} -m comment --comment {name} -s {ip}/32 -j KUBE-MARK-MASQ"));
+            self.nat.push(format!(
+                "-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT --to-destination {ep}"
+            ));
+        }
+    }
+
+    /// The restore input: the fixed chains, the Services' rules, the NodePort tail call and the
+    /// masquerade of marked packets (k/k proxier.go `writeIptablesRules`, KUBE-POSTROUTING).
+    fn finish(mut self) -> String {
+        let mut filter = vec![":KUBE-SERVICES - [0:0]".to_string(), ":KUBE-EXTERNAL-SERVICES - [0:0]".to_string()];
+        filter.append(&mut self.filter);
+        let mut chains: Vec<String> = ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"]
+            .iter()
+            .map(|c| format!(":{c} - [0:0]"))
+            .collect();
+        chains.append(&mut self.nat_chains);
+        let mut nat = std::mem::take(&mut self.nat);
+        nat.push(
+            "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in \
+             this chain\" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"
+                .into(),
+        );
+        nat.push("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000".into());
+        nat.push("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN".into());
+        nat.push("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000".into());
+        nat.push(
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE"
+                .into(),
+        );
+        format!("*filter\n{}\nCOMMIT\n*nat\n{}\n{}\nCOMMIT\n", filter.join("\n"), chains.join("\n"), nat.join("\n"))
+    }
 }
 
 impl Lab {
@@ -239,7 +358,7 @@ impl Lab {
         // Back from nftables mode: its table goes (absent, this deletes nothing).
         let ns = self.node(node).netns.clone();
         let _ = Command::new("ip").args(["netns", "exec", &ns, "nft", "delete", "table", "ip", "kube-proxy"]).output();
-        self.restore_kube_proxy(node, &rules(&services, how))
+        self.restore_kube_proxy(node, &rules(&services, how, node))
     }
 
     /// `iptables-restore --noflush` of kube-proxy's chains on `node`, and its jumps.
@@ -257,11 +376,15 @@ impl Lab {
             bail!("iptables-restore in {ns}: {}\n{text}", String::from_utf8_lossy(&out.stderr).trim());
         }
         let portals = "-m comment --comment kubernetes-service-portals";
+        let external = "-m comment --comment kubernetes-externally-visible-service-portals";
         let jumps = [
             ("nat", "PREROUTING", format!("{portals} -j KUBE-SERVICES")),
             ("nat", "OUTPUT", format!("{portals} -j KUBE-SERVICES")),
             ("filter", "OUTPUT", format!("-m conntrack --ctstate NEW {portals} -j KUBE-SERVICES")),
             ("filter", "FORWARD", format!("-m conntrack --ctstate NEW {portals} -j KUBE-SERVICES")),
+            ("filter", "INPUT", format!("-m conntrack --ctstate NEW {external} -j KUBE-EXTERNAL-SERVICES")),
+            ("filter", "FORWARD", format!("-m conntrack --ctstate NEW {external} -j KUBE-EXTERNAL-SERVICES")),
+            ("nat", "POSTROUTING", "-m comment --comment kubernetes-postrouting-rules -j KUBE-POSTROUTING".into()),
         ];
         for (table, chain, rule) in jumps {
             if iptables(&ns, &format!("-t {table} -C {chain} {rule}")).is_err() {

@@ -92,10 +92,11 @@ impl Lab {
             name: "kube-dns".into(),
             cluster_ip: DNS_SERVICE_IP,
             ports: vec![
-                LabPort { name: "dns".into(), port: 53, udp: true, target_port: 53 },
-                LabPort { name: "dns-tcp".into(), port: 53, udp: false, target_port: 53 },
+                LabPort { name: "dns".into(), port: 53, udp: true, target_port: 53, node_port: None },
+                LabPort { name: "dns-tcp".into(), port: 53, udp: false, target_port: 53, node_port: None },
             ],
             endpoints: lab_endpoints,
+            external_local: false,
         });
         self.sync_kube_proxy()?;
         Ok(Dns { service: DNS_SERVICE_IP, endpoints, upstream: UPSTREAM_DNS_IP })

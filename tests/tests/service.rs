@@ -5,118 +5,13 @@
 //! the right endpoint; a stale UDP entry is found and the printed command clears it; without
 //! CAP_NET_ADMIN the probes still judge.
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod service_lab;
 
-use netlab::{Lab, LabEndpoint, LabPort, LabService, Programming, TempDir, needs_root, netcheck};
+use std::net::Ipv4Addr;
+
+use netlab::{Programming, needs_root, netcheck};
 use serde_json::Value;
-
-const WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 80);
-const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 81);
-
-struct Env {
-    lab: Lab,
-    root: TempDir,
-    kubeconfig: String,
-    /// The web Service's endpoints: pod w1 on n1, pod b on n2.
-    w1: Ipv4Addr,
-    b: Ipv4Addr,
-    dns: Vec<Ipv4Addr>,
-}
-
-fn web_port() -> LabPort {
-    LabPort { name: "http".into(), port: 80, udp: false, target_port: 8080 }
-}
-
-fn env() -> Env {
-    env_in("iptables")
-}
-
-/// The lab with kube-proxy in `mode` (`iptables`, or `nftables`: its own table, no KUBE-*
-/// iptables rules) on both nodes.
-fn env_in(mode: &'static str) -> Env {
-    let _ = netlab::clean_stale();
-    let mut lab = Lab::new().unwrap();
-    lab.start_servers().unwrap();
-    let dns = lab.start_dns().unwrap();
-    let w1 = lab.add_pod(1, "w1", 20).unwrap();
-    lab.serve_tcp(&w1.netns, SocketAddr::new(w1.ip.into(), 8080)).unwrap();
-    let b = lab.pod("b").ip;
-    lab.add_service(LabService {
-        namespace: "default".into(),
-        name: "web".into(),
-        cluster_ip: WEB_IP,
-        ports: vec![web_port()],
-        endpoints: vec![
-            LabEndpoint { ip: w1.ip, node: 1, pod: "w1".into(), ready: true },
-            LabEndpoint { ip: b, node: 2, pod: "b".into(), ready: true },
-        ],
-    });
-    lab.add_service(LabService {
-        namespace: "default".into(),
-        name: "empty".into(),
-        cluster_ip: EMPTY_IP,
-        ports: vec![web_port()],
-        endpoints: Vec::new(),
-    });
-    for node in [1, 2] {
-        if mode == "nftables" {
-            lab.program_kube_proxy_nft(node, &Programming::default()).unwrap();
-        } else {
-            lab.program_kube_proxy(node, &Programming::default()).unwrap();
-        }
-        lab.serve_kube_proxy_in_mode(node, node == 1, mode).unwrap();
-    }
-    let kubeconfig = lab.serve_api(1, &dns.endpoints).unwrap();
-    let root = TempDir::new(&format!("service-root-{}", lab.prefix));
-    lab.write_host_root(1, &root, &kubeconfig).unwrap();
-    let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
-    Env { lab, root, kubeconfig, w1: w1.ip, b, dns: dns.endpoints }
-}
-
-impl Env {
-    fn args<'a>(&'a self, root: &'a str, service: &[&'a str]) -> Vec<&'a str> {
-        let mut args =
-            vec!["--timeout", "6s", "--host-root", root, "--kubeconfig", &self.kubeconfig, "check", "service"];
-        args.extend_from_slice(service);
-        args
-    }
-
-    /// `check service ARGS` from node `node`'s namespace, as root.
-    fn check(&self, node: u8, service: &[&str]) -> netcheck::Run {
-        let root = self.root.path.display().to_string();
-        netcheck::run_json_in(&self.lab.node(node).netns, &self.args(&root, service)).unwrap()
-    }
-}
-
-fn checks(r: &netcheck::Run) -> Vec<Value> {
-    r.json["checks"].as_array().unwrap_or_else(|| panic!("no checks: {r:?}")).clone()
-}
-
-/// The row of `probe` whose target is `target`.
-fn row<'a>(rows: &'a [Value], probe: &str, target: &str) -> &'a Value {
-    rows.iter()
-        .find(|c| c["probe"] == probe && c["target"] == target)
-        .unwrap_or_else(|| panic!("no {probe} row {target:?} in {rows:#?}"))
-}
-
-fn status(c: &Value) -> (&str, &str) {
-    (c["status"].as_str().unwrap_or_default(), c["cause"].as_str().unwrap_or_default())
-}
-
-fn detail(c: &Value) -> &str {
-    c["detail"].as_str().unwrap_or_default()
-}
-
-/// The Service IP row's probes: (endpoint, node, pod, answered).
-fn probes(c: &Value) -> Vec<(String, String, String, bool)> {
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    c["data"]["service"]["probes"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no data.service.probes: {c:#}"))
-        .iter()
-        .map(|p| (s(&p["endpoint"]), s(&p["node"]), s(&p["pod"]), p["answered"] == true))
-        .collect()
-}
+use service_lab::{Env, WEB_IP, checks, detail, env, env_in, probes, row, status};
 
 #[test]
 fn healthy_service_over_tcp_and_udp_names_each_probes_endpoint() {
@@ -204,10 +99,37 @@ fn each_service_fault_has_its_own_cause() {
     for (endpoint, _, _, answered) in probes(vip) {
         assert_eq!(answered, endpoint == w1, "{vip:#}");
     }
+    // Those probes left n1 masqueraded (kube-proxy marks a node's own traffic to a Service IP,
+    // KUBE-POSTROUTING masquerades it out of flannel.1), so the drops on n2 above were matched
+    // through the translated endpoint the probes' conntrack entries gave.
+    let ct = std::process::Command::new("ip")
+        .args(["netns", "exec", &n1, "conntrack", "-L", "-p", "tcp", "-d", &WEB_IP.to_string()])
+        .output()
+        .unwrap();
+    let ct = String::from_utf8_lossy(&ct.stdout);
+    let masqueraded = format!("src={} dst={} ", e.b, e.lab.node(1).flannel_ip());
+    assert!(ct.lines().any(|l| l.contains(&masqueraded)), "no entry with reply {masqueraded:?}: {ct}");
     let direct = row(&rows, "endpoint", &format!("{b} tcp"));
     assert_eq!(status(direct), ("fail", "netfilter_drop"), "{direct:#}");
     assert_eq!(status(row(&rows, "endpoint", &format!("{w1} tcp"))).0, "pass");
     e.lab.iptables(&e.lab.node(2).netns, &format!("-D FORWARD -d {} -p tcp --dport 8080 -j DROP", e.b)).unwrap();
+
+    // The same over UDP: kube-dns's CoreDNS pod on n2 unreachable. A DNS probe is one datagram,
+    // masqueraded out of n1 and dropped on n2 before conntrack could be asked; its candidate
+    // endpoints (its port on n1's other addresses) held the drop until conntrack named one.
+    e.lab.block_dns_endpoint(2).unwrap();
+    let r = e.check(1, &["--udp", "10.96.0.10:53", "--probes", "12"]);
+    let rows = checks(&r);
+    let vip = row(&rows, "service", "10.96.0.10:53 udp");
+    assert_eq!(status(vip), ("fail", "partial"), "{vip:#}");
+    assert!(
+        detail(vip)
+            .contains(&format!("every failure was DNATed to 10.244.2.10:53, dropped by netfilter in netns {n2} on")),
+        "{vip:#}"
+    );
+    for proto in ["udp", "tcp"] {
+        e.lab.iptables(&n2, &format!("-D FORWARD -d 10.244.2.10 -p {proto} --dport 53 -j DROP")).unwrap();
+    }
 
     // kube-proxy has not programmed the Service on n1: no rule, probes never DNATed.
     e.lab.program_kube_proxy(1, &Programming { without: Some("default/web".into()), ..Default::default() }).unwrap();

@@ -5,21 +5,24 @@ use std::net::{IpAddr, SocketAddr};
 
 use probe_common::{Event, Flow, flags};
 
-/// A probe's flow: its protocol and its own (bound) endpoint.
+/// A probe's flow: its protocol, its own (bound) endpoint, and that endpoint after SNAT.
 ///
 /// An event belongs to the probe when its packet (or the VXLAN packet's inner packet) carries
 /// the probe's local endpoint as source or destination: the exact flow in both directions, and
 /// DNAT such as a Service IP rewritten to a pod (the local side is untouched). Local endpoints
 /// are unique while the probe's socket is open, so no other flow matches.
 ///
-/// Not matched: packets after SNAT (e.g. flannel's masquerade of pod traffic to node IPs).
-/// Guessing them from "remote endpoint + our port" also matches other clients that happen to
-/// use the same port towards a busy server, so it is not done; reading the original tuple from
-/// conntrack in the kernel is the exact way.
+/// After SNAT (kube-proxy's masquerade of a node's traffic to a Service, flannel's of pod
+/// traffic leaving the pod network) the local endpoint is gone from the packet. Guessing it
+/// from "remote endpoint + our port" would also match other clients using the same port, so
+/// it is not done; the probe instead reads its own conntrack entry once the first packet is
+/// out and gives the reply tuple's destination, the exact translated endpoint, as
+/// [`Self::translated`] (see `probes::nat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowMatcher {
     proto: u8,
     local: Endpoint,
+    translated: Option<Endpoint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,19 +67,39 @@ impl FlowMatcher {
     }
 
     pub fn new(proto: u8, local: SocketAddr) -> Self {
-        Self { proto, local: Endpoint::new(local) }
+        Self { proto, local: Endpoint::new(local), translated: None }
+    }
+
+    /// The IP protocol number.
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    /// The same flow, also matched by the local endpoint SNAT rewrote it to.
+    #[must_use]
+    pub fn translated(self, to: SocketAddr) -> Self {
+        Self { translated: Some(Endpoint::new(to)), ..self }
     }
 
     fn matches_flow(&self, f: &Flow) -> bool {
         if f.proto != self.proto {
             return false;
         }
-        self.local.is_src(f) || self.local.is_dst(f)
+        self.local.is_src(f) || self.local.is_dst(f) || self.translated.is_some_and(|t| t.is_src(f) || t.is_dst(f))
     }
 
     /// The kernel-side filter's key for this flow's local endpoint.
     pub fn watch_key(&self) -> probe_common::WatchKey {
-        probe_common::WatchKey { addr: self.local.addr, port: self.local.port, proto: self.proto, _pad: 0 }
+        Self::key(self.proto, &self.local)
+    }
+
+    /// The filter's key for the translated endpoint, once known.
+    pub fn translated_key(&self) -> Option<probe_common::WatchKey> {
+        self.translated.as_ref().map(|t| Self::key(self.proto, t))
+    }
+
+    fn key(proto: u8, e: &Endpoint) -> probe_common::WatchKey {
+        probe_common::WatchKey { addr: e.addr, port: e.port, proto, _pad: 0 }
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
@@ -140,6 +163,15 @@ mod tests {
         assert!(m.matches(&event(flow(6, "10.244.3.9:9090", "10.244.1.2:40000"), None)));
         // After SNAT our address is gone: indistinguishable from another client with our port.
         assert!(!m.matches(&event(flow(6, "192.168.50.11:40000", "10.244.2.2:8080"), None)));
+        // Until conntrack names the translated endpoint: then both directions match, and
+        // another client's flow on the same port does not.
+        let t = m.translated("192.168.50.11:40000".parse().unwrap());
+        assert!(t.matches(&event(flow(6, "192.168.50.11:40000", "10.244.2.2:8080"), None)));
+        assert!(t.matches(&event(flow(6, "10.244.2.2:8080", "192.168.50.11:40000"), None)));
+        assert!(!t.matches(&event(flow(6, "192.168.50.12:40000", "10.244.2.2:8080"), None)));
+        assert_eq!(t.watch_key(), m.watch_key());
+        assert_ne!(t.translated_key(), Some(m.watch_key()));
+        assert_eq!(m.translated_key(), None);
     }
 
     #[test]

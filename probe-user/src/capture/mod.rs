@@ -12,6 +12,7 @@ mod load;
 pub mod location;
 mod matcher;
 pub mod phases;
+mod watch;
 mod watched;
 
 use std::{
@@ -37,10 +38,12 @@ pub use self::{
     hooks::HookStatus,
     load::{Inferred, kernel_release},
     matcher::FlowMatcher,
+    watch::Watch,
 };
 use self::{
     event::KernelEvent,
     load::ebpf_error,
+    watch::WatchSlot,
     watched::{Watched, address_key},
 };
 use crate::{
@@ -166,12 +169,6 @@ pub struct Aggregate {
     /// The kernel's name of the reason (drop and reset reasons), or `type/code` for ICMP.
     pub reason: String,
     pub count: u64,
-}
-
-struct WatchSlot {
-    id: u64,
-    matcher: FlowMatcher,
-    events: Vec<KernelEvent>,
 }
 
 #[derive(Default)]
@@ -331,7 +328,7 @@ impl Capture {
         let mut state = self.shared.state.lock().expect("capture state");
         state.next_id += 1;
         let id = state.next_id;
-        state.watches.push(WatchSlot { id, matcher, events: Vec::new() });
+        state.watches.push(WatchSlot::new(id, matcher));
         Watch { capture: self, id }
     }
 
@@ -455,47 +452,6 @@ impl Drop for Capture {
     }
 }
 
-/// A probe's claim on the events of its flow.
-pub struct Watch<'a> {
-    capture: &'a Capture,
-    id: u64,
-}
-
-impl Watch<'_> {
-    /// Waits for events already queued in the kernel, then returns this flow's events.
-    pub fn finish(self) -> Vec<KernelEvent> {
-        self.capture.sync();
-        self.take()
-    }
-
-    /// Removes the watch (once): its events, and its key from the kernel's filter.
-    fn take(&self) -> Vec<KernelEvent> {
-        let mut state = self.capture.shared.state.lock().expect("capture state");
-        let pos = state.watches.iter().position(|w| w.id == self.id);
-        let slot = pos.map(|p| state.watches.swap_remove(p));
-        drop(state);
-        if let (Some(slot), Some(w)) = (&slot, &self.capture.watched) {
-            w.lock().expect("watched map").release(slot.matcher.watch_key());
-        }
-        slot.map(|s| s.events).unwrap_or_default()
-    }
-
-    /// [`Self::finish`] from async code: on a multi-threaded runtime the wait (up to two reader
-    /// passes) leaves the worker thread, so concurrent probes go on meanwhile.
-    pub fn finish_in_task(self) -> Vec<KernelEvent> {
-        let multi = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi { tokio::task::block_in_place(|| self.finish()) } else { self.finish() }
-    }
-}
-
-impl Drop for Watch<'_> {
-    /// A watch given up without `finish` (its probe returned early) leaves nothing behind.
-    fn drop(&mut self) {
-        let _ = self.take();
-    }
-}
-
 struct Reader {
     ring: RingBuf<MapData>,
     decoder: Decoder,
@@ -552,7 +508,7 @@ impl Decoder {
     fn dispatch(&mut self, shared: &Shared, raw: &Event) {
         {
             let state = shared.state.lock().expect("capture state");
-            let watched = state.watches.iter().any(|w| w.matcher.matches(raw));
+            let watched = state.watches.iter().any(|w| w.wants(raw));
             if !watched && state.subscriber.is_none() {
                 return;
             }
@@ -570,8 +526,8 @@ impl Decoder {
         let Some(mut ev) = KernelEvent::decode(raw, &self.names, &self.netns) else { return };
         ev.locate(raw, self.symbols.as_mut());
         let mut state = shared.state.lock().expect("capture state");
-        for w in state.watches.iter_mut().filter(|w| w.matcher.matches(raw)) {
-            w.events.push(ev.clone());
+        for w in &mut state.watches {
+            w.offer(raw, &ev);
         }
         let gone = state.subscriber.as_ref().is_some_and(|tx| tx.send(ev).is_err());
         if gone {

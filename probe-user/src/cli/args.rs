@@ -263,8 +263,9 @@ pub enum CheckCommand {
     /// A Service port through kube-proxy, as an operator walks it: the Service and its
     /// EndpointSlices in the API, kube-proxy's health and mode, its rules for the port (needs
     /// CAP_NET_ADMIN), the Service IP probed several times with the endpoint conntrack says each
-    /// probe was DNATed to (CAP_NET_ADMIN), each endpoint directly, and for UDP the Service IP's
-    /// conntrack entries that point at no endpoint. Run it on a node (its network namespace).
+    /// probe was DNATed to (CAP_NET_ADMIN), each endpoint directly, for UDP the Service IP's
+    /// conntrack entries that point at no endpoint, and a NodePort on this node and on other
+    /// nodes' InternalIPs. Run it on a node (its network namespace).
     Service {
         /// NAMESPACE/NAME[:PORT] (the port by name or number; none: the Service's only port) or
         /// SERVICE_IP:PORT.
@@ -276,6 +277,10 @@ pub enum CheckCommand {
         /// How many times the Service IP is probed (kube-proxy picks an endpoint per connection).
         #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
         probes: u16,
+        /// A NodePort Service: other nodes whose NodePort is probed besides this node's (nodes with
+        /// ready endpoints first, then by name; 0: this node only).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(0..=256), value_name = "N")]
+        nodeport_peers: u16,
     },
     /// Path MTU to each host: the largest packet that really gets through (DF pings searched
     /// to the byte), a black hole told apart from a smaller MTU the path signals.

@@ -119,8 +119,9 @@ fn plan(
             }
             Ok((jobs, CertOptions::default()))
         }
-        CheckCommand::Service { services, udp, probes } => {
-            Ok((service_jobs(services, *udp, *probes, host_root, kubeconfig)?, CertOptions::default()))
+        CheckCommand::Service { services, udp, probes, nodeport_peers } => {
+            let counts = (*probes, *nodeport_peers);
+            Ok((service_jobs(services, *udp, counts, host_root, kubeconfig)?, CertOptions::default()))
         }
         CheckCommand::Mtu { hosts, max, subnet_env } => {
             let cni_mtu = match subnet_env {
@@ -174,7 +175,7 @@ fn plan(
 fn service_jobs(
     services: &[String],
     udp: bool,
-    probes: u16,
+    (probes, node_port_peers): (u16, u16),
     host_root: Option<&Path>,
     kubeconfig: Option<&Path>,
 ) -> AnyResult<Vec<Job>> {
@@ -185,6 +186,7 @@ fn service_jobs(
             wanted,
             l4: udp.then_some(discovery::conntrack::L4::Udp),
             probes: usize::from(probes),
+            node_port_peers: usize::from(node_port_peers),
             discover: Some(dns::Discover {
                 kubeconfig: kubeconfig.map(Path::to_path_buf),
                 host_root: discovery::host_root(host_root),

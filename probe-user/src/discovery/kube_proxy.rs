@@ -4,6 +4,12 @@
 //! endpoint whose DNAT names the endpoint (k/k pkg/proxy/iptables/proxier.go). A Service
 //! without endpoints has no nat chains but a filter-table REJECT ("has no endpoints").
 //!
+//! A NodePort is `KUBE-NODEPORTS` (the tail of nat `KUBE-SERVICES` for local destinations)
+//! matching the protocol and port and jumping to `KUBE-EXT-`. Under `externalTrafficPolicy:
+//! Local` that chain sends pods and the node itself (`-s CLUSTER_CIDR`, `--src-type LOCAL`) to
+//! the cluster-wide `KUBE-SVC-` and everyone else to `KUBE-SVL-` with the node's own endpoints;
+//! with none, filter `KUBE-EXTERNAL-SERVICES` drops the port ("has no local endpoints").
+//!
 //! Rules are followed by their matches and jumps, never found by chain names or comments:
 //! comments are dropped above 1000 endpoints (`largeClusterMode`), and chain names are hashes
 //! netcheck recomputes only to say which chain kube-proxy would have written.
@@ -80,14 +86,62 @@ pub fn iptables_rules(set: &Ruleset, backend: Backend, vip: SocketAddr, l4: L4) 
     Programmed::Missing
 }
 
+/// What `set` does with a new `l4` connection from another host to this node's `node_port`:
+/// the endpoints external traffic is DNATed to (the short-circuits for pods and the node itself
+/// are not followed), or the filter table's DROP/REJECT for the port.
+pub fn iptables_node_port(set: &Ruleset, backend: Backend, node_port: u16, l4: L4) -> Programmed {
+    let mut found = None;
+    if let Some(nat) = set.table("nat")
+        && let Some(ports) = nat.chain("KUBE-NODEPORTS")
+    {
+        // The localhost variant (`-d 127.0.0.0/8`) is for 127.0.0.1:PORT only.
+        let rule = ports.rules.iter().find(|r| matches_port(r, node_port, l4) && r.value("-d").is_none());
+        if let Some(next) = rule.and_then(|r| r.target()) {
+            let mut chains = vec!["KUBE-NODEPORTS".to_string()];
+            let mut endpoints = Vec::new();
+            follow_from(set, next, 0, &mut chains, &mut endpoints, true);
+            if !endpoints.is_empty() {
+                return Programmed::Endpoints { backend, chains, endpoints };
+            }
+            found = Some(Programmed::Endpoints { backend, chains, endpoints });
+        }
+    }
+    if let Some(c) = set.table("filter").and_then(|t| t.chain("KUBE-EXTERNAL-SERVICES"))
+        && let Some(rule) = c.rules.iter().find(|r| matches_port(r, node_port, l4) && r.value("-d").is_none())
+    {
+        return Programmed::Rejected {
+            backend,
+            target: rule.target().unwrap_or("?").to_string(),
+            comment: comment(rule),
+        };
+    }
+    found.unwrap_or(Programmed::Missing)
+}
+
 /// Follows `chain`'s jumps, collecting DNAT destinations (kube-proxy's mark chains add none).
 fn follow(set: &Ruleset, chain: &str, depth: usize, chains: &mut Vec<String>, endpoints: &mut Vec<SocketAddr>) {
+    follow_from(set, chain, depth, chains, endpoints, false);
+}
+
+/// [`follow`]; `external` skips jumps taken only for a source (`-s`, `--src-type LOCAL`): the
+/// paths of pods and of the node itself, not of a client elsewhere.
+fn follow_from(
+    set: &Ruleset,
+    chain: &str,
+    depth: usize,
+    chains: &mut Vec<String>,
+    endpoints: &mut Vec<SocketAddr>,
+    external: bool,
+) {
     if depth > MAX_DEPTH || chains.iter().any(|c| c == chain) {
         return;
     }
     let Some(c) = set.table("nat").and_then(|t| t.chain(chain)) else { return };
     chains.push(chain.to_string());
     for rule in &c.rules {
+        if external && (rule.value("-s").is_some() || rule.args.iter().any(|a| a == "--src-type")) {
+            continue;
+        }
         match rule.target() {
             Some("DNAT") => {
                 if let Some(to) = rule.value("--to-destination").and_then(|d| d.parse::<SocketAddr>().ok())
@@ -97,7 +151,7 @@ fn follow(set: &Ruleset, chain: &str, depth: usize, chains: &mut Vec<String>, en
                 }
             }
             Some(next) if next.starts_with("KUBE-") && next != "KUBE-MARK-MASQ" => {
-                follow(set, next, depth + 1, chains, endpoints);
+                follow_from(set, next, depth + 1, chains, endpoints, external);
             }
             _ => {}
         }
@@ -112,6 +166,11 @@ fn matches_vip(rule: &super::iptables::Rule, vip: SocketAddr, l4: L4) -> bool {
     let proto_ok = rule.value("-p") == Some(l4.as_str());
     let port_ok = rule.value("--dport").and_then(|p| p.parse::<u16>().ok()) == Some(vip.port());
     ip_ok && proto_ok && port_ok
+}
+
+/// Whether a rule matches new `l4` connections to port `port` (a NodePort rule has no `-d`).
+fn matches_port(rule: &super::iptables::Rule, port: u16, l4: L4) -> bool {
+    rule.value("-p") == Some(l4.as_str()) && rule.value("--dport").and_then(|p| p.parse::<u16>().ok()) == Some(port)
 }
 
 fn comment(rule: &super::iptables::Rule) -> Option<String> {
@@ -179,6 +238,84 @@ COMMIT
         // The same address over UDP, or another port, matches nothing.
         assert_eq!(iptables_rules(&set, Backend::Nft, "172.30.0.41:80".parse().unwrap(), L4::Udp), Programmed::Missing);
         assert_eq!(iptables_rules(&set, Backend::Nft, "172.30.0.41:81".parse().unwrap(), L4::Tcp), Programmed::Missing);
+    }
+
+    /// NodePorts as kube-proxy writes them (proxier.go): svc3 under `externalTrafficPolicy:
+    /// Local` with one endpoint on this node, svc4 under Local with none here, svc5 Cluster.
+    const NODEPORTS: &str = r#"*filter
+:KUBE-EXTERNAL-SERVICES - [0:0]
+-A KUBE-EXTERNAL-SERVICES -m comment --comment "ns4/svc4:p80 has no local endpoints" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30004 -j DROP
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-EXT-3 - [0:0]
+:KUBE-SVC-3 - [0:0]
+:KUBE-SVL-3 - [0:0]
+:KUBE-SEP-3A - [0:0]
+:KUBE-SEP-3B - [0:0]
+:KUBE-EXT-4 - [0:0]
+:KUBE-SVC-4 - [0:0]
+:KUBE-SEP-4A - [0:0]
+:KUBE-EXT-5 - [0:0]
+:KUBE-SVC-5 - [0:0]
+:KUBE-SEP-5A - [0:0]
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-NODEPORTS -m comment --comment ns3/svc3:p80 -m tcp -p tcp -d 127.0.0.0/8 --dport 30003 -m nfacct --nfacct-name localhost_nps_accepted_pkts -j KUBE-EXT-3
+-A KUBE-NODEPORTS -m comment --comment ns3/svc3:p80 -m tcp -p tcp --dport 30003 -j KUBE-EXT-3
+-A KUBE-NODEPORTS -m comment --comment ns4/svc4:p80 -m tcp -p tcp --dport 30004 -j KUBE-EXT-4
+-A KUBE-NODEPORTS -m comment --comment ns5/svc5:p80 -m udp -p udp --dport 30005 -j KUBE-EXT-5
+-A KUBE-EXT-3 -m comment --comment "pod traffic for ns3/svc3:p80 external destinations" -s 10.0.0.0/8 -j KUBE-SVC-3
+-A KUBE-EXT-3 -m comment --comment "masquerade LOCAL traffic for ns3/svc3:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ
+-A KUBE-EXT-3 -m comment --comment "route LOCAL traffic for ns3/svc3:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-SVC-3
+-A KUBE-EXT-3 -j KUBE-SVL-3
+-A KUBE-SVC-3 -m comment --comment "ns3/svc3:p80 -> 10.180.0.3:80" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-3A
+-A KUBE-SVC-3 -m comment --comment "ns3/svc3:p80 -> 10.180.1.3:80" -j KUBE-SEP-3B
+-A KUBE-SVL-3 -m comment --comment "ns3/svc3:p80 -> 10.180.0.3:80" -j KUBE-SEP-3A
+-A KUBE-SEP-3A -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.3:80
+-A KUBE-SEP-3B -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.1.3:80
+-A KUBE-EXT-4 -m comment --comment "pod traffic for ns4/svc4:p80 external destinations" -s 10.0.0.0/8 -j KUBE-SVC-4
+-A KUBE-EXT-4 -m comment --comment "route LOCAL traffic for ns4/svc4:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-SVC-4
+-A KUBE-SVC-4 -m comment --comment "ns4/svc4:p80 -> 10.180.1.4:80" -j KUBE-SEP-4A
+-A KUBE-SEP-4A -m comment --comment ns4/svc4:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.1.4:80
+-A KUBE-EXT-5 -m comment --comment "masquerade traffic for ns5/svc5:p80 external destinations" -j KUBE-MARK-MASQ
+-A KUBE-EXT-5 -j KUBE-SVC-5
+-A KUBE-SVC-5 -m comment --comment "ns5/svc5:p80 -> 10.180.1.5:80" -j KUBE-SEP-5A
+-A KUBE-SEP-5A -m comment --comment ns5/svc5:p80 -m udp -p udp -j DNAT --to-destination 10.180.1.5:80
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+COMMIT
+"#;
+
+    #[test]
+    fn node_ports_follow_external_traffic() {
+        let set = parse(NODEPORTS).unwrap();
+        let np = |port, l4| iptables_node_port(&set, Backend::Nft, port, l4);
+        let eps = |v: &[&str]| v.iter().map(|e| e.parse().unwrap()).collect::<Vec<SocketAddr>>();
+        // Local with an endpoint here: only it, through KUBE-SVL- (not the pods' short-circuit).
+        assert_eq!(
+            np(30003, L4::Tcp),
+            Programmed::Endpoints {
+                backend: Backend::Nft,
+                chains: vec!["KUBE-NODEPORTS".into(), "KUBE-EXT-3".into(), "KUBE-SVL-3".into(), "KUBE-SEP-3A".into()],
+                endpoints: eps(&["10.180.0.3:80"]),
+            }
+        );
+        // Local without one: the filter table's DROP, with kube-proxy's comment.
+        assert_eq!(
+            np(30004, L4::Tcp),
+            Programmed::Rejected {
+                backend: Backend::Nft,
+                target: "DROP".into(),
+                comment: Some("ns4/svc4:p80 has no local endpoints".into())
+            }
+        );
+        // Cluster: every endpoint, over the port's own protocol only.
+        assert!(
+            matches!(np(30005, L4::Udp), Programmed::Endpoints { endpoints, .. } if endpoints == eps(&["10.180.1.5:80"]))
+        );
+        assert_eq!(np(30005, L4::Tcp), Programmed::Missing);
+        assert_eq!(np(30006, L4::Tcp), Programmed::Missing);
     }
 
     #[test]

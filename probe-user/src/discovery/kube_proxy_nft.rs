@@ -9,7 +9,12 @@
 //! is `VIP . proto . port : goto service-HASH-ns/name/proto/portname`; that chain picks an
 //! endpoint with `numgen random mod N vmap { 0 : goto endpoint-..., ... }`; each endpoint chain
 //! ends in `meta l4proto tcp dnat to IP:PORT`. A Service without endpoints is an element of the
-//! `no-endpoint-services` map (`goto reject-chain`, or `drop`), commented `ns/name:port`.
+//! `no-endpoint-services` map (`goto reject-chain`, or `drop`), commented `ns/name:port`. A
+//! NodePort is an element `proto . port` of `service-nodeports` (dispatched for local
+//! destinations) going to an `external-` chain: under `externalTrafficPolicy: Local` its rules
+//! on `ip saddr` (pods) and `fib saddr type local` (the node) go to the cluster-wide `service-`
+//! chain and the rest to `local-` with this node's endpoints; a node without one has the port
+//! in `no-endpoint-nodeports` (`drop`).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -114,6 +119,63 @@ pub fn rules(table: &Table, vip: SocketAddr, l4: L4) -> Programmed {
     Programmed::Missing
 }
 
+/// What the table does with a new `l4` connection from another host to this node's
+/// `node_port`: the endpoints external traffic is DNATed to (the short-circuits for pods and
+/// the node itself are not followed), or its `no-endpoint-nodeports` element.
+pub fn node_port(table: &Table, node_port: u16, l4: L4) -> Programmed {
+    let backend = Backend::NftablesMode;
+    let hit = |map: &str| table.map(map).into_iter().find(|(key, _)| port_element_is(key, node_port, l4));
+    let mut found = None;
+    if let Some((_, verdict)) = hit("service-nodeports") {
+        let mut chains = vec!["services".to_string(), "@service-nodeports".to_string()];
+        let mut endpoints = Vec::new();
+        if let Some(next) = target(verdict) {
+            follow_from(table, next, 0, &mut chains, &mut endpoints, true);
+        }
+        if !endpoints.is_empty() {
+            return Programmed::Endpoints { backend, chains, endpoints };
+        }
+        found = Some(Programmed::Endpoints { backend, chains, endpoints });
+    }
+    if let Some((key, verdict)) = hit("no-endpoint-nodeports") {
+        return Programmed::Rejected {
+            backend,
+            target: format!("@no-endpoint-nodeports: {}", verdict_text(verdict)),
+            comment: key["elem"]["comment"].as_str().map(str::to_string),
+        };
+    }
+    found.unwrap_or(Programmed::Missing)
+}
+
+/// Whether a map key is `l4 . port` (plain, or an `elem` carrying a comment).
+fn port_element_is(key: &Value, port: u16, l4: L4) -> bool {
+    let key = key.get("elem").map_or(key, |e| &e["val"]);
+    let Some([proto, p]) = key["concat"].as_array().map(Vec::as_slice) else { return false };
+    proto.as_str() == Some(l4.as_str()) && p.as_u64() == Some(u64::from(port))
+}
+
+/// A verdict as `nft` prints it: `goto CHAIN`, `jump CHAIN`, `drop`, `accept`.
+fn verdict_text(verdict: &Value) -> String {
+    if let Some(t) = target(verdict) {
+        let how = if verdict.get("goto").is_some() { "goto" } else { "jump" };
+        return format!("{how} {t}");
+    }
+    match verdict.as_object().map(|o| o.keys().collect::<Vec<_>>()).as_deref() {
+        Some([one]) => (*one).clone(),
+        _ => verdict.to_string(),
+    }
+}
+
+/// Whether a rule matches on the packet's source (`ip saddr`, `fib saddr type local`): the
+/// short-circuits of pods and of the node itself, not taken by a client elsewhere.
+fn matches_source(rule: &[Value]) -> bool {
+    rule.iter().any(|stmt| {
+        let left = &stmt["match"]["left"];
+        left["payload"]["field"] == "saddr"
+            || left["fib"]["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "saddr"))
+    })
+}
+
 /// Whether a map key is `vip . l4 . port` (plain, or an `elem` carrying a comment).
 fn element_is(key: &Value, vip: SocketAddr, l4: L4) -> bool {
     let key = key.get("elem").map_or(key, |e| &e["val"]);
@@ -130,11 +192,26 @@ fn target(verdict: &Value) -> Option<&str> {
 
 /// Follows `chain`'s jumps and verdict maps, collecting `dnat to` destinations.
 fn follow(table: &Table, chain: &str, depth: usize, chains: &mut Vec<String>, endpoints: &mut Vec<SocketAddr>) {
+    follow_from(table, chain, depth, chains, endpoints, false);
+}
+
+/// [`follow`]; `external` skips rules that match on the source ([`matches_source`]).
+fn follow_from(
+    table: &Table,
+    chain: &str,
+    depth: usize,
+    chains: &mut Vec<String>,
+    endpoints: &mut Vec<SocketAddr>,
+    external: bool,
+) {
     if depth > MAX_DEPTH || chains.iter().any(|c| c == chain) {
         return;
     }
     chains.push(chain.to_string());
     for rule in table.rules(chain) {
+        if external && matches_source(rule) {
+            continue;
+        }
         for stmt in rule {
             if let Some(dnat) = stmt.get("dnat")
                 && let (Some(ip), Some(port)) = (dnat["addr"].as_str(), dnat["port"].as_u64())
@@ -149,7 +226,7 @@ fn follow(table: &Table, chain: &str, depth: usize, chains: &mut Vec<String>, en
                 next.extend(set.iter().filter_map(|pair| target(pair.get(1)?)));
             }
             for n in next.into_iter().filter(|n| *n != "mark-for-masquerade") {
-                follow(table, n, depth + 1, chains, endpoints);
+                follow_from(table, n, depth + 1, chains, endpoints, external);
             }
         }
     }
@@ -207,5 +284,64 @@ mod tests {
         );
         assert!(parse("{}").is_err());
         assert!(!parse(r#"{"nftables": []}"#).unwrap().has_table());
+    }
+
+    /// `nft -j list table ip kube-proxy` (nftables 1.0.6) of kube-proxy's NodePort layout:
+    /// default/shop's NodePort 30080 under `externalTrafficPolicy: Local` with one of its two
+    /// endpoints on this node, and 30081 in `no-endpoint-nodeports` (handles dropped).
+    const NODEPORTS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+{"table": {"family": "ip", "name": "kube-proxy", "handle": 1}},
+{"map": {"family": "ip", "name": "service-nodeports", "table": "kube-proxy", "type": ["inet_proto", "inet_service"], "map": "verdict", "elem": [[{"concat": ["tcp", 30080]}, {"goto": {"target": "external-EEEE-default/shop/tcp/http"}}]]}},
+{"map": {"family": "ip", "name": "no-endpoint-nodeports", "table": "kube-proxy", "type": ["inet_proto", "inet_service"], "map": "verdict", "elem": [[{"elem": {"val": {"concat": ["tcp", 30081]}, "comment": "default/gone:http"}}, {"drop": null}]]}},
+{"chain": {"family": "ip", "table": "kube-proxy", "name": "mark-for-masquerade", "handle": 1}},
+{"chain": {"family": "ip", "table": "kube-proxy", "name": "services", "handle": 2}},
+{"chain": {"family": "ip", "table": "kube-proxy", "name": "endpoint-AAAA-default/shop/tcp/http__10.244.1.20/8080", "handle": 3}},
+{"chain": {"family": "ip", "table": "kube-proxy", "name": "endpoint-BBBB-default/shop/tcp/http__10.244.2.2/8080", "handle": 4}},
+{"chain": {"family": "ip", "table": "kube-proxy", "name": "service-CCCC-default/shop/tcp/http", "handle": 5}},
+{"chain": {"family": "ip", "table": "kube-proxy", "name": "local-DDDD-default/shop/tcp/http", "handle": 6}},
+{"chain": {"family": "ip", "table": "kube-proxy", "name": "external-EEEE-default/shop/tcp/http", "handle": 7}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "mark-for-masquerade", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 16384]}}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "services", "expr": [{"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}}, {"vmap": {"key": {"concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@service-nodeports"}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "endpoint-AAAA-default/shop/tcp/http__10.244.1.20/8080", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.244.1.20"}}, {"jump": {"target": "mark-for-masquerade"}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "endpoint-AAAA-default/shop/tcp/http__10.244.1.20/8080", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"dnat": {"addr": "10.244.1.20", "port": 8080}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "endpoint-BBBB-default/shop/tcp/http__10.244.2.2/8080", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.244.2.2"}}, {"jump": {"target": "mark-for-masquerade"}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "endpoint-BBBB-default/shop/tcp/http__10.244.2.2/8080", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"dnat": {"addr": "10.244.2.2", "port": 8080}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "service-CCCC-default/shop/tcp/http", "expr": [{"vmap": {"key": {"numgen": {"mode": "random", "mod": 2, "offset": 0}}, "data": {"set": [[0, {"goto": {"target": "endpoint-AAAA-default/shop/tcp/http__10.244.1.20/8080"}}], [1, {"goto": {"target": "endpoint-BBBB-default/shop/tcp/http__10.244.2.2/8080"}}]]}}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "local-DDDD-default/shop/tcp/http", "expr": [{"vmap": {"key": {"numgen": {"mode": "random", "mod": 1, "offset": 0}}, "data": {"set": [[0, {"goto": {"target": "endpoint-AAAA-default/shop/tcp/http__10.244.1.20/8080"}}]]}}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "external-EEEE-default/shop/tcp/http", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"goto": {"target": "service-CCCC-default/shop/tcp/http"}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "external-EEEE-default/shop/tcp/http", "expr": [{"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}}, {"jump": {"target": "mark-for-masquerade"}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "external-EEEE-default/shop/tcp/http", "expr": [{"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}}, {"goto": {"target": "service-CCCC-default/shop/tcp/http"}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "external-EEEE-default/shop/tcp/http", "expr": [{"goto": {"target": "local-DDDD-default/shop/tcp/http"}}]}}]}"#;
+
+    #[test]
+    fn a_node_port_is_followed_as_external_traffic_takes_it() {
+        let table = parse(NODEPORTS).unwrap();
+        let ep: SocketAddr = "10.244.1.20:8080".parse().unwrap();
+        // Only the local- chain's endpoint: the pods' and the node's short-circuits to the
+        // cluster-wide chain are not a client elsewhere's path.
+        assert_eq!(
+            node_port(&table, 30080, L4::Tcp),
+            Programmed::Endpoints {
+                backend: Backend::NftablesMode,
+                chains: vec![
+                    "services".into(),
+                    "@service-nodeports".into(),
+                    "external-EEEE-default/shop/tcp/http".into(),
+                    "local-DDDD-default/shop/tcp/http".into(),
+                    "endpoint-AAAA-default/shop/tcp/http__10.244.1.20/8080".into(),
+                ],
+                endpoints: vec![ep],
+            }
+        );
+        assert_eq!(
+            node_port(&table, 30081, L4::Tcp),
+            Programmed::Rejected {
+                backend: Backend::NftablesMode,
+                target: "@no-endpoint-nodeports: drop".into(),
+                comment: Some("default/gone:http".into()),
+            }
+        );
+        assert_eq!(node_port(&table, 30080, L4::Udp), Programmed::Missing);
+        assert_eq!(node_port(&table, 30082, L4::Tcp), Programmed::Missing);
     }
 }

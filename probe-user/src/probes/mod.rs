@@ -6,6 +6,7 @@ pub mod dns;
 pub mod icmp;
 pub mod kubelet;
 pub mod mtu;
+pub mod nat;
 pub mod path;
 pub mod service;
 pub mod target;

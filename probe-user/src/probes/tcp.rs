@@ -10,7 +10,10 @@ use std::{
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::Target;
-use crate::capture::{Capture, FlowMatcher, event::KernelEvent};
+use crate::{
+    capture::{Capture, FlowMatcher, event::KernelEvent},
+    discovery::conntrack::L4,
+};
 
 /// How the handshake ended.
 #[derive(Debug)]
@@ -71,7 +74,13 @@ pub async fn connect(target: &Target, deadline: Duration, capture: Option<&Captu
     let local = socket.local_addr().ok();
     let watch = local.and_then(|l| capture.map(|c| c.watch(FlowMatcher::tcp(l))));
     let remaining = deadline.saturating_sub(started.elapsed());
-    let result = tokio::time::timeout(remaining, socket.connect(remote)).await;
+    let handshake = async {
+        tokio::select! {
+            r = socket.connect(remote) => r,
+            r = super::nat::follow(watch.as_ref(), L4::Tcp, local, remote, super::nat::TCP_LOOKUP_AFTER) => r,
+        }
+    };
+    let result = tokio::time::timeout(remaining, handshake).await;
     let elapsed = started.elapsed();
     // The probe's window is the handshake: close it before closing the connection, whose
     // teardown has drops of its own (e.g. QUEUE_PURGE when the server closes first).

@@ -99,6 +99,8 @@ pub enum Probe {
     KubeProxy,
     /// `check service`: one endpoint probed directly.
     Endpoint,
+    /// `check service`: a NodePort on one node.
+    NodePort,
 }
 
 impl Probe {
@@ -126,6 +128,7 @@ impl Probe {
             Self::Service => "service",
             Self::KubeProxy => "kube-proxy",
             Self::Endpoint => "endpoint",
+            Self::NodePort => "nodeport",
         }
     }
 }
@@ -259,6 +262,12 @@ pub enum Cause {
     EndpointFailed,
     /// A UDP conntrack entry for the Service IP points at an address that is no longer an endpoint.
     StaleConntrack,
+    /// A node's NodePort does not answer although it should (any node under
+    /// `externalTrafficPolicy: Cluster`, a node with an endpoint under `Local`, this node always).
+    NodePortFailed,
+    /// Not a failure: under `externalTrafficPolicy: Local` a node without a ready endpoint of its
+    /// own drops its NodePort for clients elsewhere, by design.
+    NoLocalEndpoint,
     /// netcheck itself failed while checking (a crash in the check): a failure, never a gap.
     InternalError,
 }
@@ -305,6 +314,8 @@ impl Cause {
             Self::KubeProxyUnhealthy => "kube_proxy_unhealthy",
             Self::EndpointFailed => "endpoint_failed",
             Self::StaleConntrack => "stale_conntrack",
+            Self::NodePortFailed => "node_port_failed",
+            Self::NoLocalEndpoint => "no_local_endpoint",
             Self::InternalError => "internal_error",
         }
     }

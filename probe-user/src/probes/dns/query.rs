@@ -20,6 +20,7 @@ use tokio::{
 
 use crate::{
     capture::{Capture, FlowMatcher, Watch, event::KernelEvent},
+    discovery::conntrack::L4,
     probes::{
         Target,
         tcp::{self, source_address},
@@ -180,16 +181,26 @@ async fn udp(server: SocketAddr, wire: &[u8], id: u16, deadline: Duration, captu
     };
     let local = socket.local_addr().ok();
     let watch = local.and_then(|l| capture.map(|c| c.watch(FlowMatcher::udp(l))));
+    // One datagram: a drop after a masquerade comes before any lookup could name it.
+    if let (Some(w), Some(l)) = (&watch, local) {
+        w.candidates(&crate::probes::nat::candidates(l));
+    }
     let exchange = async {
         // A connected socket: ICMP errors for the flow come back as errors of recv.
         socket.connect(server).await?;
         socket.send(wire).await?;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let n = socket.recv(&mut buf).await?;
-            if let Some(outcome) = parse_response(&buf[..n], id) {
-                return Ok::<_, io::Error>(outcome);
+        let answer = async {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = socket.recv(&mut buf).await?;
+                if let Some(outcome) = parse_response(&buf[..n], id) {
+                    return Ok::<_, io::Error>(outcome);
+                }
             }
+        };
+        tokio::select! {
+            r = answer => r,
+            r = crate::probes::nat::follow(watch.as_ref(), L4::Udp, local, server, Duration::ZERO) => r,
         }
     };
     let remaining = deadline.saturating_sub(started.elapsed());

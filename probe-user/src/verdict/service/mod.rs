@@ -2,7 +2,10 @@
 //! Service IP (each probe with the endpoint conntrack says it was DNATed to), each endpoint
 //! directly, and for UDP the stale conntrack entries. The Service IP's row separates the
 //! causes an operator acts on differently: no endpoint, kube-proxy has not programmed the
-//! Service, no route (never DNATed), one endpoint broken, every endpoint's path broken.
+//! Service, no route (never DNATed), one endpoint broken, every endpoint's path broken. A
+//! NodePort's rows are [`nodeport`]'s.
+
+mod nodeport;
 
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
@@ -77,6 +80,7 @@ pub fn verdicts(r: &Report, capture_on: bool) -> Vec<Check> {
     if let (Some(stale), Some(vip)) = (&r.stale, r.vip) {
         out.push(stale_row(vip, stale));
     }
+    out.extend(nodeport::rows(r, capture_on));
     out
 }
 
@@ -156,6 +160,24 @@ fn kube_proxy(r: &Report) -> Check {
     Check::file(Probe::KubeProxy, "127.0.0.1:10256".into(), verdict)
 }
 
+/// The addresses in `got` and not in `want`, and those in `want` and not in `got`.
+fn differ(got: &[SocketAddr], want: &[SocketAddr]) -> (Vec<String>, Vec<String>) {
+    let extra = got.iter().filter(|e| !want.contains(e)).map(ToString::to_string).collect();
+    let missing = want.iter().filter(|e| !got.contains(e)).map(ToString::to_string).collect();
+    (extra, missing)
+}
+
+/// A rules row without CAP_NET_ADMIN: a skip naming it, and what is probed anyway.
+fn rules_unread(target: String, still_probed: &str) -> Check {
+    Check::file(
+        Probe::Iptables,
+        target,
+        Verdict::skip(format!(
+            "not read: kube-proxy's rules need CAP_NET_ADMIN, which this process lacks ({still_probed} still probed)"
+        )),
+    )
+}
+
 fn ready_addrs(r: &Report) -> Option<Vec<SocketAddr>> {
     r.service.as_ref().ok().map(|p| p.ready().map(|e| e.addr).collect())
 }
@@ -168,25 +190,13 @@ fn rules(r: &Report, vip: SocketAddr) -> Check {
     for Rules { backend, programmed } in &r.rules {
         let tool = backend.tool();
         match programmed {
-            Err(ReadError::NoCapability) => {
-                return Check::file(
-                    Probe::Iptables,
-                    target,
-                    Verdict::skip(
-                        "not read: kube-proxy's rules need CAP_NET_ADMIN, which this process lacks (the Service IP \
-                         and endpoints are still probed)",
-                    ),
-                );
-            }
+            Err(ReadError::NoCapability) => return rules_unread(target, "the Service IP and endpoints are"),
             Err(e) => lines.push(format!("{tool}: not read ({e})")),
             Ok(Programmed::Endpoints { chains, endpoints, .. }) => {
                 let shown: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
                 lines.push(format!("{tool}: {} → DNAT to {}", chains.join(" → "), shown.join(", ")));
                 if let Some(ready) = &ready {
-                    let extra: Vec<String> =
-                        endpoints.iter().filter(|e| !ready.contains(e)).map(ToString::to_string).collect();
-                    let missing: Vec<String> =
-                        ready.iter().filter(|e| !endpoints.contains(e)).map(ToString::to_string).collect();
+                    let (extra, missing) = differ(endpoints, ready);
                     if !extra.is_empty() || !missing.is_empty() {
                         let mut why = String::new();
                         if !extra.is_empty() {

@@ -2,7 +2,8 @@
 //! its EndpointSlices from the API; kube-proxy's health and mode; its rules for the port (iptables
 //! mode, both backends); the Service IP probed several times, each probe's endpoint read from
 //! the conntrack entry of its own tuple (the reply's source after the DNAT); each endpoint probed
-//! directly; and for UDP the Service IP's conntrack entries that point at no endpoint.
+//! directly; for UDP the Service IP's conntrack entries that point at no endpoint; and for a
+//! NodePort Service its port on this node and on other nodes ([`nodeport`]).
 //!
 //! UDP is probed with a DNS query (a Service over UDP is nearly always DNS): any DNS answer,
 //! whatever its code, is the endpoint answering.
@@ -14,6 +15,7 @@ use std::{
 };
 
 use hickory_proto::rr::{Name, RecordType};
+use kube::Client;
 
 use super::{
     Target,
@@ -36,6 +38,8 @@ use crate::{
 
 /// kube-proxy's metrics port (`/proxyMode`), bound to 127.0.0.1 by default, and its health port
 /// (`/healthz`), bound to every address (k/k pkg/proxy/apis/config/v1alpha1/defaults.go).
+pub mod nodeport;
+
 pub const KUBE_PROXY_METRICS_PORT: u16 = 10249;
 pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
 
@@ -46,6 +50,8 @@ pub struct Spec {
     pub l4: Option<L4>,
     /// Probes of the Service IP (kube-proxy picks an endpoint per connection).
     pub probes: usize,
+    /// Other nodes whose NodePort is probed besides this node's.
+    pub node_port_peers: usize,
     pub discover: Option<Discover>,
 }
 
@@ -114,15 +120,20 @@ pub struct Report {
     /// UDP: the Service IP's entries whose reply comes from no endpoint (kube-proxy deletes
     /// these after each sync; one left pins clients to a deleted pod).
     pub stale: Option<Result<Vec<Entry>, String>>,
+    /// A NodePort Service: kube-proxy's rules for the port on this node (as [`Self::rules`]),
+    /// and the port probed on this node and others.
+    pub node_port_rules: Vec<Rules>,
+    pub node_ports: Option<nodeport::NodePorts>,
     pub elapsed: Duration,
 }
 
 pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) -> Report {
     let started = Instant::now();
-    let (service, absent) = match find(&spec, deadline / 4).await {
-        Ok(p) => (Ok(p), false),
-        Err((e, absent)) => (Err(e), absent),
+    let (service, client, absent) = match find(&spec, deadline / 4).await {
+        Ok((p, c)) => (Ok(p), Some(c), false),
+        Err((e, absent)) => (Err(e), None, absent),
     };
+    let node_port = service.as_ref().ok().and_then(|p| p.node_port);
     let (vip, l4) = match (&service, &spec.wanted) {
         (Ok(p), _) => (p.vip(), spec.l4.unwrap_or(p.l4)),
         (Err(_), Wanted::Address(a)) => (Some(*a), spec.l4.unwrap_or(L4::Tcp)),
@@ -142,37 +153,17 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
         KubeProxy { mode, healthz }
     };
     let rules = async {
-        let Some(vip) = vip else { return Vec::new() };
-        let (reading, nft) = tokio::join!(iptables::read(budget / 2), kube_proxy_nft::read(budget / 2));
-        let mut found = rules(vip, l4, &reading);
-        match nft {
-            Ok(Some(table)) => {
-                // kube-proxy's table is there: it runs in nftables mode, and iptables' backends
-                // (flannel's rules, say) matter only where they hold something for this Service.
-                found.retain(|r| !matches!(r.programmed, Ok(Programmed::Missing)));
-                found.push(Rules {
-                    backend: Backend::NftablesMode,
-                    programmed: Ok(kube_proxy_nft::rules(&table, vip, l4)),
-                });
-            }
-            // No table (kube-proxy in another mode), or no nft to read one with: iptables says.
-            Ok(None) | Err(ReadError::NoTool { .. } | ReadError::NoCapability) => {}
-            Err(e) => found.push(Rules { backend: Backend::NftablesMode, programmed: Err(e) }),
+        match vip {
+            Some(vip) => read_rules(vip, l4, node_port, budget / 2).await,
+            None => (Vec::new(), Vec::new()),
         }
-        // A backend that holds no rule for this Service beside one that does is the one
-        // kube-proxy does not use (a node keeps flannel's iptables rules in nftables mode).
-        if found.iter().any(|r| matches!(r.programmed, Ok(Programmed::Endpoints { .. } | Programmed::Rejected { .. })))
-        {
-            found.retain(|r| !matches!(r.programmed, Ok(Programmed::Missing)));
-        }
-        found
     };
     let probes = async {
         let Some(vip) = vip else { return Vec::new() };
         let each = (0..spec.probes.max(1)).map(|_| attempt(vip, l4, budget / 2, capture.clone(), true));
         futures_util::future::join_all(each).await
     };
-    let (kube_proxy, rules, vip_probes) = tokio::join!(kube_proxy, rules, probes);
+    let (kube_proxy, (rules, node_port_rules), vip_probes) = tokio::join!(kube_proxy, rules, probes);
     // Every endpoint the API lists, else every one the rules DNAT to.
     let mut targets: Vec<SocketAddr> = match &service {
         Ok(p) => p.endpoints.iter().map(|e| e.addr).collect(),
@@ -187,7 +178,16 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
     }
     let remaining = deadline.saturating_sub(started.elapsed());
     let direct = targets.iter().map(|t| attempt(*t, l4, remaining, capture.clone(), false));
-    let endpoint_probes = targets.iter().copied().zip(futures_util::future::join_all(direct).await).collect();
+    let node_ports = async {
+        match (&service, client, node_port) {
+            (Ok(port), Some(client), Some(np)) => {
+                Some(nodeport::run(port, np, client, spec.node_port_peers, remaining, capture.clone()).await)
+            }
+            _ => None,
+        }
+    };
+    let (direct, node_ports) = tokio::join!(futures_util::future::join_all(direct), node_ports);
+    let endpoint_probes = targets.iter().copied().zip(direct).collect();
     let stale = match (vip, l4, &service) {
         (Some(vip), L4::Udp, Ok(port)) => {
             let own: Vec<SocketAddr> = vip_probes.iter().filter_map(|a| a.local).collect();
@@ -206,12 +206,50 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
         vip_probes,
         endpoint_probes,
         stale,
+        node_port_rules,
+        node_ports,
         elapsed: started.elapsed(),
     }
 }
 
-/// The Service port, or why not and whether the API said it has none.
-async fn find(spec: &Spec, budget: Duration) -> Result<ServicePort, (String, bool)> {
+/// kube-proxy's rules on this node for the Service port and for its NodePort: every iptables
+/// backend that holds them, and its nftables table when it has one.
+async fn read_rules(vip: SocketAddr, l4: L4, node_port: Option<u16>, budget: Duration) -> (Vec<Rules>, Vec<Rules>) {
+    let (reading, nft) = tokio::join!(iptables::read(budget), kube_proxy_nft::read(budget));
+    let mut found = rules(&reading, |set, b| kube_proxy::iptables_rules(set, b, vip, l4));
+    let mut np_found = match node_port {
+        Some(np) => rules(&reading, |set, b| kube_proxy::iptables_node_port(set, b, np, l4)),
+        None => Vec::new(),
+    };
+    match nft {
+        Ok(Some(table)) => {
+            np_found.retain(|r| !matches!(r.programmed, Ok(Programmed::Missing)));
+            if let Some(np) = node_port {
+                let programmed = Ok(kube_proxy_nft::node_port(&table, np, l4));
+                np_found.push(Rules { backend: Backend::NftablesMode, programmed });
+            }
+            // kube-proxy's table is there: it runs in nftables mode, and iptables' backends
+            // (flannel's rules, say) matter only where they hold something for this Service.
+            found.retain(|r| !matches!(r.programmed, Ok(Programmed::Missing)));
+            found
+                .push(Rules { backend: Backend::NftablesMode, programmed: Ok(kube_proxy_nft::rules(&table, vip, l4)) });
+        }
+        // No table (kube-proxy in another mode), or no nft to read one with: iptables says.
+        Ok(None) | Err(ReadError::NoTool { .. } | ReadError::NoCapability) => {}
+        Err(e) => found.push(Rules { backend: Backend::NftablesMode, programmed: Err(e) }),
+    }
+    // A backend that holds no rule for this Service beside one that does is the one
+    // kube-proxy does not use (a node keeps flannel's iptables rules in nftables mode).
+    for set in [&mut found, &mut np_found] {
+        if set.iter().any(|r| matches!(r.programmed, Ok(Programmed::Endpoints { .. } | Programmed::Rejected { .. }))) {
+            set.retain(|r| !matches!(r.programmed, Ok(Programmed::Missing)));
+        }
+    }
+    (found, np_found)
+}
+
+/// The Service port and the API's client, or why not and whether the API said it has none.
+async fn find(spec: &Spec, budget: Duration) -> Result<(ServicePort, Client), (String, bool)> {
     let Some(d) = &spec.discover else { return Err(("no Kubernetes API asked (--no-api)".into(), false)) };
     let asked = async {
         let client = match &d.client {
@@ -220,20 +258,22 @@ async fn find(spec: &Spec, budget: Duration) -> Result<ServicePort, (String, boo
                 .await
                 .map_err(|e| (crate::error::chain(&e), false))?,
         };
-        services::find(client, &spec.wanted, spec.l4).await.map_err(|e| {
+        let port = services::find(client.clone(), &spec.wanted, spec.l4).await.map_err(|e| {
             let absent = matches!(e, services::FindError::NoService(_) | services::FindError::NoPort(_));
             (crate::error::chain(&e), absent)
-        })
+        })?;
+        Ok((port, client))
     };
     tokio::time::timeout(budget, asked).await.unwrap_or_else(|_| Err(("the API did not answer in time".into(), false)))
 }
 
-fn rules(vip: SocketAddr, l4: L4, reading: &iptables::Reading) -> Vec<Rules> {
+/// What each iptables backend's ruleset does, as `follow` reads it.
+fn rules(reading: &iptables::Reading, follow: impl Fn(&iptables::Ruleset, Backend) -> Programmed) -> Vec<Rules> {
     let mut out = Vec::new();
     for (backend, set) in [(Backend::Nft, &reading.nft), (Backend::Legacy, &reading.legacy)] {
         match set {
             Ok(set) if set.is_empty() => {}
-            Ok(set) => out.push(Rules { backend, programmed: Ok(kube_proxy::iptables_rules(set, backend, vip, l4)) }),
+            Ok(set) => out.push(Rules { backend, programmed: Ok(follow(set, backend)) }),
             // A backend whose tool is absent holds nothing netcheck can read; say so only when
             // no backend could be read at all.
             Err(ReadError::NoTool { .. }) => {}
@@ -249,7 +289,13 @@ fn rules(vip: SocketAddr, l4: L4, reading: &iptables::Reading) -> Vec<Rules> {
 }
 
 /// One probe of `to`; `via_nat` reads the probe's conntrack entry after it.
-async fn attempt(to: SocketAddr, l4: L4, deadline: Duration, capture: Option<Arc<Capture>>, via_nat: bool) -> Attempt {
+pub(crate) async fn attempt(
+    to: SocketAddr,
+    l4: L4,
+    deadline: Duration,
+    capture: Option<Arc<Capture>>,
+    via_nat: bool,
+) -> Attempt {
     let started = Instant::now();
     let (local, answer, events) = match l4 {
         L4::Tcp => {
