@@ -317,8 +317,11 @@ impl Writer {
         nat.push("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000".into());
         nat.push("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN".into());
         nat.push("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000".into());
+        // kube-proxy adds --random-fully wherever iptables has it (every current one): the port
+        // after the masquerade is not the client's.
         nat.push(
-            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE"
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE \
+             --random-fully"
                 .into(),
         );
         format!("*filter\n{}\nCOMMIT\n*nat\n{}\n{}\nCOMMIT\n", filter.join("\n"), chains.join("\n"), nat.join("\n"))

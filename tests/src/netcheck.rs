@@ -84,7 +84,11 @@ pub struct UnprivilegedCopy {
 impl UnprivilegedCopy {
     pub fn new() -> Self {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("netcheck-unpriv-{}", std::process::id()));
+        // One directory per copy: tests of one binary run in parallel, and copying over a
+        // binary another test is running fails with ETXTBSY.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("netcheck-unpriv-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let path = dir.join("netcheck");

@@ -102,6 +102,15 @@ impl FlowMatcher {
         probe_common::WatchKey { addr: e.addr, port: e.port, proto, _pad: 0 }
     }
 
+    /// Whether the event's packet (or its VXLAN packet's inner one) carries `ip` as source or
+    /// destination, over this flow's protocol, on any port.
+    pub fn touches(&self, ev: &Event, ip: IpAddr) -> bool {
+        let at = Endpoint::new(SocketAddr::new(ip, 0));
+        let on =
+            |f: &Flow| f.proto == self.proto && f.family == at.family && (f.saddr == at.addr || f.daddr == at.addr);
+        (ev.flags & flags::HAS_FLOW != 0 && on(&ev.outer)) || (ev.flags & flags::HAS_INNER != 0 && on(&ev.inner))
+    }
+
     pub fn matches(&self, ev: &Event) -> bool {
         (ev.flags & flags::HAS_FLOW != 0 && self.matches_flow(&ev.outer))
             || (ev.flags & flags::HAS_INNER != 0 && self.matches_flow(&ev.inner))

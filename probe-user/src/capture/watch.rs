@@ -1,11 +1,12 @@
 //! A probe's claim on the events of its flow, and how the flow is followed through the node's
 //! SNAT. A TCP probe learns its translated endpoint from conntrack while it retransmits
 //! ([`Watch::translated`]). A UDP probe sends once, and its one datagram may be dropped on the
-//! next node before any lookup: it declares candidates first ([`Watch::candidates`]: its port
-//! on each of this namespace's other addresses, where a masquerade usually puts it), whose
-//! events are held aside until conntrack says which one, if any, the flow became.
+//! next node before any lookup: it declares candidate addresses first ([`Watch::candidates`]:
+//! this namespace's other addresses, one of which a masquerade puts it on, on a port that
+//! kube-proxy's `--random-fully` makes unpredictable), whose events are held aside until
+//! conntrack names the exact endpoint the flow became; the others are dropped.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use probe_common::Event;
 
@@ -16,8 +17,9 @@ pub(super) struct WatchSlot {
     pub(super) id: u64,
     matcher: FlowMatcher,
     events: Vec<KernelEvent>,
-    /// Endpoints the flow may have been translated to, each with the events only it matched.
-    candidates: Vec<(SocketAddr, FlowMatcher, Vec<KernelEvent>)>,
+    /// Addresses the flow may have been translated to, each with the events on it (raw, for
+    /// the exact match once the translation is known).
+    candidates: Vec<(IpAddr, Vec<(Event, KernelEvent)>)>,
 }
 
 impl WatchSlot {
@@ -27,15 +29,18 @@ impl WatchSlot {
 
     /// Whether the event is this flow's, or may be.
     pub(super) fn wants(&self, raw: &Event) -> bool {
-        self.matcher.matches(raw) || self.candidates.iter().any(|(_, m, _)| m.matches(raw))
+        self.matcher.matches(raw) || self.candidates.iter().any(|(ip, _)| self.matcher.touches(raw, *ip))
     }
 
     /// Keeps the event if it is this flow's, or holds it aside under the candidate it matches.
     pub(super) fn offer(&mut self, raw: &Event, ev: &KernelEvent) {
         if self.matcher.matches(raw) {
             self.events.push(ev.clone());
-        } else if let Some((_, _, held)) = self.candidates.iter_mut().find(|(_, m, _)| m.matches(raw)) {
-            held.push(ev.clone());
+        } else {
+            let matcher = self.matcher;
+            if let Some((_, held)) = self.candidates.iter_mut().find(|(ip, _)| matcher.touches(raw, *ip)) {
+                held.push((*raw, ev.clone()));
+            }
         }
     }
 
@@ -46,11 +51,11 @@ impl WatchSlot {
             return None;
         }
         self.matcher = self.matcher.translated(to);
-        if let Some(pos) = self.candidates.iter().position(|(c, _, _)| *c == to) {
-            let (_, _, held) = self.candidates.remove(pos);
-            self.events.extend(held);
+        let matcher = self.matcher;
+        for (_, held) in self.candidates.iter_mut().filter(|(ip, _)| *ip == to.ip()) {
+            let exact = held.drain(..).filter(|(raw, _)| matcher.matches(raw)).map(|(_, ev)| ev);
+            self.events.extend(exact);
             self.events.sort_by_key(|e| e.ts_ns);
-            return None;
         }
         self.matcher.translated_key()
     }
@@ -59,7 +64,7 @@ impl WatchSlot {
     fn keys(&self) -> Vec<probe_common::WatchKey> {
         let mut keys = vec![self.matcher.watch_key()];
         keys.extend(self.matcher.translated_key());
-        keys.extend(self.candidates.iter().map(|(_, m, _)| m.watch_key()));
+        keys.extend(self.candidates.iter().map(|(ip, _)| super::address_key(*ip)));
         keys
     }
 }
@@ -77,18 +82,16 @@ impl Watch<'_> {
         self.take()
     }
 
-    /// Before the flow's first packet: endpoints it may be translated to (see the module).
+    /// Before the flow's first packet: addresses it may be translated to (see the module).
     /// Their events are kept aside until [`Self::translated`] names one; the rest are dropped.
-    pub fn candidates(&self, endpoints: &[SocketAddr]) {
+    pub fn candidates(&self, addresses: &[IpAddr]) {
         let mut state = self.capture.shared.state.lock().expect("capture state");
         let Some(slot) = state.watches.iter_mut().find(|w| w.id == self.id) else { return };
-        let proto = slot.matcher.proto();
         let mut added = Vec::new();
-        for e in endpoints {
-            if !slot.candidates.iter().any(|(c, _, _)| c == e) {
-                let m = FlowMatcher::new(proto, *e);
-                slot.candidates.push((*e, m, Vec::new()));
-                added.push(m.watch_key());
+        for ip in addresses {
+            if !slot.candidates.iter().any(|(c, _)| c == ip) {
+                slot.candidates.push((*ip, Vec::new()));
+                added.push(super::address_key(*ip));
             }
         }
         drop(state);
@@ -187,24 +190,24 @@ mod tests {
     #[test]
     fn a_candidates_events_count_once_conntrack_names_it() {
         let local: SocketAddr = "192.168.50.11:40000".parse().unwrap();
-        let masq: SocketAddr = "10.244.1.0:40000".parse().unwrap();
-        let other: SocketAddr = "10.244.1.1:40000".parse().unwrap();
+        // --random-fully: the port after the masquerade is not the probe's.
+        let masq: SocketAddr = "10.244.1.0:61234".parse().unwrap();
         let mut slot = WatchSlot::new(1, FlowMatcher::udp(local));
-        slot.candidates = [masq, other].iter().map(|c| (*c, FlowMatcher::udp(*c), Vec::new())).collect();
-        // The masqueraded datagram dropped on the next node, before any lookup: held aside.
-        offer(&mut slot, &raw("10.244.1.0:40000", "10.244.2.10:53", 2));
+        slot.candidates = ["10.244.1.0", "10.244.1.1"].iter().map(|c| (c.parse().unwrap(), Vec::new())).collect();
+        // The masqueraded datagram dropped on the next node, before any lookup: held aside, as
+        // is another flow's drop on the same address.
+        offer(&mut slot, &raw("10.244.1.0:61234", "10.244.2.10:53", 2));
+        offer(&mut slot, &raw("10.244.1.0:5000", "10.244.2.10:53", 3));
         offer(&mut slot, &raw("192.168.50.11:40000", "10.96.0.10:53", 1));
         assert_eq!(slot.events.len(), 1);
-        assert!(!slot.wants(&raw("10.244.1.7:40000", "10.244.2.10:53", 3)), "not a candidate");
-        // conntrack: the reply goes to 10.244.1.0:40000, a candidate whose key is already held.
-        assert_eq!(slot.translate(masq), None);
+        assert!(!slot.wants(&raw("10.244.1.7:40000", "10.244.2.10:53", 4)), "not a candidate address");
+        // conntrack: the reply goes to 10.244.1.0:61234. Only that flow's held event joins.
+        let key = slot.translate(masq);
+        assert_eq!(key, FlowMatcher::udp(local).translated(masq).translated_key());
         let ts: Vec<u64> = slot.events.iter().map(|e| e.ts_ns).collect();
-        assert_eq!(ts, [1, 2], "the held event joins the flow's, in order");
-        assert_eq!(slot.translate(other), None, "translated once");
-        // Keys: the flow's own, its translation (the former candidate's), the other candidate.
-        assert_eq!(slot.keys().len(), 3);
-        // A translation no candidate foresaw needs its key held.
-        let mut plain = WatchSlot::new(2, FlowMatcher::udp(local));
-        assert_eq!(plain.translate(masq), FlowMatcher::udp(local).translated(masq).translated_key());
+        assert_eq!(ts, [1, 2], "the held event joins the flow's, in order; the other flow's does not");
+        assert_eq!(slot.translate("10.244.1.1:1".parse().unwrap()), None, "translated once");
+        // Keys: the flow's own, its translation, and the two candidate addresses.
+        assert_eq!(slot.keys().len(), 4);
     }
 }

@@ -5,7 +5,10 @@
 //! node would not be matched to the probe. The flow's own conntrack entry says exactly what the
 //! endpoint became: the reply tuple's destination.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use crate::{
     capture::Watch,
@@ -43,30 +46,28 @@ pub async fn follow<T>(
     std::future::pending().await
 }
 
-/// Where a masquerade may put a flow from `local` before it is sent (for a probe whose one
-/// packet may be dropped before [`follow`] can look): `local`'s port on each other address of
-/// this namespace of its family. MASQUERADE takes the egress device's address and keeps the
-/// port when that tuple is free (net/netfilter/nf_nat_masquerade.c, nf_nat_core.c
-/// `get_unique_tuple`). Empty without CAP_NET_ADMIN (nothing could tell them apart).
-pub fn candidates(local: SocketAddr) -> Vec<SocketAddr> {
+/// Where a masquerade may put a flow from `local`, known before it is sent (for a probe whose
+/// one packet may be dropped before [`follow`] can look): this namespace's other addresses of
+/// its family. MASQUERADE takes the egress device's address (net/netfilter/nf_nat_masquerade.c);
+/// the port it may change (kube-proxy masquerades `--random-fully`). Empty without
+/// CAP_NET_ADMIN (no lookup would tell their flows apart).
+pub fn candidates(local: SocketAddr) -> Vec<IpAddr> {
     if !crate::privileges::net_admin() {
         return Vec::new();
     }
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
-    let mut out: Vec<SocketAddr> = Vec::new();
+    let mut out: Vec<IpAddr> = Vec::new();
     for ifa in addrs {
         let Some(a) = ifa.address else { continue };
-        let ip: Option<std::net::IpAddr> = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+        let ip: Option<IpAddr> = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
             (Some(v4), _) => Some(v4.ip().into()),
             (_, Some(v6)) => Some(v6.ip().into()),
             _ => None,
         };
-        let Some(ip) = ip.filter(|ip| ip.is_ipv4() == local.is_ipv4() && !ip.is_loopback() && *ip != local.ip()) else {
-            continue;
-        };
-        let c = SocketAddr::new(ip, local.port());
-        if !out.contains(&c) {
-            out.push(c);
+        if let Some(ip) = ip.filter(|ip| ip.is_ipv4() == local.is_ipv4() && !ip.is_loopback() && *ip != local.ip())
+            && !out.contains(&ip)
+        {
+            out.push(ip);
         }
     }
     out
