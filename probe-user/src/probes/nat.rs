@@ -31,19 +31,28 @@ pub async fn follow<T>(
     remote: SocketAddr,
     after: Duration,
 ) -> T {
-    if let (Some(watch), Some(local)) = (watch, local)
-        && crate::privileges::net_admin()
-    {
+    if let (Some(watch), Some(local)) = (watch, local) {
         tokio::time::sleep(after).await;
-        let orig = Tuple4 { l4, src: local, dst: remote };
-        let entry = tokio::task::spawn_blocking(move || conntrack::get(&orig, Duration::from_millis(500))).await;
-        if let Ok(Ok(Some(entry))) = entry
-            && let Some(to) = translated(&entry, local)
-        {
-            watch.translated(to);
-        }
+        settle(watch, l4, local, remote).await;
     }
     std::future::pending().await
+}
+
+/// After a probe (before its watch is finished): the lookup [`follow`] makes, for a probe that
+/// ended before it could (a loaded node, a deadline shorter than the lookup). The entry outlives
+/// the probe, and a watch's candidates still hold their events; a watch already translated is
+/// left as it is.
+pub async fn settle(watch: &Watch<'_>, l4: L4, local: SocketAddr, remote: SocketAddr) {
+    if !crate::privileges::net_admin() {
+        return;
+    }
+    let orig = Tuple4 { l4, src: local, dst: remote };
+    let entry = tokio::task::spawn_blocking(move || conntrack::get(&orig, Duration::from_millis(500))).await;
+    if let Ok(Ok(Some(entry))) = entry
+        && let Some(to) = translated(&entry, local)
+    {
+        watch.translated(to);
+    }
 }
 
 /// Where a masquerade may put a flow from `local`, known before it is sent (for a probe whose

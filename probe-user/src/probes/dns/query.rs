@@ -210,6 +210,11 @@ async fn udp(server: SocketAddr, wire: &[u8], id: u16, deadline: Duration, captu
         Err(_) => Outcome::TimedOut,
     };
     let elapsed = started.elapsed();
+    // An unanswered query's drop after a masquerade is held under a candidate until the entry
+    // is read: read it now if the exchange ended first.
+    if let (Some(w), Some(l), false) = (&watch, local, outcome.is_answer() || outcome.is_error_rcode()) {
+        crate::probes::nat::settle(w, L4::Udp, l, server).await;
+    }
     (local, outcome, watch.map(Watch::finish_in_task).unwrap_or_default(), elapsed)
 }
 
