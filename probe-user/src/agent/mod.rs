@@ -118,7 +118,8 @@ pub fn run(opts: &Options) -> AnyResult<u8> {
             hooks: Vec::new(),
         })
     } else {
-        Capture::start(capture::Options { vxlan_port: opts.vxlan_port, watched_only: true }).map(Arc::new)
+        Capture::start(capture::Options { vxlan_port: opts.vxlan_port, watched_only: true, snat_candidates: false })
+            .map(Arc::new)
     };
     let (capture, status) = match capture {
         Ok(c) => {

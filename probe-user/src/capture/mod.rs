@@ -71,11 +71,16 @@ pub struct Options {
     /// kernel ([`Capture::aggregates`]). Checks, `node`, `path` and the agent, which use only
     /// those events, on nodes that may drop packets all the time; not `netcheck capture`.
     pub watched_only: bool,
+    /// Let UDP probes watch this namespace's other addresses until conntrack names their SNAT
+    /// ([`Watch::candidates`]). Every event on those addresses reaches userspace meanwhile: a
+    /// one-shot command can afford it, the agent cannot (a flood on a node address during its
+    /// DNS probes would fill the ring buffer), so the agent leaves it off.
+    pub snat_candidates: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { vxlan_port: probe_common::FLANNEL_VXLAN_PORT, watched_only: false }
+        Self { vxlan_port: probe_common::FLANNEL_VXLAN_PORT, watched_only: false, snat_candidates: true }
     }
 }
 
@@ -218,6 +223,8 @@ pub struct Capture {
     aggregates: PerCpuArray<MapData, [u64; aggregate::SLOTS]>,
     /// The kernel's filter under `watched_only`, with how many holders each key has.
     watched: Option<Mutex<Watched>>,
+    /// [`Options::snat_candidates`].
+    snat_candidates: bool,
     names: btf::ReasonNames,
     kernel: String,
     hooks: Vec<HookStatus>,
@@ -309,6 +316,7 @@ impl Capture {
             counters,
             aggregates,
             watched,
+            snat_candidates: opts.snat_candidates,
             names: loaded.names,
             kernel: loaded.kernel,
             hooks: loaded.hooks,

@@ -85,6 +85,9 @@ impl Watch<'_> {
     /// Before the flow's first packet: addresses it may be translated to (see the module).
     /// Their events are kept aside until [`Self::translated`] names one; the rest are dropped.
     pub fn candidates(&self, addresses: &[IpAddr]) {
+        if !self.capture.snat_candidates {
+            return;
+        }
         let mut state = self.capture.shared.state.lock().expect("capture state");
         let Some(slot) = state.watches.iter_mut().find(|w| w.id == self.id) else { return };
         let mut added = Vec::new();

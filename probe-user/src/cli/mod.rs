@@ -247,7 +247,7 @@ fn run(cli: &Cli) -> AnyResult<u8> {
     // Checks, `node` and `path` use only their probes' own flows: the kernel filters on them
     // and counts the rest. `netcheck capture` streams every event.
     let watched_only = !matches!(work, Work::Capture(..));
-    let opts = capture::Options { vxlan_port, watched_only };
+    let opts = capture::Options { vxlan_port, watched_only, snat_candidates: true };
     match work {
         Work::Checks(jobs, cert_options) => run_checks(cli, opts, &cert_options, async { jobs }, false),
         Work::Node(cert_options, one_by_one) => {
