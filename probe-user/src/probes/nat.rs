@@ -64,22 +64,28 @@ pub fn candidates(local: SocketAddr) -> Vec<IpAddr> {
     if !crate::privileges::net_admin() {
         return Vec::new();
     }
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
     let mut out: Vec<IpAddr> = Vec::new();
-    for ifa in addrs {
-        let Some(a) = ifa.address else { continue };
-        let ip: Option<IpAddr> = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
-            (Some(v4), _) => Some(v4.ip().into()),
-            (_, Some(v6)) => Some(v6.ip().into()),
-            _ => None,
-        };
-        if let Some(ip) = ip.filter(|ip| ip.is_ipv4() == local.is_ipv4() && !ip.is_loopback() && *ip != local.ip())
-            && !out.contains(&ip)
-        {
+    for ip in local_addresses() {
+        if ip.is_ipv4() == local.is_ipv4() && !ip.is_loopback() && ip != local.ip() && !out.contains(&ip) {
             out.push(ip);
         }
     }
     out
+}
+
+/// This network namespace's addresses, read once.
+pub(crate) fn local_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                (Some(v4), _) => Some(IpAddr::from(v4.ip())),
+                (_, Some(v6)) => Some(IpAddr::from(v6.ip())),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// The local endpoint after SNAT, from the entry of a flow sent from `local`.

@@ -5,11 +5,7 @@
 //! node itself kube-proxy routes it to any endpoint (its "route LOCAL traffic" rule), so this
 //! node's own NodePort answers either way.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use kube::Client;
 
@@ -93,11 +89,12 @@ pub async fn run(
 fn choose(mut nodes: Vec<NodeInfo>, port: &ServicePort, peers: usize) -> (Vec<(NodeInfo, bool)>, usize) {
     let hosts_endpoint = |n: &NodeInfo| port.ready().any(|e| e.node.as_deref() == Some(n.name.as_str()));
     nodes.sort_by(|a, b| hosts_endpoint(b).cmp(&hosts_endpoint(a)).then_with(|| a.name.cmp(&b.name)));
+    let local = crate::probes::nat::local_addresses();
     let mut chosen = Vec::new();
     let mut others = 0;
     let mut left_out = 0;
     for n in nodes {
-        let own = n.internal_ip.is_some_and(is_local);
+        let own = n.internal_ip.is_some_and(|ip| local.contains(&ip));
         if own {
             chosen.insert(0, (n, true));
         } else if others < peers {
@@ -108,12 +105,6 @@ fn choose(mut nodes: Vec<NodeInfo>, port: &ServicePort, peers: usize) -> (Vec<(N
         }
     }
     (chosen, left_out)
-}
-
-/// Whether `ip` is an address of this network namespace: only a local address can be bound
-/// (without `ip_nonlocal_bind`, net/ipv4/af_inet.c `inet_bind`).
-fn is_local(ip: IpAddr) -> bool {
-    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 #[cfg(test)]

@@ -160,6 +160,10 @@ fn kube_proxy(r: &Report) -> Check {
     Check::file(Probe::KubeProxy, "127.0.0.1:10256".into(), verdict)
 }
 
+/// The rules row when no backend holds kube-proxy's rules.
+const NO_RULES: &str = "no kube-proxy rules in either iptables backend nor an nftables table ip kube-proxy \
+                        (kube-proxy in IPVS mode, or none)";
+
 /// The addresses in `got` and not in `want`, and those in `want` and not in `got`.
 fn differ(got: &[SocketAddr], want: &[SocketAddr]) -> (Vec<String>, Vec<String>) {
     let extra = got.iter().filter(|e| !want.contains(e)).map(ToString::to_string).collect();
@@ -235,10 +239,7 @@ fn rules(r: &Report, vip: SocketAddr) -> Check {
         }
     }
     let verdict = if r.rules.is_empty() {
-        Verdict::skip(
-            "no kube-proxy rules in either iptables backend nor an nftables table ip kube-proxy (kube-proxy in IPVS \
-             mode, or none)",
-        )
+        Verdict::skip(NO_RULES)
     } else if let Some(why) = failed {
         Verdict::fail(
             Cause::ServiceNotProgrammed,

@@ -116,10 +116,7 @@ fn rules_row(r: &Report, np: &NodePorts) -> Check {
         }
     }
     let verdict = if r.node_port_rules.is_empty() {
-        Verdict::skip(
-            "no kube-proxy rules in either iptables backend nor an nftables table ip kube-proxy (kube-proxy in IPVS \
-             mode, or none)",
-        )
+        Verdict::skip(super::NO_RULES)
     } else if let Some(why) = failed {
         Verdict::fail(
             Cause::ServiceNotProgrammed,
