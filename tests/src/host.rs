@@ -152,6 +152,25 @@ pub(crate) fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
     run("ip", &["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")])
 }
 
+/// `tool ARGS` in namespace `netns` with `input` on its stdin (a restore of rules, sets or
+/// virtual servers); its stderr and the input in the error.
+pub(crate) fn pipe_in(netns: &str, tool: &str, args: &[&str], input: &str) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, tool])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("{tool} in {netns}"))?;
+    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{tool} {args:?} in {netns}: {}\n{input}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 pub(crate) fn iptables(netns: &str, args: &str) -> Result<()> {
     let mut v = vec!["netns", "exec", netns, "iptables", "-w"];
     v.extend(args.split_whitespace());

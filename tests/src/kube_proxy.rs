@@ -166,6 +166,17 @@ pub struct Programming {
     pub endpoints: Option<(String, Vec<Ipv4Addr>)>,
 }
 
+impl Programming {
+    /// The endpoints written for `svc` (`key` "NS/NAME") on node `node`: its ready ones (each
+    /// with whether it is on this node), or those `endpoints` names instead.
+    pub(crate) fn endpoints_of(&self, svc: &LabService, key: &str, node: u8) -> Vec<(Ipv4Addr, bool)> {
+        match &self.endpoints {
+            Some((s, ips)) if s == key => ips.iter().map(|ip| (*ip, false)).collect(),
+            _ => svc.endpoints.iter().filter(|e| e.ready).map(|e| (e.ip, e.node == node)).collect(),
+        }
+    }
+}
+
 /// The iptables-restore input kube-proxy on node `node` would write for `services` (filter and
 /// nat; only NodePorts differ between nodes, by which endpoints are local).
 pub fn rules(services: &[LabService], how: &Programming, node: u8) -> String {
@@ -176,10 +187,7 @@ pub fn rules(services: &[LabService], how: &Programming, node: u8) -> String {
             continue;
         }
         for p in &svc.ports {
-            let eps: Vec<(Ipv4Addr, bool)> = match &how.endpoints {
-                Some((s, ips)) if *s == key => ips.iter().map(|ip| (*ip, false)).collect(),
-                _ => svc.endpoints.iter().filter(|e| e.ready).map(|e| (e.ip, e.node == node)).collect(),
-            };
+            let eps = how.endpoints_of(svc, &key, node);
             w.port(svc, p, &eps);
         }
     }
@@ -367,17 +375,7 @@ impl Lab {
     /// `iptables-restore --noflush` of kube-proxy's chains on `node`, and its jumps.
     pub(crate) fn restore_kube_proxy(&self, node: u8, text: &str) -> Result<()> {
         let ns = self.node(node).netns.clone();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns, "iptables-restore", "-w", "--noflush"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("iptables-restore")?;
-        child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("iptables-restore in {ns}: {}\n{text}", String::from_utf8_lossy(&out.stderr).trim());
-        }
+        pipe_in(&ns, "iptables-restore", &["-w", "--noflush"], text)?;
         let portals = "-m comment --comment kubernetes-service-portals";
         let external = "-m comment --comment kubernetes-externally-visible-service-portals";
         let jumps = [

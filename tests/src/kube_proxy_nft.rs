@@ -11,7 +11,7 @@
 
 use sha2::Digest as _;
 
-use super::*;
+use super::{Ipv4Addr, Lab, POD_CIDR, Result, pipe_in};
 use crate::kube_proxy::{LabPort, LabService, Programming};
 
 /// kube-proxy's chain name: `PREFIX-HASH8-BASE`, HASH8 the first 8 characters of base32(SHA-256
@@ -31,10 +31,7 @@ pub fn rules(services: &[LabService], how: &Programming, node: u8) -> String {
             continue;
         }
         for p in &svc.ports {
-            let eps: Vec<(Ipv4Addr, bool)> = match &how.endpoints {
-                Some((s, ips)) if *s == key => ips.iter().map(|ip| (*ip, false)).collect(),
-                _ => svc.endpoints.iter().filter(|e| e.ready).map(|e| (e.ip, e.node == node)).collect(),
-            };
+            let eps = how.endpoints_of(svc, &key, node);
             t.port(svc, &key, p, &eps);
         }
     }
@@ -201,18 +198,7 @@ impl Lab {
         self.restore_kube_proxy(node, &crate::kube_proxy::rules(&[], &Programming::default(), node))?;
         let services = self.services.lock().expect("services").clone();
         let text = rules(&services, how, node);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("nft (apt: nftables)")?;
-        child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("nft -f in {ns}: {}\n{text}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(())
+        pipe_in(&ns, "nft", &["-f", "-"], &text)
     }
 }
 

@@ -41,6 +41,7 @@ mod faults;
 mod host;
 pub mod kernel;
 mod kube_proxy;
+mod kube_proxy_ipvs;
 mod kube_proxy_nft;
 pub mod layouts;
 pub mod netcheck;
@@ -53,6 +54,7 @@ pub use self::{
     api::{ADMIN_TOKEN, NO_RIGHTS_TOKEN},
     host::*,
     kube_proxy::{LabEndpoint, LabPort, LabService, Programming},
+    kube_proxy_ipvs::IpvsProgramming,
     servers::{http_get, http_get_as},
 };
 

@@ -55,6 +55,9 @@ enum Task {
         /// Only these (repeatable): a series (5.10, 6.1, 6.12) or `pair`, the two-kernel lab.
         #[arg(long)]
         only: Vec<String>,
+        /// Only these test binaries in each guest (repeatable: tcp, capture, path, vxlan, ipvs).
+        #[arg(long = "test")]
+        tests: Vec<String>,
     },
     /// Capture cost per event (kernel bpf_stats) and userspace events/s under a drop flood.
     Bench {
@@ -115,9 +118,9 @@ fn main() -> Result<()> {
             setup::run()?;
             image::build(&root(), env!("CARGO_PKG_VERSION")).map(|_| ())
         }
-        Task::Kernels { only } => {
+        Task::Kernels { only, tests } => {
             setup::run()?;
-            kernels::run(&only)
+            kernels::run(&only, &tests)
         }
         Task::Bench { quick } => {
             setup::run()?;
@@ -213,7 +216,19 @@ fn test() -> Result<()> {
         cargo(&["fmt", "--check", "--manifest-path", "probe-user/fuzz/Cargo.toml"])
     })?;
     step("clippy (host crates)", || {
-        cargo(&["clippy", "--workspace", "--exclude", "probe-ebpf", "--all-targets", "--", "-D", "warnings"])
+        // The guest feature adds the tests only the kernel matrix runs (tests/tests/ipvs.rs).
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "probe-ebpf",
+            "--all-targets",
+            "--features",
+            "netcheck-tests/guest",
+            "--",
+            "-D",
+            "warnings",
+        ])
     })?;
     step("clippy (eBPF crate)", || {
         cargo(&[
@@ -246,7 +261,7 @@ fn test() -> Result<()> {
             .current_dir(root()))
     })?;
     // The capture tests again, on the kernels nodes run (5.10, 6.1, 6.12) under QEMU.
-    step("kernels", || kernels::run(&[]))?;
+    step("kernels", || kernels::run(&[], &[]))?;
     step("benchmark (quick)", || {
         cargo(&bench_args("capture", &["--quick"]))?;
         // The debug binary the tests used: no release build in CI just for this.

@@ -23,6 +23,9 @@ const APT_PACKAGES: &[&str] = &[
     "gcc",                    // cc -static: the stand-in kubelet of tests/tests/kubelet_process.rs
     "conntrack",              // the service test runs the conntrack -D netcheck prints for a stale entry
     "nftables",               // nft: kube-proxy's nftables mode in the lab, read by netcheck
+    "ipvsadm",                // kube-proxy's IPVS mode in the kernel-matrix guests (tests/tests/ipvs.rs)
+    "ipset",                  // the sets that mode's iptables rules match
+    "man-db",                 // man renders the generated pages (tests/tests/cli.rs)
     "libc6-dev",              // its static libc
     "openssl",                // X.509 v1 certificates for tests/tests/cert.rs (rcgen makes only v3)
     "skopeo",                 // CI inspects the image archive

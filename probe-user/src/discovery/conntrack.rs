@@ -5,8 +5,7 @@
 //! CAP_NET_ADMIN in the network namespace (`nfnetlink_rcv` answers -EPERM without it,
 //! net/netfilter/nfnetlink.c). The table is the calling thread's network namespace's.
 //!
-//! The socket is blocking with a receive timeout: one request, one answer (or a dump's parts),
-//! run on a blocking thread by the async callers.
+//! One request, one answer (or a dump's parts), over [`nl_socket`]'s blocking socket.
 
 use std::{
     io,
@@ -14,12 +13,14 @@ use std::{
     time::Duration,
 };
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
     conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Status, Tuple},
 };
-use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::protocols::NETLINK_NETFILTER;
+
+use super::nl_socket::{self, NlError};
 
 /// A transport protocol conntrack tracks by ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -72,9 +73,12 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Where a DNAT sent the flow: the reply's source when the entry was destination-NATed.
+    /// Where a DNAT sent the flow: the reply's source when it is not the original destination.
+    /// Read from the tuples, not from `IPS_DST_NAT`: IPVS (kube-proxy's IPVS mode, with
+    /// `net.ipv4.vs.conntrack=1`) rewrites the reply tuple to the real server without setting
+    /// that bit (`ip_vs_update_conntrack`, net/netfilter/ipvs/ip_vs_nfct.c).
     pub fn dnat_to(&self) -> Option<SocketAddr> {
-        (self.status & Status::DstNat.bits() != 0).then_some(self.reply.src)
+        (self.reply.src != self.orig.dst).then_some(self.reply.src)
     }
 
     /// The peer that answers this flow: the endpoint after a DNAT, else the original destination.
@@ -150,63 +154,20 @@ fn exchange(
     flags: u16,
     deadline: Duration,
 ) -> Result<Vec<Entry>, CtError> {
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(CtError::Io)?;
-    socket.bind_auto().map_err(CtError::Io)?;
-    socket.connect(&NlAddr::new(0, 0)).map_err(CtError::Io)?;
-    set_receive_timeout(&socket, deadline)?;
-    let mut header = NetlinkHeader::default();
-    header.flags = flags;
-    header.sequence_number = 1;
-    let mut packet = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), request)),
-    );
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    socket.send(&buf, 0).map_err(CtError::Io)?;
-    let started = std::time::Instant::now();
-    let mut entries = Vec::new();
-    loop {
-        if started.elapsed() > deadline {
-            return Err(CtError::Timeout(deadline));
-        }
-        let (bytes, _) = socket.recv_from_full().map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CtError::Timeout(deadline),
-            _ => CtError::Io(e),
-        })?;
-        let mut at = 0;
-        while at < bytes.len() {
-            let message = <NetlinkMessage<NetfilterMessage>>::deserialize(&bytes[at..])
-                .map_err(|e| CtError::Decode(e.to_string()))?;
-            let len = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(entries),
-                NetlinkPayload::Error(e) => {
-                    return match e.code {
-                        None => Ok(entries),
-                        Some(code) => Err(kernel_error(-code.get())),
-                    };
-                }
-                NetlinkPayload::InnerMessage(m) => {
-                    if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = m.inner
-                        && let Some(entry) = entry(&attrs)
-                    {
-                        entries.push(entry);
-                    }
-                }
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            at += nla_align(len);
-        }
-    }
-}
-
-fn nla_align(len: usize) -> usize {
-    (len + 3) & !3
+    let message = NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), request);
+    let answers = nl_socket::exchange(NETLINK_NETFILTER, message, flags, deadline).map_err(|e| match e {
+        NlError::Timeout(d) => CtError::Timeout(d),
+        NlError::Io(e) => CtError::Io(e),
+        NlError::Decode(e) => CtError::Decode(e),
+        NlError::Kernel(errno) => kernel_error(errno),
+    })?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| match m.inner {
+            NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) => entry(&attrs),
+            _ => None,
+        })
+        .collect())
 }
 
 fn kernel_error(errno: i32) -> CtError {
@@ -217,16 +178,6 @@ fn kernel_error(errno: i32) -> CtError {
         libc::EOPNOTSUPP | libc::EINVAL => CtError::NoCtnetlink(io::Error::from_raw_os_error(errno)),
         _ => CtError::Io(io::Error::from_raw_os_error(errno)),
     }
-}
-
-fn set_receive_timeout(socket: &Socket, deadline: Duration) -> Result<(), CtError> {
-    use std::os::fd::AsFd as _;
-    let tv = nix::sys::time::TimeVal::new(
-        i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX),
-        i64::from(deadline.subsec_micros()).max(i64::from(deadline.is_zero())),
-    );
-    nix::sys::socket::setsockopt(&socket.as_fd(), nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-        .map_err(|e| CtError::Io(e.into()))
 }
 
 /// An entry from a `IPCTNL_MSG_CT_NEW` message's attributes (a GET's answer and a dump's parts
@@ -309,9 +260,17 @@ mod tests {
         assert_eq!(e.dnat_to(), Some("10.244.2.10:53".parse().unwrap()));
         assert!(!e.replied());
         assert_eq!(e.timeout, Some(29));
-        let plain = Entry { status: Status::SeenReply.bits(), ..e.clone() };
-        assert_eq!(plain.dnat_to(), None);
-        assert_eq!(plain.answered_by(), "10.244.2.10:53".parse().unwrap());
+        // IPVS's entry: the reply tuple rewritten, IPS_DST_NAT not set.
+        let ipvs = Entry { status: Status::SeenReply.bits(), ..e.clone() };
+        assert_eq!(ipvs.dnat_to(), Some("10.244.2.10:53".parse().unwrap()));
+        // A flow only masqueraded: the reply comes from the original destination.
+        let snat = Entry {
+            reply: t(L4::Udp, "10.96.0.10:53", "10.244.1.1:61000"),
+            status: (Status::SrcNat | Status::SeenReply).bits(),
+            ..e.clone()
+        };
+        assert_eq!(snat.dnat_to(), None);
+        assert_eq!(snat.answered_by(), "10.96.0.10:53".parse().unwrap());
     }
 
     #[test]

@@ -10,13 +10,15 @@
 
 use std::{path::PathBuf, time::Duration};
 
-/// Where a Service's rules came from: one of iptables' two kernel interfaces, or kube-proxy's
-/// nftables mode (its own `ip kube-proxy` table, `discovery::kube_proxy_nft`).
+/// Where a Service's rules came from: one of iptables' two kernel interfaces, kube-proxy's
+/// nftables mode (its own `ip kube-proxy` table, `discovery::kube_proxy_nft`), or its IPVS mode
+/// (the IPVS table, `discovery::kube_proxy_ipvs`, over netlink or from procfs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Nft,
     Legacy,
     NftablesMode,
+    Ipvs { procfs: bool },
 }
 
 impl Backend {
@@ -26,6 +28,8 @@ impl Backend {
             Self::Nft => "iptables-nft",
             Self::Legacy => "iptables-legacy",
             Self::NftablesMode => "nft (table ip kube-proxy)",
+            Self::Ipvs { procfs: false } => "IPVS (generic netlink)",
+            Self::Ipvs { procfs: true } => "IPVS (/proc/net/ip_vs)",
         }
     }
 
@@ -35,6 +39,7 @@ impl Backend {
             Self::Nft => "iptables-nft-save",
             Self::Legacy => "iptables-legacy-save",
             Self::NftablesMode => "nft",
+            Self::Ipvs { .. } => "ipvsadm -Ln",
         }
     }
 }

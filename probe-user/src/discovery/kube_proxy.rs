@@ -31,6 +31,8 @@ pub enum Programmed {
     /// Rejected or dropped in the filter table: kube-proxy's rule for a Service without
     /// (local) endpoints, with its comment.
     Rejected { backend: Backend, target: String, comment: Option<String> },
+    /// Rules that packets never reach: an IPVS virtual server whose address is not local.
+    Unreachable { backend: Backend, why: String },
     /// No rule matches the address and port.
     Missing,
 }

@@ -78,6 +78,9 @@ pub struct Readings {
     pub unknown: Vec<(String, String)>,
     /// `None` when nf_conntrack is not loaded.
     pub conntrack: Result<Option<Conntrack>, String>,
+    /// `net.ipv4.vs.conntrack` when IPVS holds virtual servers (kube-proxy's IPVS mode, told from
+    /// `/proc/net/ip_vs`, which needs no capability); `None` otherwise.
+    pub ipvs_conntrack: Option<Result<u8, String>>,
     pub iptables: iptables::Reading,
 }
 
@@ -110,7 +113,16 @@ pub async fn read(spec: &Spec, deadline: Duration) -> Readings {
         rp_filter,
         unknown: spec.unknown.clone(),
         conntrack: conntrack(),
+        ipvs_conntrack: ipvs_conntrack(),
         iptables,
+    }
+}
+
+fn ipvs_conntrack() -> Option<Result<u8, String>> {
+    match super::ipvs::read_proc() {
+        Ok(Some(t)) if !t.services.is_empty() => Some(read_u8(&format!("{SYS}/ipv4/vs/conntrack"))),
+        Ok(_) => None,
+        Err(e) => Some(Err(e.to_string())),
     }
 }
 

@@ -241,6 +241,9 @@ pub enum Cause {
     IpForwardOff,
     /// Pods sit on a bridge and br_netfilter is not loaded or `bridge-nf-call-iptables` is 0.
     BridgeNetfilterOff,
+    /// IPVS holds virtual servers (kube-proxy's IPVS mode) and `net.ipv4.vs.conntrack` is 0:
+    /// netfilter does not track what IPVS NATs, so kube-proxy's masquerade never applies.
+    IpvsConntrackOff,
     /// The reverse-path filter drops packets the node receives from its pods or peers.
     RpFilterDrop,
     /// The conntrack table is full (fail) or nearly full (warn).
@@ -304,6 +307,7 @@ impl Cause {
             Self::KubeletMisconfigured => "kubelet_misconfigured",
             Self::IpForwardOff => "ip_forward_off",
             Self::BridgeNetfilterOff => "bridge_netfilter_off",
+            Self::IpvsConntrackOff => "ipvs_conntrack_off",
             Self::RpFilterDrop => "rp_filter_drop",
             Self::ConntrackFull => "conntrack_full",
             Self::ForwardDrop => "forward_drop",

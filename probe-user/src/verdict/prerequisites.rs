@@ -22,6 +22,9 @@ pub fn verdicts(r: &Readings, pods: Option<(Ipv4Addr, u8)>) -> Vec<Check> {
         Check::file(Probe::Sysctl, format!("rp_filter {device}"), Verdict::skip(format!("not checked: {why}")))
     }));
     out.push(conntrack(&r.conntrack));
+    if let Some(value) = &r.ipvs_conntrack {
+        out.push(ipvs_conntrack(value));
+    }
     out.extend(iptables(&r.iptables, pods));
     out
 }
@@ -38,6 +41,26 @@ fn ip_forward(value: &Result<u8, String>) -> Check {
                 "{v}: [ERROR FileContent--proc-sys-net-ipv4-ip_forward]: /proc/sys/net/ipv4/ip_forward contents are \
                  not set to 1 ({PREFLIGHT}): the kernel answers pods' packets for other nodes and for Services' \
                  endpoints elsewhere with ICMP host unreachable instead of forwarding them"
+            ),
+        ),
+        Err(e) => Verdict::skip(format!("not checked: {e}")),
+    };
+    Check::file(Probe::Sysctl, target, verdict)
+}
+
+/// Only in IPVS mode: kube-proxy's IPVS proxier sets it at start (`sysctlVSConnTrack`, k/k
+/// pkg/proxy/ipvs/proxier.go); IPVS skips netfilter's conntrack for its connections without it
+/// (`ip_vs_nfct.c`), so no MASQUERADE applies to them.
+fn ipvs_conntrack(value: &Result<u8, String>) -> Check {
+    let target = "net.ipv4.vs.conntrack".to_string();
+    let verdict = match value {
+        Ok(1) => Verdict::pass("1: netfilter tracks what IPVS NATs, so kube-proxy's masquerade applies"),
+        Ok(v) => Verdict::fail(
+            Cause::IpvsConntrackOff,
+            format!(
+                "{v}, with IPVS virtual servers (kube-proxy's IPVS mode, which sets it to 1 when it starts): \
+                 netfilter does not track what IPVS NATs, so KUBE-POSTROUTING's masquerade never applies and the \
+                 node's own connections to Service IPs and NodePort traffic from other hosts get no answer"
             ),
         ),
         Err(e) => Verdict::skip(format!("not checked: {e}")),
@@ -341,6 +364,7 @@ mod tests {
             }],
             unknown: Vec::new(),
             conntrack: Ok(Some(Conntrack { count: 120, max: 262_144, ..Conntrack::default() })),
+            ipvs_conntrack: None,
             iptables: reading(FLANNEL, ""),
         }
     }
@@ -409,6 +433,13 @@ mod tests {
         let mut r = healthy();
         r.iptables = reading("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n", "");
         assert_eq!(failing(&r), [("filter FORWARD (iptables-nft)".into(), Some(Cause::ForwardDrop))]);
+        // IPVS mode: its row only there, failing alone when the sysctl is 0.
+        let mut r = healthy();
+        r.ipvs_conntrack = Some(Ok(1));
+        assert!(failing(&r).is_empty());
+        assert!(verdicts(&r, Some(PODS)).iter().any(|c| c.target == "net.ipv4.vs.conntrack"));
+        r.ipvs_conntrack = Some(Ok(0));
+        assert_eq!(failing(&r), [("net.ipv4.vs.conntrack".into(), Some(Cause::IpvsConntrackOff))]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use netlab::{Lab, LabEndpoint, LabPort, LabService, Programming, TempDir, netcheck};
+use netlab::{IpvsProgramming, Lab, LabEndpoint, LabPort, LabService, Programming, TempDir, netcheck};
 use serde_json::Value;
 
 pub const WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 80);
@@ -21,6 +21,8 @@ pub struct Env {
     pub w1: Ipv4Addr,
     pub b: Ipv4Addr,
     pub dns: Vec<Ipv4Addr>,
+    /// `--timeout`: 6 s, scaled under emulation (the kernel-matrix guests).
+    pub timeout: String,
 }
 
 pub fn web_port() -> LabPort {
@@ -31,8 +33,8 @@ pub fn env() -> Env {
     env_in("iptables")
 }
 
-/// The lab with kube-proxy in `mode` (`iptables`, or `nftables`: its own table, no KUBE-*
-/// iptables rules) on both nodes.
+/// The lab with kube-proxy in `mode` (`iptables`; `nftables`: its own table, no KUBE-*
+/// iptables rules; `ipvs`: virtual servers, in a kernel with IP_VS) on both nodes.
 pub fn env_in(mode: &'static str) -> Env {
     let _ = netlab::clean_stale();
     let mut lab = Lab::new().unwrap();
@@ -61,10 +63,10 @@ pub fn env_in(mode: &'static str) -> Env {
         external_local: false,
     });
     for node in [1, 2] {
-        if mode == "nftables" {
-            lab.program_kube_proxy_nft(node, &Programming::default()).unwrap();
-        } else {
-            lab.program_kube_proxy(node, &Programming::default()).unwrap();
+        match mode {
+            "nftables" => lab.program_kube_proxy_nft(node, &Programming::default()).unwrap(),
+            "ipvs" => lab.program_kube_proxy_ipvs(node, &IpvsProgramming::default()).unwrap(),
+            _ => lab.program_kube_proxy(node, &Programming::default()).unwrap(),
         }
         lab.serve_kube_proxy_in_mode(node, node == 1, mode).unwrap();
     }
@@ -72,13 +74,14 @@ pub fn env_in(mode: &'static str) -> Env {
     let root = TempDir::new(&format!("service-root-{}", lab.prefix));
     lab.write_host_root(1, &root, &kubeconfig).unwrap();
     let kubeconfig = root.path.join("etc/kubernetes/kubelet.conf").display().to_string();
-    Env { lab, root, kubeconfig, w1: w1.ip, b, dns: dns.endpoints }
+    let timeout = format!("{}s", 6 * netlab::time_scale());
+    Env { lab, root, kubeconfig, w1: w1.ip, b, dns: dns.endpoints, timeout }
 }
 
 impl Env {
     pub fn args<'a>(&'a self, root: &'a str, service: &[&'a str]) -> Vec<&'a str> {
         let mut args =
-            vec!["--timeout", "6s", "--host-root", root, "--kubeconfig", &self.kubeconfig, "check", "service"];
+            vec!["--timeout", &self.timeout, "--host-root", root, "--kubeconfig", &self.kubeconfig, "check", "service"];
         args.extend_from_slice(service);
         args
     }

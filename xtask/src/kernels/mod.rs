@@ -5,7 +5,8 @@
 //! the host's root shared read-only over 9p, so the guest runs this checkout's own test binaries
 //! and the host's iproute2, iptables and dnsmasq as they are, on its own kernel and modules.
 //! Each guest runs the lab tests whose verdicts stand on the kernel's evidence (`tests/tests/`
-//! `tcp.rs`, `capture.rs`, `path.rs`, `vxlan.rs`) and the capture benchmark, then this prints,
+//! `tcp.rs`, `capture.rs`, `path.rs`, `vxlan.rs`), those that need IP_VS, which the host's kernel
+//! lacks (`ipvs.rs`), and the capture benchmark, then this prints,
 //! per kernel, the programs chosen, the load time and the cost per event, and a table of what
 //! capture gives. Then the two-kernel lab (`pair.rs`): two guests, two kernels, one link.
 
@@ -50,10 +51,17 @@ const GUEST_MODULES: &[&str] = &[
     "iptable_filter",
     "iptable_nat",
     "nf_conntrack_netlink",
+    // kube-proxy's IPVS mode (tests/tests/ipvs.rs): the host's kernel has no IP_VS.
+    "ip_vs",
+    "ip_vs_rr",
+    "dummy",
+    "xt_set",
+    "ip_set_hash_ipport",
+    "ip_set_bitmap_port",
 ];
 
-/// Test binaries run in each guest.
-const TESTS: &[&str] = &["tcp", "capture", "path", "vxlan"];
+/// Test binaries run in each guest (`ipvs` is built only here, with the tests' `guest` feature).
+const TESTS: &[&str] = &["tcp", "capture", "path", "vxlan", "ipvs"];
 
 /// How long one guest may take, boot to power-off (about 6 minutes under TCG here). The guests
 /// run one after another: two at once (2 vCPUs each on the host's 2 cores) made each guest's
@@ -68,8 +76,11 @@ const TIME_SCALE: u32 = 5;
 const PAIR: &str = "pair";
 
 /// Runs the matrix and the two-kernel lab, or only those in `only` (`5.10`, `6.1`, `6.12`,
-/// `pair`).
-pub fn run(only: &[String]) -> Result<()> {
+/// `pair`); in each guest every test binary, or only those in `tests`.
+pub fn run(only: &[String], tests: &[String]) -> Result<()> {
+    if let Some(t) = tests.iter().find(|t| !TESTS.contains(&t.as_str())) {
+        bail!("--test {t:?}: the guests run {TESTS:?}");
+    }
     let known = |o: &str| o == PAIR || MATRIX.iter().any(|s| s.version == o);
     let unknown: Vec<&String> = only.iter().filter(|o| !known(o)).collect();
     if !unknown.is_empty() {
@@ -80,7 +91,10 @@ pub fn run(only: &[String]) -> Result<()> {
     let selected = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let dir = root().join("target/kernels");
     std::fs::create_dir_all(&dir)?;
-    let binaries = build()?;
+    let mut binaries = build()?;
+    if !tests.is_empty() {
+        binaries.tests.retain(|(name, _)| tests.contains(name));
+    }
     let init = include_str!("init.sh");
     let mut results = Vec::new();
     let mut failed = Vec::new();
@@ -135,7 +149,7 @@ fn build() -> Result<Binaries> {
     // its capture loads in a fraction of the debug build's time.
     let target = crate::image::TARGET;
     sh(Command::new("cargo").args(["build", "--release", "-p", "probe-user", "--target", target]).current_dir(root()))?;
-    let mut args = vec!["test", "-p", "netcheck-tests", "--no-run", "--message-format=json"];
+    let mut args = vec!["test", "-p", "netcheck-tests", "--features", "guest", "--no-run", "--message-format=json"];
     for t in TESTS {
         args.extend(["--test", t]);
     }

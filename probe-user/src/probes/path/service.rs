@@ -19,8 +19,9 @@ use super::{ApiSpec, Spec};
 use crate::discovery::{
     conntrack::{self, Entry, L4, Tuple4},
     iptables::{self, Backend},
+    ipvs,
     kube_proxy::{self, Programmed},
-    kube_proxy_nft,
+    kube_proxy_ipvs, kube_proxy_nft,
     services::{self, FindError, ServicePort, Wanted},
 };
 
@@ -70,14 +71,20 @@ pub async fn detect(spec: &Spec, budget: Duration) -> Option<ServiceStep> {
     // kube-proxy's rules only when the API could not say: on a large cluster iptables-save
     // prints tens of thousands of rules, not worth a path the API already answered.
     let rules = if api.is_err() {
-        let (reading, nft) = tokio::join!(iptables::read(budget), kube_proxy_nft::read(budget));
+        let (reading, nft, ipvs) =
+            tokio::join!(iptables::read(budget), kube_proxy_nft::read(budget), ipvs::read(budget));
         let nft = nft.ok().flatten().map(|t| (Backend::NftablesMode, kube_proxy_nft::rules(&t, vip, L4::Tcp)));
+        let local = crate::probes::nat::local_addresses();
+        let ipvs = ipvs.ok().flatten().map(|t| {
+            (kube_proxy_ipvs::backend(&t), kube_proxy_ipvs::rules(&t, vip, L4::Tcp, local.contains(&vip.ip())))
+        });
         [(Backend::Nft, &reading.nft), (Backend::Legacy, &reading.legacy)]
             .into_iter()
             .filter_map(|(backend, set)| {
                 Some((backend, kube_proxy::iptables_rules(set.as_ref().ok()?, backend, vip, L4::Tcp)))
             })
             .chain(nft)
+            .chain(ipvs)
             .find(|(_, found)| *found != Programmed::Missing)
     } else {
         None

@@ -1,6 +1,6 @@
 //! `check service`: a Service port walked the way an operator does it by hand. The Service and
 //! its EndpointSlices from the API; kube-proxy's health and mode; its rules for the port (iptables
-//! mode, both backends); the Service IP probed several times, each probe's endpoint read from
+//! mode in both backends, nftables mode, IPVS mode); the Service IP probed several times, each probe's endpoint read from
 //! the conntrack entry of its own tuple (the reply's source after the DNAT); each endpoint probed
 //! directly; for UDP the Service IP's conntrack entries that point at no endpoint; and for a
 //! NodePort Service its port on this node and on other nodes ([`nodeport`]).
@@ -30,8 +30,9 @@ use crate::{
     discovery::{
         conntrack::{self, CtError, Entry, L4, Tuple4},
         iptables::{self, Backend, ReadError},
+        ipvs,
         kube_proxy::{self, Programmed},
-        kube_proxy_nft,
+        kube_proxy_ipvs, kube_proxy_nft,
         services::{self, ServicePort, Wanted},
     },
 };
@@ -215,7 +216,7 @@ pub async fn run(spec: Spec, deadline: Duration, capture: Option<Arc<Capture>>) 
 /// kube-proxy's rules on this node for the Service port and for its NodePort: every iptables
 /// backend that holds them, and its nftables table when it has one.
 async fn read_rules(vip: SocketAddr, l4: L4, node_port: Option<u16>, budget: Duration) -> (Vec<Rules>, Vec<Rules>) {
-    let (reading, nft) = tokio::join!(iptables::read(budget), kube_proxy_nft::read(budget));
+    let (reading, nft, ipvs) = tokio::join!(iptables::read(budget), kube_proxy_nft::read(budget), ipvs::read(budget));
     let mut found = rules(&reading, |set, b| kube_proxy::iptables_rules(set, b, vip, l4));
     let mut np_found = match node_port {
         Some(np) => rules(&reading, |set, b| kube_proxy::iptables_node_port(set, b, np, l4)),
@@ -237,6 +238,27 @@ async fn read_rules(vip: SocketAddr, l4: L4, node_port: Option<u16>, budget: Dur
         // No table (kube-proxy in another mode), or no nft to read one with: iptables says.
         Ok(None) | Err(ReadError::NoTool { .. } | ReadError::NoCapability) => {}
         Err(e) => found.push(Rules { backend: Backend::NftablesMode, programmed: Err(e) }),
+    }
+    match ipvs {
+        // Virtual servers: kube-proxy runs in IPVS mode, whose iptables rules (ipset matches)
+        // hold no per-Service DNAT; the table is read without CAP_NET_ADMIN too (procfs), so
+        // iptables' unread backends do not stop the verdict.
+        Ok(Some(table)) if !table.services.is_empty() => {
+            let ipvs_mode =
+                |r: &Rules| matches!(r.programmed, Ok(Programmed::Endpoints { .. } | Programmed::Rejected { .. }));
+            found.retain(ipvs_mode);
+            np_found.retain(ipvs_mode);
+            let local = super::nat::local_addresses();
+            let backend = kube_proxy_ipvs::backend(&table);
+            let programmed = kube_proxy_ipvs::rules(&table, vip, l4, local.contains(&vip.ip()));
+            found.push(Rules { backend, programmed: Ok(programmed) });
+            if let Some(np) = node_port {
+                np_found.push(Rules { backend, programmed: Ok(kube_proxy_ipvs::node_port(&table, &local, np, l4)) });
+            }
+        }
+        // No IPVS, or an empty table (ip_vs loaded by something else): not IPVS mode.
+        Ok(_) | Err(ReadError::NoCapability) => {}
+        Err(e) => found.push(Rules { backend: Backend::Ipvs { procfs: false }, programmed: Err(e) }),
     }
     // A backend that holds no rule for this Service beside one that does is the one
     // kube-proxy does not use (a node keeps flannel's iptables rules in nftables mode).

@@ -161,8 +161,8 @@ fn kube_proxy(r: &Report) -> Check {
 }
 
 /// The rules row when no backend holds kube-proxy's rules.
-const NO_RULES: &str = "no kube-proxy rules in either iptables backend nor an nftables table ip kube-proxy \
-                        (kube-proxy in IPVS mode, or none)";
+const NO_RULES: &str = "no kube-proxy rules in either iptables backend, no nftables table ip kube-proxy and no \
+                        IPVS virtual server (no kube-proxy, or one that has not synced)";
 
 /// The addresses in `got` and not in `want`, and those in `want` and not in `got`.
 fn differ(got: &[SocketAddr], want: &[SocketAddr]) -> (Vec<String>, Vec<String>) {
@@ -229,12 +229,16 @@ fn rules(r: &Report, vip: SocketAddr) -> Check {
                     ));
                 }
             }
+            Ok(Programmed::Unreachable { why, .. }) => {
+                failed.get_or_insert(format!("{tool}: a virtual server for {vip} {}, but {why}", r.l4));
+            }
             Ok(Programmed::Missing) => {
-                let (what, l4) = match backend {
-                    Backend::NftablesMode => ("no element of map service-ips", r.l4),
-                    _ => ("no KUBE-SERVICES rule", r.l4),
+                let what = match backend {
+                    Backend::NftablesMode => "no element of map service-ips",
+                    Backend::Ipvs { .. } => "no virtual server",
+                    Backend::Nft | Backend::Legacy => "no KUBE-SERVICES rule",
                 };
-                failed.get_or_insert(format!("{tool}: {what} matches {vip} {l4}"));
+                failed.get_or_insert(format!("{tool}: {what} matches {vip} {}", r.l4));
             }
         }
     }

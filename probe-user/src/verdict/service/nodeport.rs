@@ -104,6 +104,15 @@ fn rules_row(r: &Report, np: &NodePorts) -> Check {
                     _ => by_design = np.external_local && any_ready,
                 }
             }
+            Ok(Programmed::Unreachable { why, .. }) => {
+                failed.get_or_insert(format!("{tool}: {why}"));
+            }
+            Ok(Programmed::Missing) if matches!(backend, Backend::Ipvs { .. }) => {
+                failed.get_or_insert(format!(
+                    "{tool}: no virtual server on this node's addresses matches {} port {}",
+                    r.l4, np.node_port
+                ));
+            }
             Ok(Programmed::Missing) if *backend == Backend::NftablesMode => {
                 failed.get_or_insert(format!(
                     "{tool}: no element of map service-nodeports matches {} . {}",
