@@ -1,6 +1,7 @@
 //! `netcheck agent` processes in lab nodes, and a real Prometheus (Debian's) scraping them.
 
 use std::{
+    fmt::Write as _,
     net::SocketAddr,
     path::Path,
     process::{Child, Command, Stdio},
@@ -147,16 +148,36 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(netns: &str, addr: SocketAddr, targets: &[SocketAddr]) -> Result<Self> {
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        Self::start_with(netns, addr, &format!("  - targets: [{}]\n", list.join(", ")), &[])
+    }
+
+    /// [`Self::start`] with each target labelled `node` (what the ServiceMonitor's relabeling
+    /// gives in a cluster) and these rule files evaluated every second.
+    pub fn start_with_rules(
+        netns: &str,
+        addr: SocketAddr,
+        targets: &[(SocketAddr, &str)],
+        rules: &[&Path],
+    ) -> Result<Self> {
+        let mut static_configs = String::new();
+        for (t, node) in targets {
+            let _ = write!(static_configs, "  - targets: ['{t}']\n    labels: {{node: '{node}'}}\n");
+        }
+        Self::start_with(netns, addr, &static_configs, rules)
+    }
+
+    fn start_with(netns: &str, addr: SocketAddr, static_configs: &str, rules: &[&Path]) -> Result<Self> {
         let binary = Path::new("/usr/bin/prometheus");
         if !binary.exists() {
             bail!("{} missing: `cargo xtask setup` installs Debian's prometheus package", binary.display());
         }
         let dir = TempDir::new(&format!("prometheus-{netns}"));
-        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let rule_files: Vec<String> = rules.iter().map(|r| format!("'{}'", r.display())).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n- job_name: netcheck\n  static_configs:\n  - targets: [{}]\n",
-            list.join(", ")
+             rule_files: [{}]\nscrape_configs:\n- job_name: netcheck\n  static_configs:\n{static_configs}",
+            rule_files.join(", ")
         );
         let config_path = dir.write("prometheus.yml", &config);
         let data = dir.path.join("data");
@@ -196,6 +217,21 @@ impl Prometheus {
         let v: serde_json::Value = serde_json::from_str(&body)?;
         let result = v["data"]["result"].as_array().context("no result")?;
         Ok(result.iter().filter_map(|r| Some((r["metric"].clone(), r["value"][1].as_str()?.parse().ok()?))).collect())
+    }
+
+    /// The names of the rules Prometheus loaded (`/api/v1/rules`).
+    pub fn rule_names(&self) -> Result<Vec<String>> {
+        let (status, body) = http_get(&self.netns, self.addr, "/api/v1/rules")?;
+        if status != 200 {
+            bail!("/api/v1/rules: HTTP {status}: {body}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let groups = v["data"]["groups"].as_array().context("no groups")?;
+        Ok(groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .filter_map(|r| r["name"].as_str().map(String::from))
+            .collect())
     }
 
     /// Polls `promql` until `pred` holds on its result, at most `deadline`: how long it took.

@@ -19,7 +19,7 @@ pub fn documents(path: &Path) -> Vec<Value> {
 /// The capabilities the DaemonSet adds, as setpriv names them ("bpf", "perfmon", ...), plus
 /// those an overlay's patches add (`kernel-5.10`).
 pub fn capabilities(overlay: Option<&str>) -> Vec<String> {
-    let ds = documents(&dir().join("daemonset.yaml")).remove(0);
+    let ds = documents(&dir().join("base/daemonset.yaml")).remove(0);
     let mut caps: Vec<String> =
         ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
             .as_array()

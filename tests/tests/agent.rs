@@ -613,3 +613,105 @@ fn a_full_capture_filter_is_counted_and_said() {
         .and_then(|v| v.parse::<u64>().ok());
     assert!(total.is_some_and(|t| t >= keys - 16_384), "{total:?}");
 }
+
+/// Issue 17 acceptance 2: Debian's Prometheus scraping both agents evaluates
+/// deploy/alerts/netcheck.rules.yaml. Healthy, nothing fires or is pending; the VXLAN fault on n2
+/// fires NetcheckOverlayBroken naming node n1 and peer n2 within its `for:` (2m) plus two
+/// intervals; cleared, it resolves within two intervals.
+#[test]
+fn alert_rules_fire_on_the_vxlan_fault_and_resolve() {
+    needs_root("alert_rules_fire_on_the_vxlan_fault_and_resolve");
+    let (lab, nodes) = lab();
+    let interval = Duration::from_secs(5);
+    let agent_args = ["--interval", "5s", "--jitter", "0.1"];
+    let mut agents: Vec<Agent> = [1, 2].iter().map(|n| start_agent(&lab, &nodes, *n, "2s", &agent_args)).collect();
+    for a in &mut agents {
+        a.wait_ready(Duration::from_secs(30)).unwrap();
+    }
+    let rules = netlab::deploy::dir().join("alerts/netcheck.rules.yaml");
+    let targets = [(agents[0].addr, "n1"), (agents[1].addr, "n2")];
+    let prom_addr = SocketAddr::new(lab.node(1).underlay_ip.into(), 9090);
+    let prometheus = Prometheus::start_with_rules(&lab.node(1).netns, prom_addr, &targets, &[&rules]).unwrap();
+    assert_eq!(prometheus.rule_names().unwrap().len(), 14, "the rule file's 14 alerts loaded");
+    // Healthy: after a few cycles nothing is pending or firing.
+    prometheus
+        .wait_for(r#"sum by (node) (netcheck_checks{probe="vxlan",status="pass"})"#, Duration::from_secs(30), |r| {
+            r.len() == 2
+        })
+        .unwrap();
+    std::thread::sleep(3 * interval);
+    // Nothing firing or pending, except kernel drops by reason: the lab's nodes share the
+    // host's kernel, so its kernel-wide counters also count what the suite's other tests drop
+    // (their injected faults). That alert's `for:` is 10m: it cannot fire within this test.
+    let alerts = prometheus.query(r#"ALERTS{alertname!="NetcheckKernelDropsRising"}"#).unwrap();
+    assert!(alerts.is_empty(), "the healthy lab raises alerts: {alerts:?}");
+    // Issue 17 acceptance 3: every panel's query of the dashboard returns series, healthy...
+    let panels = dashboard_queries();
+    assert_eq!(panels.len(), 12, "{panels:?}");
+    for (title, expr) in &panels {
+        assert!(!prometheus.query(expr).unwrap().is_empty(), "healthy: panel {title:?} ({expr}) has no series");
+    }
+
+    lab.drop_vxlan(2).unwrap();
+    let overlay = r#"ALERTS{alertname="NetcheckOverlayBroken",alertstate="firing"}"#;
+    // `for:` plus two intervals, plus a scrape and an evaluation (1 s each).
+    let deadline = Duration::from_mins(2) + 2 * interval + Duration::from_secs(2);
+    let took = prometheus.wait_for(overlay, deadline, |r| !r.is_empty()).unwrap();
+    eprintln!("NetcheckOverlayBroken firing {took:?} after the fault");
+    let firing: Vec<(String, String, String)> = prometheus
+        .query(overlay)
+        .unwrap()
+        .iter()
+        .map(|(l, _)| {
+            let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (s("node"), s("peer"), s("severity"))
+        })
+        .collect();
+    let mut firing = firing;
+    firing.sort();
+    // The fault drops VXLAN arriving at n2: n1's echoes to n2 and the replies to n2's own
+    // (which fire too once they have failed for 2m: not always by now).
+    let n1_n2 = ("n1".to_string(), "n2".to_string(), "critical".to_string());
+    let n2_n1 = ("n2".to_string(), "n1".to_string(), "critical".to_string());
+    assert!(firing.contains(&n1_n2) && firing.iter().all(|f| *f == n1_n2 || *f == n2_n1), "{firing:?}");
+    // ... and under the fault.
+    for (title, expr) in &panels {
+        assert!(!prometheus.query(expr).unwrap().is_empty(), "VXLAN fault: panel {title:?} ({expr}) has no series");
+    }
+    let matrix = prometheus.query(&panels[2].1).unwrap();
+    assert!(
+        matrix.iter().any(|(l, v)| l["node"] == "n1" && l["peer"] == "n2" && l["probe"] == "vxlan" && *v > 0.5),
+        "{matrix:?}"
+    );
+    // Other alerts it may fire are its consequences: each node reaches the other's CoreDNS pod
+    // through the broken overlay (DNS partial), and with one peer each, that peer is a quorum
+    // failing at one hop (the node's path problem).
+    let others = prometheus.query(r#"ALERTS{alertname!="NetcheckOverlayBroken",alertstate="firing"}"#).unwrap();
+    assert!(
+        others.iter().all(|(l, _)| ["NetcheckDnsFailing", "NetcheckNodePathProblem"]
+            .contains(&l["alertname"].as_str().unwrap_or_default())),
+        "the VXLAN fault fires other alerts: {others:?}"
+    );
+
+    lab.allow_vxlan(2).unwrap();
+    let took = prometheus.wait_for(overlay, 2 * interval + Duration::from_secs(2), <[_]>::is_empty).unwrap();
+    eprintln!("NetcheckOverlayBroken resolved {took:?} after clearing");
+    prometheus.wait_for(r#"ALERTS{alertstate="firing"}"#, 2 * interval, <[_]>::is_empty).unwrap();
+}
+
+/// Each panel's title and query in deploy/dashboard/netcheck.json, the template variables
+/// (`$node`, `$peer`) as Grafana sends them with "All" chosen (their `allValue`, `.*`).
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = netlab::deploy::dir().join("dashboard/netcheck.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$node", ".*").replace("$peer", ".*");
+            out.push((panel["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    out
+}

@@ -303,7 +303,7 @@ fn hidden_kallsyms_is_named_where_it_matters() {
     }
 }
 
-/// With the DaemonSet's capabilities (deploy/daemonset.yaml) capture loads, except on kernels
+/// With the DaemonSet's capabilities (deploy/base/daemonset.yaml) capture loads, except on kernels
 /// that charge eBPF maps to RLIMIT_MEMLOCK (before 5.11): there it names CAP_SYS_RESOURCE. With
 /// the kernel-5.10 overlay's capabilities it loads everywhere, and names causes from drop
 /// locations where the kernel needs it (CAP_SYSLOG). Run under a container's usual 64 KiB

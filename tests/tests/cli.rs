@@ -167,3 +167,64 @@ fn kubectl_plugin_runs_kubectl_debug() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run /nonexistent/kubectl"));
 }
+
+/// The completion script a shell loads: `netcheck completions bash`, sourced in a real bash and
+/// asked for the words after `netcheck ch` and `netcheck check s`, as bash-completion asks; the
+/// same for `kubectl-netcheck`.
+#[test]
+fn bash_completes_subcommands_from_the_generated_script() {
+    let netcheck = netcheck::binary().unwrap();
+    let plugin = netcheck.with_file_name("kubectl-netcheck");
+    let complete = |binary: &std::path::Path, name: &str, words: &[&str]| -> String {
+        let script = std::process::Command::new(binary).args(["completions", "bash"]).output().unwrap();
+        assert!(script.status.success(), "{script:?}");
+        let dir = netlab::TempDir::new("completions");
+        let file = dir.write(name, &String::from_utf8(script.stdout).unwrap());
+        let line = words.join(" ");
+        let cword = words.len() - 1;
+        let prev = if cword > 0 { words[cword - 1] } else { name };
+        let program = format!(
+            "source {file}; COMP_WORDS=({line}); COMP_CWORD={cword}; COMP_LINE='{line}'; COMP_POINT={}; \
+             _{} {name} {} {prev}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            line.len(),
+            name.replace('-', "__"),
+            words[cword]
+        );
+        let out = std::process::Command::new("bash").args(["--norc", "-c", &program]).output().expect("bash");
+        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(complete(&netcheck, "netcheck", &["netcheck", "ch"]), "check\n");
+    assert_eq!(complete(&netcheck, "netcheck", &["netcheck", "check", "s"]), "service\n");
+    assert_eq!(complete(&plugin, "kubectl-netcheck", &["kubectl-netcheck", "pa"]), "path\n");
+}
+
+/// `netcheck man DIR` writes a page per command that `man` renders: its NAME, and its options.
+#[test]
+fn man_renders_the_generated_pages() {
+    let dir = netlab::TempDir::new("man-pages");
+    let r = std::process::Command::new(netcheck::binary().unwrap()).arg("man").arg(&dir.path).output().unwrap();
+    assert!(r.status.success(), "{r:?}");
+    let page = dir.path.join("netcheck-check-service.1");
+    let out = std::process::Command::new("man")
+        .arg("-l")
+        .arg(&page)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+        .expect("man (apt: man-db)");
+    assert!(out.status.success(), "{out:?}");
+    // man justifies the text: compare with the blanks folded.
+    let text = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("NAME netcheck-check-service - A Service port through kube-proxy"), "{text}");
+    assert!(text.contains("--nodeport-peers <N> [default: 8]"), "{text}");
+    // Every visible command has its page, hidden ones none.
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir.path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert!(
+        names.contains(&"netcheck-path.1".to_string()) && names.contains(&"netcheck-npd-node.1".to_string()),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 26, "{names:?}");
+}

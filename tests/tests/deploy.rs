@@ -16,23 +16,24 @@ fn one(path: &str) -> Value {
 }
 
 fn agent_container() -> Value {
-    one("daemonset.yaml")["spec"]["template"]["spec"]["containers"][0].clone()
+    one("base/daemonset.yaml")["spec"]["template"]["spec"]["containers"][0].clone()
 }
 
 /// The Kubernetes kinds in the kustomizations, each file validated strictly against the
-/// Kubernetes 1.37 schemas; the ServiceMonitor (a CRD) is checked by `manifests_agree`.
+/// Kubernetes 1.37 schemas; the ServiceMonitor and the PrometheusRule (CRDs) are checked by
+/// `manifests_agree` and `alert_rules_pass_promtool_and_match_the_prometheus_rule`.
 #[test]
 fn manifests_validate_against_the_kubernetes_schema() {
     let mut files = Vec::new();
     for kustomization in
-        ["kustomization.yaml", "prometheus-operator/kustomization.yaml", "kernel-5.10/kustomization.yaml"]
+        ["base/kustomization.yaml", "prometheus-operator/kustomization.yaml", "kernel-5.10/kustomization.yaml"]
     {
         let k = one(kustomization);
         let dir = deploy().join(kustomization).parent().unwrap().to_path_buf();
         for r in k["resources"].as_array().unwrap() {
             let path = dir.join(r.as_str().unwrap());
             assert!(path.exists(), "{kustomization} lists {} which does not exist", path.display());
-            if path.is_file() && one_kind(&path) != "ServiceMonitor" {
+            if path.is_file() && !["ServiceMonitor", "PrometheusRule"].contains(&one_kind(&path).as_str()) {
                 files.push(path);
             }
         }
@@ -47,8 +48,9 @@ fn manifests_validate_against_the_kubernetes_schema() {
     eprintln!("{said}");
     assert!(out.status.success(), "{said}");
     assert!(!said.contains("WARN") && !said.contains("ERROR"), "{said}");
-    let resources =
-        documents(&deploy().join("rbac.yaml")).len() + documents(&deploy().join("admission-policy.yaml")).len() + 3;
+    let resources = documents(&deploy().join("base/rbac.yaml")).len()
+        + documents(&deploy().join("base/admission-policy.yaml")).len()
+        + 3;
     assert_eq!(said.matches(" passed for resource ").count(), resources, "{said}");
 }
 
@@ -60,7 +62,7 @@ fn one_kind(path: &Path) -> String {
 #[test]
 fn the_schema_check_refuses_a_broken_manifest() {
     let dir = TempDir::new("deploy-broken");
-    let text = std::fs::read_to_string(deploy().join("daemonset.yaml"))
+    let text = std::fs::read_to_string(deploy().join("base/daemonset.yaml"))
         .unwrap()
         .replace("hostNetwork: true", "hostNetwrk: true");
     let path = dir.write("daemonset.yaml", &text);
@@ -72,12 +74,12 @@ fn the_schema_check_refuses_a_broken_manifest() {
 /// netcheck's command line.
 #[test]
 fn manifests_agree() {
-    let ds = one("daemonset.yaml");
+    let ds = one("base/daemonset.yaml");
     let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
     let within =
         |selector: &Value, labels: &Value| selector.as_object().unwrap().iter().all(|(k, v)| labels.get(k) == Some(v));
     assert!(within(&ds["spec"]["selector"]["matchLabels"], pod_labels));
-    let svc = one("service.yaml");
+    let svc = one("base/service.yaml");
     assert!(within(&svc["spec"]["selector"], pod_labels), "the Service selects the agents");
     let monitor = one("prometheus-operator/servicemonitor.yaml");
     assert!(
@@ -105,12 +107,12 @@ fn manifests_agree() {
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["capabilities"]["drop"][0], "ALL");
     // The image the kustomization pins is the one `cargo xtask image` tags.
-    let k = one("kustomization.yaml");
+    let k = one("base/kustomization.yaml");
     assert_eq!(k["images"][0]["name"], c["image"]);
     assert_eq!(k["images"][0]["newTag"], env!("CARGO_PKG_VERSION"));
     // The admission policy matches the DaemonSet's service account in the kustomization's
     // namespace, and lets it change the condition the agent writes, by that name.
-    let policy = &documents(&deploy().join("admission-policy.yaml"))[0];
+    let policy = &documents(&deploy().join("base/admission-policy.yaml"))[0];
     let user = format!(
         "system:serviceaccount:{}:{}",
         k["namespace"].as_str().unwrap(),
@@ -120,7 +122,7 @@ fn manifests_agree() {
     assert_eq!(matched, format!("request.userInfo.username == '{user}'"));
     let others = policy["spec"]["variables"][1]["expression"].as_str().unwrap();
     assert!(others.contains("c.type != 'NetworkPathProblem'"), "{others}");
-    let binding = &documents(&deploy().join("admission-policy.yaml"))[1];
+    let binding = &documents(&deploy().join("base/admission-policy.yaml"))[1];
     assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
     assert!(k["resources"].as_array().unwrap().iter().any(|r| r == "admission-policy.yaml"));
 }
@@ -132,14 +134,14 @@ fn manifests_agree() {
 #[test]
 fn kernel_510_overlay_adds_two_capabilities_to_a_valid_daemonset() {
     let k = one("kernel-5.10/kustomization.yaml");
-    assert_eq!(k["resources"], serde_json::json!(["../"]));
+    assert_eq!(k["resources"], serde_json::json!(["../base"]));
     assert_eq!(k["patches"][0]["target"]["kind"], "DaemonSet");
-    assert_eq!(k["patches"][0]["target"]["name"], one("daemonset.yaml")["metadata"]["name"]);
+    assert_eq!(k["patches"][0]["target"]["name"], one("base/daemonset.yaml")["metadata"]["name"]);
     let base = netlab::deploy::capabilities(None);
     let with = netlab::deploy::capabilities(Some("kernel-5.10"));
     assert_eq!(with[..base.len()], base[..]);
     assert_eq!(with[base.len()..], ["sys_resource", "syslog"]);
-    let mut ds = one("daemonset.yaml");
+    let mut ds = one("base/daemonset.yaml");
     let add = ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
         .as_array_mut()
         .unwrap();
@@ -212,4 +214,80 @@ fn agent_runs_with_only_the_daemonsets_capabilities() {
         .filter(|c| c["status"] == "fail" || c["status"] == "warn")
         .collect();
     assert!(bad.is_empty(), "{bad:?}");
+}
+
+/// Issue 17 acceptance 1 and 4: the alert rules pass `promtool check rules`; their unit tests
+/// (`promtool test rules`) pass and cover every alert firing and not firing; the
+/// PrometheusRule holds exactly the same groups; every runbook_url names a runbook that exists.
+#[test]
+fn alert_rules_pass_promtool_and_match_the_prometheus_rule() {
+    let alerts = deploy().join("alerts");
+    let promtool = |args: &[&str]| {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&alerts)
+            .output()
+            .expect("promtool (Debian's prometheus package; `cargo xtask setup` installs it)");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "promtool {args:?}: {said}");
+        said
+    };
+    let checked = promtool(&["check", "rules", "netcheck.rules.yaml"]);
+    let rules = documents(&alerts.join("netcheck.rules.yaml")).remove(0);
+    let names: Vec<String> = rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+        .map(|r| r["alert"].as_str().unwrap().to_string())
+        .collect();
+    assert!(checked.contains(&format!("SUCCESS: {} rules found", names.len())), "{checked}");
+    promtool(&["test", "rules", "netcheck.rules.test.yaml"]);
+    // Each alert is tested firing (some expected alert) and not firing (an empty expectation).
+    let tests = documents(&alerts.join("netcheck.rules.test.yaml")).remove(0);
+    let cases: Vec<&Value> =
+        tests["tests"].as_array().unwrap().iter().flat_map(|t| t["alert_rule_test"].as_array().unwrap()).collect();
+    for name in &names {
+        let of = |fires: bool| {
+            cases.iter().any(|c| {
+                c["alertname"] == name.as_str() && c["exp_alerts"].as_array().is_some_and(|a| a.is_empty() != fires)
+            })
+        };
+        assert!(of(true) && of(false), "{name}: tested firing {}, not firing {}", of(true), of(false));
+    }
+    let operator = one("prometheus-operator/prometheusrule.yaml");
+    assert_eq!(operator["spec"]["groups"], rules["groups"], "the PrometheusRule differs from netcheck.rules.yaml");
+    let root = deploy().parent().unwrap().to_path_buf();
+    for rule in rules["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()) {
+        let url = rule["annotations"]["runbook_url"].as_str().unwrap();
+        assert!(root.join(url).is_file(), "{}: runbook {url} missing", rule["alert"]);
+        for key in ["summary", "description"] {
+            assert!(rule["annotations"][key].as_str().is_some_and(|s| s.contains("$labels.node")), "{rule:#}");
+        }
+        assert!(["warning", "critical"].contains(&rule["labels"]["severity"].as_str().unwrap()), "{rule:#}");
+        assert!(rule["for"].as_str().is_some(), "{rule:#}");
+    }
+}
+
+/// The dashboard is valid JSON Grafana imports as it is (panels with Prometheus queries, the
+/// node and peer variables), and its ConfigMap carries the sidecar's label and that very file.
+#[test]
+fn dashboard_is_valid_and_its_configmap_is_generated_from_it() {
+    let text = std::fs::read_to_string(deploy().join("dashboard/netcheck.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).expect("valid JSON");
+    let vars: Vec<&str> =
+        dashboard["templating"]["list"].as_array().unwrap().iter().filter_map(|v| v["name"].as_str()).collect();
+    assert_eq!(vars, ["datasource", "node", "peer"]);
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert_eq!(panels.len(), 12);
+    for p in panels {
+        let expr = p["targets"][0]["expr"].as_str().unwrap_or_else(|| panic!("a panel without a query: {p}"));
+        assert!(expr.contains(r#"node=~"$node""#), "{} does not follow $node: {expr}", p["title"]);
+    }
+    let k = one("dashboard/kustomization.yaml");
+    let generator = &k["configMapGenerator"][0];
+    assert_eq!(generator["files"][0], "netcheck.json");
+    assert_eq!(generator["options"]["labels"]["grafana_dashboard"], "1");
+    let operator = one("prometheus-operator/kustomization.yaml");
+    assert!(operator["resources"].as_array().unwrap().iter().any(|r| r == "../dashboard"), "{operator}");
 }

@@ -51,6 +51,19 @@ fn image_runs_netcheck_from_its_unpacked_rootfs() {
     let binary = rootfs.join("usr/local/bin/netcheck");
     let file = output(Command::new("file").arg(&binary));
     assert!(file.contains("static"), "a static binary: {file}");
+    // The completions and man pages the image ships, as its netcheck wrote them.
+    for file in [
+        "usr/share/bash-completion/completions/netcheck",
+        "usr/share/zsh/vendor-completions/_netcheck",
+        "usr/share/fish/vendor_completions.d/netcheck.fish",
+        "usr/share/man/man1/netcheck.1",
+        "usr/share/man/man1/netcheck-check-service.1",
+    ] {
+        let len = std::fs::metadata(rootfs.join(file)).map_or(0, |m| m.len());
+        assert!(len > 100, "{file} in the image: {len} bytes");
+    }
+    let bash = std::fs::read_to_string(rootfs.join("usr/share/bash-completion/completions/netcheck")).unwrap();
+    assert!(bash.contains("complete -F _netcheck"), "{bash}");
     // The shell `kubectl debug -it` gets, and netcheck on its PATH.
     let shell = output(Command::new("chroot").arg(&rootfs).args([
         "/bin/sh",

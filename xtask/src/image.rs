@@ -77,12 +77,48 @@ pub fn build(root: &Path, version: &str) -> Result<PathBuf> {
     super::sh(Command::new("strip").arg(&plugin))?;
     let spec = parse_containerfile(&std::fs::read_to_string(root.join("deploy/image/Containerfile"))?)?;
     let mtime = commit_time(root);
-    let layer = layer(&std::fs::read(&stripped)?, mtime)?;
+    let docs = docs(&stripped, &root.join("target/image/man"))?;
+    let layer = layer(&std::fs::read(&stripped)?, &docs, mtime)?;
     let tag = format!("netcheck:{version}");
     let archive = root.join(format!("target/image/netcheck-{version}.oci.tar"));
     std::fs::write(&archive, layout(&spec, &layer, &tag, mtime)?)?;
     println!("image {tag}: {} ({} bytes)", archive.display(), std::fs::metadata(&archive)?.len());
     Ok(archive)
+}
+
+/// Where the image keeps what netcheck generates from its clap definitions: the shells'
+/// completion scripts (each shell's system directory, as Debian's packages install them) and
+/// a man page per command.
+const COMPLETIONS: [(&str, &str); 3] = [
+    ("bash", "usr/share/bash-completion/completions/netcheck"),
+    ("zsh", "usr/share/zsh/vendor-completions/_netcheck"),
+    ("fish", "usr/share/fish/vendor_completions.d/netcheck.fish"),
+];
+const MAN1: &str = "usr/share/man/man1";
+
+/// `(path in the image, contents)` of the completions and man pages, written by the image's
+/// own netcheck (`netcheck completions SHELL`, `netcheck man DIR`, with `man_dir` its scratch).
+fn docs(netcheck: &Path, man_dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (shell, path) in COMPLETIONS {
+        let run = Command::new(netcheck).args(["completions", shell]).output().context("netcheck completions")?;
+        if !run.status.success() || run.stdout.is_empty() {
+            bail!("netcheck completions {shell}: {}", String::from_utf8_lossy(&run.stderr));
+        }
+        out.push((path.to_string(), run.stdout));
+    }
+    let _ = std::fs::remove_dir_all(man_dir);
+    super::sh(Command::new(netcheck).arg("man").arg(man_dir))?;
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(man_dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    pages.sort();
+    if pages.is_empty() {
+        bail!("netcheck man {} wrote no page", man_dir.display());
+    }
+    for page in pages {
+        let name = page.file_name().context("a man page's name")?.to_string_lossy().into_owned();
+        out.push((format!("{MAN1}/{name}"), std::fs::read(&page)?));
+    }
+    Ok(out)
 }
 
 /// Seconds since the epoch of the last commit (0 outside a git checkout).
@@ -98,7 +134,7 @@ fn commit_time(root: &Path) -> u64 {
 }
 
 /// The root filesystem as an uncompressed tar, entries in a fixed order.
-fn layer(netcheck: &[u8], mtime: u64) -> Result<Vec<u8>> {
+fn layer(netcheck: &[u8], docs: &[(String, Vec<u8>)], mtime: u64) -> Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX).with_context(|| format!("{BUSYBOX}: install Debian's busybox-static"))?;
     let applets = Command::new(BUSYBOX).arg("--list").output().context("busybox --list")?;
     let mut applets: Vec<String> = String::from_utf8_lossy(&applets.stdout)
@@ -139,6 +175,23 @@ fn layer(netcheck: &[u8], mtime: u64) -> Result<Vec<u8>> {
         append(&mut tar, path, tar::EntryType::Regular, 0o644, mtime, data, None)?;
     }
     append(&mut tar, "usr/local/bin/netcheck", tar::EntryType::Regular, 0o755, mtime, netcheck, None)?;
+    // The folders under usr/ the docs need, parents first.
+    let mut dirs: Vec<String> = Vec::new();
+    for (path, _) in docs {
+        let mut at = Path::new(path).parent();
+        while let Some(dir) = at.filter(|d| *d != Path::new("usr") && !d.as_os_str().is_empty()) {
+            dirs.push(dir.to_string_lossy().into_owned());
+            at = dir.parent();
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
+        append(&mut tar, dir, tar::EntryType::Directory, 0o755, mtime, &[], None)?;
+    }
+    for (path, data) in docs {
+        append(&mut tar, path, tar::EntryType::Regular, 0o644, mtime, data, None)?;
+    }
     append(&mut tar, "var/run", tar::EntryType::Symlink, 0o777, mtime, &[], Some("../run"))?;
     Ok(tar.into_inner()?)
 }

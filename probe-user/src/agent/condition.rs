@@ -12,7 +12,7 @@
 //! as client-go's EventCorrelator does (tools/record/events_cache.go).
 //!
 //! RBAC: `patch` on `nodes/status`, `create` and `patch` on `events` in `default`
-//! (deploy/rbac.yaml). Without an API the agent runs on and only its metrics say what it found.
+//! (deploy/base/rbac.yaml). Without an API the agent runs on and only its metrics say what it found.
 
 use std::time::{Duration, Instant};
 

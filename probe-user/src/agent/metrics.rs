@@ -242,6 +242,14 @@ fn gauges<'a, L: prometheus_client::encoding::EncodeLabelSet + 'a>(
     Ok(())
 }
 
+/// Resident pages (statm's second field, proc(5)) times the page size.
+fn resident_bytes() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+    pages.checked_mul(page)
+}
+
 #[derive(Debug)]
 struct SnapshotCollector(Arc<Mutex<Snapshot>>);
 
@@ -280,6 +288,16 @@ impl Collector for SnapshotCollector {
             Some(&Unit::Seconds),
             s.cert_expiry.iter().map(|(cert, v)| ([("cert", cert.as_str())], *v)),
         )?;
+        if let Some(rss) = resident_bytes() {
+            // No labels: encoded on the descriptor itself (a family would print `{}`).
+            let metric = encoder.encode_descriptor(
+                "agent_resident_memory",
+                "The agent's resident memory (VmRSS, read from /proc/self/statm at scrape time)",
+                Some(&Unit::Bytes),
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(rss).encode(metric)?;
+        }
         gauges(
             &mut encoder,
             "problems",
@@ -420,6 +438,12 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+        // This process's resident memory, as /proc/self/statm says it.
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("netcheck_agent_resident_memory_bytes "))
+            .unwrap_or_else(|| panic!("no RSS in\n{text}"));
+        assert!(rss.parse::<i64>().unwrap() > 1 << 20, "{rss}");
         let classic = to_prometheus_text(&text);
         assert!(classic.contains("# HELP netcheck_probe_cycles_total Probe cycles completed."), "{classic}");
         assert!(classic.contains("# TYPE netcheck_probe_cycles_total counter"));

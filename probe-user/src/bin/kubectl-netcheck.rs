@@ -66,6 +66,16 @@ enum Command {
     },
     /// A shell on NODE in the netcheck image (busybox), netcheck on its PATH.
     Shell { node: String },
+    /// Print the shell completion script of kubectl-netcheck.
+    Completions {
+        #[arg(value_enum)]
+        shell: netcheck::cli::docs::Shell,
+    },
+    /// Write a man page per command into DIR (kubectl-netcheck.1, kubectl-netcheck-path.1, ...).
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// The kubectl arguments for a command line.
@@ -84,6 +94,8 @@ fn kubectl_args(cli: &Cli) -> Vec<String> {
             (node, [vec!["netcheck".into()], args.clone(), path].concat())
         }
         Command::Shell { node } => (node, vec!["sh".into()]),
+        // Answered by `main` without kubectl.
+        Command::Completions { .. } | Command::Man { .. } => return Vec::new(),
     };
     let profile = match cli.profile {
         Profile::Sysadmin => "sysadmin",
@@ -110,6 +122,25 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    match &cli.command {
+        Command::Completions { shell } => {
+            netcheck::cli::docs::completions(<Cli as clap::CommandFactory>::command(), *shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            return match netcheck::cli::docs::man_pages(<Cli as clap::CommandFactory>::command(), dir) {
+                Ok(pages) => {
+                    println!("{} man pages in {}", pages.len(), dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kubectl-netcheck: man pages into {}: {e}", dir.display());
+                    ExitCode::from(2)
+                }
+            };
+        }
+        _ => {}
+    }
     let args = kubectl_args(&cli);
     if cli.dry_run {
         println!("{} {}", cli.kubectl, args.join(" "));

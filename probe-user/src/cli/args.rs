@@ -99,6 +99,17 @@ pub enum Command {
         #[arg(long = "exclude-reason", value_name = "NAME")]
         exclude_reasons: Vec<String>,
     },
+    /// Print the shell completion script (bash: `source <(netcheck completions bash)`, or save it
+    /// as /usr/share/bash-completion/completions/netcheck).
+    Completions {
+        #[arg(value_enum)]
+        shell: super::docs::Shell,
+    },
+    /// Write a man page per command into DIR (netcheck.1, netcheck-check-tcp.1, ...).
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

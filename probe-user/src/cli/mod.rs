@@ -10,6 +10,7 @@ use std::{
 };
 
 mod args;
+pub mod docs;
 
 use clap::Parser as _;
 
@@ -37,6 +38,25 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    match &cli.command {
+        Command::Completions { shell } => {
+            docs::completions(<Cli as clap::CommandFactory>::command(), *shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            return match docs::man_pages(<Cli as clap::CommandFactory>::command(), dir) {
+                Ok(pages) => {
+                    println!("{} man pages in {}", pages.len(), dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("netcheck: man pages into {}: {e}", dir.display());
+                    ExitCode::from(2)
+                }
+            };
+        }
+        _ => {}
+    }
     // `npd CMD`: CMD with the npd output format.
     let mut cli = cli;
     if let Command::Npd { max_output, command } = cli.command {
@@ -221,6 +241,9 @@ fn run(cli: &Cli) -> AnyResult<u8> {
             Work::Path(from.clone(), dst, (!no_peer_agent).then_some(*peer_agent_port))
         }
         Command::Npd { .. } => return Err("npd runs node, path or check".into()),
+        Command::Completions { .. } | Command::Man { .. } => {
+            return Err("completions and man pages need no probe".into());
+        }
         Command::Agent(_) | Command::Capture { .. } if cli.output == Format::Npd => {
             return Err("the npd format needs a command with a verdict (node, path or check)".into());
         }
